@@ -1,0 +1,16 @@
+//! Database migrations for llmesh. They run at server start (`llmesh serve`) and on their
+//! own with `llmesh migrate`; every migration works on SQLite and Postgres.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_auth;
+
+/// Runs the llmesh migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261122_000001_auth::Migration)]
+    }
+}

@@ -1,0 +1,257 @@
+//! The authentication layer: reads the credential of every request, turns it into a
+//! [`Caller`], applies the RPC's declared [`Access`] rule and leaves the caller in the
+//! request extensions for the handler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::jwt::TokenVerifier;
+use crate::principal::{Access, AccessTable, Caller, Principal, authorize};
+use crate::{ApiError, request_id};
+
+/// Every API key secret starts with this, so a bearer token can be told apart from a JWT.
+pub const API_KEY_PREFIX: &str = "lmk_";
+/// Metadata key that carries an API key as an alternative to `authorization`.
+pub const API_KEY_HEADER: &str = "x-api-key";
+/// Metadata key that carries the shared service credential between llmesh services.
+pub const SERVICE_TOKEN_HEADER: &str = "x-llmesh-service-token";
+
+/// Method prefixes that are public by design and never look at credentials.
+const OPEN_PREFIXES: &[&str] = &[
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Turns an API key secret into the principal it acts as. In the process that runs auth
+/// this is a direct store lookup (a revocation applies at once); elsewhere it is a call to
+/// auth's ResolveApiKey with a cache of a few seconds.
+#[async_trait::async_trait]
+pub trait ApiKeyResolver: Send + Sync {
+    async fn resolve(&self, secret: &str) -> Result<Principal, ApiError>;
+}
+
+/// Decides who is calling and whether the call is allowed.
+pub struct Authenticator {
+    verifier: TokenVerifier,
+    api_keys: Arc<dyn ApiKeyResolver>,
+    service_token_hash: [u8; 32],
+    rules: HashMap<&'static str, Access>,
+}
+
+impl Authenticator {
+    /// Builds an authenticator from the access tables of the registered services.
+    pub fn new(
+        verifier: TokenVerifier,
+        api_keys: Arc<dyn ApiKeyResolver>,
+        service_token: &str,
+        tables: &[AccessTable],
+    ) -> Self {
+        let rules = tables.iter().flat_map(|t| t.iter().copied()).collect();
+        Authenticator {
+            verifier,
+            api_keys,
+            service_token_hash: Sha256::digest(service_token.as_bytes()).into(),
+            rules,
+        }
+    }
+
+    /// Returns the rule for a full method path, if one is declared.
+    pub fn rule(&self, path: &str) -> Option<Access> {
+        self.rules.get(path).copied()
+    }
+
+    /// Reads the credentials in `headers`. Absent credentials give an anonymous caller;
+    /// present but bad ones are an error, never silently ignored.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let mut caller = Caller::default();
+        if let Some(value) = headers.get(SERVICE_TOKEN_HEADER) {
+            let given: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+            // Comparing digests keeps the comparison independent of where the bytes differ.
+            if given != self.service_token_hash {
+                return Err(ApiError::unauthenticated("invalid service credential"));
+            }
+            caller.service = true;
+        }
+        let bearer = match headers.get(http::header::AUTHORIZATION) {
+            Some(value) => Some(parse_bearer(value)?),
+            None => None,
+        };
+        let api_key = match headers.get(API_KEY_HEADER) {
+            Some(value) => Some(
+                value
+                    .to_str()
+                    .map_err(|_| ApiError::unauthenticated("malformed x-api-key header"))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let credential = match (bearer, api_key) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::unauthenticated(
+                    "send either authorization or x-api-key, not both",
+                ));
+            }
+            (Some(token), None) => Some(token),
+            (None, Some(key)) => {
+                if !key.starts_with(API_KEY_PREFIX) {
+                    return Err(ApiError::unauthenticated("malformed API key"));
+                }
+                Some(key)
+            }
+            (None, None) => None,
+        };
+        if let Some(token) = credential {
+            let mut principal = if token.starts_with(API_KEY_PREFIX) {
+                self.api_keys.resolve(&token).await?
+            } else {
+                self.verifier.verify(&token).await?
+            };
+            principal.via_service = caller.service;
+            caller.principal = Some(principal);
+        }
+        Ok(caller)
+    }
+}
+
+fn parse_bearer(value: &http::HeaderValue) -> Result<String, ApiError> {
+    let malformed =
+        || ApiError::unauthenticated("malformed authorization header: expected `Bearer <token>`");
+    let text = value.to_str().map_err(|_| malformed())?;
+    let (scheme, token) = text.split_once(' ').ok_or_else(malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(' ') {
+        return Err(malformed());
+    }
+    Ok(token.to_owned())
+}
+
+/// Returns the caller the authentication layer found, from a tonic request.
+pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or_default()
+}
+
+/// Returns the signed-in principal of a request, or UNAUTHENTICATED.
+pub fn principal<T>(req: &tonic::Request<T>) -> Result<Principal, ApiError> {
+    caller(req)
+        .principal
+        .ok_or_else(|| ApiError::unauthenticated("sign in first"))
+}
+
+/// Tower layer that runs an [`Authenticator`] in front of the gRPC routes.
+#[derive(Clone)]
+pub struct AuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthMiddleware<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthMiddleware {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] produces.
+#[derive(Clone)]
+pub struct AuthMiddleware<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+impl<S, B, RB> tower::Service<Request<B>> for AuthMiddleware<S>
+where
+    S: tower::Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+    RB: Default + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The ready clone stays here; the fresh clone waits for the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        let id = request_id::new_id();
+        let path = req.uri().path().to_owned();
+        let span = tracing::info_span!(
+            "rpc",
+            method = %path,
+            request_id = %id,
+            user_id = tracing::field::Empty,
+            via = tracing::field::Empty,
+        );
+        let fut = async move {
+            let started = Instant::now();
+            if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
+                return inner.call(req).await;
+            }
+            let caller = match auth.identify(req.headers()).await {
+                Ok(caller) => caller,
+                Err(err) => return Ok(reject(err)),
+            };
+            if let Some(p) = &caller.principal {
+                let span = tracing::Span::current();
+                span.record("user_id", p.user_id.as_str());
+                span.record("via", if p.api_key_id().is_some() { "api_key" } else { "token" });
+            }
+            // A path without a rule is not a registered method; the router answers it.
+            if let Some(rule) = auth.rule(&path)
+                && let Err(err) = authorize(rule, &caller)
+            {
+                tracing::info!(code = ?err.code, reason = %err.message, "rpc refused");
+                return Ok(reject(err));
+            }
+            req.extensions_mut().insert(caller);
+            let result = inner.call(req).await;
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rpc handled");
+            result
+        };
+        Box::pin(request_id::scope(id, fut.instrument(span)))
+    }
+}
+
+fn reject<RB: Default>(err: ApiError) -> Response<RB> {
+    err.into_status().into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let ok = http::HeaderValue::from_static("Bearer abc.def");
+        assert_eq!(parse_bearer(&ok).ok().as_deref(), Some("abc.def"));
+        let lower = http::HeaderValue::from_static("bearer abc");
+        assert!(parse_bearer(&lower).is_ok());
+        for bad in ["Basic abc", "Bearer", "Bearer ", "abc", "Bearer a b"] {
+            let v = http::HeaderValue::from_static(bad);
+            assert!(parse_bearer(&v).is_err(), "{bad} should be refused");
+        }
+    }
+}

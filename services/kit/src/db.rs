@@ -1,0 +1,121 @@
+//! Connecting to the database (SQLite by default, Postgres in production) and migrating it.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+use llmesh_migration::MigratorTrait;
+
+use crate::config::DatabaseConfig;
+
+/// Why the database could not be opened; each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum DbOpenError {
+    #[error(
+        "database.url {0:?} is not supported: use sqlite://path/file.db or postgres://user@host/db"
+    )]
+    BadUrl(String),
+    #[error("cannot create the directory for the SQLite database {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database at {url}: {message}")]
+    Connect { url: String, message: String },
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+}
+
+/// Opens the configured database. SQLite files (and their directory) are created on first
+/// start, in WAL mode with a busy timeout so concurrent writers wait instead of failing.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbOpenError> {
+    let url = config.url.trim();
+    let shown = redact(url);
+    let mut options = if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() {
+            return Err(DbOpenError::BadUrl(shown));
+        }
+        if path != ":memory:"
+            && let Some(parent) = std::path::Path::new(path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|source| DbOpenError::CreateDir {
+                path: path.into(),
+                source,
+            })?;
+        }
+        let mut options = ConnectOptions::new(format!("sqlite://{path}"));
+        options.map_sqlx_sqlite_opts(|o| {
+            o.create_if_missing(true)
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+        options
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        ConnectOptions::new(url.to_owned())
+    } else {
+        return Err(DbOpenError::BadUrl(shown));
+    };
+    options
+        .max_connections(config.max_connections.max(1))
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    let db = Database::connect(options)
+        .await
+        .map_err(|e| DbOpenError::Connect {
+            url: shown.clone(),
+            message: e.to_string(),
+        })?;
+    // Fail here, with the URL, rather than on the first request.
+    db.execute_unprepared("SELECT 1")
+        .await
+        .map_err(|e| DbOpenError::Connect {
+            url: shown,
+            message: e.to_string(),
+        })?;
+    Ok(db)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbOpenError> {
+    llmesh_migration::Migrator::up(db, None)
+        .await
+        .map_err(|e| DbOpenError::Migrate(e.to_string()))
+}
+
+/// Hides a password in a database URL for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// True when a database error is a unique-constraint violation (on either backend).
+pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

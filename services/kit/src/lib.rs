@@ -1,0 +1,20 @@
+//! What every llmesh service shares: error codes mapped to gRPC status in one place, the
+//! authentication layer and principals, configuration loading, the database connection,
+//! logging, and `serve()` with health, reflection, grpc-web and graceful shutdown.
+
+pub mod authn;
+pub mod clock;
+pub mod config;
+pub mod convert;
+pub mod db;
+pub mod error;
+pub mod jwt;
+pub mod principal;
+pub mod request_id;
+pub mod serve;
+pub mod telemetry;
+pub mod validate;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ApiError, ErrorCode};
+pub use principal::{Access, CredentialKind, Principal, Role};

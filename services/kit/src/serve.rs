@@ -1,0 +1,230 @@
+//! `serve()`: one port carrying gRPC (HTTP/2) and grpc-web (HTTP/1.1), with the standard
+//! health service, server reflection, the authentication layer, message-size and deadline
+//! limits, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::authn::{API_KEY_HEADER, AuthLayer, Authenticator, SERVICE_TOKEN_HEADER};
+use crate::config::ServerConfig;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: the port is already in use (pick another with --bind or server.bind)")]
+    AddrInUse { addr: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server.bind {0:?} is not an address like 127.0.0.1:7700")]
+    BadAddr(String),
+    #[error("reflection setup failed: {0}")]
+    Reflection(String),
+}
+
+/// Binds the configured address. Port 0 picks a free port; the listener knows which.
+pub async fn bind(config: &ServerConfig) -> Result<TcpListener, ServeError> {
+    let addr: SocketAddr = config
+        .bind
+        .parse()
+        .map_err(|_| ServeError::BadAddr(config.bind.clone()))?;
+    TcpListener::bind(addr).await.map_err(|source| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            ServeError::AddrInUse {
+                addr: config.bind.clone(),
+            }
+        } else {
+            ServeError::Bind {
+                addr: config.bind.clone(),
+                source,
+            }
+        }
+    })
+}
+
+/// What the composed services hand to [`serve`].
+pub struct Services {
+    /// The gRPC routes of every registered service.
+    pub routes: Routes,
+    /// Fully-qualified names of the registered services, reported SERVING by health.
+    pub names: Vec<&'static str>,
+    pub authenticator: Arc<Authenticator>,
+}
+
+/// A running server: its bound address and the means to stop it.
+pub struct RunningServer {
+    pub local_addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl RunningServer {
+    /// Asks the server to stop and waits until it has drained.
+    pub async fn shutdown(mut self) -> Result<(), tonic::transport::Error> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits for the server to end (after a shutdown signal).
+    pub async fn wait(&mut self) -> Result<(), tonic::transport::Error> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(join) => {
+                tracing::error!(error = %join, "server task failed");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Serves `services` on `listener` until `signal` completes or [`RunningServer::shutdown`]
+/// is called; then reports NOT_SERVING, stops accepting, and gives in-flight calls up to
+/// `shutdown_grace_secs` to finish.
+pub fn serve(
+    listener: TcpListener,
+    config: &ServerConfig,
+    services: Services,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningServer, ServeError> {
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.bind.clone(),
+        source,
+    })?;
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(llmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(llmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let names = services.names.clone();
+    let reporter = health_reporter.clone();
+    let status_ready = async move {
+        for name in &names {
+            reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        reporter.set_service_status("", ServingStatus::Serving).await;
+    };
+
+    let routes = services
+        .routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+
+    let cors = cors_layer(&config.cors_allowed_origins);
+    let layers = tower::ServiceBuilder::new()
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(AuthLayer::new(services.authenticator))
+        .into_inner();
+
+    let (tx, rx) = oneshot::channel::<()>();
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let names = services.names;
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let draining_tx = draining.clone();
+    let stop = async move {
+        tokio::select! {
+            _ = signal => {},
+            _ = rx => {},
+        }
+        tracing::info!("shutting down: draining in-flight requests");
+        draining_tx.notify_one();
+        for name in &names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        health_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    };
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .timeout(Duration::from_secs(config.request_timeout_secs))
+        .layer(layers)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    let task = tokio::spawn(async move {
+        status_ready.await;
+        let mut server = Box::pin(server);
+        tokio::select! {
+            result = &mut server => result,
+            // The shutdown future resolved but connections linger past the grace period.
+            _ = linger_guard(&draining, grace) => {
+                tracing::warn!("shutdown grace period over: closing remaining connections");
+                Ok(())
+            }
+        }
+    });
+    Ok(RunningServer {
+        local_addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Resolves `grace` after shutdown began. Until then it never resolves, so it only cuts
+/// the drain short.
+async fn linger_guard(draining: &tokio::sync::Notify, grace: Duration) {
+    draining.notified().await;
+    tokio::time::sleep(grace).await;
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok())
+                .collect::<Vec<_>>(),
+        )
+    };
+    let headers = [
+        "authorization",
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        API_KEY_HEADER,
+        SERVICE_TOKEN_HEADER,
+    ];
+    let exposed = [
+        "grpc-status",
+        "grpc-message",
+        "grpc-status-details-bin",
+        "retry-after",
+        "retry-after-ms",
+    ];
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(headers.map(HeaderName::from_static))
+        .expose_headers(exposed.map(HeaderName::from_static))
+        .max_age(Duration::from_secs(3600))
+}

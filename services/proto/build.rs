@@ -1,0 +1,41 @@
+//! Compiles every contract under proto/ into Rust with protox (no system protoc) and
+//! writes the file descriptor set next to the generated code for server reflection.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let mut files = Vec::new();
+    collect_protos(&root, &mut files)?;
+    files.sort();
+    println!("cargo:rerun-if-changed={}", root.display());
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    let fds = protox::compile(&files, [&root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // tonic-prost-build does not write the set itself when given one, so reflection gets
+    // its own copy here.
+    std::fs::write(out_dir.join("llmesh_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "proto") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

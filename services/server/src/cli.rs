@@ -1,0 +1,267 @@
+//! The command line: `serve`, `migrate`, `users …` and `keys …`.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use llmesh_auth::service::NewUser;
+use llmesh_auth::store::UserFilter;
+use llmesh_kit::{Role, SystemClock};
+
+use crate::{Config, default_services, open_database, parse_services, shutdown_signal, start};
+
+/// llmesh: a self-hosted LLM platform, gRPC-first.
+#[derive(Debug, Parser)]
+#[command(name = "llmesh", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// TOML config file; `LLMESH__SECTION__KEY` environment variables override it.
+    #[arg(long, global = true, env = "LLMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format: "pretty" or "json" (overrides log.format).
+    #[arg(long, global = true)]
+    pub log_format: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the services on one port (gRPC, grpc-web, health, reflection).
+    Serve(ServeArgs),
+    /// Applies pending database migrations and exits.
+    Migrate,
+    /// Manages user accounts.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// Manages the keys that sign access tokens.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (overrides server.bind), e.g. 127.0.0.1:7700; port 0 picks one.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Comma-separated services to run here (default: every implemented one).
+    #[arg(long)]
+    pub services: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Creates a user. The password is read from standard input unless --generate-password.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Display name (defaults to the part of the email before '@').
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Make the user an admin (same as --role admin).
+        #[arg(long)]
+        admin: bool,
+        /// Role: viewer, member or admin.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Generate a password and print it once instead of reading one.
+        #[arg(long)]
+        generate_password: bool,
+    },
+    /// Lists users.
+    List {
+        /// Only emails containing this text.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Sets a one-time temporary password for a user and prints it once.
+    ResetPassword {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Makes a fresh signing key current; tokens signed by the old one stay valid until
+    /// they expire.
+    Rotate,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut config = Config::load(cli.global.config.as_deref())?;
+    if let Some(format) = cli.global.log_format {
+        config.log.format = format;
+        config.log.validate()?;
+    }
+    llmesh_kit::telemetry::init(&config.log);
+    match cli.command {
+        Command::Serve(args) => serve(config, args).await,
+        Command::Migrate => {
+            open_database(&config.database).await?;
+            println!(
+                "migrations applied to {}",
+                llmesh_kit::db::redact(&config.database.url)
+            );
+            Ok(())
+        }
+        Command::Users(cmd) => users(config, cmd).await,
+        Command::Keys(KeysCommand::Rotate) => {
+            let auth = auth_service(&config).await?;
+            let id = auth.keyring().rotate().await?;
+            println!("new signing key {id} is current; restart other auth replicas to pick it up");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(bind) = args.bind {
+        config.server.bind = bind;
+    }
+    let services = match args.services {
+        Some(list) => parse_services(&list)?,
+        None => default_services(),
+    };
+    let mut app = start(
+        config.clone(),
+        &services,
+        Arc::new(SystemClock),
+        shutdown_signal(),
+    )
+    .await?;
+    let addr = app.server.local_addr;
+    println!("llmesh {} is listening on http://{addr}", env!("CARGO_PKG_VERSION"));
+    println!("  services: {} (gRPC and grpc-web on this one port; health and reflection too)", services.join(", "));
+    println!("  database: {}", llmesh_kit::db::redact(&config.database.url));
+    if let Some(auth) = &app.auth
+        && auth
+            .list_users(&UserFilter {
+                limit: 1,
+                ..Default::default()
+            })
+            .await?
+            .is_empty()
+    {
+        println!("  no accounts yet: the first account to register becomes admin, e.g.");
+        println!(
+            "    grpcurl -plaintext -d '{{\"email\":\"you@example.com\",\"password\":\"a long password\"}}' {addr} llmesh.auth.v1.AuthService/Register"
+        );
+    }
+    println!("  stop with ctrl-c");
+    app.server.wait().await?;
+    println!("llmesh stopped");
+    Ok(())
+}
+
+async fn auth_service(config: &Config) -> anyhow::Result<Arc<llmesh_auth::AuthService>> {
+    let conn = open_database(&config.database).await?;
+    Ok(llmesh_auth::build(conn, config.auth.clone(), Arc::new(SystemClock)).await?)
+}
+
+async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
+    let auth = auth_service(&config).await?;
+    match cmd {
+        UsersCommand::Create {
+            email,
+            name,
+            admin,
+            role,
+            generate_password,
+        } => {
+            let role = if admin {
+                Role::Admin
+            } else {
+                Role::parse(&role).with_context(|| {
+                    format!("--role {role:?} is not one of viewer, member, admin")
+                })?
+            };
+            let password = if generate_password {
+                llmesh_auth::service::generate_password()
+            } else {
+                read_password()?
+            };
+            let user = auth
+                .create_user(
+                    NewUser {
+                        email,
+                        password: password.clone(),
+                        display_name: name,
+                    },
+                    role,
+                )
+                .await?;
+            println!("created {} ({}) with role {}", user.email, user.id, user.role);
+            if generate_password {
+                println!("password (shown once): {password}");
+            }
+        }
+        UsersCommand::List { email } => {
+            let mut after = None;
+            println!("{:<38} {:<32} {:<7} {:<8} created", "id", "email", "role", "status");
+            loop {
+                let page = auth
+                    .list_users(&UserFilter {
+                        email_contains: email.clone(),
+                        after_id: after.clone(),
+                        limit: 200,
+                        ..Default::default()
+                    })
+                    .await?;
+                for u in &page {
+                    println!(
+                        "{:<38} {:<32} {:<7} {:<8} {}",
+                        u.id,
+                        u.email,
+                        u.role,
+                        if u.disabled { "disabled" } else { "active" },
+                        u.created_at.format("%Y-%m-%d %H:%M")
+                    );
+                }
+                match page.last() {
+                    Some(last) if page.len() == 200 => after = Some(last.id.clone()),
+                    _ => break,
+                }
+            }
+        }
+        UsersCommand::ResetPassword { email } => {
+            let user = auth.user_by_email(&email).await?;
+            let password = auth.reset_password(&user.id).await?;
+            println!("temporary password for {} (shown once): {password}", user.email);
+            println!("they must choose a new one after signing in");
+        }
+    }
+    Ok(())
+}
+
+/// Reads a password: hidden prompt on a terminal, else the first line of standard input.
+fn read_password() -> anyhow::Result<String> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let first = rpassword::prompt_password("password: ")?;
+        let second = rpassword::prompt_password("again: ")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        bail!("no password on standard input (or pass --generate-password)");
+    }
+    Ok(password)
+}
