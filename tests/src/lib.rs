@@ -1,1 +1,246 @@
+//! Shared harness of the end-to-end tests: real servers on 127.0.0.1:0 over real sockets,
+//! fresh SQLite files or fresh Postgres databases, a manual clock, and helpers to call RPCs.
 
+pub mod raw;
+
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use llmesh::{App, Config};
+use llmesh_kit::ManualClock;
+use llmesh_proto::auth::v1 as pb;
+use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use sea_orm::{ConnectionTrait, Database};
+use tonic::transport::Channel;
+
+/// Which database a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The admin URL of the test Postgres; each test gets its own database on it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("LLMESH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database for one test. Postgres databases are dropped at the end of
+/// the test when possible; SQLite files live in a temporary directory.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDb {
+    /// Creates the database, or returns `None` (with the reason printed) when Postgres is
+    /// not reachable outside CI. In CI (`CI` set) a missing Postgres fails the test.
+    pub async fn create(backend: Backend) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = TempDir::new("llmesh-test");
+                let url = format!("sqlite://{}/llmesh.db", dir.path.display());
+                Some(TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let conn = match Database::connect(admin.as_str()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if std::env::var_os("CI").is_some() {
+                            panic!("Postgres at {admin} is required in CI: {e}");
+                        }
+                        eprintln!("skipping the Postgres variant: cannot reach {admin}: {e}");
+                        return None;
+                    }
+                };
+                let name = format!("llmesh_test_{}", uuid::Uuid::new_v4().simple());
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+                Some(TestDb {
+                    url: format!("{base}/{name}"),
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            // Best effort, on a thread of its own: Drop cannot await.
+            let admin = postgres_admin_url();
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async move {
+                    if let Ok(conn) = Database::connect(admin.as_str()).await {
+                        let _ = conn
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir {
+    pub path: std::path::PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running llmesh server with a manual clock.
+pub struct TestServer {
+    pub app: App,
+    pub clock: Arc<ManualClock>,
+    pub channel: Channel,
+    pub url: String,
+    pub db: TestDb,
+}
+
+/// The configuration tests start from: port 0, cheap (but real) argon2id parameters.
+pub fn test_config(db: &TestDb) -> Config {
+    let mut config = Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.database.url = db.url.clone();
+    config.auth.argon2_memory_kib = 1024;
+    config.auth.argon2_iterations = 1;
+    config
+}
+
+impl TestServer {
+    /// Starts every implemented service on a fresh database of `backend`.
+    pub async fn start(backend: Backend) -> Option<TestServer> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    /// Like [`TestServer::start`], after letting the test adjust the config.
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestServer> {
+        let db = TestDb::create(backend).await?;
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let clock = Arc::new(ManualClock::new(
+            Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).single().expect("valid time"),
+        ));
+        let app = llmesh::start(
+            config,
+            &llmesh::default_services(),
+            clock.clone(),
+            std::future::pending(),
+        )
+        .await
+        .expect("server starts");
+        let url = format!("http://{}", app.server.local_addr);
+        let channel = Channel::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        Some(TestServer {
+            app,
+            clock,
+            channel,
+            url,
+            db,
+        })
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<Channel> {
+        AuthServiceClient::new(self.channel.clone())
+    }
+
+    /// Registers a user and signs in; returns the user and their tokens.
+    pub async fn signup(&self, email: &str) -> (pb::User, pb::TokenPair) {
+        let mut auth = self.auth();
+        auth.register(pb::RegisterRequest {
+            email: email.into(),
+            password: PASSWORD.into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("register");
+        self.login(email).await
+    }
+
+    /// Signs in with the standard test password.
+    pub async fn login(&self, email: &str) -> (pb::User, pb::TokenPair) {
+        let reply = self
+            .auth()
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("login")
+            .into_inner();
+        (reply.user.expect("user"), reply.tokens.expect("tokens"))
+    }
+}
+
+/// The password test accounts use.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// Wraps a message in a request that carries `authorization: Bearer <token>`.
+pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    req
+}
+
+/// Runs a test body against SQLite and against Postgres.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::Backend::Postgres).await;
+            }
+        }
+    };
+}

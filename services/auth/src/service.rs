@@ -535,6 +535,7 @@ impl AuthService {
             exp: expires.timestamp(),
             role: user.role.clone(),
             sid: family.to_owned(),
+            jti: uuid::Uuid::new_v4().simple().to_string(),
             scopes: Vec::new(),
         };
         Ok((self.keyring.sign(&claims)?, expires))

@@ -26,6 +26,9 @@ pub struct Claims {
     pub role: String,
     /// The login session (refresh-token family) the token belongs to.
     pub sid: String,
+    /// A unique id per token, so two tokens issued in the same second still differ.
+    #[serde(default)]
+    pub jti: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scopes: Vec<String>,
 }
