@@ -106,14 +106,10 @@ pub fn serve(
         source,
     })?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(llmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1 = reflection(&services.names)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(llmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection(&services.names)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
@@ -192,6 +188,21 @@ pub fn serve(
 async fn linger_guard(draining: &tokio::sync::Notify, grace: Duration) {
     draining.notified().await;
     tokio::time::sleep(grace).await;
+}
+
+/// Reflection that lists only what this process serves, not every contract llmesh defines.
+fn reflection(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(llmesh_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for name in names.iter().copied().chain([
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]) {
+        builder = builder.with_service_name(name);
+    }
+    builder
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

@@ -1,0 +1,399 @@
+//! The authorization matrix: every RPC the server registers × every kind of caller, each
+//! cell the exact status code. RPCs come from the descriptor set, filtered to the services
+//! the running server lists through reflection, so an RPC added without a row fails here.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use chrono::Duration;
+use llmesh_proto::auth::v1 as pb;
+use llmesh_proto::common::v1::Role;
+use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
+use prost::Message;
+use tonic::Code;
+
+const COLUMNS: [&str; 9] = [
+    "anonymous",
+    "viewer",
+    "member",
+    "another member",
+    "admin",
+    "member's API key",
+    "revoked API key",
+    "expired token",
+    "tampered token",
+];
+
+use Code::{
+    InvalidArgument as IA, NotFound as NF, Ok as OK, PermissionDenied as PD,
+    Unauthenticated as UA,
+};
+
+struct Fixture {
+    credentials: [Option<String>; 9],
+    member_spare_refresh: String,
+    member_spare_key_id: String,
+    member_key: String,
+}
+
+async fn fixture(s: &TestServer) -> Fixture {
+    let mut auth = s.auth();
+    let (_, admin) = s.signup("admin@example.com").await;
+    let (viewer, _) = s.signup("viewer@example.com").await;
+    auth.set_user_role(bearer(
+        &admin.access_token,
+        pb::SetUserRoleRequest {
+            user_id: viewer.id,
+            role: Role::Viewer as i32,
+        },
+    ))
+    .await
+    .expect("make viewer");
+    let (_, member) = s.signup("member@example.com").await;
+    s.signup("other@example.com").await;
+    let key = |name: &str| pb::CreateApiKeyRequest {
+        name: name.into(),
+        ..Default::default()
+    };
+    let member_key = auth
+        .create_api_key(bearer(&member.access_token, key("main")))
+        .await
+        .expect("key")
+        .into_inner()
+        .secret;
+    let revoked = auth
+        .create_api_key(bearer(&member.access_token, key("revoked")))
+        .await
+        .expect("key")
+        .into_inner();
+    auth.revoke_api_key(bearer(
+        &member.access_token,
+        pb::RevokeApiKeyRequest {
+            id: revoked.api_key.expect("key").id,
+        },
+    ))
+    .await
+    .expect("revoke");
+    let spare_key = auth
+        .create_api_key(bearer(&member.access_token, key("spare")))
+        .await
+        .expect("key")
+        .into_inner()
+        .api_key
+        .expect("key")
+        .id;
+    let expired = s.login("member@example.com").await.1.access_token;
+    s.clock.advance(Duration::minutes(20));
+
+    // Fresh sessions after the clock moved.
+    let token = |email: &'static str| async move { s.login(email).await.1 };
+    let viewer = token("viewer@example.com").await.access_token;
+    let member = token("member@example.com").await.access_token;
+    let other = token("other@example.com").await.access_token;
+    let admin = token("admin@example.com").await.access_token;
+    let spare = token("member@example.com").await.refresh_token;
+
+    Fixture {
+        credentials: [
+            None,
+            Some(viewer),
+            Some(member.clone()),
+            Some(other),
+            Some(admin),
+            Some(member_key.clone()),
+            Some(revoked.secret),
+            Some(expired),
+            Some(tamper(&member)),
+        ],
+        member_spare_refresh: spare,
+        member_spare_key_id: spare_key,
+        member_key,
+    }
+}
+
+/// Rewrites the role claim of a signed token without re-signing it.
+fn tamper(token: &str) -> String {
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let claims = engine.decode(&parts[1]).expect("payload");
+    let mut value: serde_json::Value = serde_json::from_slice(&claims).expect("json");
+    value["role"] = "admin".into();
+    parts[1] = engine.encode(serde_json::to_vec(&value).expect("json"));
+    parts.join(".")
+}
+
+type Probe = Box<dyn Fn(usize) -> Vec<u8>>;
+
+fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
+    let unknown_user = uuid::Uuid::now_v7().to_string();
+    let user_probe = move || unknown_user.clone();
+    let spare_refresh = f.member_spare_refresh.clone();
+    let spare_key = f.member_spare_key_id.clone();
+    let member_key = f.member_key.clone();
+    let admin_only = [UA, PD, PD, PD, NF, PD, UA, UA, UA];
+    vec![
+        (
+            "Register",
+            Box::new(|col| {
+                pb::RegisterRequest {
+                    email: format!("probe{col}@example.com"),
+                    password: PASSWORD.into(),
+                    display_name: String::new(),
+                }
+                .encode_to_vec()
+            }),
+            [OK, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "Login",
+            Box::new(|_| {
+                pb::LoginRequest {
+                    email: "other@example.com".into(),
+                    password: PASSWORD.into(),
+                }
+                .encode_to_vec()
+            }),
+            [OK, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "Refresh",
+            Box::new(|_| {
+                pb::RefreshRequest {
+                    refresh_token: "lmr_not_a_real_token".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA; 9],
+        ),
+        (
+            "Logout",
+            Box::new(move |_| {
+                pb::LogoutRequest {
+                    refresh_token: spare_refresh.clone(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, NF, OK, NF, NF, PD, UA, UA, UA],
+        ),
+        (
+            "GetMe",
+            Box::new(|_| pb::GetMeRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "UpdateProfile",
+            Box::new(|_| {
+                pb::UpdateProfileRequest {
+                    display_name: "Probe".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, OK, OK, OK, OK, PD, UA, UA, UA],
+        ),
+        (
+            "ChangePassword",
+            Box::new(|_| {
+                pb::ChangePasswordRequest {
+                    current_password: PASSWORD.into(),
+                    new_password: "short".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, IA, IA, IA, IA, PD, UA, UA, UA],
+        ),
+        (
+            "CreateApiKey",
+            Box::new(|_| pb::CreateApiKeyRequest::default().encode_to_vec()),
+            [UA, PD, IA, IA, IA, PD, UA, UA, UA],
+        ),
+        (
+            "ListApiKeys",
+            Box::new(|_| pb::ListApiKeysRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "RevokeApiKey",
+            Box::new(move |_| {
+                pb::RevokeApiKeyRequest {
+                    id: spare_key.clone(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, NF, OK, NF, NF, PD, UA, UA, UA],
+        ),
+        (
+            "ListUsers",
+            Box::new(|_| pb::ListUsersRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, OK, PD, UA, UA, UA],
+        ),
+        (
+            "CreateUser",
+            Box::new(|_| pb::CreateUserRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "SetUserRole",
+            Box::new({
+                let id = user_probe.clone();
+                move |_| {
+                    pb::SetUserRoleRequest {
+                        user_id: id(),
+                        role: Role::Member as i32,
+                    }
+                    .encode_to_vec()
+                }
+            }),
+            admin_only,
+        ),
+        (
+            "DisableUser",
+            Box::new({
+                let id = user_probe.clone();
+                move |_| pb::DisableUserRequest { user_id: id() }.encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "EnableUser",
+            Box::new({
+                let id = user_probe.clone();
+                move |_| pb::EnableUserRequest { user_id: id() }.encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "DeleteUser",
+            Box::new({
+                let id = user_probe.clone();
+                move |_| pb::DeleteUserRequest { user_id: id() }.encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "ResetPassword",
+            Box::new(move |_| {
+                pb::ResetPasswordRequest {
+                    user_id: user_probe(),
+                }
+                .encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "GetPublicKeys",
+            Box::new(|_| pb::GetPublicKeysRequest {}.encode_to_vec()),
+            [OK, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "ResolveApiKey",
+            Box::new(move |_| {
+                pb::ResolveApiKeyRequest {
+                    secret: member_key.clone(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+    ]
+}
+
+/// Lists the llmesh services the server registers, through server reflection.
+async fn registered_services(s: &TestServer) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let mut client = ServerReflectionClient::new(s.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = stream.message().await.expect("reply").expect("one reply");
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with("llmesh."))
+            .collect(),
+        other => panic!("unexpected reflection reply {other:?}"),
+    }
+}
+
+/// Every (service, method) of the registered llmesh services, from the descriptor set.
+fn registered_methods(services: &BTreeSet<String>) -> Vec<(String, String)> {
+    let fds = prost_types::FileDescriptorSet::decode(llmesh_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let mut out = Vec::new();
+    for file in fds.file {
+        let package = file.package.clone().unwrap_or_default();
+        for service in &file.service {
+            let full = format!("{package}.{}", service.name());
+            if services.contains(&full) {
+                for method in &service.method {
+                    out.push((full.clone(), method.name().to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn matrix(backend: Backend) {
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let services = registered_services(&s).await;
+    assert!(services.contains("llmesh.auth.v1.AuthService"), "{services:?}");
+    let methods = registered_methods(&services);
+    let f = fixture(&s).await;
+    let rows = rows(&f);
+
+    let mut failures = Vec::new();
+    for (service, method) in &methods {
+        let Some((_, probe, expected)) = rows.iter().find(|(m, _, _)| m == method) else {
+            failures.push(format!("{service}/{method}: no row in the authorization matrix"));
+            continue;
+        };
+        let path = format!("/{service}/{method}");
+        for (col, credential) in f.credentials.iter().enumerate() {
+            let body = probe(col);
+            let request = match credential {
+                Some(token) => bearer(token, body),
+                None => tonic::Request::new(body),
+            };
+            let got = match raw::unary(&s.channel, &path, request).await {
+                Ok(_) => Code::Ok,
+                Err(status) => status.code(),
+            };
+            if got != expected[col] {
+                failures.push(format!(
+                    "{method} as {}: expected {:?}, got {got:?}",
+                    COLUMNS[col], expected[col]
+                ));
+            }
+        }
+    }
+    for (name, _, _) in &rows {
+        if !methods.iter().any(|(_, m)| m == name) {
+            failures.push(format!("row {name} matches no registered RPC"));
+        }
+    }
+    assert!(failures.is_empty(), "authorization matrix:\n{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_sqlite() {
+    matrix(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_postgres() {
+    matrix(Backend::Postgres).await;
+}
