@@ -150,12 +150,17 @@ impl TestServer {
     }
 
     /// Like [`TestServer::start`], after letting the test adjust the config.
-    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestServer> {
+    pub async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestServer> {
         let db = TestDb::create(backend).await?;
         let mut config = test_config(&db);
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(
-            Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).single().expect("valid time"),
+            Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
+                .single()
+                .expect("valid time"),
         ));
         let app = llmesh::start(
             config,

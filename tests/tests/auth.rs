@@ -18,7 +18,9 @@ async fn server(backend: Backend) -> Option<TestServer> {
 }
 
 both_backends!(register_login_and_me, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let mut auth = s.auth();
     let first = auth
         .register(pb::RegisterRequest {
@@ -33,7 +35,11 @@ both_backends!(register_login_and_me, |backend| async move {
         .expect("user");
     assert_eq!(first.email, "ada@example.com");
     assert_eq!(first.display_name, "ada");
-    assert_eq!(first.role, Role::Admin as i32, "the first account becomes admin");
+    assert_eq!(
+        first.role,
+        Role::Admin as i32,
+        "the first account becomes admin"
+    );
 
     let (second, tokens) = s.signup("bob@example.com").await;
     assert_eq!(second.role, Role::Member as i32);
@@ -69,7 +75,12 @@ both_backends!(register_login_and_me, |backend| async move {
                 display_name: name.into(),
             })
             .await;
-        assert_eq!(code(r), Code::InvalidArgument, "{email} / {} / {name:?}", password.len());
+        assert_eq!(
+            code(r),
+            Code::InvalidArgument,
+            "{email} / {} / {name:?}",
+            password.len()
+        );
     }
 
     for (email, password) in [
@@ -84,55 +95,66 @@ both_backends!(register_login_and_me, |backend| async move {
             .await;
         let status = r.expect_err("login must fail");
         assert_eq!(status.code(), Code::Unauthenticated);
-        assert_eq!(status.message(), "wrong email or password", "no hint which part was wrong");
+        assert_eq!(
+            status.message(),
+            "wrong email or password",
+            "no hint which part was wrong"
+        );
     }
 });
 
-both_backends!(refresh_rotates_and_reuse_revokes_the_family, |backend| async move {
-    let Some(s) = server(backend).await else { return };
-    let (_, first) = s.signup("ada@example.com").await;
-    let mut auth = s.auth();
-    let second = auth
-        .refresh(pb::RefreshRequest {
-            refresh_token: first.refresh_token.clone(),
-        })
-        .await
-        .expect("refresh")
-        .into_inner()
-        .tokens
-        .expect("tokens");
-    assert_ne!(second.refresh_token, first.refresh_token);
-    assert_ne!(second.access_token, first.access_token);
-    auth.get_me(bearer(&second.access_token, pb::GetMeRequest {}))
-        .await
-        .expect("new access token works");
-
-    // The first token again: reuse. The whole family dies, the newest token included.
-    let reuse = auth
-        .refresh(pb::RefreshRequest {
-            refresh_token: first.refresh_token.clone(),
-        })
-        .await;
-    assert_eq!(code(reuse), Code::Unauthenticated);
-    let after = auth
-        .refresh(pb::RefreshRequest {
-            refresh_token: second.refresh_token.clone(),
-        })
-        .await;
-    assert_eq!(code(after), Code::Unauthenticated);
-
-    for junk in ["", "lmr_nonsense", "eyJhbGciOi.x.y", &"lmr_x".repeat(100)] {
-        let r = auth
+both_backends!(
+    refresh_rotates_and_reuse_revokes_the_family,
+    |backend| async move {
+        let Some(s) = server(backend).await else {
+            return;
+        };
+        let (_, first) = s.signup("ada@example.com").await;
+        let mut auth = s.auth();
+        let second = auth
             .refresh(pb::RefreshRequest {
-                refresh_token: junk.into(),
+                refresh_token: first.refresh_token.clone(),
+            })
+            .await
+            .expect("refresh")
+            .into_inner()
+            .tokens
+            .expect("tokens");
+        assert_ne!(second.refresh_token, first.refresh_token);
+        assert_ne!(second.access_token, first.access_token);
+        auth.get_me(bearer(&second.access_token, pb::GetMeRequest {}))
+            .await
+            .expect("new access token works");
+
+        // The first token again: reuse. The whole family dies, the newest token included.
+        let reuse = auth
+            .refresh(pb::RefreshRequest {
+                refresh_token: first.refresh_token.clone(),
             })
             .await;
-        assert_eq!(code(r), Code::Unauthenticated, "{junk}");
+        assert_eq!(code(reuse), Code::Unauthenticated);
+        let after = auth
+            .refresh(pb::RefreshRequest {
+                refresh_token: second.refresh_token.clone(),
+            })
+            .await;
+        assert_eq!(code(after), Code::Unauthenticated);
+
+        for junk in ["", "lmr_nonsense", "eyJhbGciOi.x.y", &"lmr_x".repeat(100)] {
+            let r = auth
+                .refresh(pb::RefreshRequest {
+                    refresh_token: junk.into(),
+                })
+                .await;
+            assert_eq!(code(r), Code::Unauthenticated, "{junk}");
+        }
     }
-});
+);
 
 both_backends!(tokens_expire_by_the_clock, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let (_, tokens) = s.signup("ada@example.com").await;
     let mut auth = s.auth();
     s.clock.advance(Duration::minutes(14));
@@ -145,7 +167,11 @@ both_backends!(tokens_expire_by_the_clock, |backend| async move {
         .await
         .expect_err("expired at 16 minutes");
     assert_eq!(expired.code(), Code::Unauthenticated);
-    assert!(expired.message().contains("expired"), "{}", expired.message());
+    assert!(
+        expired.message().contains("expired"),
+        "{}",
+        expired.message()
+    );
 
     // The refresh token outlives the access token ...
     let fresh = auth
@@ -168,7 +194,9 @@ both_backends!(tokens_expire_by_the_clock, |backend| async move {
 });
 
 both_backends!(logout_profile_and_password, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let (_, a) = s.signup("ada@example.com").await;
     let (_, b) = s.login("ada@example.com").await;
     let (_, c) = s.login("ada@example.com").await;
@@ -278,7 +306,9 @@ both_backends!(logout_profile_and_password, |backend| async move {
 });
 
 both_backends!(api_keys, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let (_, admin) = s.signup("admin@example.com").await;
     let (_, member) = s.signup("member@example.com").await;
     let mut auth = s.auth();
@@ -295,7 +325,10 @@ both_backends!(api_keys, |backend| async move {
         .into_inner();
     let secret = created.secret.clone();
     let key = created.api_key.expect("key");
-    assert!(secret.starts_with("lmk_") && secret.len() >= 4 + 43, "{secret}");
+    assert!(
+        secret.starts_with("lmk_") && secret.len() >= 4 + 43,
+        "{secret}"
+    );
     assert!(secret.starts_with(&key.prefix));
     assert_eq!(key.role_ceiling, Role::Member as i32);
 
@@ -320,7 +353,10 @@ both_backends!(api_keys, |backend| async move {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].prefix, key.prefix);
     assert!(listed[0].last_used_at.is_some(), "use is recorded");
-    assert!(!format!("{listed:?}").contains(&secret[12..]), "the secret is never listed");
+    assert!(
+        !format!("{listed:?}").contains(&secret[12..]),
+        "the secret is never listed"
+    );
 
     // A key cannot make keys; a ceiling above the owner's role is refused.
     let r = auth
@@ -428,7 +464,9 @@ both_backends!(api_keys, |backend| async move {
 });
 
 both_backends!(admin_operations, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let (_, admin) = s.signup("admin@example.com").await;
     let mut auth = s.auth();
     let mut ids = Vec::new();
@@ -439,13 +477,16 @@ both_backends!(admin_operations, |backend| async move {
 
     // Paging: 6 users, pages of 4 then 2.
     let first = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            page: Some(PageRequest {
-                page_size: 4,
-                page_token: String::new(),
-            }),
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                page: Some(PageRequest {
+                    page_size: 4,
+                    page_token: String::new(),
+                }),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("page 1")
         .into_inner();
@@ -453,53 +494,68 @@ both_backends!(admin_operations, |backend| async move {
     let token = first.page.expect("page").next_page_token;
     assert!(!token.is_empty());
     let second = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            page: Some(PageRequest {
-                page_size: 4,
-                page_token: token,
-            }),
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                page: Some(PageRequest {
+                    page_size: 4,
+                    page_token: token,
+                }),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("page 2")
         .into_inner();
     assert_eq!(second.users.len(), 2);
     assert!(second.page.expect("page").next_page_token.is_empty());
     let r = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            page: Some(PageRequest {
-                page_size: 500,
-                page_token: String::new(),
-            }),
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                page: Some(PageRequest {
+                    page_size: 500,
+                    page_token: String::new(),
+                }),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(code(r), Code::InvalidArgument);
     let r = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            page: Some(PageRequest {
-                page_size: 1,
-                page_token: "garbage".into(),
-            }),
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                page: Some(PageRequest {
+                    page_size: 1,
+                    page_token: "garbage".into(),
+                }),
+                ..Default::default()
+            },
+        ))
         .await;
     assert_eq!(code(r), Code::InvalidArgument);
     let filtered = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            email_contains: "USER3".into(),
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                email_contains: "USER3".into(),
+                ..Default::default()
+            },
+        ))
         .await
         .expect("filter")
         .into_inner()
         .users;
     assert_eq!(filtered.len(), 1);
     let admins = auth
-        .list_users(bearer(&at, pb::ListUsersRequest {
-            role: Role::Admin as i32,
-            ..Default::default()
-        }))
+        .list_users(bearer(
+            &at,
+            pb::ListUsersRequest {
+                role: Role::Admin as i32,
+                ..Default::default()
+            },
+        ))
         .await
         .expect("filter")
         .into_inner()
@@ -508,10 +564,13 @@ both_backends!(admin_operations, |backend| async move {
 
     // Roles.
     let changed = auth
-        .set_user_role(bearer(&at, pb::SetUserRoleRequest {
-            user_id: ids[0].clone(),
-            role: Role::Viewer as i32,
-        }))
+        .set_user_role(bearer(
+            &at,
+            pb::SetUserRoleRequest {
+                user_id: ids[0].clone(),
+                role: Role::Viewer as i32,
+            },
+        ))
         .await
         .expect("set role")
         .into_inner()
@@ -519,17 +578,23 @@ both_backends!(admin_operations, |backend| async move {
         .expect("user");
     assert_eq!(changed.role, Role::Viewer as i32);
     let r = auth
-        .set_user_role(bearer(&at, pb::SetUserRoleRequest {
-            user_id: ids[0].clone(),
-            role: 0,
-        }))
+        .set_user_role(bearer(
+            &at,
+            pb::SetUserRoleRequest {
+                user_id: ids[0].clone(),
+                role: 0,
+            },
+        ))
         .await;
     assert_eq!(code(r), Code::InvalidArgument);
     let r = auth
-        .set_user_role(bearer(&at, pb::SetUserRoleRequest {
-            user_id: uuid::Uuid::now_v7().to_string(),
-            role: Role::Member as i32,
-        }))
+        .set_user_role(bearer(
+            &at,
+            pb::SetUserRoleRequest {
+                user_id: uuid::Uuid::now_v7().to_string(),
+                role: Role::Member as i32,
+            },
+        ))
         .await;
     assert_eq!(code(r), Code::NotFound);
     let me = auth
@@ -541,22 +606,31 @@ both_backends!(admin_operations, |backend| async move {
         .expect("user");
     for r in [
         code(
-            auth.set_user_role(bearer(&at, pb::SetUserRoleRequest {
-                user_id: me.id.clone(),
-                role: Role::Member as i32,
-            }))
+            auth.set_user_role(bearer(
+                &at,
+                pb::SetUserRoleRequest {
+                    user_id: me.id.clone(),
+                    role: Role::Member as i32,
+                },
+            ))
             .await,
         ),
         code(
-            auth.disable_user(bearer(&at, pb::DisableUserRequest {
-                user_id: me.id.clone(),
-            }))
+            auth.disable_user(bearer(
+                &at,
+                pb::DisableUserRequest {
+                    user_id: me.id.clone(),
+                },
+            ))
             .await,
         ),
         code(
-            auth.delete_user(bearer(&at, pb::DeleteUserRequest {
-                user_id: me.id.clone(),
-            }))
+            auth.delete_user(bearer(
+                &at,
+                pb::DeleteUserRequest {
+                    user_id: me.id.clone(),
+                },
+            ))
             .await,
         ),
     ] {
@@ -578,9 +652,12 @@ both_backends!(admin_operations, |backend| async move {
         .into_inner()
         .secret;
     let disabled = auth
-        .disable_user(bearer(&at, pb::DisableUserRequest {
-            user_id: ids[1].clone(),
-        }))
+        .disable_user(bearer(
+            &at,
+            pb::DisableUserRequest {
+                user_id: ids[1].clone(),
+            },
+        ))
         .await
         .expect("disable")
         .into_inner()
@@ -615,14 +692,20 @@ both_backends!(admin_operations, |backend| async move {
         .expect("access tokens live out their lifetime");
     s.clock.advance(Duration::minutes(16));
     assert_eq!(
-        code(auth.get_me(bearer(&victim.access_token, pb::GetMeRequest {})).await),
+        code(
+            auth.get_me(bearer(&victim.access_token, pb::GetMeRequest {}))
+                .await
+        ),
         Code::Unauthenticated
     );
     let (_, admin) = s.login("admin@example.com").await;
     let at = admin.access_token.clone();
-    auth.enable_user(bearer(&at, pb::EnableUserRequest {
-        user_id: ids[1].clone(),
-    }))
+    auth.enable_user(bearer(
+        &at,
+        pb::EnableUserRequest {
+            user_id: ids[1].clone(),
+        },
+    ))
     .await
     .expect("enable");
     s.login("user1@example.com").await;
@@ -630,9 +713,12 @@ both_backends!(admin_operations, |backend| async move {
     // Reset: a one-time password, sessions ended, a change required.
     let (_, before) = s.login("user2@example.com").await;
     let temp = auth
-        .reset_password(bearer(&at, pb::ResetPasswordRequest {
-            user_id: ids[2].clone(),
-        }))
+        .reset_password(bearer(
+            &at,
+            pb::ResetPasswordRequest {
+                user_id: ids[2].clone(),
+            },
+        ))
         .await
         .expect("reset")
         .into_inner()
@@ -668,29 +754,41 @@ both_backends!(admin_operations, |backend| async move {
 
     // Delete.
     let (_, doomed) = s.login("user3@example.com").await;
-    auth.delete_user(bearer(&at, pb::DeleteUserRequest {
-        user_id: ids[3].clone(),
-    }))
+    auth.delete_user(bearer(
+        &at,
+        pb::DeleteUserRequest {
+            user_id: ids[3].clone(),
+        },
+    ))
     .await
     .expect("delete");
     assert_eq!(
-        code(auth.get_me(bearer(&doomed.access_token, pb::GetMeRequest {})).await),
+        code(
+            auth.get_me(bearer(&doomed.access_token, pb::GetMeRequest {}))
+                .await
+        ),
         Code::NotFound
     );
     assert_eq!(
         code(
-            auth.delete_user(bearer(&at, pb::DeleteUserRequest {
-                user_id: ids[3].clone()
-            }))
+            auth.delete_user(bearer(
+                &at,
+                pb::DeleteUserRequest {
+                    user_id: ids[3].clone()
+                }
+            ))
             .await
         ),
         Code::NotFound
     );
     assert_eq!(
         code(
-            auth.delete_user(bearer(&at, pb::DeleteUserRequest {
-                user_id: "not-a-uuid".into()
-            }))
+            auth.delete_user(bearer(
+                &at,
+                pb::DeleteUserRequest {
+                    user_id: "not-a-uuid".into()
+                }
+            ))
             .await
         ),
         Code::InvalidArgument
@@ -698,12 +796,15 @@ both_backends!(admin_operations, |backend| async move {
 
     // CreateUser by an admin.
     let created = auth
-        .create_user(bearer(&at, pb::CreateUserRequest {
-            email: "made@example.com".into(),
-            password: PASSWORD.into(),
-            display_name: "Made".into(),
-            role: Role::Viewer as i32,
-        }))
+        .create_user(bearer(
+            &at,
+            pb::CreateUserRequest {
+                email: "made@example.com".into(),
+                password: PASSWORD.into(),
+                display_name: "Made".into(),
+                role: Role::Viewer as i32,
+            },
+        ))
         .await
         .expect("create user")
         .into_inner()
@@ -756,7 +857,9 @@ both_backends!(closed_registration, |backend| async move {
 });
 
 both_backends!(login_throttling, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     s.signup("ada@example.com").await;
     let mut auth = s.auth();
     let attempt = |password: &str| pb::LoginRequest {
@@ -790,7 +893,9 @@ both_backends!(login_throttling, |backend| async move {
 });
 
 both_backends!(first_admin_race, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let mut tasks = Vec::new();
     for n in 0..8 {
         let mut auth = s.auth();
@@ -818,7 +923,9 @@ both_backends!(first_admin_race, |backend| async move {
 });
 
 both_backends!(signing_keys_rotate, |backend| async move {
-    let Some(s) = server(backend).await else { return };
+    let Some(s) = server(backend).await else {
+        return;
+    };
     let (_, old) = s.signup("ada@example.com").await;
     let mut auth = s.auth();
     let keys = auth

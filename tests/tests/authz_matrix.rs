@@ -25,8 +25,7 @@ const COLUMNS: [&str; 9] = [
 ];
 
 use Code::{
-    InvalidArgument as IA, NotFound as NF, Ok as OK, PermissionDenied as PD,
-    Unauthenticated as UA,
+    InvalidArgument as IA, NotFound as NF, Ok as OK, PermissionDenied as PD, Unauthenticated as UA,
 };
 
 struct Fixture {
@@ -299,10 +298,10 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
 
 /// Lists the llmesh services the server registers, through server reflection.
 async fn registered_services(s: &TestServer) -> BTreeSet<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let mut client = ServerReflectionClient::new(s.channel.clone());
     let request = ServerReflectionRequest {
@@ -350,7 +349,10 @@ async fn matrix(backend: Backend) {
         return;
     };
     let services = registered_services(&s).await;
-    assert!(services.contains("llmesh.auth.v1.AuthService"), "{services:?}");
+    assert!(
+        services.contains("llmesh.auth.v1.AuthService"),
+        "{services:?}"
+    );
     let methods = registered_methods(&services);
     let f = fixture(&s).await;
     let rows = rows(&f);
@@ -358,7 +360,9 @@ async fn matrix(backend: Backend) {
     let mut failures = Vec::new();
     for (service, method) in &methods {
         let Some((_, probe, expected)) = rows.iter().find(|(m, _, _)| m == method) else {
-            failures.push(format!("{service}/{method}: no row in the authorization matrix"));
+            failures.push(format!(
+                "{service}/{method}: no row in the authorization matrix"
+            ));
             continue;
         };
         let path = format!("/{service}/{method}");
@@ -385,7 +389,11 @@ async fn matrix(backend: Backend) {
             failures.push(format!("row {name} matches no registered RPC"));
         }
     }
-    assert!(failures.is_empty(), "authorization matrix:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "authorization matrix:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

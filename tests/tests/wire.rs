@@ -48,7 +48,12 @@ async fn grpc_web_login_over_http1() {
             .expect("ascii")
             .starts_with("application/grpc-web")
     );
-    let mut body = response.into_body().collect().await.expect("body").to_bytes();
+    let mut body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
 
     // A data frame with the LoginResponse, then a trailer frame with grpc-status 0.
     let mut reply = None;
@@ -141,9 +146,9 @@ async fn oversized_messages_are_refused_and_the_server_stays_up() {
 
 #[tokio::test]
 async fn health_reports_each_service_and_shutdown_drains() {
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
 
     let s = TestServer::start(Backend::Sqlite).await.expect("sqlite");
     let mut health = HealthClient::new(s.channel.clone());
@@ -199,17 +204,28 @@ async fn internal_rpcs_take_the_service_credential() {
     let mut req = tonic::Request::new(pb::ResolveApiKeyRequest {
         secret: secret.clone(),
     });
-    req.metadata_mut()
-        .insert("x-llmesh-service-token", SERVICE_TOKEN.parse().expect("ascii"));
-    let resolved = auth.resolve_api_key(req).await.expect("service may").into_inner();
+    req.metadata_mut().insert(
+        "x-llmesh-service-token",
+        SERVICE_TOKEN.parse().expect("ascii"),
+    );
+    let resolved = auth
+        .resolve_api_key(req)
+        .await
+        .expect("service may")
+        .into_inner();
     assert_eq!(resolved.role, llmesh_proto::common::v1::Role::Admin as i32);
 
     // A service forwarding a user keeps the user's rights: it gains no admin powers.
     let mut req = bearer(&secret, pb::ListUsersRequest::default());
-    req.metadata_mut()
-        .insert("x-llmesh-service-token", SERVICE_TOKEN.parse().expect("ascii"));
+    req.metadata_mut().insert(
+        "x-llmesh-service-token",
+        SERVICE_TOKEN.parse().expect("ascii"),
+    );
     assert_eq!(
-        auth.list_users(req).await.expect_err("no escalation").code(),
+        auth.list_users(req)
+            .await
+            .expect_err("no escalation")
+            .code(),
         Code::PermissionDenied
     );
 }
@@ -268,9 +284,15 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
         .expect_err("revoked");
     assert_eq!(err.code, llmesh_kit::ErrorCode::Unauthenticated);
     // The cache is capped at 5 seconds whatever was asked, so the revocation still lands soon.
-    cached.resolve(&created.secret).await.expect("served from cache");
+    cached
+        .resolve(&created.secret)
+        .await
+        .expect("served from cache");
     tokio::time::sleep(llmesh_auth::remote::MAX_API_KEY_CACHE + Duration::from_millis(200)).await;
-    assert!(cached.resolve(&created.secret).await.is_err(), "cache expired");
+    assert!(
+        cached.resolve(&created.secret).await.is_err(),
+        "cache expired"
+    );
 
     let wrong = RemoteApiKeyResolver::new(s.channel.clone(), "wrong".into(), Duration::ZERO);
     assert!(wrong.resolve("lmk_whatever").await.is_err());

@@ -65,7 +65,10 @@ impl AuthConfig {
             ));
         }
         if !(1..=365).contains(&self.refresh_token_ttl_days) {
-            return Err(invalid("auth.refresh_token_ttl_days", "must be between 1 and 365"));
+            return Err(invalid(
+                "auth.refresh_token_ttl_days",
+                "must be between 1 and 365",
+            ));
         }
         if self.issuer.trim().is_empty() {
             return Err(invalid("auth.issuer", "must not be empty"));

@@ -25,11 +25,23 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.auth.v1.AuthService/GetPublicKeys", Access::Public),
     ("/llmesh.auth.v1.AuthService/Logout", Access::ViewerSession),
     ("/llmesh.auth.v1.AuthService/GetMe", Access::Viewer),
-    ("/llmesh.auth.v1.AuthService/UpdateProfile", Access::ViewerSession),
-    ("/llmesh.auth.v1.AuthService/ChangePassword", Access::ViewerSession),
-    ("/llmesh.auth.v1.AuthService/CreateApiKey", Access::MemberSession),
+    (
+        "/llmesh.auth.v1.AuthService/UpdateProfile",
+        Access::ViewerSession,
+    ),
+    (
+        "/llmesh.auth.v1.AuthService/ChangePassword",
+        Access::ViewerSession,
+    ),
+    (
+        "/llmesh.auth.v1.AuthService/CreateApiKey",
+        Access::MemberSession,
+    ),
     ("/llmesh.auth.v1.AuthService/ListApiKeys", Access::Viewer),
-    ("/llmesh.auth.v1.AuthService/RevokeApiKey", Access::ViewerSession),
+    (
+        "/llmesh.auth.v1.AuthService/RevokeApiKey",
+        Access::ViewerSession,
+    ),
     ("/llmesh.auth.v1.AuthService/ListUsers", Access::Admin),
     ("/llmesh.auth.v1.AuthService/CreateUser", Access::Admin),
     ("/llmesh.auth.v1.AuthService/SetUserRole", Access::Admin),
@@ -87,7 +99,10 @@ impl pb::auth_service_server::AuthService for GrpcAuthAdapter {
     }
 
     async fn refresh(&self, req: Request<pb::RefreshRequest>) -> Reply<pb::RefreshResponse> {
-        let tokens = self.service.refresh(&req.into_inner().refresh_token).await?;
+        let tokens = self
+            .service
+            .refresh(&req.into_inner().refresh_token)
+            .await?;
         ok(pb::RefreshResponse {
             tokens: Some(tokens_pb(tokens)),
         })
@@ -248,8 +263,8 @@ impl pb::auth_service_server::AuthService for GrpcAuthAdapter {
     ) -> Reply<pb::SetUserRoleResponse> {
         let r = req.into_inner();
         let id = validate::id("user_id", &r.user_id)?;
-        let role = optional_role("role", r.role)?
-            .ok_or_else(|| ApiError::invalid("role is required"))?;
+        let role =
+            optional_role("role", r.role)?.ok_or_else(|| ApiError::invalid("role is required"))?;
         let user = self.service.set_role(&id.to_string(), role).await?;
         ok(pb::SetUserRoleResponse {
             user: Some(user_pb(&user)),

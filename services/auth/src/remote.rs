@@ -40,7 +40,9 @@ impl RemoteKeySource {
             .clone()
             .get_public_keys(pb::GetPublicKeysRequest {})
             .await
-            .map_err(|s| ApiError::unavailable(format!("auth service unreachable: {}", s.message())))?
+            .map_err(|s| {
+                ApiError::unavailable(format!("auth service unreachable: {}", s.message()))
+            })?
             .into_inner();
         let mut set = KeySet {
             issuer: reply.issuer,
@@ -83,7 +85,8 @@ impl KeySource for RemoteKeySource {
             return Ok(set.clone());
         }
         let set = self.fetch().await?;
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((set.clone(), Instant::now()));
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((set.clone(), Instant::now()));
         Ok(set)
     }
 }

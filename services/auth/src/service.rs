@@ -78,13 +78,8 @@ impl AuthService {
         config: AuthConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        let params = Params::new(
-            config.argon2_memory_kib,
-            config.argon2_iterations,
-            1,
-            None,
-        )
-        .map_err(|e| AuthError::Internal(format!("argon2 parameters: {e}")))?;
+        let params = Params::new(config.argon2_memory_kib, config.argon2_iterations, 1, None)
+            .map_err(|e| AuthError::Internal(format!("argon2 parameters: {e}")))?;
         let hasher = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let decoy: [u8; 16] = rand::random();
         let decoy_hash = hasher
@@ -116,11 +111,7 @@ impl AuthService {
     }
 
     /// Creates an account through self-registration. The first account ever becomes admin.
-    pub async fn register(
-        &self,
-        actor: Option<&Principal>,
-        new: NewUser,
-    ) -> Result<user::Model> {
+    pub async fn register(&self, actor: Option<&Principal>, new: NewUser) -> Result<user::Model> {
         let admin_acting = actor.is_some_and(Principal::is_admin);
         if !self.config.registration_open() && !admin_acting {
             return Err(AuthError::RegistrationClosed);
@@ -176,8 +167,7 @@ impl AuthService {
         client: &str,
     ) -> Result<(user::Model, Tokens)> {
         let email = email.trim().to_lowercase();
-        if email.is_empty() || email.len() > EMAIL_BYTES || password.len() > *PASSWORD_BYTES.end()
-        {
+        if email.is_empty() || email.len() > EMAIL_BYTES || password.len() > *PASSWORD_BYTES.end() {
             return Err(AuthError::BadCredentials);
         }
         if let Some(wait) = self.throttle.check(&email, client) {
@@ -245,7 +235,11 @@ impl AuthService {
             .ok_or(AuthError::BadToken("account disabled or deleted"))?;
         let (next, secret) = self.new_refresh_token(&user.id, &stored.family_id, now);
         let refresh_expires_at = next.expires_at;
-        if !self.store.rotate_refresh_token(&stored.id, now, next).await? {
+        if !self
+            .store
+            .rotate_refresh_token(&stored.id, now, next)
+            .await?
+        {
             // Lost a race with another use of the same token: treat it as reuse.
             self.store.revoke_family(&stored.family_id, now).await?;
             tracing::warn!(user_id = %user.id, "refresh token used twice at once: session revoked");
@@ -338,7 +332,9 @@ impl AuthService {
         check_name("name", &new.name)?;
         let now = self.clock.now();
         if new.expires_at.is_some_and(|t| t <= now) {
-            return Err(AuthError::Invalid("expires_at must be in the future".into()));
+            return Err(AuthError::Invalid(
+                "expires_at must be in the future".into(),
+            ));
         }
         let ceiling = new.role_ceiling.unwrap_or(principal.role);
         if ceiling > principal.role {
@@ -440,7 +436,9 @@ impl AuthService {
 
     /// Refuses a change that would leave no enabled admin.
     async fn keep_an_admin(&self, target: &user::Model) -> Result<()> {
-        if target.role == "admin" && !target.disabled && self.store.count_enabled_admins().await? <= 1
+        if target.role == "admin"
+            && !target.disabled
+            && self.store.count_enabled_admins().await? <= 1
         {
             return Err(AuthError::LastAdmin);
         }
@@ -583,9 +581,7 @@ impl AuthService {
         tokio::task::spawn_blocking(move || {
             let parsed = PasswordHash::new(&hash)
                 .map_err(|e| AuthError::Internal(format!("stored hash unreadable: {e}")))?;
-            Ok(hasher
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok())
+            Ok(hasher.verify_password(password.as_bytes(), &parsed).is_ok())
         })
         .await
         .map_err(|e| AuthError::Internal(format!("verifying task: {e}")))?
@@ -608,7 +604,8 @@ fn digest(secret: &str) -> String {
 }
 
 fn parse_role(stored: &str) -> Result<Role> {
-    Role::parse(stored).ok_or_else(|| AuthError::Internal(format!("unknown stored role {stored:?}")))
+    Role::parse(stored)
+        .ok_or_else(|| AuthError::Internal(format!("unknown stored role {stored:?}")))
 }
 
 /// Lowercases and checks an email address: one `@`, a non-empty local part, a dotted
@@ -678,7 +675,15 @@ mod tests {
             Some("ada@example.com")
         );
         for bad in [
-            "", "ada", "ada@", "@x.io", "ada@x", "a b@x.io", "a@b@x.io", "ada@.x.io", "ada@x..io",
+            "",
+            "ada",
+            "ada@",
+            "@x.io",
+            "ada@x",
+            "a b@x.io",
+            "a@b@x.io",
+            "ada@.x.io",
+            "ada@x..io",
         ] {
             assert!(normalize_email(bad).is_err(), "{bad:?} should be refused");
         }

@@ -136,7 +136,10 @@ fn parse_bearer(value: &http::HeaderValue) -> Result<String, ApiError> {
 
 /// Returns the caller the authentication layer found, from a tonic request.
 pub fn caller<T>(req: &tonic::Request<T>) -> Caller {
-    req.extensions().get::<Caller>().cloned().unwrap_or_default()
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Returns the signed-in principal of a request, or UNAUTHENTICATED.
@@ -217,7 +220,14 @@ where
             if let Some(p) = &caller.principal {
                 let span = tracing::Span::current();
                 span.record("user_id", p.user_id.as_str());
-                span.record("via", if p.api_key_id().is_some() { "api_key" } else { "token" });
+                span.record(
+                    "via",
+                    if p.api_key_id().is_some() {
+                        "api_key"
+                    } else {
+                        "token"
+                    },
+                );
             }
             // A path without a rule is not a registered method; the router answers it.
             if let Some(rule) = auth.rule(&path)
@@ -228,7 +238,10 @@ where
             }
             req.extensions_mut().insert(caller);
             let result = inner.call(req).await;
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "rpc handled");
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "rpc handled"
+            );
             result
         };
         Box::pin(request_id::scope(id, fut.instrument(span)))

@@ -151,6 +151,8 @@ pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` (created on first start) or `postgres://user@host/db`.
     pub url: String,
     pub max_connections: u32,
+    /// How long to wait for a connection (at start and from the pool), in seconds.
+    pub connect_timeout_secs: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -158,6 +160,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://data/llmesh.db".into(),
             max_connections: 8,
+            connect_timeout_secs: 10,
         }
     }
 }
@@ -238,8 +241,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = load::<Root>(None, env(&[("LLMESH__SERVER__BINDD", "x")]))
-            .expect_err("unknown key");
+        let err =
+            load::<Root>(None, env(&[("LLMESH__SERVER__BINDD", "x")])).expect_err("unknown key");
         let text = err.to_string();
         assert!(text.contains("server"), "{text}");
         assert!(text.contains("bindd"), "{text}");
@@ -250,8 +253,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("llmesh-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("c.toml");
-        std::fs::write(&path, "[server]\nbind = \"127.0.0.1:1\"\nrequest_timeout_secs = 5\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[server]\nbind = \"127.0.0.1:1\"\nrequest_timeout_secs = 5\n",
+        )
+        .expect("write");
         let root: Root =
             load(Some(&path), env(&[("LLMESH__SERVER__BIND", "127.0.0.1:2")])).expect("loads");
         assert_eq!(root.server.bind, "127.0.0.1:2");
@@ -264,6 +270,9 @@ mod tests {
     fn wrong_types_are_named() {
         let err = load::<Root>(None, env(&[("LLMESH__SERVER__MAX_MESSAGE_BYTES", "lots")]))
             .expect_err("type");
-        assert!(err.to_string().contains("server.max_message_bytes"), "{err}");
+        assert!(
+            err.to_string().contains("server.max_message_bytes"),
+            "{err}"
+        );
     }
 }

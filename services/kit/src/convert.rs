@@ -20,7 +20,9 @@ pub fn opt_timestamp(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp>
 /// Reads a protobuf timestamp from field `field`, refusing out-of-range values.
 pub fn from_timestamp(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>, ApiError> {
     if !(0..1_000_000_000).contains(&t.nanos) {
-        return Err(ApiError::invalid(format!("{field}.nanos must be in 0..1e9")));
+        return Err(ApiError::invalid(format!(
+            "{field}.nanos must be in 0..1e9"
+        )));
     }
     DateTime::from_timestamp(t.seconds, t.nanos as u32)
         .ok_or_else(|| ApiError::invalid(format!("{field} is out of range")))

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use llmesh_migration::MigratorTrait;
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 use crate::config::DatabaseConfig;
 
@@ -60,8 +60,8 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbOp
     };
     options
         .max_connections(config.max_connections.max(1))
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(config.connect_timeout_secs.max(1)))
+        .acquire_timeout(Duration::from_secs(config.connect_timeout_secs.max(1)))
         .sqlx_logging(false);
     let db = Database::connect(options)
         .await

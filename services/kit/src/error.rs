@@ -188,7 +188,10 @@ mod tests {
         let status = ApiError::exhausted("slow down", Duration::from_millis(1500)).into_status();
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
-            status.metadata().get("retry-after").and_then(|v| v.to_str().ok()),
+            status
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
             Some("2")
         );
     }

@@ -112,7 +112,9 @@ impl TokenVerifier {
             ));
         }
         if claims.iat > now + LEEWAY_SECS {
-            return Err(ApiError::unauthenticated("access token issued in the future"));
+            return Err(ApiError::unauthenticated(
+                "access token issued in the future",
+            ));
         }
         let role = Role::parse(&claims.role)
             .ok_or_else(|| ApiError::unauthenticated("access token has an unknown role"))?;

@@ -212,7 +212,10 @@ mod tests {
     fn the_rules() {
         let anon = Caller::default();
         assert_eq!(code(Access::Public, &anon), None);
-        assert_eq!(code(Access::Viewer, &anon), Some(ErrorCode::Unauthenticated));
+        assert_eq!(
+            code(Access::Viewer, &anon),
+            Some(ErrorCode::Unauthenticated)
+        );
         assert_eq!(code(Access::Viewer, &caller(Role::Viewer, false)), None);
         assert_eq!(
             code(Access::Member, &caller(Role::Viewer, false)),
@@ -237,6 +240,9 @@ mod tests {
             service: true,
         };
         assert_eq!(code(Access::Service, &service), None);
-        assert_eq!(code(Access::Service, &anon), Some(ErrorCode::Unauthenticated));
+        assert_eq!(
+            code(Access::Service, &anon),
+            Some(ErrorCode::Unauthenticated)
+        );
     }
 }

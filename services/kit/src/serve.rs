@@ -22,7 +22,9 @@ use crate::config::ServerConfig;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: the port is already in use (pick another with --bind or server.bind)")]
+    #[error(
+        "cannot listen on {addr}: the port is already in use (pick another with --bind or server.bind)"
+    )]
     AddrInUse { addr: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -121,7 +123,9 @@ pub fn serve(
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
-        reporter.set_service_status("", ServingStatus::Serving).await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
     };
 
     let routes = services

@@ -140,9 +140,18 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     let addr = app.server.local_addr;
-    println!("llmesh {} is listening on http://{addr}", env!("CARGO_PKG_VERSION"));
-    println!("  services: {} (gRPC and grpc-web on this one port; health and reflection too)", services.join(", "));
-    println!("  database: {}", llmesh_kit::db::redact(&config.database.url));
+    println!(
+        "llmesh {} is listening on http://{addr}",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!(
+        "  services: {} (gRPC and grpc-web on this one port; health and reflection too)",
+        services.join(", ")
+    );
+    println!(
+        "  database: {}",
+        llmesh_kit::db::redact(&config.database.url)
+    );
     if let Some(auth) = &app.auth
         && auth
             .list_users(&UserFilter {
@@ -200,14 +209,20 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
                     role,
                 )
                 .await?;
-            println!("created {} ({}) with role {}", user.email, user.id, user.role);
+            println!(
+                "created {} ({}) with role {}",
+                user.email, user.id, user.role
+            );
             if generate_password {
                 println!("password (shown once): {password}");
             }
         }
         UsersCommand::List { email } => {
             let mut after = None;
-            println!("{:<38} {:<32} {:<7} {:<8} created", "id", "email", "role", "status");
+            println!(
+                "{:<38} {:<32} {:<7} {:<8} created",
+                "id", "email", "role", "status"
+            );
             loop {
                 let page = auth
                     .list_users(&UserFilter {
@@ -236,7 +251,10 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
         UsersCommand::ResetPassword { email } => {
             let user = auth.user_by_email(&email).await?;
             let password = auth.reset_password(&user.id).await?;
-            println!("temporary password for {} (shown once): {password}", user.email);
+            println!(
+                "temporary password for {} (shown once): {password}",
+                user.email
+            );
             println!("they must choose a new one after signing in");
         }
     }

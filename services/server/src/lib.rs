@@ -187,12 +187,13 @@ pub async fn start(
             auth = Some(service.clone());
             (service.keyring().clone(), service)
         } else {
-            let url = config.peers.auth_url.clone().with_context(|| {
-                "peers.auth_url is required when auth runs in another process"
-            })?;
-            let token = config.peers.service_token.clone().with_context(|| {
-                "peers.service_token is required when services run in separate processes"
-            })?;
+            let url =
+                config.peers.auth_url.clone().with_context(
+                    || "peers.auth_url is required when auth runs in another process",
+                )?;
+            let token = config.peers.service_token.clone().with_context(
+                || "peers.service_token is required when services run in separate processes",
+            )?;
             let channel = tonic::transport::Endpoint::from_shared(url.clone())
                 .with_context(|| format!("peers.auth_url {url:?} is not a URL"))?
                 .connect_lazy();
