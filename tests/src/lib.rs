@@ -202,6 +202,21 @@ impl TestServer {
         self.login(email).await
     }
 
+    /// Creates an API key named `name` for the holder of `access_token`.
+    pub async fn api_key(&self, access_token: &str, name: &str) -> pb::CreateApiKeyResponse {
+        self.auth()
+            .create_api_key(bearer(
+                access_token,
+                pb::CreateApiKeyRequest {
+                    name: name.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("create API key")
+            .into_inner()
+    }
+
     /// Signs in with the standard test password.
     pub async fn login(&self, email: &str) -> (pb::User, pb::TokenPair) {
         let reply = self

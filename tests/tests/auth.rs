@@ -312,17 +312,7 @@ both_backends!(api_keys, |backend| async move {
     let (_, admin) = s.signup("admin@example.com").await;
     let (_, member) = s.signup("member@example.com").await;
     let mut auth = s.auth();
-    let created = auth
-        .create_api_key(bearer(
-            &member.access_token,
-            pb::CreateApiKeyRequest {
-                name: "laptop".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("create key")
-        .into_inner();
+    let created = s.api_key(&member.access_token, "laptop").await;
     let secret = created.secret.clone();
     let key = created.api_key.expect("key");
     assert!(
@@ -396,18 +386,7 @@ both_backends!(api_keys, |backend| async move {
     assert_eq!(code(r), Code::InvalidArgument);
 
     // An admin's key is never an admin.
-    let admin_key = auth
-        .create_api_key(bearer(
-            &admin.access_token,
-            pb::CreateApiKeyRequest {
-                name: "ops".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("admin key")
-        .into_inner()
-        .secret;
+    let admin_key = s.api_key(&admin.access_token, "ops").await.secret;
     let r = auth
         .list_users(bearer(&admin_key, pb::ListUsersRequest::default()))
         .await;
@@ -639,18 +618,7 @@ both_backends!(admin_operations, |backend| async move {
 
     // Disabling: keys and refresh stop at once, access tokens run out, sign-in fails.
     let (_, victim) = s.login("user1@example.com").await;
-    let key = auth
-        .create_api_key(bearer(
-            &victim.access_token,
-            pb::CreateApiKeyRequest {
-                name: "k".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("key")
-        .into_inner()
-        .secret;
+    let key = s.api_key(&victim.access_token, "k").await.secret;
     let disabled = auth
         .disable_user(bearer(
             &at,

@@ -50,21 +50,8 @@ async fn fixture(s: &TestServer) -> Fixture {
     .expect("make viewer");
     let (_, member) = s.signup("member@example.com").await;
     s.signup("other@example.com").await;
-    let key = |name: &str| pb::CreateApiKeyRequest {
-        name: name.into(),
-        ..Default::default()
-    };
-    let member_key = auth
-        .create_api_key(bearer(&member.access_token, key("main")))
-        .await
-        .expect("key")
-        .into_inner()
-        .secret;
-    let revoked = auth
-        .create_api_key(bearer(&member.access_token, key("revoked")))
-        .await
-        .expect("key")
-        .into_inner();
+    let member_key = s.api_key(&member.access_token, "main").await.secret;
+    let revoked = s.api_key(&member.access_token, "revoked").await;
     auth.revoke_api_key(bearer(
         &member.access_token,
         pb::RevokeApiKeyRequest {
@@ -73,11 +60,9 @@ async fn fixture(s: &TestServer) -> Fixture {
     ))
     .await
     .expect("revoke");
-    let spare_key = auth
-        .create_api_key(bearer(&member.access_token, key("spare")))
+    let spare_key = s
+        .api_key(&member.access_token, "spare")
         .await
-        .expect("key")
-        .into_inner()
         .api_key
         .expect("key")
         .id;

@@ -189,18 +189,7 @@ async fn internal_rpcs_take_the_service_credential() {
     .expect("sqlite");
     let (_, tokens) = s.signup("m@example.com").await;
     let mut auth = s.auth();
-    let secret = auth
-        .create_api_key(bearer(
-            &tokens.access_token,
-            pb::CreateApiKeyRequest {
-                name: "k".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("key")
-        .into_inner()
-        .secret;
+    let secret = s.api_key(&tokens.access_token, "k").await.secret;
     let mut req = tonic::Request::new(pb::ResolveApiKeyRequest {
         secret: secret.clone(),
     });
@@ -248,17 +237,7 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
         .expect("verified with fetched keys");
     assert_eq!(principal.user_id, user.id);
 
-    let created = auth
-        .create_api_key(bearer(
-            &tokens.access_token,
-            pb::CreateApiKeyRequest {
-                name: "k".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("key")
-        .into_inner();
+    let created = s.api_key(&tokens.access_token, "k").await;
     let no_cache =
         RemoteApiKeyResolver::new(s.channel.clone(), SERVICE_TOKEN.into(), Duration::ZERO);
     let cached = RemoteApiKeyResolver::new(
