@@ -1,0 +1,415 @@
+//! The scheduler: an actor on its own thread that owns a loaded model, admits requests
+//! from a bounded queue, and runs continuous batching. Every step runs one forward pass
+//! over all running sequences (prompt chunks and single decode tokens together); new
+//! sequences join between steps; finished, failed and cancelled ones leave and free their
+//! KV cache. A sequence whose receiver is gone (client cancelled, deadline passed) is
+//! dropped before the next step.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::error::{EngineError, Result};
+use crate::llama::{KvCache, Llama, SeqInput};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::stream::TextStream;
+use crate::tokenizer::GgufTokenizer;
+
+/// Limits of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Requests allowed to wait for a slot; beyond that, submissions are refused.
+    pub queue_capacity: usize,
+    /// Sequences decoding at once.
+    pub max_running: usize,
+    /// Prompt tokens processed per step across all sequences (decode rows come on top).
+    pub prefill_chunk: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            queue_capacity: 64,
+            max_running: 16,
+            prefill_chunk: 256,
+        }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Cancelled,
+    Error,
+}
+
+/// Timings of one generation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub queue_ms: u64,
+    pub prefill_ms: u64,
+    pub prefill_tokens_per_second: f32,
+    pub decode_tokens_per_second: f32,
+}
+
+/// The last event of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub finish: FinishReason,
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub timings: Timings,
+    pub error: Option<String>,
+}
+
+/// What a generation streams back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Text to show (whole characters, never part of a stop sequence).
+    Delta(String),
+    /// Generated token ids, for tests that compare against a reference engine.
+    Token(u32),
+    Done(Done),
+}
+
+/// One generation request.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub sampling: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    /// Also send [`Event::Token`] for every generated id.
+    pub emit_tokens: bool,
+    pub events: UnboundedSender<Event>,
+}
+
+/// Counters the scheduler keeps; tests and metrics read them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub queued: AtomicUsize,
+    pub running: AtomicUsize,
+    pub steps: AtomicU64,
+    pub completed: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub failed: AtomicU64,
+    pub kv_cache_bytes: AtomicUsize,
+    /// The most sequences seen in one step.
+    pub max_batch: AtomicUsize,
+    pub generated_tokens: AtomicU64,
+}
+
+struct Submitted {
+    request: Request,
+    at: Instant,
+}
+
+/// Handle to a running scheduler. Dropping every handle stops it once its work is done.
+#[derive(Clone)]
+pub struct Scheduler {
+    tx: SyncSender<Submitted>,
+    counters: Arc<Counters>,
+    capacity: usize,
+}
+
+impl Scheduler {
+    /// Starts the actor thread for `model`.
+    pub fn start(
+        name: &str,
+        model: Arc<Llama>,
+        tokenizer: Arc<GgufTokenizer>,
+        config: SchedulerConfig,
+    ) -> Result<Scheduler> {
+        let capacity = config.queue_capacity.max(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
+        let counters = Arc::new(Counters::default());
+        let worker = Worker {
+            model,
+            tokenizer,
+            config,
+            counters: counters.clone(),
+            waiting: Vec::new(),
+            running: Vec::new(),
+        };
+        std::thread::Builder::new()
+            .name(format!("llmesh-engine-{name}"))
+            .spawn(move || worker.run(rx))
+            .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?;
+        Ok(Scheduler {
+            tx,
+            counters,
+            capacity,
+        })
+    }
+
+    /// Queues a request, or refuses it when the queue is full.
+    pub fn submit(&self, request: Request) -> Result<()> {
+        let queued = self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= self.capacity {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::QueueFull(queued));
+        }
+        match self.tx.try_send(Submitted {
+            request,
+            at: Instant::now(),
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::QueueFull(queued))
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::Stopped)
+            }
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// True while any request is queued or running.
+    pub fn busy(&self) -> bool {
+        self.counters.queued.load(Ordering::SeqCst) + self.counters.running.load(Ordering::SeqCst)
+            > 0
+    }
+}
+
+struct Sequence {
+    request: Request,
+    submitted: Instant,
+    admitted: Instant,
+    first_token: Option<Instant>,
+    cache: KvCache,
+    /// Prompt tokens already in the cache.
+    prefilled: usize,
+    /// Every token so far (prompt and output), for the repeat penalty.
+    history: Vec<u32>,
+    generated: usize,
+    sampler: Sampler,
+    text: TextStream,
+    /// The token to feed next once the prompt is done.
+    next: Option<u32>,
+}
+
+struct Worker {
+    model: Arc<Llama>,
+    tokenizer: Arc<GgufTokenizer>,
+    config: SchedulerConfig,
+    counters: Arc<Counters>,
+    waiting: Vec<Submitted>,
+    running: Vec<Sequence>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Submitted>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(s) => self.waiting.push(s),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(s) = rx.try_recv() {
+                self.waiting.push(s);
+            }
+            self.drop_cancelled();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+        tracing::debug!("engine thread stopped");
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !s.request.events.is_closed());
+        let gone = before - self.waiting.len();
+        if gone > 0 {
+            self.counters.queued.fetch_sub(gone, Ordering::SeqCst);
+            self.counters.cancelled.fetch_add(gone as u64, Ordering::SeqCst);
+        }
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].request.events.is_closed() {
+                let seq = self.running.swap_remove(i);
+                self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
+                self.release(seq);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_running && !self.waiting.is_empty() {
+            let s = self.waiting.remove(0);
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            self.counters.running.fetch_add(1, Ordering::SeqCst);
+            let history = s.request.prompt.clone();
+            let sampler = Sampler::new(s.request.sampling.clone());
+            let text = TextStream::new(s.request.stop.clone());
+            self.running.push(Sequence {
+                request: s.request,
+                submitted: s.at,
+                admitted: Instant::now(),
+                first_token: None,
+                cache: KvCache::default(),
+                prefilled: 0,
+                history,
+                generated: 0,
+                sampler,
+                text,
+                next: None,
+            });
+        }
+    }
+
+    /// One forward pass over every running sequence, then sampling and streaming.
+    fn step(&mut self) {
+        let mut budget = self.config.prefill_chunk.max(1);
+        // Which tokens each sequence feeds this step.
+        let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(self.running.len());
+        for seq in &self.running {
+            if let Some(next) = seq.next {
+                feeds.push(vec![next]);
+            } else if budget > 0 {
+                let rest = &seq.request.prompt[seq.prefilled..];
+                let take = rest.len().min(budget);
+                budget -= take;
+                feeds.push(rest[..take].to_vec());
+            } else {
+                feeds.push(Vec::new());
+            }
+        }
+        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
+        let mut members = Vec::new();
+        for (i, (seq, feed)) in self.running.iter_mut().zip(&feeds).enumerate() {
+            if !feed.is_empty() {
+                inputs.push(SeqInput {
+                    tokens: feed,
+                    cache: &mut seq.cache,
+                });
+                members.push(i);
+            }
+        }
+        self.counters
+            .max_batch
+            .fetch_max(members.len(), Ordering::SeqCst);
+        let result = self.model.forward(&mut inputs);
+        drop(inputs);
+        self.counters.steps.fetch_add(1, Ordering::SeqCst);
+        self.counters.kv_cache_bytes.store(
+            self.running.iter().map(|s| s.cache.bytes()).sum(),
+            Ordering::SeqCst,
+        );
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "forward pass failed; failing the batch");
+                for i in members.into_iter().rev() {
+                    let seq = self.running.swap_remove(i);
+                    self.finish(seq, FinishReason::Error, Some(e.to_string()));
+                }
+                return;
+            }
+        };
+
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (mut row, &i) in logits.into_iter().zip(&members) {
+            let seq = &mut self.running[i];
+            if seq.next.is_none() {
+                seq.prefilled += feeds[i].len();
+                if seq.prefilled < seq.request.prompt.len() {
+                    continue; // more prompt to go; these logits are not needed
+                }
+            }
+            let token = seq.sampler.sample(&mut row, &seq.history);
+            if seq.first_token.is_none() {
+                seq.first_token = Some(Instant::now());
+            }
+            seq.history.push(token);
+            seq.generated += 1;
+            self.counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            if seq.request.emit_tokens {
+                let _ = seq.request.events.send(Event::Token(token));
+            }
+            if self.tokenizer.stop_ids.contains(&token) {
+                finished.push((i, FinishReason::Stop));
+                continue;
+            }
+            let piece = self.tokenizer.piece(token);
+            let out = seq.text.push(piece);
+            if !out.text.is_empty() {
+                let _ = seq.request.events.send(Event::Delta(out.text));
+            }
+            if out.stopped {
+                finished.push((i, FinishReason::Stop));
+            } else if seq.generated >= seq.request.max_tokens
+                || seq.cache.len() + 1 > self.model.config.context_length
+            {
+                finished.push((i, FinishReason::Length));
+            } else {
+                seq.next = Some(token);
+            }
+        }
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, reason) in finished {
+            let seq = self.running.swap_remove(i);
+            self.finish(seq, reason, None);
+        }
+    }
+
+    fn finish(&mut self, mut seq: Sequence, finish: FinishReason, error: Option<String>) {
+        if finish != FinishReason::Stop {
+            let rest = seq.text.finish();
+            if !rest.is_empty() && finish == FinishReason::Length {
+                let _ = seq.request.events.send(Event::Delta(rest));
+            }
+        }
+        let now = Instant::now();
+        let prompt_tokens = seq.request.prompt.len();
+        let first = seq.first_token.unwrap_or(now);
+        let prefill = first.duration_since(seq.admitted).as_secs_f32();
+        let decode = now.duration_since(first).as_secs_f32();
+        let timings = Timings {
+            queue_ms: seq.admitted.duration_since(seq.submitted).as_millis() as u64,
+            prefill_ms: (prefill * 1000.0) as u64,
+            prefill_tokens_per_second: rate(prompt_tokens, prefill),
+            decode_tokens_per_second: rate(seq.generated.saturating_sub(1), decode),
+        };
+        let done = Done {
+            finish,
+            prompt_tokens: prompt_tokens as u32,
+            completion_tokens: seq.generated as u32,
+            timings,
+            error,
+        };
+        if finish == FinishReason::Error {
+            self.counters.failed.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.counters.completed.fetch_add(1, Ordering::SeqCst);
+        }
+        let _ = seq.request.events.send(Event::Done(done));
+        self.release(seq);
+    }
+
+    fn release(&mut self, seq: Sequence) {
+        drop(seq);
+        self.counters.running.fetch_sub(1, Ordering::SeqCst);
+        self.counters.kv_cache_bytes.store(
+            self.running.iter().map(|s| s.cache.bytes()).sum(),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+fn rate(tokens: usize, secs: f32) -> f32 {
+    if secs > 0.0 { tokens as f32 / secs } else { 0.0 }
+}
