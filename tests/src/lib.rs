@@ -1,6 +1,7 @@
 //! Shared harness of the end-to-end tests: real servers on 127.0.0.1:0 over real sockets,
 //! fresh SQLite files or fresh Postgres databases, a manual clock, and helpers to call RPCs.
 
+pub mod models;
 pub mod raw;
 
 use std::sync::Arc;

@@ -16,8 +16,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let max_tokens = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
     let started = std::time::Instant::now();
-    let model = Arc::new(ChatModel::load("cli", path.as_ref(), SchedulerConfig::default())?);
-    eprintln!("loaded in {:?}: {:?}", started.elapsed(), model.info.quantization);
+    let model = Arc::new(ChatModel::load(
+        "cli",
+        path.as_ref(),
+        SchedulerConfig::default(),
+    )?);
+    eprintln!(
+        "loaded in {:?}: {:?}",
+        started.elapsed(),
+        model.info.quantization
+    );
     let tokens = model.chat_tokens(&[Message {
         role: "user".into(),
         content: prompt.clone(),

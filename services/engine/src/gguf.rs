@@ -21,8 +21,9 @@ impl GgufFile {
         let file = File::open(path)
             .map_err(|e| EngineError::Load(format!("cannot open {}: {e}", path.display())))?;
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader)
-            .map_err(|e| EngineError::Load(format!("{} is not a GGUF file: {e}", path.display())))?;
+        let content = Content::read(&mut reader).map_err(|e| {
+            EngineError::Load(format!("{} is not a GGUF file: {e}", path.display()))
+        })?;
         Ok(GgufFile { content, reader })
     }
 

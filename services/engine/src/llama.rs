@@ -164,22 +164,33 @@ impl Llama {
         }
         for s in batch.iter() {
             if s.tokens.is_empty() {
-                return Err(EngineError::Invalid("a sequence in the batch has no tokens".into()));
+                return Err(EngineError::Invalid(
+                    "a sequence in the batch has no tokens".into(),
+                ));
             }
             if s.cache.len + s.tokens.len() > c.context_length {
                 return Err(EngineError::Invalid("the context window is full".into()));
             }
             if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= c.vocab) {
-                return Err(EngineError::Invalid(format!("token id {bad} is outside the vocabulary")));
+                return Err(EngineError::Invalid(format!(
+                    "token id {bad} is outside the vocabulary"
+                )));
             }
         }
-        let ids: Vec<u32> = batch.iter().flat_map(|s| s.tokens.iter().copied()).collect();
+        let ids: Vec<u32> = batch
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
         let positions: Vec<usize> = batch
             .iter()
             .flat_map(|s| s.cache.len..s.cache.len + s.tokens.len())
             .collect();
         let ids = Tensor::from_vec(ids, rows, &self.device)?;
-        let mut x = self.embed.embedding(&ids)?.flatten_all()?.to_vec1::<f32>()?;
+        let mut x = self
+            .embed
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
 
         let q_width = c.n_head * c.head_dim;
         let kv_width = c.n_kv_head * c.head_dim;
@@ -203,8 +214,16 @@ impl Llama {
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let start = s.cache.len;
-                s.cache.k[li].extend_from_slice(&k[row * kv_width..(row + n) * kv_width]);
-                s.cache.v[li].extend_from_slice(&v[row * kv_width..(row + n) * kv_width]);
+                s.cache.k[li].extend(
+                    k[row * kv_width..(row + n) * kv_width]
+                        .iter()
+                        .map(|&x| f16_round(x)),
+                );
+                s.cache.v[li].extend(
+                    v[row * kv_width..(row + n) * kv_width]
+                        .iter()
+                        .map(|&x| f16_round(x)),
+                );
                 attention(
                     c,
                     &q[row * q_width..(row + n) * q_width],
@@ -311,12 +330,15 @@ fn attention(c: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out
         let visible = start + t + 1;
         for h in 0..c.n_head {
             let kvh = h / group;
-            let qh = &q_row[h * d..(h + 1) * d];
+            let qh: Vec<f32> = q_row[h * d..(h + 1) * d]
+                .iter()
+                .map(|&x| f16_round(x))
+                .collect();
             scores.clear();
             let mut max = f32::NEG_INFINITY;
             for j in 0..visible {
                 let kj = &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                let s = dot(qh, kj) * scale;
+                let s = dot(&qh, kj) * scale;
                 max = max.max(s);
                 scores.push(s);
             }
@@ -329,11 +351,15 @@ fn attention(c: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out
             oh.fill(0.0);
             for (j, &w) in scores.iter().enumerate() {
                 let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                let w = w / sum;
+                let w = f16_round(w / sum);
                 oh.iter_mut().zip(vj).for_each(|(o, x)| *o += w * x);
             }
         }
     }
+}
+
+fn f16_round(x: f32) -> f32 {
+    half::f16::from_f32(x).to_f32()
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -57,7 +57,11 @@ impl Sampler {
                     && let Some(l) = logits.get_mut(id as usize)
                 {
                     // As llama.cpp: shrink positive logits, push negative ones further down.
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -169,6 +173,11 @@ mod tests {
             min_p: 0.99,
             ..params
         });
-        assert!(narrow.iter().all(|&t| logits[t as usize] == 1.8));
+        let top = logits[argmax(&logits) as usize];
+        assert!(narrow.iter().all(|&t| logits[t as usize] == top));
+        assert!(
+            narrow.iter().any(|&t| t != argmax(&logits)),
+            "ties are sampled"
+        );
     }
 }

@@ -233,7 +233,9 @@ impl Worker {
         let gone = before - self.waiting.len();
         if gone > 0 {
             self.counters.queued.fetch_sub(gone, Ordering::SeqCst);
-            self.counters.cancelled.fetch_add(gone as u64, Ordering::SeqCst);
+            self.counters
+                .cancelled
+                .fetch_add(gone as u64, Ordering::SeqCst);
         }
         let mut i = 0;
         while i < self.running.len() {
@@ -336,7 +338,9 @@ impl Worker {
             }
             seq.history.push(token);
             seq.generated += 1;
-            self.counters.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            self.counters
+                .generated_tokens
+                .fetch_add(1, Ordering::Relaxed);
             if seq.request.emit_tokens {
                 let _ = seq.request.events.send(Event::Token(token));
             }
@@ -411,5 +415,9 @@ impl Worker {
 }
 
 fn rate(tokens: usize, secs: f32) -> f32 {
-    if secs > 0.0 { tokens as f32 / secs } else { 0.0 }
+    if secs > 0.0 {
+        tokens as f32 / secs
+    } else {
+        0.0
+    }
 }

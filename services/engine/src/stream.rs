@@ -118,12 +118,18 @@ mod tests {
         assert_eq!(s.push(&euro[1..2]).text, "");
         assert_eq!(s.push(&euro[2..]).text, "€");
         let emoji = "🦀".as_bytes();
-        assert_eq!(run(&[], &[&emoji[..3], &emoji[3..], b"!"]), ("🦀!".into(), false));
+        assert_eq!(
+            run(&[], &[&emoji[..3], &emoji[3..], b"!"]),
+            ("🦀!".into(), false)
+        );
     }
 
     #[test]
     fn stop_sequences_split_across_tokens_are_never_sent() {
-        assert_eq!(run(&["END"], &[b"abc E", b"N", b"D tail"]), ("abc ".into(), true));
+        assert_eq!(
+            run(&["END"], &[b"abc E", b"N", b"D tail"]),
+            ("abc ".into(), true)
+        );
         assert_eq!(run(&["\n\n"], &[b"one\n", b"\ntwo"]), ("one".into(), true));
         // A false start is released once it cannot be a stop any more.
         assert_eq!(run(&["END"], &[b"EN", b"O"]), ("ENO".into(), false));

@@ -32,11 +32,16 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template_owned("chat", source.clone())
-            .map_err(|e| EngineError::Load(format!("the model's chat template does not compile: {e}")))?;
+            .map_err(|e| {
+                EngineError::Load(format!("the model's chat template does not compile: {e}"))
+            })?;
         Ok(ChatTemplate {
             env,
             source,
@@ -58,7 +63,9 @@ impl ChatTemplate {
                 bos_token => self.bos,
                 eos_token => self.eos,
             })
-            .map_err(|e| EngineError::Invalid(format!("the chat template refused the messages: {e}")))
+            .map_err(|e| {
+                EngineError::Invalid(format!("the chat template refused the messages: {e}"))
+            })
     }
 }
 
@@ -88,7 +95,8 @@ mod tests {
     #[test]
     fn python_methods_and_exceptions() {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first must be user') }}{% endif %}{{ messages[0]['content'].strip() }}";
-        let t = ChatTemplate::new(Some(src.into()), String::new(), String::new()).expect("compiles");
+        let t =
+            ChatTemplate::new(Some(src.into()), String::new(), String::new()).expect("compiles");
         assert_eq!(t.render(&[msg("user", "  x  ")]).expect("renders"), "x");
         let err = t.render(&[msg("system", "x")]).expect_err("raises");
         assert!(err.to_string().contains("first must be user"));

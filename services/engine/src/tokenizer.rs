@@ -86,7 +86,8 @@ impl GgufTokenizer {
                 pieces.push(text.as_bytes().to_vec());
             } else {
                 // Byte-level tokens spell bytes as printable characters; undo that.
-                let bytes: Option<Vec<u8>> = text.chars().map(|c| byte_of.get(&c).copied()).collect();
+                let bytes: Option<Vec<u8>> =
+                    text.chars().map(|c| byte_of.get(&c).copied()).collect();
                 pieces.push(bytes.unwrap_or_else(|| text.as_bytes().to_vec()));
             }
         }

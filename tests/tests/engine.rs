@@ -1,0 +1,272 @@
+//! The engine against the real SmolLM2 model: llama.cpp's tokenizer ids and greedy tokens
+//! (recorded fixtures), batching that changes no row, seeded sampling, cancellation.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use llmesh_engine::ChatModel;
+use llmesh_engine::sampler::SamplingParams;
+use llmesh_engine::scheduler::{Event, FinishReason, Request, SchedulerConfig};
+use serde_json::Value;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Margin between llama.cpp's top two logits below which the two engines may
+/// legitimately pick different tokens. llama.cpp's own margins for this model move by up
+/// to 0.5 between its batch sizes (8-bit activation rounding, f16 KV cache), so a
+/// smaller epsilon would test noise, not correctness.
+const EPSILON: f64 = 0.5;
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/fixtures/smollm2/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
+}
+
+fn model(config: SchedulerConfig) -> Arc<ChatModel> {
+    let path = llmesh_tests::models::chat_model_path();
+    Arc::new(ChatModel::load("test", &path, config).expect("load model"))
+}
+
+fn request(
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> (Request, UnboundedReceiver<Event>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    (
+        Request {
+            prompt,
+            sampling,
+            max_tokens,
+            stop: Vec::new(),
+            emit_tokens: true,
+            events: tx,
+        },
+        rx,
+    )
+}
+
+async fn collect(
+    mut rx: UnboundedReceiver<Event>,
+) -> (Vec<u32>, String, llmesh_engine::scheduler::Done) {
+    let mut ids = Vec::new();
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(id) => ids.push(id),
+            Event::Delta(t) => text.push_str(&t),
+            Event::Done(done) => return (ids, text, done),
+        }
+    }
+    panic!("stream ended without Done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_matches_llama_cpp() {
+    let model = model(SchedulerConfig::default());
+    let cases = fixture("tokenizer.json");
+    for case in cases.as_array().expect("array") {
+        let text = case["text"].as_str().expect("text");
+        let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
+        let got = model.text_tokens(text).expect("encode");
+        assert_eq!(got, want, "token ids of {text:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_template_renders_what_llama_cpp_renders() {
+    let model = model(SchedulerConfig::default());
+    for case in fixture("chat.json").as_array().expect("array") {
+        let user = case["user"].as_str().expect("user");
+        let want: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
+        let ours = model
+            .chat_tokens(&[llmesh_engine::template::Message {
+                role: "user".into(),
+                content: user.into(),
+            }])
+            .expect("template");
+        assert_eq!(ours, want, "prompt of {user:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_decoding_matches_llama_cpp() {
+    let model = model(SchedulerConfig::default());
+    for case in fixture("greedy.json").as_array().expect("array") {
+        let prompt = case["prompt"].as_str().expect("prompt");
+        let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
+        let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).expect("greedy");
+        let margins: Vec<f64> = serde_json::from_value(case["margins"].clone()).expect("margins");
+        assert_eq!(
+            model.text_tokens(prompt).expect("encode"),
+            prompt_ids,
+            "{prompt:?}"
+        );
+
+        let (req, rx) = request(prompt_ids, want.len(), SamplingParams::default());
+        model.generate(req).expect("submit");
+        let (got, _, done) = collect(rx).await;
+        assert_eq!(done.finish, FinishReason::Length);
+        let mut compared = 0;
+        for (step, (g, w)) in got.iter().zip(&want).enumerate() {
+            if margins[step] < EPSILON {
+                break;
+            }
+            assert_eq!(
+                g, w,
+                "{prompt:?}: step {step} differs (llama.cpp margin {:.3})\n ours {got:?}\n want {want:?}",
+                margins[step]
+            );
+            compared += 1;
+        }
+        assert!(
+            compared >= 16,
+            "{prompt:?}: only {compared} tokens compared"
+        );
+    }
+}
+
+fn greedy_cases() -> Vec<Vec<u32>> {
+    fixture("greedy.json")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| serde_json::from_value(c["prompt_ids"].clone()).expect("ids"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_changes_no_row() {
+    let model = model(SchedulerConfig::default());
+    let sampling = SamplingParams {
+        temperature: 0.8,
+        top_k: 40,
+        seed: 7,
+        ..Default::default()
+    };
+    // Alone, one after another.
+    let mut alone = Vec::new();
+    for prompt in greedy_cases() {
+        let (req, rx) = request(prompt, 24, sampling.clone());
+        model.generate(req).expect("submit");
+        alone.push(collect(rx).await.0);
+    }
+    // Together: submitted at once, so they prefill and decode in shared steps.
+    let mut receivers = Vec::new();
+    for prompt in greedy_cases() {
+        let (req, rx) = request(prompt, 24, sampling.clone());
+        model.generate(req).expect("submit");
+        receivers.push(rx);
+    }
+    let mut together = Vec::new();
+    for rx in receivers {
+        together.push(collect(rx).await.0);
+    }
+    assert!(
+        model
+            .scheduler()
+            .counters()
+            .max_batch
+            .load(Ordering::SeqCst)
+            >= 3,
+        "the three sequences shared a step"
+    );
+    assert_eq!(alone, together);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_sampling_reproduces() {
+    let model = model(SchedulerConfig::default());
+    let prompt = greedy_cases().remove(0);
+    let run = |seed| {
+        let model = model.clone();
+        let prompt = prompt.clone();
+        async move {
+            let sampling = SamplingParams {
+                temperature: 1.2,
+                top_p: 0.95,
+                seed,
+                ..Default::default()
+            };
+            let (req, rx) = request(prompt, 20, sampling);
+            model.generate(req).expect("submit");
+            collect(rx).await.0
+        }
+    };
+    let a = run(1).await;
+    assert_eq!(a, run(1).await);
+    assert_ne!(a, run(2).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_sequences_end_the_text() {
+    let model = model(SchedulerConfig::default());
+    let prompt = greedy_cases().remove(0); // "1, 2, ... 8," continues " 9, 10, 11, ..."
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    model
+        .generate(Request {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: 30,
+            stop: vec![" 12".into()],
+            emit_tokens: false,
+            events: tx,
+        })
+        .expect("submit");
+    let (_, text, done) = collect(rx).await;
+    assert_eq!(text, " 9, 10, 11,");
+    assert_eq!(done.finish, FinishReason::Stop);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_sequences_leave_and_free_their_cache() {
+    let model = model(SchedulerConfig::default());
+    let counters = model.scheduler().counters().clone();
+    let (req, mut rx) = request(greedy_cases().remove(0), 4000, SamplingParams::default());
+    model.generate(req).expect("submit");
+    // Wait until it is decoding, then hang up as a client would.
+    while !matches!(rx.recv().await, Some(Event::Delta(_))) {}
+    assert_eq!(counters.running.load(Ordering::SeqCst), 1);
+    assert!(counters.kv_cache_bytes.load(Ordering::SeqCst) > 0);
+    drop(rx);
+    let generated_at_drop = counters.generated_tokens.load(Ordering::SeqCst);
+    let steps_at_drop = counters.steps.load(Ordering::SeqCst);
+    for _ in 0..500 {
+        if counters.cancelled.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(counters.cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(counters.running.load(Ordering::SeqCst), 0);
+    assert_eq!(counters.kv_cache_bytes.load(Ordering::SeqCst), 0);
+    // The scheduler checks for hung-up clients before every step: at most the step in
+    // flight when the client left completes.
+    assert!(counters.steps.load(Ordering::SeqCst) <= steps_at_drop + 1);
+    assert!(counters.generated_tokens.load(Ordering::SeqCst) <= generated_at_drop + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses() {
+    let model = model(SchedulerConfig {
+        queue_capacity: 2,
+        max_running: 1,
+        prefill_chunk: 256,
+    });
+    let prompt = greedy_cases().remove(0);
+    let mut keep = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (req, rx) = request(prompt.clone(), 200, SamplingParams::default());
+        match model.generate(req) {
+            Ok(()) => keep.push(rx),
+            Err(llmesh_engine::EngineError::QueueFull(_)) => refused += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    // One may already be running; at most two wait.
+    assert!(
+        keep.len() <= 3 && refused >= 3,
+        "kept {} refused {refused}",
+        keep.len()
+    );
+}
