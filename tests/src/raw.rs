@@ -65,3 +65,27 @@ pub async fn unary(
         .await
         .map(|r| r.into_inner())
 }
+
+/// Calls the server-streaming RPC at `path` and reads the stream to its end; returns the
+/// messages, or the first error status.
+pub async fn server_streaming(
+    channel: &Channel,
+    path: &str,
+    request: tonic::Request<Vec<u8>>,
+) -> Result<Vec<Vec<u8>>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::try_from(path)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut stream = grpc
+        .server_streaming(request, path, RawCodec)
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        out.push(message);
+    }
+    Ok(out)
+}

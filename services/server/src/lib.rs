@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use llmesh_auth::AuthConfig;
+use llmesh_llm::LlmConfig;
+use llmesh_llm::pull::Progress;
 use llmesh_auth::remote::{RemoteApiKeyResolver, RemoteKeySource};
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
@@ -17,13 +19,14 @@ use llmesh_kit::principal::AccessTable;
 use llmesh_kit::serve::{RunningServer, Services};
 use llmesh_kit::{Clock, db};
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
+use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 
 /// Every service llmesh defines, and whether this build implements it.
 pub const ALL_SERVICES: &[(&str, bool)] = &[
     ("auth", true),
-    ("llm", false),
+    ("llm", true),
     ("chat", false),
     ("billing", false),
     ("sandbox", false),
@@ -37,6 +40,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub llm: LlmConfig,
     pub peers: PeersConfig,
 }
 
@@ -76,6 +80,7 @@ impl Config {
         self.server.validate()?;
         self.log.validate()?;
         self.auth.validate()?;
+        self.llm.validate()?;
         if self.peers.api_key_cache_secs > 5 {
             return Err(invalid(
                 "peers.api_key_cache_secs",
@@ -108,7 +113,7 @@ pub fn parse_services(list: &str) -> anyhow::Result<Vec<String>> {
                     .join(", ")
             ),
             Some((_, false)) => {
-                bail!("the {name} service is not part of this build yet: run `--services auth`")
+                bail!("the {name} service is not part of this build yet: run `--services auth,llm`")
             }
             Some(_) => {
                 if !out.iter().any(|s| s == name) {
@@ -137,7 +142,11 @@ pub struct App {
     pub server: RunningServer,
     pub db: DatabaseConnection,
     pub auth: Option<Arc<llmesh_auth::AuthService>>,
+    pub llm: Option<Arc<llmesh_llm::LlmService>>,
 }
+
+/// Reports model pull progress while the server prepares (model id, progress).
+pub type PullProgress<'a> = &'a (dyn Fn(&str, &Progress) + Sync);
 
 /// Opens and migrates the database named by the config.
 pub async fn open_database(config: &DatabaseConfig) -> anyhow::Result<DatabaseConnection> {
@@ -151,6 +160,7 @@ pub async fn start(
     config: Config,
     services: &[String],
     clock: Arc<dyn Clock>,
+    progress: PullProgress<'_>,
     signal: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<App> {
     config.validate()?;
@@ -207,6 +217,26 @@ pub async fn start(
             )
         };
 
+    let mut llm = None;
+    if services.iter().any(|s| s == "llm") {
+        let service = Arc::new(llmesh_llm::LlmService::new(
+            config.llm.clone(),
+            Arc::new(llmesh_llm::spend::NoBilling),
+        )?);
+        service
+            .prepare(progress)
+            .await
+            .context("preparing the models")?;
+        routes.add_service(
+            LlmServiceServer::from_arc(Arc::new(llmesh_llm::GrpcLlmAdapter::new(service.clone())))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        );
+        names.push(llmesh_llm::SERVICE_NAME);
+        tables.push(llmesh_llm::ACCESS);
+        llm = Some(service);
+    }
+
     let verifier = TokenVerifier::new(keys, clock.clone());
     let authenticator = Arc::new(Authenticator::new(
         verifier,
@@ -228,6 +258,7 @@ pub async fn start(
         server,
         db: conn,
         auth,
+        llm,
     })
 }
 

