@@ -15,7 +15,9 @@ pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("LLMESH_TEST_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
             home.join(".cache/llmesh-test-models")
         });
     let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use chrono::Duration;
 use llmesh_proto::auth::v1 as pb;
-use llmesh_proto::llm::v1 as llm;
 use llmesh_proto::common::v1::Role;
+use llmesh_proto::llm::v1 as llm;
 use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
 use prost::Message;
 use tonic::Code;
@@ -276,7 +276,12 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
         ),
         (
             "GetModel",
-            Box::new(|_| llm::GetModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            Box::new(|_| {
+                llm::GetModelRequest {
+                    id: "no-such-model".into(),
+                }
+                .encode_to_vec()
+            }),
             [UA, NF, NF, NF, NF, NF, UA, UA, UA],
         ),
         (
@@ -315,22 +320,43 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
         ),
         (
             "PullModel",
-            Box::new(|_| llm::PullModelRequest { source: "ftp://nowhere".into(), ..Default::default() }.encode_to_vec()),
+            Box::new(|_| {
+                llm::PullModelRequest {
+                    source: "ftp://nowhere".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
             [UA, PD, PD, PD, IA, PD, UA, UA, UA],
         ),
         (
             "DeleteModel",
-            Box::new(|_| llm::DeleteModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            Box::new(|_| {
+                llm::DeleteModelRequest {
+                    id: "no-such-model".into(),
+                }
+                .encode_to_vec()
+            }),
             admin_only,
         ),
         (
             "LoadModel",
-            Box::new(|_| llm::LoadModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            Box::new(|_| {
+                llm::LoadModelRequest {
+                    id: "no-such-model".into(),
+                }
+                .encode_to_vec()
+            }),
             admin_only,
         ),
         (
             "UnloadModel",
-            Box::new(|_| llm::UnloadModelRequest { id: "no-such-model".into() }.encode_to_vec()),
+            Box::new(|_| {
+                llm::UnloadModelRequest {
+                    id: "no-such-model".into(),
+                }
+                .encode_to_vec()
+            }),
             admin_only,
         ),
         (
@@ -428,7 +454,9 @@ async fn matrix(backend: Backend) {
                 None => tonic::Request::new(body),
             };
             let result = if *streaming {
-                raw::server_streaming(&s.channel, &path, request).await.map(|_| ())
+                raw::server_streaming(&s.channel, &path, request)
+                    .await
+                    .map(|_| ())
             } else {
                 raw::unary(&s.channel, &path, request).await.map(|_| ())
             };

@@ -52,10 +52,7 @@ impl GgufFile {
     }
 
     pub fn string(&self, key: &str) -> Result<String> {
-        self.get(key)?
-            .to_string()
-            .map(Clone::clone)
-            .map_err(|_| bad(key))
+        self.get(key)?.to_string().cloned().map_err(|_| bad(key))
     }
 
     pub fn opt_string(&self, key: &str) -> Option<String> {
@@ -69,7 +66,7 @@ impl GgufFile {
         let items = self.get(key)?.to_vec().map_err(|_| bad(key))?;
         items
             .iter()
-            .map(|v| v.to_string().map(Clone::clone).map_err(|_| bad(key)))
+            .map(|v| v.to_string().cloned().map_err(|_| bad(key)))
             .collect()
     }
 

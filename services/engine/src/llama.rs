@@ -105,7 +105,7 @@ impl Llama {
             context_length: file.u32(&key("context_length"))? as usize,
             vocab: file.strings("tokenizer.ggml.tokens")?.len(),
         };
-        if config.n_head % config.n_kv_head != 0 || config.rope_dim > config.head_dim {
+        if !config.n_head.is_multiple_of(config.n_kv_head) || config.rope_dim > config.head_dim {
             return Err(EngineError::Load("inconsistent attention shape".into()));
         }
 

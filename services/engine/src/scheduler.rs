@@ -363,7 +363,7 @@ impl Worker {
                 seq.next = Some(token);
             }
         }
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let seq = self.running.swap_remove(i);
             self.finish(seq, reason, None);

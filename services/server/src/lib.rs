@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use llmesh_auth::AuthConfig;
-use llmesh_llm::LlmConfig;
-use llmesh_llm::pull::Progress;
 use llmesh_auth::remote::{RemoteApiKeyResolver, RemoteKeySource};
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
@@ -18,6 +16,8 @@ use llmesh_kit::jwt::{KeySource, TokenVerifier};
 use llmesh_kit::principal::AccessTable;
 use llmesh_kit::serve::{RunningServer, Services};
 use llmesh_kit::{Clock, db};
+use llmesh_llm::LlmConfig;
+use llmesh_llm::pull::Progress;
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
