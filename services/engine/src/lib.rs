@@ -5,6 +5,7 @@
 
 pub mod embed;
 pub mod error;
+pub mod gemma;
 pub mod gguf;
 pub mod llama;
 pub mod model;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use crate::error::{EngineError, Result};
+use crate::gemma::Gemma;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
-use crate::scheduler::{Request, Scheduler, SchedulerConfig};
+use crate::scheduler::{Backend, Request, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::GgufTokenizer;
 
@@ -64,12 +65,6 @@ impl ChatModel {
             quantization: file.quantization(),
             chat_template: file.opt_string("tokenizer.chat_template"),
         };
-        if !matches!(info.architecture.as_str(), "llama") {
-            return Err(EngineError::Load(format!(
-                "architecture {:?} is not supported yet (llama-family GGUF is)",
-                info.architecture
-            )));
-        }
         let tokenizer = Arc::new(GgufTokenizer::from_gguf(&file)?);
         let text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.token_text(i))
@@ -81,8 +76,16 @@ impl ChatModel {
             text(tokenizer.bos_id),
             text(tokenizer.eos_id),
         )?;
-        let model = Arc::new(Llama::load(&mut file, &device())?);
-        let scheduler = Scheduler::start(name, model, tokenizer.clone(), config)?;
+        let backend = match info.architecture.as_str() {
+            "llama" => Backend::Llama(Llama::load(&mut file, &device())?),
+            "gemma3" | "gemma2" | "gemma" => Backend::Gemma(Gemma::load(file, &device())?),
+            other => {
+                return Err(EngineError::Load(format!(
+                    "architecture {other:?} is not supported (llama-family and Gemma GGUF are)"
+                )));
+            }
+        };
+        let scheduler = Scheduler::start(name, Arc::new(backend), tokenizer.clone(), config)?;
         Ok(ChatModel {
             info,
             tokenizer,
@@ -94,12 +97,23 @@ impl ChatModel {
     /// Renders messages with the chat template and tokenizes the result.
     pub fn chat_tokens(&self, messages: &[Message]) -> Result<Vec<u32>> {
         let prompt = self.template.render(messages)?;
-        self.tokenizer.encode(&prompt)
+        self.with_bos(self.tokenizer.encode(&prompt)?)
     }
 
-    /// Tokenizes a raw prompt (no template).
+    /// Tokenizes a raw prompt (no template), with BOS when the model asks for one.
     pub fn text_tokens(&self, text: &str) -> Result<Vec<u32>> {
-        self.tokenizer.encode(text)
+        self.with_bos(self.tokenizer.encode(text)?)
+    }
+
+    /// Puts BOS first for models whose metadata says so (`tokenizer.ggml.add_bos_token`),
+    /// unless the template already wrote it.
+    fn with_bos(&self, mut ids: Vec<u32>) -> Result<Vec<u32>> {
+        if let (true, Some(bos)) = (self.tokenizer.add_bos, self.tokenizer.bos_id)
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
     }
 
     /// Queues a generation; events arrive on the request's channel.

@@ -13,10 +13,89 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{EngineError, Result};
+use crate::gemma::{Gemma, GemmaState};
 use crate::llama::{KvCache, Llama, SeqInput};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::GgufTokenizer;
+
+/// The forward pass a scheduler drives.
+pub enum Backend {
+    /// llmesh's own batched llama forward.
+    Llama(Llama),
+    /// candle's Gemma, one sequence at a time.
+    Gemma(Gemma),
+}
+
+impl Backend {
+    pub fn context_length(&self) -> usize {
+        match self {
+            Backend::Llama(m) => m.config.context_length,
+            Backend::Gemma(m) => m.context_length,
+        }
+    }
+
+    fn new_state(&self) -> SeqState {
+        match self {
+            Backend::Llama(_) => SeqState::Llama(KvCache::default()),
+            Backend::Gemma(m) => SeqState::Gemma(Box::new(m.new_state())),
+        }
+    }
+
+    fn state_bytes(&self, state: &SeqState) -> usize {
+        match (self, state) {
+            (_, SeqState::Llama(cache)) => cache.bytes(),
+            (Backend::Gemma(m), SeqState::Gemma(s)) => m.state_bytes(s),
+            (Backend::Llama(_), SeqState::Gemma(_)) => 0,
+        }
+    }
+
+    /// Runs one step for the given sequences (their new tokens and states); returns the
+    /// logits after each sequence's last token.
+    fn forward(&self, feeds: &[&[u32]], states: &mut [&mut SeqState]) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Backend::Llama(model) => {
+                let mut inputs = Vec::with_capacity(feeds.len());
+                for (tokens, state) in feeds.iter().zip(states.iter_mut()) {
+                    match &mut **state {
+                        SeqState::Llama(cache) => inputs.push(SeqInput { tokens, cache }),
+                        SeqState::Gemma(_) => {
+                            return Err(EngineError::Compute(
+                                "sequence state of another model".into(),
+                            ));
+                        }
+                    }
+                }
+                model.forward(&mut inputs)
+            }
+            Backend::Gemma(model) => feeds
+                .iter()
+                .zip(states.iter_mut())
+                .map(|(tokens, state)| match &mut **state {
+                    SeqState::Gemma(s) => model.forward(s, tokens),
+                    SeqState::Llama(_) => Err(EngineError::Compute(
+                        "sequence state of another model".into(),
+                    )),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one sequence keeps between steps.
+pub enum SeqState {
+    Llama(KvCache),
+    Gemma(Box<GemmaState>),
+}
+
+impl SeqState {
+    fn len(&self) -> usize {
+        match self {
+            SeqState::Llama(c) => c.len(),
+            SeqState::Gemma(s) => s.len,
+        }
+    }
+}
 
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
@@ -120,7 +199,7 @@ impl Scheduler {
     /// Starts the actor thread for `model`.
     pub fn start(
         name: &str,
-        model: Arc<Llama>,
+        model: Arc<Backend>,
         tokenizer: Arc<GgufTokenizer>,
         config: SchedulerConfig,
     ) -> Result<Scheduler> {
@@ -185,7 +264,7 @@ struct Sequence {
     submitted: Instant,
     admitted: Instant,
     first_token: Option<Instant>,
-    cache: KvCache,
+    state: SeqState,
     /// Prompt tokens already in the cache.
     prefilled: usize,
     /// Every token so far (prompt and output), for the repeat penalty.
@@ -198,7 +277,7 @@ struct Sequence {
 }
 
 struct Worker {
-    model: Arc<Llama>,
+    model: Arc<Backend>,
     tokenizer: Arc<GgufTokenizer>,
     config: SchedulerConfig,
     counters: Arc<Counters>,
@@ -262,7 +341,7 @@ impl Worker {
                 submitted: s.at,
                 admitted: Instant::now(),
                 first_token: None,
-                cache: KvCache::default(),
+                state: self.model.new_state(),
                 prefilled: 0,
                 history,
                 generated: 0,
@@ -290,27 +369,23 @@ impl Worker {
                 feeds.push(Vec::new());
             }
         }
-        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
         let mut members = Vec::new();
+        let mut member_feeds: Vec<&[u32]> = Vec::new();
+        let mut states: Vec<&mut SeqState> = Vec::new();
         for (i, (seq, feed)) in self.running.iter_mut().zip(&feeds).enumerate() {
             if !feed.is_empty() {
-                inputs.push(SeqInput {
-                    tokens: feed,
-                    cache: &mut seq.cache,
-                });
+                member_feeds.push(feed);
+                states.push(&mut seq.state);
                 members.push(i);
             }
         }
         self.counters
             .max_batch
             .fetch_max(members.len(), Ordering::SeqCst);
-        let result = self.model.forward(&mut inputs);
-        drop(inputs);
+        let result = self.model.forward(&member_feeds, &mut states);
+        drop(states);
         self.counters.steps.fetch_add(1, Ordering::SeqCst);
-        self.counters.kv_cache_bytes.store(
-            self.running.iter().map(|s| s.cache.bytes()).sum(),
-            Ordering::SeqCst,
-        );
+        self.update_kv_bytes();
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -356,7 +431,7 @@ impl Worker {
             if out.stopped {
                 finished.push((i, FinishReason::Stop));
             } else if seq.generated >= seq.request.max_tokens
-                || seq.cache.len() + 1 > self.model.config.context_length
+                || seq.state.len() + 1 > self.model.context_length()
             {
                 finished.push((i, FinishReason::Length));
             } else {
@@ -407,10 +482,16 @@ impl Worker {
     fn release(&mut self, seq: Sequence) {
         drop(seq);
         self.counters.running.fetch_sub(1, Ordering::SeqCst);
-        self.counters.kv_cache_bytes.store(
-            self.running.iter().map(|s| s.cache.bytes()).sum(),
-            Ordering::SeqCst,
-        );
+        self.update_kv_bytes();
+    }
+
+    fn update_kv_bytes(&self) {
+        let bytes = self
+            .running
+            .iter()
+            .map(|s| self.model.state_bytes(&s.state))
+            .sum();
+        self.counters.kv_cache_bytes.store(bytes, Ordering::SeqCst);
     }
 }
 

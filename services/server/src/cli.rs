@@ -301,10 +301,11 @@ async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
     match cmd {
         ModelsCommand::Pull { source, id, sha256 } => {
             let bars = ProgressBars::default();
+            let label = id.clone().unwrap_or_else(|| "model".into());
             let mut rx = service.pull(&source, id, sha256)?;
             while let Some(event) = rx.recv().await {
                 match event? {
-                    PullEvent::Progress(p) => bars.show(&source, &p),
+                    PullEvent::Progress(p) => bars.show(&label, &p),
                     PullEvent::Done(m) => {
                         bars.finish();
                         println!(
