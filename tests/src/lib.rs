@@ -198,6 +198,42 @@ impl TestServer {
         })
     }
 
+    /// Stops this server and starts another on the same database, with the clock moved
+    /// on by `advance` (as a restart after a crash would find it).
+    pub async fn restart(
+        self,
+        advance: chrono::Duration,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let TestServer { app, clock, db, .. } = self;
+        app.server.shutdown().await.expect("shutdown");
+        clock.advance(advance);
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let app = llmesh::start(
+            config,
+            &llmesh::default_services(),
+            clock.clone(),
+            &|_, _| {},
+            std::future::pending(),
+        )
+        .await
+        .expect("server restarts");
+        let url = format!("http://{}", app.server.local_addr);
+        let channel = Channel::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        TestServer {
+            app,
+            clock,
+            channel,
+            url,
+            db,
+        }
+    }
+
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.channel.clone())
     }

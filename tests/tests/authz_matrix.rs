@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use base64::Engine;
 use chrono::Duration;
 use llmesh_proto::auth::v1 as pb;
+use llmesh_proto::billing::v1 as billing;
 use llmesh_proto::common::v1::Role;
 use llmesh_proto::llm::v1 as llm;
 use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
@@ -358,6 +359,88 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
                 .encode_to_vec()
             }),
             admin_only,
+        ),
+        (
+            "SetPrice",
+            Box::new(|_| {
+                billing::SetPriceRequest {
+                    model: String::new(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "ListPrices",
+            Box::new(|_| billing::ListPricesRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "DeletePrice",
+            Box::new(|_| {
+                billing::DeletePriceRequest {
+                    model: "no-such-model".into(),
+                }
+                .encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "GetBalance",
+            Box::new(|_| billing::GetBalanceRequest::default().encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "AdjustBalance",
+            Box::new(|_| billing::AdjustBalanceRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "Reserve",
+            Box::new(|_| billing::ReserveRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+        (
+            "Settle",
+            Box::new(|_| billing::SettleRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+        (
+            "Release",
+            Box::new(|_| billing::ReleaseRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+        (
+            "SetQuota",
+            Box::new(|_| billing::SetQuotaRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "GetQuota",
+            Box::new(|_| billing::GetQuotaRequest::default().encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "ListUsage",
+            Box::new(|_| {
+                billing::ListUsageRequest {
+                    all_users: true,
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, PD, PD, OK, PD, UA, UA, UA],
+        ),
+        (
+            "ExportUsage",
+            Box::new(|_| billing::ExportUsageRequest::default().encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "Reconcile",
+            Box::new(|_| billing::ReconcileRequest {}.encode_to_vec()),
+            [UA, PD, PD, PD, OK, PD, UA, UA, UA],
         ),
         (
             "ResolveApiKey",

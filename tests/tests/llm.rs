@@ -654,3 +654,137 @@ async fn pull_verify_and_delete() {
         .expect_err("gone");
     assert_eq!(status.code(), Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_is_billed_for_what_it_produced() {
+    use llmesh_proto::billing::v1 as bpb;
+    use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
+
+    let (s, admin) = server(|_| {}).await;
+    let (user, tokens) = s.signup("user@example.com").await;
+    let user_token = tokens.access_token;
+    let mut billing = BillingServiceClient::new(s.channel.clone());
+    billing
+        .set_price(bearer(
+            &admin,
+            bpb::SetPriceRequest {
+                model: CHAT.into(),
+                input_micros_per_mtok: 1_000_000,
+                output_micros_per_mtok: 2_000_000,
+            },
+        ))
+        .await
+        .expect("price");
+    let mut llm = client(&s);
+
+    // No balance: refused before any inference.
+    let status = llm
+        .generate(bearer(
+            &user_token,
+            prompt_request("1, 2, 3, 4, 5, 6, 7, 8,", greedy(12)),
+        ))
+        .await
+        .expect_err("no money");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("insufficient balance"),
+        "{}",
+        status.message()
+    );
+    let counters = s
+        .app
+        .llm
+        .as_ref()
+        .expect("llm")
+        .counters(CHAT)
+        .expect("loaded");
+    assert_eq!(counters.generated_tokens.load(Ordering::SeqCst), 0);
+
+    billing
+        .adjust_balance(bearer(
+            &admin,
+            bpb::AdjustBalanceRequest {
+                user_id: user.id.clone(),
+                amount_micros: 100_000,
+                reason: "test credit".into(),
+                idempotency_key: "fund".into(),
+            },
+        ))
+        .await
+        .expect("credit");
+
+    // A finished generation: 23 prompt tokens at 1 and 12 completion tokens at 2.
+    let (_, _, done) = read_all(
+        llm.generate(bearer(
+            &user_token,
+            prompt_request("1, 2, 3, 4, 5, 6, 7, 8,", greedy(12)),
+        ))
+        .await
+        .expect("generate")
+        .into_inner(),
+    )
+    .await;
+    assert_eq!(done.cost.expect("cost").micros, 23 + 12 * 2);
+
+    // A stream the client stops early is charged for what was produced, not max_tokens.
+    let mut stream = llm
+        .generate(bearer(
+            &user_token,
+            prompt_request("1, 2, 3, 4, 5, 6, 7, 8,", greedy(500)),
+        ))
+        .await
+        .expect("generate")
+        .into_inner();
+    let mut received = 0;
+    while received < 6 {
+        if let Some(pb::generate_response::Event::Delta(_)) =
+            stream.message().await.expect("msg").and_then(|m| m.event)
+        {
+            received += 1;
+        }
+    }
+    drop(stream);
+    let mut settled = None;
+    for _ in 0..300 {
+        let r = billing
+            .get_balance(bearer(&user_token, bpb::GetBalanceRequest::default()))
+            .await
+            .expect("balance")
+            .into_inner();
+        if r.reserved.as_ref().expect("reserved").micros == 0 {
+            settled = Some(r.balance.expect("balance").micros);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let balance = settled.expect("the cancelled stream was settled");
+    let usage = billing
+        .list_usage(bearer(
+            &user_token,
+            bpb::ListUsageRequest {
+                group_by: bpb::UsageGrouping::Model as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("usage")
+        .into_inner();
+    let row = usage
+        .rows
+        .iter()
+        .find(|r| r.key == CHAT)
+        .expect("usage row");
+    assert_eq!(row.requests, 2);
+    let t = row.tokens.expect("tokens");
+    let cancelled_completion = t.completion_tokens - 12;
+    assert!(
+        (6..100).contains(&cancelled_completion),
+        "charged {cancelled_completion} completion tokens for a stream stopped after 6 deltas"
+    );
+    let spend = row.spend.as_ref().expect("spend").micros;
+    assert_eq!(
+        spend,
+        (23 + 12 * 2) + (23 + i64::from(cancelled_completion) * 2)
+    );
+    assert_eq!(balance, 100_000 - spend);
+}

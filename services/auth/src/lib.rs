@@ -18,13 +18,14 @@ use sea_orm::DatabaseConnection;
 
 pub use config::AuthConfig;
 pub use grpc::{ACCESS, GrpcAuthAdapter, SERVICE_NAME};
-pub use service::AuthService;
+pub use service::{AuthService, UserListener};
 
 /// Builds the auth service over a migrated database: loads (or creates) the signing keys.
 pub async fn build(
     db: DatabaseConnection,
     config: AuthConfig,
     clock: Arc<dyn Clock>,
+    listeners: Vec<Arc<dyn UserListener>>,
 ) -> Result<Arc<AuthService>, error::AuthError> {
     let store = store::AuthStore::new(db);
     let seed = match &config.signing_key_file {
@@ -39,10 +40,7 @@ pub async fn build(
         seed,
     )
     .await?;
-    Ok(Arc::new(AuthService::new(
-        store,
-        Arc::new(keyring),
-        config,
-        clock,
-    )?))
+    Ok(Arc::new(
+        AuthService::new(store, Arc::new(keyring), config, clock)?.with_listeners(listeners),
+    ))
 }

@@ -57,8 +57,16 @@ pub struct NewApiKey {
     pub role_ceiling: Option<Role>,
 }
 
+/// Other services that need to know about account changes (billing keeps a deleted
+/// user's ledger and marks the account).
+#[async_trait::async_trait]
+pub trait UserListener: Send + Sync {
+    async fn user_deleted(&self, user_id: &str);
+}
+
 /// The auth service.
 pub struct AuthService {
+    listeners: Vec<Arc<dyn UserListener>>,
     store: AuthStore,
     keyring: Arc<Keyring>,
     config: AuthConfig,
@@ -96,6 +104,7 @@ impl AuthService {
             clock.clone(),
         );
         Ok(AuthService {
+            listeners: Vec::new(),
             store,
             keyring,
             config,
@@ -104,6 +113,12 @@ impl AuthService {
             hasher,
             decoy_hash,
         })
+    }
+
+    /// Adds services to notify of account changes.
+    pub fn with_listeners(mut self, listeners: Vec<Arc<dyn UserListener>>) -> Self {
+        self.listeners = listeners;
+        self
     }
 
     pub fn keyring(&self) -> &Arc<Keyring> {
@@ -483,6 +498,9 @@ impl AuthService {
             return Err(AuthError::NotFound("user"));
         }
         tracing::info!(user_id = %user_id, "user deleted");
+        for listener in &self.listeners {
+            listener.user_deleted(user_id).await;
+        }
         Ok(())
     }
 

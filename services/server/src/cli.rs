@@ -51,6 +51,42 @@ pub enum Command {
     /// Manages the model registry (./data/models by default).
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Credits, prices and the ledger check. Amounts are integer micro-units.
+    #[command(subcommand)]
+    Billing(BillingCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BillingCommand {
+    /// Credits (or, negative, debits) a user's balance.
+    Credit {
+        #[arg(long)]
+        email: String,
+        /// Micro-units of the configured currency (1000000 = one unit).
+        #[arg(long, allow_hyphen_values = true)]
+        amount: i64,
+        #[arg(long, default_value = "credit from the command line")]
+        reason: String,
+    },
+    /// Shows or sets prices.
+    #[command(subcommand)]
+    Prices(PricesCommand),
+    /// Checks every stored balance against the sum of its ledger.
+    Reconcile,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricesCommand {
+    /// Sets a model's price per million tokens, in micro-units.
+    Set {
+        model: String,
+        #[arg(long)]
+        input: i64,
+        #[arg(long)]
+        output: i64,
+    },
+    /// Lists prices.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +180,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Users(cmd) => users(config, cmd).await,
         Command::Models(cmd) => models(config, cmd).await,
+        Command::Billing(cmd) => billing(config, cmd).await,
         Command::Keys(KeysCommand::Rotate) => {
             let auth = auth_service(&config).await?;
             let id = auth.keyring().rotate().await?;
@@ -204,9 +241,29 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn billing_service(
+    config: &Config,
+    conn: sea_orm::DatabaseConnection,
+) -> Arc<llmesh_billing::BillingService> {
+    Arc::new(llmesh_billing::BillingService::new(
+        llmesh_billing::store::BillingStore::new(conn),
+        config.billing.clone(),
+        Arc::new(SystemClock),
+    ))
+}
+
 async fn auth_service(config: &Config) -> anyhow::Result<Arc<llmesh_auth::AuthService>> {
     let conn = open_database(&config.database).await?;
-    Ok(llmesh_auth::build(conn, config.auth.clone(), Arc::new(SystemClock)).await?)
+    let billing = billing_service(config, conn.clone());
+    let listener: Arc<dyn llmesh_auth::UserListener> =
+        Arc::new(crate::BillingUserListener(billing));
+    Ok(llmesh_auth::build(
+        conn,
+        config.auth.clone(),
+        Arc::new(SystemClock),
+        vec![listener],
+    )
+    .await?)
 }
 
 async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
@@ -291,6 +348,67 @@ async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn billing(config: Config, cmd: BillingCommand) -> anyhow::Result<()> {
+    let conn = open_database(&config.database).await?;
+    let service = billing_service(&config, conn);
+    let currency = config.billing.currency.clone();
+    match cmd {
+        BillingCommand::Credit {
+            email,
+            amount,
+            reason,
+        } => {
+            let auth = auth_service(&config).await?;
+            let user = auth.user_by_email(&email).await?;
+            let key = uuid_key();
+            let balance = service.adjust(&user.id, amount, &reason, &key).await?;
+            println!("{} balance: {balance} micro-units {currency}", user.email);
+        }
+        BillingCommand::Prices(PricesCommand::Set {
+            model,
+            input,
+            output,
+        }) => {
+            let p = service.set_price(&model, input, output).await?;
+            println!(
+                "{}: input {} / output {} micro-units {currency} per million tokens",
+                p.model, p.input_micros_per_mtok, p.output_micros_per_mtok
+            );
+        }
+        BillingCommand::Prices(PricesCommand::List) => {
+            println!(
+                "{:<32} {:>16} {:>16}  ({currency} micro-units per million tokens)",
+                "model", "input", "output"
+            );
+            for p in service.prices().await? {
+                println!(
+                    "{:<32} {:>16} {:>16}",
+                    p.model, p.input_micros_per_mtok, p.output_micros_per_mtok
+                );
+            }
+        }
+        BillingCommand::Reconcile => {
+            let (checked, mismatches) = service.reconcile().await?;
+            println!(
+                "{checked} accounts checked, {} mismatches",
+                mismatches.len()
+            );
+            for m in &mismatches {
+                println!("  {}: stored {} ledger {}", m.user_id, m.stored, m.ledger);
+            }
+            if !mismatches.is_empty() {
+                anyhow::bail!("stored balances disagree with the ledger");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn uuid_key() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {

@@ -2,6 +2,7 @@
 //! server, and the operator commands. Tests start servers through [`start`].
 
 pub mod cli;
+pub mod spend;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use llmesh_auth::AuthConfig;
 use llmesh_auth::remote::{RemoteApiKeyResolver, RemoteKeySource};
+use llmesh_billing::BillingConfig;
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
@@ -19,6 +21,7 @@ use llmesh_kit::{Clock, db};
 use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
+use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
@@ -28,7 +31,7 @@ pub const ALL_SERVICES: &[(&str, bool)] = &[
     ("auth", true),
     ("llm", true),
     ("chat", false),
-    ("billing", false),
+    ("billing", true),
     ("sandbox", false),
 ];
 
@@ -41,6 +44,7 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub llm: LlmConfig,
+    pub billing: BillingConfig,
     pub peers: PeersConfig,
 }
 
@@ -81,6 +85,7 @@ impl Config {
         self.log.validate()?;
         self.auth.validate()?;
         self.llm.validate()?;
+        self.billing.validate()?;
         if self.peers.api_key_cache_secs > 5 {
             return Err(invalid(
                 "peers.api_key_cache_secs",
@@ -113,7 +118,9 @@ pub fn parse_services(list: &str) -> anyhow::Result<Vec<String>> {
                     .join(", ")
             ),
             Some((_, false)) => {
-                bail!("the {name} service is not part of this build yet: run `--services auth,llm`")
+                bail!(
+                    "the {name} service is not part of this build yet: run `--services auth,llm,billing`"
+                )
             }
             Some(_) => {
                 if !out.iter().any(|s| s == name) {
@@ -143,6 +150,7 @@ pub struct App {
     pub db: DatabaseConnection,
     pub auth: Option<Arc<llmesh_auth::AuthService>>,
     pub llm: Option<Arc<llmesh_llm::LlmService>>,
+    pub billing: Option<Arc<llmesh_billing::BillingService>>,
 }
 
 /// Reports model pull progress while the server prepares (model id, progress).
@@ -179,12 +187,40 @@ pub async fn start(
     let mut names = Vec::new();
     let mut tables: Vec<AccessTable> = Vec::new();
     let max = config.server.max_message_bytes;
+    let mut billing = None;
+    if services.iter().any(|s| s == "billing") {
+        let service = Arc::new(llmesh_billing::BillingService::new(
+            llmesh_billing::store::BillingStore::new(conn.clone()),
+            config.billing.clone(),
+            clock.clone(),
+        ));
+        // Reservations a previous run left open are released once expired, now and later.
+        service.spawn_sweeper();
+        routes.add_service(
+            BillingServiceServer::from_arc(Arc::new(llmesh_billing::GrpcBillingAdapter::new(
+                service.clone(),
+            )))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        );
+        names.push(llmesh_billing::SERVICE_NAME);
+        tables.push(llmesh_billing::ACCESS);
+        billing = Some(service);
+    }
+
     let mut auth = None;
     let (keys, api_keys): (Arc<dyn KeySource>, Arc<dyn ApiKeyResolver>) =
         if services.iter().any(|s| s == "auth") {
-            let service = llmesh_auth::build(conn.clone(), config.auth.clone(), clock.clone())
-                .await
-                .context("starting the auth service")?;
+            let listeners: Vec<Arc<dyn llmesh_auth::UserListener>> = billing
+                .iter()
+                .map(|b| {
+                    Arc::new(BillingUserListener(b.clone())) as Arc<dyn llmesh_auth::UserListener>
+                })
+                .collect();
+            let service =
+                llmesh_auth::build(conn.clone(), config.auth.clone(), clock.clone(), listeners)
+                    .await
+                    .context("starting the auth service")?;
             routes.add_service(
                 AuthServiceServer::from_arc(Arc::new(llmesh_auth::GrpcAuthAdapter::new(
                     service.clone(),
@@ -219,10 +255,13 @@ pub async fn start(
 
     let mut llm = None;
     if services.iter().any(|s| s == "llm") {
-        let service = Arc::new(llmesh_llm::LlmService::new(
-            config.llm.clone(),
-            Arc::new(llmesh_llm::spend::NoBilling),
-        )?);
+        // Generation spends through billing when it runs here. Billing in another process is
+        // not wired yet: such an llm process serves for free (and logs so once).
+        let spend: Arc<dyn llmesh_llm::spend::SpendHook> = match &billing {
+            Some(b) => Arc::new(spend::InProcessBilling(b.clone())),
+            None => Arc::new(llmesh_llm::spend::NoBilling),
+        };
+        let service = Arc::new(llmesh_llm::LlmService::new(config.llm.clone(), spend)?);
         service
             .prepare(progress)
             .await
@@ -259,7 +298,20 @@ pub async fn start(
         db: conn,
         auth,
         llm,
+        billing,
     })
+}
+
+/// Tells billing when auth deletes a user, so the account is kept but marked deleted.
+pub struct BillingUserListener(pub Arc<llmesh_billing::BillingService>);
+
+#[async_trait::async_trait]
+impl llmesh_auth::UserListener for BillingUserListener {
+    async fn user_deleted(&self, user_id: &str) {
+        if let Err(e) = self.0.user_deleted(user_id).await {
+            tracing::error!(user_id, error = %e, "marking a deleted user's account failed");
+        }
+    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.
