@@ -166,6 +166,18 @@ impl TestServer {
         backend: Backend,
         tweak: impl FnOnce(&mut Config),
     ) -> Option<TestServer> {
+        let services = llmesh::default_services();
+        let names: Vec<&str> = services.iter().map(String::as_str).collect();
+        Self::start_services(backend, &names, tweak).await
+    }
+
+    /// Starts only the named services, as one process of a split deployment.
+    pub async fn start_services(
+        backend: Backend,
+        services: &[&str],
+        tweak: impl FnOnce(&mut Config),
+    ) -> Option<TestServer> {
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
         let db = TestDb::create(backend).await?;
         let mut config = test_config(&db);
         tweak(&mut config);
@@ -176,7 +188,7 @@ impl TestServer {
         ));
         let app = llmesh::start(
             config,
-            &llmesh::default_services(),
+            &services,
             clock.clone(),
             &|_, _| {},
             std::future::pending(),

@@ -788,3 +788,101 @@ async fn generation_is_billed_for_what_it_produced() {
     );
     assert_eq!(balance, 100_000 - spend);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_processes_verify_tokens_and_bill_over_grpc() {
+    use llmesh_proto::billing::v1 as bpb;
+    use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
+    const TOKEN: &str = "0123456789abcdef0123456789abcdef-split";
+
+    // Process A: auth and billing. Process B: llm only, trusting A.
+    let a = TestServer::start_services(Backend::Sqlite, &["auth", "billing"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+    })
+    .await
+    .expect("sqlite");
+    let models = llmesh_tests::models::models_dir();
+    let a_url = a.url.clone();
+    let b = TestServer::start_services(Backend::Sqlite, &["llm"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+        c.peers.auth_url = Some(a_url.clone());
+        c.peers.billing_url = Some(a_url.clone());
+        c.llm.models_dir = models.display().to_string();
+    })
+    .await
+    .expect("sqlite");
+
+    let (_, admin) = a.signup("admin@example.com").await;
+    let (user, tokens) = a.signup("user@example.com").await;
+    let mut billing = BillingServiceClient::new(a.channel.clone());
+    billing
+        .set_price(bearer(
+            &admin.access_token,
+            bpb::SetPriceRequest {
+                model: CHAT.into(),
+                input_micros_per_mtok: 1_000_000,
+                output_micros_per_mtok: 2_000_000,
+            },
+        ))
+        .await
+        .expect("price");
+    billing
+        .adjust_balance(bearer(
+            &admin.access_token,
+            bpb::AdjustBalanceRequest {
+                user_id: user.id.clone(),
+                amount_micros: 1000,
+                reason: "test".into(),
+                idempotency_key: "fund".into(),
+            },
+        ))
+        .await
+        .expect("credit");
+
+    // B verifies A's token with A's published keys and bills through A's internal RPCs.
+    let mut llm = client(&b);
+    let (_, _, done) = read_all(
+        llm.generate(bearer(
+            &tokens.access_token,
+            prompt_request("1, 2, 3, 4, 5, 6, 7, 8,", greedy(12)),
+        ))
+        .await
+        .expect("generate on B")
+        .into_inner(),
+    )
+    .await;
+    assert_eq!(done.cost.expect("cost").micros, 23 + 24);
+    let balance = billing
+        .get_balance(bearer(
+            &tokens.access_token,
+            bpb::GetBalanceRequest::default(),
+        ))
+        .await
+        .expect("balance")
+        .into_inner();
+    assert_eq!(balance.balance.expect("b").micros, 1000 - 47);
+    assert_eq!(balance.reserved.expect("r").micros, 0);
+
+    // API keys resolve through A too; B has no auth routes of its own.
+    let key = a.api_key(&tokens.access_token, "k").await.secret;
+    let (_, _, done) = read_all(
+        llm.generate(bearer(
+            &key,
+            prompt_request("1, 2, 3, 4, 5, 6, 7, 8,", greedy(2)),
+        ))
+        .await
+        .expect("generate with a key")
+        .into_inner(),
+    )
+    .await;
+    assert_eq!(done.usage.expect("usage").completion_tokens, 2);
+    let status = b
+        .auth()
+        .get_me(bearer(
+            &tokens.access_token,
+            llmesh_proto::auth::v1::GetMeRequest {},
+        ))
+        .await
+        .expect_err("auth is not served by B");
+    assert_eq!(status.code(), Code::Unimplemented);
+}

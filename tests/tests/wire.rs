@@ -87,6 +87,8 @@ async fn malformed_credentials_are_unauthenticated() {
         ("authorization", "Bearer lmk_unknown_key".into()),
         ("x-api-key", "no-prefix".into()),
         ("x-llmesh-service-token", "wrong".into()),
+        // A forwarded principal without the service credential is a forgery.
+        ("x-llmesh-forwarded-user", "someone".into()),
         ("authorization", format!("Bearer {}x", tokens.access_token)),
     ];
     for (key, value) in cases {

@@ -22,6 +22,11 @@ pub const API_KEY_PREFIX: &str = "lmk_";
 pub const API_KEY_HEADER: &str = "x-api-key";
 /// Metadata key that carries the shared service credential between llmesh services.
 pub const SERVICE_TOKEN_HEADER: &str = "x-llmesh-service-token";
+/// With the service credential: the user a service acts for, their role, and the API key
+/// the request came through (if any). Ignored as credentials without it.
+pub const FORWARDED_USER_HEADER: &str = "x-llmesh-forwarded-user";
+pub const FORWARDED_ROLE_HEADER: &str = "x-llmesh-forwarded-role";
+pub const FORWARDED_KEY_HEADER: &str = "x-llmesh-forwarded-api-key";
 
 /// Method prefixes that are public by design and never look at credentials.
 const OPEN_PREFIXES: &[&str] = &[
@@ -117,9 +122,67 @@ impl Authenticator {
             };
             principal.via_service = caller.service;
             caller.principal = Some(principal);
+        } else if let Some(user) = headers.get(FORWARDED_USER_HEADER) {
+            if !caller.service {
+                return Err(ApiError::unauthenticated(
+                    "forwarded principals are accepted only with the service credential",
+                ));
+            }
+            caller.principal = Some(forwarded_principal(user, headers)?);
         }
         Ok(caller)
     }
+}
+
+/// The principal a trusted service forwards in metadata.
+fn forwarded_principal(
+    user: &http::HeaderValue,
+    headers: &HeaderMap,
+) -> Result<Principal, ApiError> {
+    let text = |v: &http::HeaderValue| {
+        v.to_str()
+            .map(str::to_owned)
+            .map_err(|_| ApiError::unauthenticated("malformed forwarded principal"))
+    };
+    let role = headers
+        .get(FORWARDED_ROLE_HEADER)
+        .map(text)
+        .transpose()?
+        .and_then(|r| crate::principal::Role::parse(&r))
+        .ok_or_else(|| ApiError::unauthenticated("forwarded principal lacks a valid role"))?;
+    let credential = match headers.get(FORWARDED_KEY_HEADER).map(text).transpose()? {
+        Some(key_id) => crate::principal::CredentialKind::ApiKey { key_id },
+        None => crate::principal::CredentialKind::AccessToken {
+            session_id: String::new(),
+        },
+    };
+    Ok(Principal {
+        user_id: text(user)?,
+        role,
+        scopes: Vec::new(),
+        credential,
+        via_service: true,
+    })
+}
+
+/// Adds the service credential and the forwarded principal to an outgoing request.
+pub fn forward<T>(
+    req: &mut tonic::Request<T>,
+    service_token: &str,
+    principal: &Principal,
+) -> Result<(), ApiError> {
+    let value = |s: &str| {
+        s.parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .map_err(|_| ApiError::internal("a forwarded value is not valid metadata"))
+    };
+    let md = req.metadata_mut();
+    md.insert(SERVICE_TOKEN_HEADER, value(service_token)?);
+    md.insert(FORWARDED_USER_HEADER, value(&principal.user_id)?);
+    md.insert(FORWARDED_ROLE_HEADER, value(principal.role.as_str())?);
+    if let Some(key) = principal.api_key_id() {
+        md.insert(FORWARDED_KEY_HEADER, value(key)?);
+    }
+    Ok(())
 }
 
 fn parse_bearer(value: &http::HeaderValue) -> Result<String, ApiError> {

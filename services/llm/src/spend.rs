@@ -13,6 +13,8 @@ use crate::error::Result;
 pub struct Reservation {
     pub id: String,
     pub held_micros: i64,
+    /// Who it is held for; settling acts for them too.
+    pub principal: Principal,
 }
 
 /// The tokens a generation really used.
@@ -58,6 +60,7 @@ impl SpendHook for NoBilling {
         Ok(Reservation {
             id: request.idempotency_key,
             held_micros: 0,
+            principal: request.principal.clone(),
         })
     }
 

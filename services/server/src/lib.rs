@@ -54,6 +54,8 @@ pub struct Config {
 pub struct PeersConfig {
     /// URL of the auth service when it runs in another process, e.g. http://auth:7700.
     pub auth_url: Option<String>,
+    /// URL of the billing service when llm runs without it in its process.
+    pub billing_url: Option<String>,
     /// Shared secret that llmesh services present to each other's internal RPCs. Required
     /// when services run in separate processes; generated per start otherwise.
     pub service_token: Option<String>,
@@ -65,6 +67,7 @@ impl Default for PeersConfig {
     fn default() -> Self {
         PeersConfig {
             auth_url: None,
+            billing_url: None,
             service_token: None,
             api_key_cache_secs: 2,
         }
@@ -175,6 +178,11 @@ pub async fn start(
     let listener = llmesh_kit::serve::bind(&config.server).await?;
     let conn = open_database(&config.database).await?;
 
+    if config.peers.billing_url.is_some() && config.peers.service_token.is_none() {
+        bail!(
+            "peers.billing_url needs peers.service_token: the same secret in every llmesh process"
+        );
+    }
     let service_token = match &config.peers.service_token {
         Some(token) => token.clone(),
         None => {
@@ -255,12 +263,23 @@ pub async fn start(
 
     let mut llm = None;
     if services.iter().any(|s| s == "llm") {
-        // Generation spends through billing when it runs here. Billing in another process is
-        // not wired yet: such an llm process serves for free (and logs so once).
-        let spend: Arc<dyn llmesh_llm::spend::SpendHook> = match &billing {
-            Some(b) => Arc::new(spend::InProcessBilling(b.clone())),
-            None => Arc::new(llmesh_llm::spend::NoBilling),
-        };
+        // Generation spends through billing: in memory when it runs here, over gRPC when
+        // peers.billing_url names it, and not at all (free, logged once) otherwise.
+        let spend: Arc<dyn llmesh_llm::spend::SpendHook> =
+            match (&billing, &config.peers.billing_url) {
+                (Some(b), _) => Arc::new(spend::InProcessBilling(b.clone())),
+                (None, Some(url)) => {
+                    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                        .with_context(|| format!("peers.billing_url {url:?} is not a URL"))?
+                        .connect_lazy();
+                    Arc::new(spend::RemoteBilling::new(
+                        channel,
+                        service_token.clone(),
+                        config.billing.currency.clone(),
+                    ))
+                }
+                (None, None) => Arc::new(llmesh_llm::spend::NoBilling),
+            };
         let service = Arc::new(llmesh_llm::LlmService::new(config.llm.clone(), spend)?);
         service
             .prepare(progress)

@@ -200,6 +200,64 @@ fn users_and_keys_commands() {
 
     let out = llmesh(&dir).args(["keys", "rotate"]).output().expect("run");
     assert!(out.status.success(), "{:?}", text(&out));
+
+    // Billing: prices, credits in micro-units, and the ledger check.
+    let out = llmesh(&dir)
+        .args([
+            "billing",
+            "prices",
+            "set",
+            "smollm2-135m-instruct",
+            "--input",
+            "150000",
+            "--output",
+            "600000",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = llmesh(&dir)
+        .args(["billing", "prices", "list"])
+        .output()
+        .expect("run");
+    assert!(text(&out).0.contains("150000"), "{:?}", text(&out));
+    let out = llmesh(&dir)
+        .args([
+            "billing",
+            "credit",
+            "--email",
+            "root@example.com",
+            "--amount",
+            "2500000",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        text(&out).0.contains("balance: 2500000"),
+        "{:?}",
+        text(&out)
+    );
+    let out = llmesh(&dir)
+        .args([
+            "billing",
+            "credit",
+            "--email",
+            "root@example.com",
+            "--amount",
+            "-9999999",
+        ])
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, "insufficient balance");
+    let out = llmesh(&dir)
+        .args(["billing", "reconcile"])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success() && text(&out).0.contains("0 mismatches"),
+        "{:?}",
+        text(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
