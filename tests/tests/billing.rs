@@ -520,3 +520,27 @@ both_backends!(quotas_rates_usage_and_deleted_users, |backend| async move {
         .into_inner();
     assert!(still.balance.expect("balance").micros > 0);
 });
+
+both_backends!(unpriced_models_can_be_refused, |backend| async move {
+    let Some(Setup { s, user, .. }) = setup(backend, |c| c.billing.unpriced = "deny".into()).await
+    else {
+        return;
+    };
+    let mut b = client(&s);
+    let status = b
+        .reserve(internal(
+            &user,
+            pb::ReserveRequest {
+                model: "unpriced".into(),
+                ..reserve("x")
+            },
+        ))
+        .await
+        .expect_err("no price");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("no price"),
+        "{}",
+        status.message()
+    );
+});

@@ -16,15 +16,21 @@ const EMBED: &str = "all-minilm-l6-v2";
 
 /// A server on the shared test models; `tweak` adjusts its llm config.
 async fn server(tweak: impl FnOnce(&mut llmesh::Config)) -> (TestServer, String) {
+    server_on(Backend::Sqlite, tweak).await.expect("sqlite")
+}
+
+async fn server_on(
+    backend: Backend,
+    tweak: impl FnOnce(&mut llmesh::Config),
+) -> Option<(TestServer, String)> {
     let models = llmesh_tests::models::models_dir();
-    let s = TestServer::start_with(Backend::Sqlite, |c| {
+    let s = TestServer::start_with(backend, |c| {
         c.llm.models_dir = models.display().to_string();
         tweak(c);
     })
-    .await
-    .expect("sqlite");
+    .await?;
     let (_, tokens) = s.signup("admin@example.com").await;
-    (s, tokens.access_token)
+    Some((s, tokens.access_token))
 }
 
 fn client(s: &TestServer) -> LlmServiceClient<Channel> {
@@ -656,11 +662,22 @@ async fn pull_verify_and_delete() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generation_is_billed_for_what_it_produced() {
+async fn generation_is_billed_for_what_it_produced_sqlite() {
+    generation_is_billed_for_what_it_produced(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_is_billed_for_what_it_produced_postgres() {
+    generation_is_billed_for_what_it_produced(Backend::Postgres).await;
+}
+
+async fn generation_is_billed_for_what_it_produced(backend: Backend) {
     use llmesh_proto::billing::v1 as bpb;
     use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 
-    let (s, admin) = server(|_| {}).await;
+    let Some((s, admin)) = server_on(backend, |_| {}).await else {
+        return;
+    };
     let (user, tokens) = s.signup("user@example.com").await;
     let user_token = tokens.access_token;
     let mut billing = BillingServiceClient::new(s.channel.clone());
