@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261122_000001_auth;
 mod m20261122_000002_billing;
+mod m20261122_000003_chat;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_auth::Migration),
             Box::new(m20261122_000002_billing::Migration),
+            Box::new(m20261122_000003_chat::Migration),
         ]
     }
 }

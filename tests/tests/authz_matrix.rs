@@ -8,6 +8,7 @@ use base64::Engine;
 use chrono::Duration;
 use llmesh_proto::auth::v1 as pb;
 use llmesh_proto::billing::v1 as billing;
+use llmesh_proto::chat::v1 as chat;
 use llmesh_proto::common::v1::Role;
 use llmesh_proto::llm::v1 as llm;
 use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
@@ -117,6 +118,12 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
     let spare_key = f.member_spare_key_id.clone();
     let member_key = f.member_key.clone();
     let admin_only = [UA, PD, PD, PD, NF, PD, UA, UA, UA];
+    // Chat: viewers read, members write; unknown ids are NOT_FOUND.
+    let write_nf = [UA, PD, NF, NF, NF, NF, UA, UA, UA];
+    let write_ia = [UA, PD, IA, IA, IA, IA, UA, UA, UA];
+    let read_ok = [UA, OK, OK, OK, OK, OK, UA, UA, UA];
+    let read_nf = [UA, NF, NF, NF, NF, NF, UA, UA, UA];
+    let some = || uuid::Uuid::now_v7().to_string();
     vec![
         (
             "Register",
@@ -441,6 +448,183 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             "Reconcile",
             Box::new(|_| billing::ReconcileRequest {}.encode_to_vec()),
             [UA, PD, PD, PD, OK, PD, UA, UA, UA],
+        ),
+        (
+            "CreateFolder",
+            Box::new(|_| chat::CreateFolderRequest::default().encode_to_vec()),
+            write_ia,
+        ),
+        (
+            "ListFolders",
+            Box::new(|_| chat::ListFoldersRequest {}.encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "UpdateFolder",
+            Box::new(move |_| {
+                chat::UpdateFolderRequest {
+                    id: some(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "DeleteFolder",
+            Box::new(move |_| chat::DeleteFolderRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "CreateConversation",
+            Box::new(|_| {
+                chat::CreateConversationRequest {
+                    title: "x".repeat(300),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_ia,
+        ),
+        (
+            "ListConversations",
+            Box::new(|_| chat::ListConversationsRequest::default().encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "GetConversation",
+            Box::new(move |_| chat::GetConversationRequest { id: some() }.encode_to_vec()),
+            read_nf,
+        ),
+        (
+            "UpdateConversation",
+            Box::new(move |_| {
+                chat::UpdateConversationRequest {
+                    id: some(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "DeleteConversation",
+            Box::new(move |_| chat::DeleteConversationRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "SendMessage",
+            Box::new(move |_| {
+                chat::SendMessageRequest {
+                    conversation_id: some(),
+                    content: "hi".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "Regenerate",
+            Box::new(move |_| {
+                chat::RegenerateRequest {
+                    message_id: some(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "EditMessage",
+            Box::new(move |_| {
+                chat::EditMessageRequest {
+                    message_id: some(),
+                    content: "x".into(),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "SwitchBranch",
+            Box::new(move |_| chat::SwitchBranchRequest { message_id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "CreateAssistant",
+            Box::new(|_| chat::CreateAssistantRequest::default().encode_to_vec()),
+            write_ia,
+        ),
+        (
+            "ListAssistants",
+            Box::new(|_| chat::ListAssistantsRequest {}.encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "GetAssistant",
+            Box::new(move |_| chat::GetAssistantRequest { id: some() }.encode_to_vec()),
+            read_nf,
+        ),
+        (
+            "UpdateAssistant",
+            Box::new(move |_| {
+                chat::UpdateAssistantRequest {
+                    assistant: Some(chat::Assistant {
+                        id: some(),
+                        name: "x".into(),
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "DeleteAssistant",
+            Box::new(move |_| chat::DeleteAssistantRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "CreateTemplate",
+            Box::new(|_| chat::CreateTemplateRequest::default().encode_to_vec()),
+            write_ia,
+        ),
+        (
+            "ListTemplates",
+            Box::new(|_| chat::ListTemplatesRequest::default().encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "UpdateTemplate",
+            Box::new(move |_| {
+                chat::UpdateTemplateRequest {
+                    template: Some(chat::Template {
+                        id: some(),
+                        name: "x".into(),
+                        body: "y".into(),
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "DeleteTemplate",
+            Box::new(move |_| chat::DeleteTemplateRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "RenderTemplate",
+            Box::new(move |_| {
+                chat::RenderTemplateRequest {
+                    id: some(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            read_nf,
         ),
         (
             "ResolveApiKey",

@@ -154,7 +154,13 @@ async fn health_reports_each_service_and_shutdown_drains() {
 
     let s = TestServer::start(Backend::Sqlite).await.expect("sqlite");
     let mut health = HealthClient::new(s.channel.clone());
-    for service in ["", "llmesh.auth.v1.AuthService"] {
+    for service in [
+        "",
+        "llmesh.auth.v1.AuthService",
+        "llmesh.llm.v1.LlmService",
+        "llmesh.billing.v1.BillingService",
+        "llmesh.chat.v1.ChatService",
+    ] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -167,7 +173,7 @@ async fn health_reports_each_service_and_shutdown_drains() {
     }
     let status = health
         .check(HealthCheckRequest {
-            service: "llmesh.chat.v1.ChatService".into(),
+            service: "llmesh.sandbox.v1.SandboxService".into(),
         })
         .await
         .expect_err("not served here");

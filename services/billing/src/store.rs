@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult,
-    Statement, TransactionTrait, Value,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
+    Value,
 };
 
 /// Microseconds since the epoch, the unit of every billing time column.
@@ -18,48 +18,7 @@ pub fn from_micros(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
-/// Builds a statement from `?` placeholders, numbered for Postgres.
-fn stmt(backend: DatabaseBackend, sql: &str, values: Vec<Value>) -> Statement {
-    let sql = if backend == DatabaseBackend::Postgres {
-        let mut out = String::with_capacity(sql.len() + 8);
-        let mut n = 0;
-        for c in sql.chars() {
-            if c == '?' {
-                n += 1;
-                out.push_str(&format!("${n}"));
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    } else {
-        sql.to_owned()
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-pub async fn exec<C: ConnectionTrait>(db: &C, sql: &str, values: Vec<Value>) -> Result<u64, DbErr> {
-    let s = stmt(db.get_database_backend(), sql, values);
-    Ok(db.execute_raw(s).await?.rows_affected())
-}
-
-pub async fn one<C: ConnectionTrait>(
-    db: &C,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Option<QueryResult>, DbErr> {
-    let s = stmt(db.get_database_backend(), sql, values);
-    db.query_one_raw(s).await
-}
-
-pub async fn all<C: ConnectionTrait>(
-    db: &C,
-    sql: &str,
-    values: Vec<Value>,
-) -> Result<Vec<QueryResult>, DbErr> {
-    let s = stmt(db.get_database_backend(), sql, values);
-    db.query_all_raw(s).await
-}
+pub use llmesh_kit::db::{all, exec, one};
 
 /// A price row.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -100,6 +100,61 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Builds a statement from `?` placeholders, numbered (`$1`, `$2`, …) for Postgres, so one
+/// SQL text serves both backends.
+pub fn statement(
+    backend: sea_orm::DatabaseBackend,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> sea_orm::Statement {
+    let sql = if backend == sea_orm::DatabaseBackend::Postgres {
+        let mut out = String::with_capacity(sql.len() + 8);
+        let mut n = 0;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push_str(&format!("${n}"));
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    } else {
+        sql.to_owned()
+    };
+    sea_orm::Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Executes a statement; returns the rows affected.
+pub async fn exec<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<u64, sea_orm::DbErr> {
+    let s = statement(db.get_database_backend(), sql, values);
+    Ok(db.execute_raw(s).await?.rows_affected())
+}
+
+/// Runs a query expected to return at most one row.
+pub async fn one<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<Option<sea_orm::QueryResult>, sea_orm::DbErr> {
+    let s = statement(db.get_database_backend(), sql, values);
+    db.query_one_raw(s).await
+}
+
+/// Runs a query.
+pub async fn all<C: ConnectionTrait>(
+    db: &C,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
+    let s = statement(db.get_database_backend(), sql, values);
+    db.query_all_raw(s).await
+}
+
 /// True when a database error is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(

@@ -158,6 +158,7 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                     max_tokens,
                     stop,
                     deadline,
+                    stop_signal: None,
                 },
             )
             .await?;
@@ -260,7 +261,7 @@ fn input(input: Option<InputPb>, max_bytes: usize) -> Result<Input, ApiError> {
 }
 
 /// Validates sampling settings; returns them with max_tokens and the stop sequences.
-fn sampling_params(
+pub fn sampling_params(
     s: &pb::SamplingParams,
 ) -> Result<(SamplingParams, Option<u32>, Vec<String>), ApiError> {
     let range = |name: &str, v: Option<f32>, lo: f32, hi: f32, lo_open: bool, default: f32| {

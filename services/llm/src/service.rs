@@ -80,7 +80,7 @@ pub enum Input {
 }
 
 /// A validated generation request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Generation {
     pub model: String,
     pub input: Input,
@@ -89,6 +89,9 @@ pub struct Generation {
     pub stop: Vec<String>,
     /// When the client stops waiting.
     pub deadline: Option<Instant>,
+    /// Fires when the caller wants the generation stopped but still wants the final
+    /// message (with the settled cost), as chat's Stop does.
+    pub stop_signal: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// The end of a generation as the client sees it.
@@ -544,7 +547,20 @@ impl LlmService {
         let (client_tx, client_rx) = mpsc::channel(64);
         let spend = self.spend.clone();
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let stop_signal = request.stop_signal;
         tokio::spawn(async move {
+            let stop = async {
+                match stop_signal {
+                    Some(rx) => {
+                        // A dropped sender is not a stop request.
+                        if rx.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::pin!(stop);
             let mut produced = 0u32;
             let mut outcome: Option<llmesh_engine::scheduler::Done> = None;
             let mut expired = false;
@@ -561,6 +577,7 @@ impl LlmService {
                         expired = true;
                         break;
                     }
+                    _ = &mut stop => break,
                     event = engine_rx.recv() => match event {
                         Some(Event::Token(_)) => produced += 1,
                         Some(Event::Delta(text)) => {

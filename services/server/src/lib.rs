@@ -1,6 +1,7 @@
 //! The `llmesh` binary as a library: configuration, composition of the services into one
 //! server, and the operator commands. Tests start servers through [`start`].
 
+pub mod chat_llm;
 pub mod cli;
 pub mod spend;
 
@@ -12,6 +13,7 @@ use anyhow::{Context, bail};
 use llmesh_auth::AuthConfig;
 use llmesh_auth::remote::{RemoteApiKeyResolver, RemoteKeySource};
 use llmesh_billing::BillingConfig;
+use llmesh_chat::ChatConfig;
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
@@ -22,6 +24,7 @@ use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
+use llmesh_proto::chat::v1::chat_service_server::ChatServiceServer;
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
@@ -30,7 +33,7 @@ use serde::Deserialize;
 pub const ALL_SERVICES: &[(&str, bool)] = &[
     ("auth", true),
     ("llm", true),
-    ("chat", false),
+    ("chat", true),
     ("billing", true),
     ("sandbox", false),
 ];
@@ -45,6 +48,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub llm: LlmConfig,
     pub billing: BillingConfig,
+    pub chat: ChatConfig,
     pub peers: PeersConfig,
 }
 
@@ -89,6 +93,7 @@ impl Config {
         self.auth.validate()?;
         self.llm.validate()?;
         self.billing.validate()?;
+        self.chat.validate()?;
         if self.peers.api_key_cache_secs > 5 {
             return Err(invalid(
                 "peers.api_key_cache_secs",
@@ -154,6 +159,7 @@ pub struct App {
     pub auth: Option<Arc<llmesh_auth::AuthService>>,
     pub llm: Option<Arc<llmesh_llm::LlmService>>,
     pub billing: Option<Arc<llmesh_billing::BillingService>>,
+    pub chat: Option<Arc<llmesh_chat::ChatService>>,
 }
 
 /// Reports model pull progress while the server prepares (model id, progress).
@@ -295,6 +301,34 @@ pub async fn start(
         llm = Some(service);
     }
 
+    let mut chat = None;
+    if services.iter().any(|s| s == "chat") {
+        // Chat reaches llm in memory; a split deployment needs llm in the same process for
+        // now (a gRPC LlmClient is future work).
+        let Some(llm_service) = &llm else {
+            bail!(
+                "the chat service needs the llm service in the same process: run `--services chat,llm` (with billing)"
+            );
+        };
+        let service = Arc::new(llmesh_chat::ChatService::new(
+            llmesh_chat::store::ChatStore::new(conn.clone()),
+            Arc::new(chat_llm::InProcessLlm(llm_service.clone())),
+            config.chat.clone(),
+            clock.clone(),
+        ));
+        routes.add_service(
+            ChatServiceServer::from_arc(Arc::new(llmesh_chat::GrpcChatAdapter::new(
+                service.clone(),
+                llm_service.spend_currency(),
+            )))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        );
+        names.push(llmesh_chat::SERVICE_NAME);
+        tables.push(llmesh_chat::ACCESS);
+        chat = Some(service);
+    }
+
     let verifier = TokenVerifier::new(keys, clock.clone());
     let authenticator = Arc::new(Authenticator::new(
         verifier,
@@ -318,6 +352,7 @@ pub async fn start(
         auth,
         llm,
         billing,
+        chat,
     })
 }
 

@@ -130,10 +130,10 @@ fn startup_errors_are_one_line() {
 
     // Services that are not built yet.
     let out = llmesh(&dir)
-        .args(["serve", "--services", "auth,llm,chat"])
+        .args(["serve", "--services", "auth,sandbox"])
         .output()
         .expect("run");
-    assert_one_line_error(&out, "chat");
+    assert_one_line_error(&out, "sandbox");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

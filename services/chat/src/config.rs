@@ -1,0 +1,40 @@
+//! Chat's configuration section (`[chat]`).
+
+use llmesh_kit::config::{ConfigError, invalid};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChatConfig {
+    /// The model new conversations use when they name none.
+    pub default_model: String,
+    /// Longest message, in characters.
+    pub max_message_chars: usize,
+    /// Longest system prompt, in characters.
+    pub max_system_prompt_chars: usize,
+    /// Tokens kept free for the reply when the history is trimmed to fit the context.
+    pub reply_reserve_tokens: u32,
+    /// Generate a short title after the first exchange.
+    pub auto_title: bool,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        ChatConfig {
+            default_model: "smollm2-135m-instruct".into(),
+            max_message_chars: 100_000,
+            max_system_prompt_chars: 20_000,
+            reply_reserve_tokens: 512,
+            auto_title: true,
+        }
+    }
+}
+
+impl ChatConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_message_chars == 0 || self.max_system_prompt_chars == 0 {
+            return Err(invalid("chat.max_message_chars", "limits must be positive"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,949 @@
+//! The chat domain: folders, conversations whose messages form a tree (edits and
+//! regenerations are sibling branches; the conversation remembers its active leaf),
+//! replies streamed from llm, assistants and prompt templates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use llmesh_kit::{Clock, Principal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::ChatConfig;
+use crate::error::{ChatError, Result};
+use crate::llm_client::{Finish, LlmClient, ReplyDone, ReplyPiece, Turn};
+use crate::store::{
+    Assistant, ChatStore, Conversation, ConversationFilter, Folder, Message, Sampling, Template,
+};
+use crate::template_vars;
+
+/// The title a conversation has until one is written or generated.
+pub const DEFAULT_TITLE: &str = "New chat";
+
+/// A message with its place among its siblings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageView {
+    pub message: Message,
+    /// 1-based.
+    pub sibling_index: u32,
+    pub sibling_count: u32,
+}
+
+/// What a reply streams.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyEvent {
+    UserMessage(MessageView),
+    Delta(String),
+    AssistantMessage(MessageView),
+}
+
+/// Fields a conversation update may change (`None`: leave as is).
+#[derive(Debug, Clone, Default)]
+pub struct ConversationPatch {
+    pub title: Option<String>,
+    pub folder_id: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub pinned: Option<bool>,
+    pub archived: Option<bool>,
+    pub model: Option<String>,
+    pub sampling: Option<Sampling>,
+    pub system_prompt: Option<String>,
+}
+
+/// A new conversation.
+#[derive(Debug, Clone, Default)]
+pub struct NewConversation {
+    pub title: String,
+    pub model: String,
+    pub assistant_id: Option<String>,
+    pub folder_id: Option<String>,
+    pub system_prompt: String,
+    pub sampling: Sampling,
+}
+
+pub struct ChatService {
+    store: ChatStore,
+    llm: Arc<dyn LlmClient>,
+    config: ChatConfig,
+    clock: Arc<dyn Clock>,
+}
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
+    if required && value.trim().is_empty() {
+        return Err(ChatError::Invalid(format!("{field} must not be empty")));
+    }
+    let n = value.chars().count();
+    if n > max {
+        return Err(ChatError::Invalid(format!(
+            "{field} must be at most {max} characters (got {n})"
+        )));
+    }
+    if value.chars().any(|c| c == '\0') {
+        return Err(ChatError::Invalid(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > 20 {
+        return Err(ChatError::Invalid("at most 20 tags".into()));
+    }
+    for t in tags {
+        check_text("tags[]", t, 50, true)?;
+    }
+    Ok(())
+}
+
+impl ChatService {
+    pub fn new(
+        store: ChatStore,
+        llm: Arc<dyn LlmClient>,
+        config: ChatConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        ChatService {
+            store,
+            llm,
+            config,
+            clock,
+        }
+    }
+
+    // ---- folders ----
+
+    pub async fn create_folder(
+        &self,
+        p: &Principal,
+        name: &str,
+        parent: Option<String>,
+    ) -> Result<Folder> {
+        check_text("name", name, 100, true)?;
+        if let Some(parent) = &parent {
+            self.folder(p, parent).await?;
+        }
+        let folder = Folder {
+            id: new_id(),
+            user_id: p.user_id.clone(),
+            name: name.trim().to_owned(),
+            parent_id: parent,
+            created_at: self.clock.now(),
+        };
+        self.store.insert_folder(&folder).await?;
+        Ok(folder)
+    }
+
+    pub async fn folders(&self, p: &Principal) -> Result<Vec<Folder>> {
+        Ok(self.store.folders(&p.user_id).await?)
+    }
+
+    async fn folder(&self, p: &Principal, id: &str) -> Result<Folder> {
+        self.store
+            .folders(&p.user_id)
+            .await?
+            .into_iter()
+            .find(|f| f.id == id)
+            .ok_or(ChatError::NotFound("folder"))
+    }
+
+    pub async fn update_folder(
+        &self,
+        p: &Principal,
+        id: &str,
+        name: Option<String>,
+        parent: Option<Option<String>>,
+    ) -> Result<Folder> {
+        let mut folder = self.folder(p, id).await?;
+        if let Some(name) = name {
+            check_text("name", &name, 100, true)?;
+            folder.name = name.trim().to_owned();
+        }
+        if let Some(parent) = parent {
+            if let Some(parent_id) = &parent {
+                // Walk up from the new parent: meeting this folder means a cycle.
+                let all = self.store.folders(&p.user_id).await?;
+                let mut cursor = Some(parent_id.clone());
+                while let Some(current) = cursor {
+                    if current == folder.id {
+                        return Err(ChatError::Precondition(
+                            "a folder cannot move into itself or its own subfolder".into(),
+                        ));
+                    }
+                    cursor = all
+                        .iter()
+                        .find(|f| f.id == current)
+                        .ok_or(ChatError::NotFound("parent folder"))?
+                        .parent_id
+                        .clone();
+                }
+            }
+            folder.parent_id = parent;
+        }
+        self.store.update_folder(&p.user_id, &folder).await?;
+        Ok(folder)
+    }
+
+    pub async fn delete_folder(&self, p: &Principal, id: &str) -> Result<()> {
+        let folder = self.folder(p, id).await?;
+        if !self
+            .store
+            .delete_folder(&p.user_id, id, folder.parent_id)
+            .await?
+        {
+            return Err(ChatError::NotFound("folder"));
+        }
+        Ok(())
+    }
+
+    // ---- conversations ----
+
+    pub async fn create_conversation(
+        &self,
+        p: &Principal,
+        new: NewConversation,
+    ) -> Result<Conversation> {
+        check_text("title", &new.title, 200, false)?;
+        check_text(
+            "system_prompt",
+            &new.system_prompt,
+            self.config.max_system_prompt_chars,
+            false,
+        )?;
+        let mut model = new.model.trim().to_owned();
+        let mut sampling = new.sampling;
+        if let Some(assistant_id) = &new.assistant_id {
+            let a = self
+                .store
+                .assistant(&p.user_id, assistant_id)
+                .await?
+                .ok_or(ChatError::NotFound("assistant"))?;
+            if model.is_empty() {
+                model = a.model.clone();
+            }
+            if sampling == Sampling::default() {
+                sampling = a.sampling.clone();
+            }
+        }
+        if let Some(folder) = &new.folder_id {
+            self.folder(p, folder).await?;
+        }
+        if model.is_empty() {
+            model = self.config.default_model.clone();
+        }
+        let now = self.clock.now();
+        let titled = !new.title.trim().is_empty();
+        let c = Conversation {
+            id: new_id(),
+            user_id: p.user_id.clone(),
+            title: if titled {
+                new.title.trim().to_owned()
+            } else {
+                DEFAULT_TITLE.into()
+            },
+            model,
+            sampling,
+            system_prompt: new.system_prompt,
+            assistant_id: new.assistant_id,
+            folder_id: new.folder_id,
+            tags: Vec::new(),
+            pinned: false,
+            archived: false,
+            active_leaf_id: None,
+            titled,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_conversation(&c).await?;
+        Ok(c)
+    }
+
+    pub async fn conversation(&self, p: &Principal, id: &str) -> Result<Conversation> {
+        self.store
+            .conversation(&p.user_id, id)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))
+    }
+
+    pub async fn list(
+        &self,
+        p: &Principal,
+        filter: ConversationFilter,
+    ) -> Result<Vec<Conversation>> {
+        Ok(self.store.conversations(&p.user_id, &filter).await?)
+    }
+
+    pub async fn update_conversation(
+        &self,
+        p: &Principal,
+        id: &str,
+        patch: ConversationPatch,
+    ) -> Result<Conversation> {
+        let mut c = self.conversation(p, id).await?;
+        if let Some(title) = patch.title {
+            check_text("title", &title, 200, true)?;
+            c.title = title.trim().to_owned();
+            c.titled = true;
+        }
+        if let Some(folder) = patch.folder_id {
+            if folder.is_empty() {
+                c.folder_id = None;
+            } else {
+                self.folder(p, &folder).await?;
+                c.folder_id = Some(folder);
+            }
+        }
+        if let Some(tags) = patch.tags {
+            check_tags(&tags)?;
+            c.tags = tags.into_iter().map(|t| t.trim().to_owned()).collect();
+            c.tags.dedup();
+        }
+        if let Some(v) = patch.pinned {
+            c.pinned = v;
+        }
+        if let Some(v) = patch.archived {
+            c.archived = v;
+        }
+        if let Some(model) = patch.model {
+            check_text("model", &model, 64, true)?;
+            c.model = model;
+        }
+        if let Some(s) = patch.sampling {
+            c.sampling = s;
+        }
+        if let Some(sp) = patch.system_prompt {
+            check_text(
+                "system_prompt",
+                &sp,
+                self.config.max_system_prompt_chars,
+                false,
+            )?;
+            c.system_prompt = sp;
+        }
+        c.updated_at = self.clock.now();
+        ChatStore::update_conversation(&self.store.db, &c).await?;
+        Ok(c)
+    }
+
+    pub async fn delete_conversation(&self, p: &Principal, id: &str) -> Result<()> {
+        if !self.store.delete_conversation(&p.user_id, id).await? {
+            return Err(ChatError::NotFound("conversation"));
+        }
+        Ok(())
+    }
+
+    /// The conversation and its active path, root first, with sibling positions.
+    pub async fn active_path(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<(Conversation, Vec<MessageView>)> {
+        let c = self.conversation(p, id).await?;
+        let messages = self.store.messages(&c.id).await?;
+        let path = path_to(&messages, c.active_leaf_id.as_deref());
+        Ok((c, path.into_iter().map(|m| view(&messages, m)).collect()))
+    }
+
+    /// Moves the active leaf to the newest leaf under `message_id`.
+    pub async fn switch_branch(
+        &self,
+        p: &Principal,
+        message_id: &str,
+    ) -> Result<(Conversation, Vec<MessageView>)> {
+        let m = self
+            .store
+            .message(&p.user_id, message_id)
+            .await?
+            .ok_or(ChatError::NotFound("message"))?;
+        let mut c = self.conversation(p, &m.conversation_id).await?;
+        let messages = self.store.messages(&c.id).await?;
+        let mut leaf = m.id.clone();
+        while let Some(child) = messages
+            .iter()
+            .rev()
+            .find(|x| x.parent_id.as_deref() == Some(leaf.as_str()))
+        {
+            leaf = child.id.clone();
+        }
+        c.active_leaf_id = Some(leaf);
+        c.updated_at = self.clock.now();
+        ChatStore::update_conversation(&self.store.db, &c).await?;
+        self.active_path(p, &c.id).await
+    }
+
+    // ---- replies ----
+
+    /// Appends a user message (under `parent`, or the active leaf) and streams a reply.
+    pub async fn send(
+        self: &Arc<Self>,
+        p: &Principal,
+        conversation_id: &str,
+        content: String,
+        parent: Option<String>,
+        model: Option<String>,
+        sampling: Option<Sampling>,
+    ) -> Result<mpsc::Receiver<Result<ReplyEvent>>> {
+        check_text("content", &content, self.config.max_message_chars, true)?;
+        let c = self.conversation(p, conversation_id).await?;
+        let messages = self.store.messages(&c.id).await?;
+        let parent = match parent.filter(|s| !s.is_empty()) {
+            Some(id) => Some(
+                messages
+                    .iter()
+                    .find(|m| m.id == id)
+                    .map(|m| m.id.clone())
+                    .ok_or(ChatError::NotFound("parent message"))?,
+            ),
+            None => c.active_leaf_id.clone(),
+        };
+        let user = Message {
+            id: new_id(),
+            conversation_id: c.id.clone(),
+            user_id: p.user_id.clone(),
+            parent_id: parent,
+            role: "user".into(),
+            content,
+            model: String::new(),
+            state: "complete".into(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micros: 0,
+            created_at: self.clock.now(),
+        };
+        self.reply(p, c, messages, Some(user), None, model, sampling)
+            .await
+    }
+
+    /// Generates a new sibling of an assistant message and streams it.
+    pub async fn regenerate(
+        self: &Arc<Self>,
+        p: &Principal,
+        message_id: &str,
+        model: Option<String>,
+        sampling: Option<Sampling>,
+    ) -> Result<mpsc::Receiver<Result<ReplyEvent>>> {
+        let m = self
+            .store
+            .message(&p.user_id, message_id)
+            .await?
+            .ok_or(ChatError::NotFound("message"))?;
+        if m.role != "assistant" {
+            return Err(ChatError::Invalid(
+                "only an assistant message can be regenerated; edit a user message instead".into(),
+            ));
+        }
+        let c = self.conversation(p, &m.conversation_id).await?;
+        let messages = self.store.messages(&c.id).await?;
+        let parent = m.parent_id.clone().ok_or(ChatError::Precondition(
+            "this reply has no prompt to answer".into(),
+        ))?;
+        self.reply(p, c, messages, None, Some(parent), model, sampling)
+            .await
+    }
+
+    /// Creates an edited sibling of a user message and streams a reply to it.
+    pub async fn edit(
+        self: &Arc<Self>,
+        p: &Principal,
+        message_id: &str,
+        content: String,
+    ) -> Result<mpsc::Receiver<Result<ReplyEvent>>> {
+        check_text("content", &content, self.config.max_message_chars, true)?;
+        let m = self
+            .store
+            .message(&p.user_id, message_id)
+            .await?
+            .ok_or(ChatError::NotFound("message"))?;
+        if m.role != "user" {
+            return Err(ChatError::Invalid(
+                "only a user message can be edited; regenerate a reply instead".into(),
+            ));
+        }
+        let c = self.conversation(p, &m.conversation_id).await?;
+        let messages = self.store.messages(&c.id).await?;
+        let user = Message {
+            id: new_id(),
+            content,
+            created_at: self.clock.now(),
+            ..m
+        };
+        self.reply(p, c, messages, Some(user), None, None, None)
+            .await
+    }
+
+    /// The shared path of every reply: build the context, start llm (which reserves
+    /// spend), store the new user message only once that succeeded, stream, and store the
+    /// reply with what llm settled, however it ends.
+    #[allow(clippy::too_many_arguments)]
+    async fn reply(
+        self: &Arc<Self>,
+        p: &Principal,
+        mut c: Conversation,
+        mut messages: Vec<Message>,
+        new_user: Option<Message>,
+        answer_to: Option<String>,
+        model: Option<String>,
+        sampling: Option<Sampling>,
+    ) -> Result<mpsc::Receiver<Result<ReplyEvent>>> {
+        let prompt_id = match &new_user {
+            Some(u) => u.id.clone(),
+            None => answer_to
+                .clone()
+                .ok_or(ChatError::Internal("a reply needs a prompt".into()))?,
+        };
+        if let Some(u) = &new_user {
+            messages.push(u.clone());
+        }
+        let path: Vec<Message> = path_to(&messages, Some(&prompt_id))
+            .into_iter()
+            .cloned()
+            .collect();
+        let model = model
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| c.model.clone());
+        let sampling = sampling.unwrap_or_else(|| c.sampling.clone());
+        let system = self.system_prompt(p, &c).await?;
+        let turns = self
+            .fit_context(p, &model, system, &path, &sampling)
+            .await?;
+        let first_exchange = !c.titled && path.len() == 1;
+
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let mut pieces = self
+            .llm
+            .generate(p, &model, turns, &sampling, stop_rx)
+            .await?;
+
+        if let Some(u) = &new_user {
+            ChatStore::insert_message(&self.store.db, u).await?;
+            c.active_leaf_id = Some(u.id.clone());
+            c.updated_at = self.clock.now();
+            ChatStore::update_conversation(&self.store.db, &c).await?;
+        }
+        let (tx, rx) = mpsc::channel(64);
+        if let Some(u) = &new_user {
+            let _ = tx
+                .send(Ok(ReplyEvent::UserMessage(view(&messages, u))))
+                .await;
+        }
+        let this = self.clone();
+        let principal = p.clone();
+        tokio::spawn(async move {
+            let mut text = String::new();
+            let mut stop_tx = Some(stop_tx);
+            let mut done: Option<ReplyDone> = None;
+            loop {
+                tokio::select! {
+                    piece = pieces.recv() => match piece {
+                        Some(ReplyPiece::Delta(d)) => {
+                            text.push_str(&d);
+                            let _ = tx.send(Ok(ReplyEvent::Delta(d))).await;
+                        }
+                        Some(ReplyPiece::Done(d)) => {
+                            done = Some(d);
+                            break;
+                        }
+                        None => break,
+                    },
+                    // The client pressed Stop (or went away): ask llm to stop, keep reading
+                    // until it reports what it settled.
+                    _ = tx.closed(), if stop_tx.is_some() => {
+                        if let Some(s) = stop_tx.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                }
+            }
+            let done = done.unwrap_or(ReplyDone {
+                finish: Finish::Error,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_micros: 0,
+                error: Some("the model stopped without a final message".into()),
+            });
+            match this
+                .store_reply(&principal, &c.id, &prompt_id, &model, text, &done)
+                .await
+            {
+                Ok(view) => {
+                    let _ = tx.send(Ok(ReplyEvent::AssistantMessage(view))).await;
+                }
+                Err(e) => {
+                    tracing::error!(conversation = %c.id, error = %e, "storing a reply failed");
+                    let _ = tx.send(Err(e)).await;
+                }
+            }
+            if first_exchange && this.config.auto_title {
+                this.auto_title(&principal, &c.id, &model, &path).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn store_reply(
+        &self,
+        p: &Principal,
+        conversation_id: &str,
+        parent: &str,
+        model: &str,
+        text: String,
+        done: &ReplyDone,
+    ) -> Result<MessageView> {
+        let state = match done.finish {
+            Finish::Cancelled => "stopped",
+            Finish::Error => "failed",
+            Finish::Stop | Finish::Length => "complete",
+        };
+        let m = Message {
+            id: new_id(),
+            conversation_id: conversation_id.to_owned(),
+            user_id: p.user_id.clone(),
+            parent_id: Some(parent.to_owned()),
+            role: "assistant".into(),
+            content: text,
+            model: model.to_owned(),
+            state: state.into(),
+            prompt_tokens: done.prompt_tokens.into(),
+            completion_tokens: done.completion_tokens.into(),
+            cost_micros: done.cost_micros,
+            created_at: self.clock.now(),
+        };
+        ChatStore::insert_message(&self.store.db, &m).await?;
+        let mut c = self.conversation(p, conversation_id).await?;
+        c.active_leaf_id = Some(m.id.clone());
+        c.updated_at = self.clock.now();
+        ChatStore::update_conversation(&self.store.db, &c).await?;
+        let messages = self.store.messages(conversation_id).await?;
+        Ok(view(&messages, &m))
+    }
+
+    async fn system_prompt(&self, p: &Principal, c: &Conversation) -> Result<String> {
+        if !c.system_prompt.trim().is_empty() {
+            return Ok(c.system_prompt.clone());
+        }
+        if let Some(id) = &c.assistant_id
+            && let Some(a) = self.store.assistant(&p.user_id, id).await?
+        {
+            return Ok(a.system_prompt);
+        }
+        Ok(String::new())
+    }
+
+    /// The context rule: the system prompt always stays; then the newest messages of the
+    /// path that fit in the model's context minus room for the reply (max_tokens, or
+    /// chat.reply_reserve_tokens). Older messages are dropped first; the prompt being
+    /// answered is never dropped.
+    async fn fit_context(
+        &self,
+        p: &Principal,
+        model: &str,
+        system: String,
+        path: &[Message],
+        sampling: &Sampling,
+    ) -> Result<Vec<Turn>> {
+        let system_turn = (!system.trim().is_empty()).then(|| Turn {
+            role: "system".into(),
+            content: system,
+        });
+        let mut history: Vec<Turn> = path
+            .iter()
+            .filter(|m| m.state != "failed")
+            .map(|m| Turn {
+                role: m.role.clone(),
+                content: m.content.clone(),
+            })
+            .collect();
+        let reserve = sampling
+            .max_tokens
+            .unwrap_or(self.config.reply_reserve_tokens);
+        loop {
+            let turns: Vec<Turn> = system_turn
+                .iter()
+                .cloned()
+                .chain(history.iter().cloned())
+                .collect();
+            let (tokens, context) = self.llm.count_tokens(p, model, turns.clone()).await?;
+            if tokens.saturating_add(reserve) <= context || history.len() <= 1 {
+                return Ok(turns);
+            }
+            history.remove(0);
+        }
+    }
+
+    /// Writes a short title from the first message, in the background; on failure the
+    /// default title stays and the failure is logged.
+    async fn auto_title(
+        &self,
+        p: &Principal,
+        conversation_id: &str,
+        model: &str,
+        path: &[Message],
+    ) {
+        let Some(first) = path.first() else { return };
+        let excerpt: String = first.content.chars().take(500).collect();
+        let turns = vec![
+            Turn {
+                role: "system".into(),
+                content: "You write short titles. Reply with the title only.".into(),
+            },
+            Turn {
+                role: "user".into(),
+                content: format!(
+                    "Write a title of at most six words for a conversation that starts with:\n{excerpt}"
+                ),
+            },
+        ];
+        let sampling = Sampling {
+            temperature: Some(0.0),
+            max_tokens: Some(16),
+            ..Default::default()
+        };
+        let (_keep, stop) = oneshot::channel();
+        let result = async {
+            let mut rx = self.llm.generate(p, model, turns, &sampling, stop).await?;
+            let mut title = String::new();
+            while let Some(piece) = rx.recv().await {
+                match piece {
+                    ReplyPiece::Delta(d) => title.push_str(&d),
+                    ReplyPiece::Done(d) if d.finish == Finish::Error => {
+                        return Err(ChatError::Unavailable(d.error.unwrap_or_default()));
+                    }
+                    ReplyPiece::Done(_) => break,
+                }
+            }
+            let title: String = title
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .trim_matches(|c: char| c == '"' || c == '\'' || c == '*' || c == '#')
+                .trim()
+                .chars()
+                .take(80)
+                .collect();
+            if title.is_empty() {
+                return Err(ChatError::Unavailable(
+                    "the model wrote an empty title".into(),
+                ));
+            }
+            let mut c = self.conversation(p, conversation_id).await?;
+            if !c.titled {
+                c.title = title;
+                c.titled = true;
+                ChatStore::update_conversation(&self.store.db, &c).await?;
+            }
+            Ok::<(), ChatError>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(conversation = %conversation_id, error = %e, "auto-title failed; keeping the default title");
+        }
+    }
+
+    // ---- assistants ----
+
+    pub async fn create_assistant(&self, p: &Principal, mut a: Assistant) -> Result<Assistant> {
+        validate_assistant(&a, self.config.max_system_prompt_chars)?;
+        if a.global && !p.is_admin() {
+            return Err(ChatError::PermissionDenied(
+                "only admins can create global assistants".into(),
+            ));
+        }
+        a.id = new_id();
+        a.owner_id = p.user_id.clone();
+        self.store.insert_assistant(&a, self.clock.now()).await?;
+        Ok(a)
+    }
+
+    pub async fn assistants(&self, p: &Principal) -> Result<Vec<Assistant>> {
+        Ok(self.store.assistants(&p.user_id).await?)
+    }
+
+    pub async fn assistant(&self, p: &Principal, id: &str) -> Result<Assistant> {
+        self.store
+            .assistant(&p.user_id, id)
+            .await?
+            .ok_or(ChatError::NotFound("assistant"))
+    }
+
+    /// An assistant the caller may change: their own, or any global one for admins.
+    async fn writable_assistant(&self, p: &Principal, id: &str) -> Result<Assistant> {
+        let a = self.assistant(p, id).await?;
+        let mine = a.owner_id == p.user_id && !a.global;
+        if mine || (a.global && p.is_admin()) {
+            Ok(a)
+        } else if a.global {
+            Err(ChatError::PermissionDenied(
+                "only admins can change global assistants".into(),
+            ))
+        } else {
+            Err(ChatError::NotFound("assistant"))
+        }
+    }
+
+    pub async fn update_assistant(&self, p: &Principal, a: Assistant) -> Result<Assistant> {
+        let current = self.writable_assistant(p, &a.id).await?;
+        validate_assistant(&a, self.config.max_system_prompt_chars)?;
+        let updated = Assistant {
+            owner_id: current.owner_id,
+            global: current.global,
+            ..a
+        };
+        self.store
+            .update_assistant(&updated, self.clock.now())
+            .await?;
+        Ok(updated)
+    }
+
+    pub async fn delete_assistant(&self, p: &Principal, id: &str) -> Result<()> {
+        self.writable_assistant(p, id).await?;
+        self.store.delete_assistant(id).await?;
+        Ok(())
+    }
+
+    // ---- templates ----
+
+    pub async fn create_template(
+        &self,
+        p: &Principal,
+        mut t: Template,
+    ) -> Result<(Template, Vec<String>)> {
+        let vars = validate_template(&t)?;
+        if t.global && !p.is_admin() {
+            return Err(ChatError::PermissionDenied(
+                "only admins can create global templates".into(),
+            ));
+        }
+        t.id = new_id();
+        t.owner_id = p.user_id.clone();
+        self.store.insert_template(&t, self.clock.now()).await?;
+        Ok((t, vars))
+    }
+
+    pub async fn templates(
+        &self,
+        p: &Principal,
+        category: Option<&str>,
+    ) -> Result<Vec<(Template, Vec<String>)>> {
+        let list = self.store.templates(&p.user_id, category).await?;
+        Ok(list
+            .into_iter()
+            .map(|t| {
+                let vars = template_vars::variables(&t.body).unwrap_or_default();
+                (t, vars)
+            })
+            .collect())
+    }
+
+    async fn writable_template(&self, p: &Principal, id: &str) -> Result<Template> {
+        let t = self
+            .store
+            .template(&p.user_id, id)
+            .await?
+            .ok_or(ChatError::NotFound("template"))?;
+        let mine = t.owner_id == p.user_id && !t.global;
+        if mine || (t.global && p.is_admin()) {
+            Ok(t)
+        } else if t.global {
+            Err(ChatError::PermissionDenied(
+                "only admins can change global templates".into(),
+            ))
+        } else {
+            Err(ChatError::NotFound("template"))
+        }
+    }
+
+    pub async fn update_template(
+        &self,
+        p: &Principal,
+        t: Template,
+    ) -> Result<(Template, Vec<String>)> {
+        let current = self.writable_template(p, &t.id).await?;
+        let vars = validate_template(&t)?;
+        let updated = Template {
+            owner_id: current.owner_id,
+            global: current.global,
+            ..t
+        };
+        self.store
+            .update_template(&updated, self.clock.now())
+            .await?;
+        Ok((updated, vars))
+    }
+
+    pub async fn delete_template(&self, p: &Principal, id: &str) -> Result<()> {
+        self.writable_template(p, id).await?;
+        self.store.delete_template(id).await?;
+        Ok(())
+    }
+
+    pub async fn render_template(
+        &self,
+        p: &Principal,
+        id: &str,
+        values: &HashMap<String, String>,
+    ) -> Result<String> {
+        let t = self
+            .store
+            .template(&p.user_id, id)
+            .await?
+            .ok_or(ChatError::NotFound("template"))?;
+        template_vars::render(&t.body, values)
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+fn validate_assistant(a: &Assistant, max_prompt: usize) -> Result<()> {
+    check_text("name", &a.name, 100, true)?;
+    check_text("description", &a.description, 1000, false)?;
+    check_text("icon", &a.icon, 64, false)?;
+    check_text("system_prompt", &a.system_prompt, max_prompt, false)?;
+    check_text("model", &a.model, 64, false)
+}
+
+fn validate_template(t: &Template) -> Result<Vec<String>> {
+    check_text("name", &t.name, 100, true)?;
+    check_text("category", &t.category, 50, false)?;
+    check_text("body", &t.body, 20_000, true)?;
+    template_vars::variables(&t.body)
+}
+
+/// The path from the root to `leaf` (inclusive), root first.
+fn path_to<'a>(messages: &'a [Message], leaf: Option<&str>) -> Vec<&'a Message> {
+    let by_id: HashMap<&str, &Message> = messages.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut path = Vec::new();
+    let mut cursor = leaf;
+    while let Some(id) = cursor {
+        let Some(m) = by_id.get(id) else { break };
+        path.push(*m);
+        cursor = m.parent_id.as_deref();
+        if path.len() > messages.len() {
+            break; // a cycle cannot come from this code, but never loop forever
+        }
+    }
+    path.reverse();
+    path
+}
+
+fn view(messages: &[Message], m: &Message) -> MessageView {
+    let siblings: Vec<&Message> = messages
+        .iter()
+        .filter(|x| x.parent_id == m.parent_id)
+        .collect();
+    let index = siblings
+        .iter()
+        .position(|x| x.id == m.id)
+        .map_or(1, |i| i + 1);
+    MessageView {
+        message: m.clone(),
+        sibling_index: index as u32,
+        sibling_count: siblings.len().max(1) as u32,
+    }
+}

@@ -1,0 +1,547 @@
+//! Chat persistence in plain SQL, the same on SQLite and Postgres. Every query that takes
+//! an id also takes the owner, so another user's rows are simply not found.
+
+use chrono::{DateTime, Utc};
+use llmesh_kit::db::{all, exec, one};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, Value};
+use serde::{Deserialize, Serialize};
+
+pub fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+pub fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+/// Sampling settings as chat stores them (all optional: unset means the model's default).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<u32>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub repeat_last_n: Option<u32>,
+    pub seed: Option<u64>,
+    pub max_tokens: Option<u32>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Folder {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub parent_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conversation {
+    pub id: String,
+    pub user_id: String,
+    pub title: String,
+    pub model: String,
+    pub sampling: Sampling,
+    pub system_prompt: String,
+    pub assistant_id: Option<String>,
+    pub folder_id: Option<String>,
+    pub tags: Vec<String>,
+    pub pinned: bool,
+    pub archived: bool,
+    pub active_leaf_id: Option<String>,
+    pub titled: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub id: String,
+    pub conversation_id: String,
+    pub user_id: String,
+    pub parent_id: Option<String>,
+    pub role: String,
+    pub content: String,
+    pub model: String,
+    pub state: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cost_micros: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assistant {
+    pub id: String,
+    pub owner_id: String,
+    pub global: bool,
+    pub name: String,
+    pub description: String,
+    pub icon: String,
+    pub system_prompt: String,
+    pub model: String,
+    pub sampling: Sampling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub id: String,
+    pub owner_id: String,
+    pub global: bool,
+    pub name: String,
+    pub category: String,
+    pub body: String,
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn parse_json<T: for<'a> Deserialize<'a> + Default>(s: &str) -> T {
+    serde_json::from_str(s).unwrap_or_default()
+}
+
+fn conversation(r: &QueryResult) -> Result<Conversation, DbErr> {
+    Ok(Conversation {
+        id: r.try_get("", "id")?,
+        user_id: r.try_get("", "user_id")?,
+        title: r.try_get("", "title")?,
+        model: r.try_get("", "model")?,
+        sampling: parse_json(&r.try_get::<String>("", "sampling")?),
+        system_prompt: r.try_get("", "system_prompt")?,
+        assistant_id: r.try_get("", "assistant_id")?,
+        folder_id: r.try_get("", "folder_id")?,
+        tags: parse_json(&r.try_get::<String>("", "tags")?),
+        pinned: r.try_get("", "pinned")?,
+        archived: r.try_get("", "archived")?,
+        active_leaf_id: r.try_get("", "active_leaf_id")?,
+        titled: r.try_get("", "titled")?,
+        created_at: from_micros(r.try_get("", "created_at")?),
+        updated_at: from_micros(r.try_get("", "updated_at")?),
+    })
+}
+
+fn message(r: &QueryResult) -> Result<Message, DbErr> {
+    Ok(Message {
+        id: r.try_get("", "id")?,
+        conversation_id: r.try_get("", "conversation_id")?,
+        user_id: r.try_get("", "user_id")?,
+        parent_id: r.try_get("", "parent_id")?,
+        role: r.try_get("", "role")?,
+        content: r.try_get("", "content")?,
+        model: r.try_get("", "model")?,
+        state: r.try_get("", "state")?,
+        prompt_tokens: r.try_get("", "prompt_tokens")?,
+        completion_tokens: r.try_get("", "completion_tokens")?,
+        cost_micros: r.try_get("", "cost_micros")?,
+        created_at: from_micros(r.try_get("", "created_at")?),
+    })
+}
+
+fn assistant(r: &QueryResult) -> Result<Assistant, DbErr> {
+    Ok(Assistant {
+        id: r.try_get("", "id")?,
+        owner_id: r.try_get("", "owner_id")?,
+        global: r.try_get("", "global")?,
+        name: r.try_get("", "name")?,
+        description: r.try_get("", "description")?,
+        icon: r.try_get("", "icon")?,
+        system_prompt: r.try_get("", "system_prompt")?,
+        model: r.try_get("", "model")?,
+        sampling: parse_json(&r.try_get::<String>("", "sampling")?),
+    })
+}
+
+fn template(r: &QueryResult) -> Result<Template, DbErr> {
+    Ok(Template {
+        id: r.try_get("", "id")?,
+        owner_id: r.try_get("", "owner_id")?,
+        global: r.try_get("", "global")?,
+        name: r.try_get("", "name")?,
+        category: r.try_get("", "category")?,
+        body: r.try_get("", "body")?,
+    })
+}
+
+/// Filters and cursor of a conversation listing.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationFilter {
+    pub folder_id: Option<String>,
+    pub tag: Option<String>,
+    pub pinned: Option<bool>,
+    pub archived: Option<bool>,
+    pub model: Option<String>,
+    /// Only conversations sorting after (updated_at, id) in descending order.
+    pub after: Option<(i64, String)>,
+    pub limit: u64,
+}
+
+#[derive(Clone)]
+pub struct ChatStore {
+    pub db: DatabaseConnection,
+}
+
+impl ChatStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        ChatStore { db }
+    }
+
+    pub async fn insert_folder(&self, f: &Folder) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "INSERT INTO folders (id, user_id, name, parent_id, created_at) VALUES (?, ?, ?, ?, ?)",
+            vec![
+                f.id.clone().into(),
+                f.user_id.clone().into(),
+                f.name.clone().into(),
+                f.parent_id.clone().into(),
+                micros(f.created_at).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn folders(&self, user: &str) -> Result<Vec<Folder>, DbErr> {
+        let rows = all(
+            &self.db,
+            "SELECT * FROM folders WHERE user_id = ? ORDER BY name, id",
+            vec![user.into()],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Folder {
+                    id: r.try_get("", "id")?,
+                    user_id: r.try_get("", "user_id")?,
+                    name: r.try_get("", "name")?,
+                    parent_id: r.try_get("", "parent_id")?,
+                    created_at: from_micros(r.try_get("", "created_at")?),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn update_folder(&self, user: &str, f: &Folder) -> Result<bool, DbErr> {
+        Ok(exec(
+            &self.db,
+            "UPDATE folders SET name = ?, parent_id = ? WHERE id = ? AND user_id = ?",
+            vec![
+                f.name.clone().into(),
+                f.parent_id.clone().into(),
+                f.id.clone().into(),
+                user.into(),
+            ],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Deletes a folder; its subfolders and conversations move up to its parent.
+    pub async fn delete_folder(
+        &self,
+        user: &str,
+        id: &str,
+        parent: Option<String>,
+    ) -> Result<bool, DbErr> {
+        use sea_orm::TransactionTrait;
+        let txn = self.db.begin().await?;
+        let deleted = exec(
+            &txn,
+            "DELETE FROM folders WHERE id = ? AND user_id = ?",
+            vec![id.into(), user.into()],
+        )
+        .await?
+            == 1;
+        if deleted {
+            exec(
+                &txn,
+                "UPDATE folders SET parent_id = ? WHERE parent_id = ? AND user_id = ?",
+                vec![parent.clone().into(), id.into(), user.into()],
+            )
+            .await?;
+            exec(
+                &txn,
+                "UPDATE conversations SET folder_id = ? WHERE folder_id = ? AND user_id = ?",
+                vec![parent.into(), id.into(), user.into()],
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn insert_conversation(&self, c: &Conversation) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "INSERT INTO conversations (id, user_id, title, model, sampling, system_prompt, assistant_id, folder_id, tags, \
+             pinned, archived, active_leaf_id, titled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                c.id.clone().into(), c.user_id.clone().into(), c.title.clone().into(), c.model.clone().into(),
+                json(&c.sampling).into(), c.system_prompt.clone().into(), c.assistant_id.clone().into(),
+                c.folder_id.clone().into(), json(&c.tags).into(), c.pinned.into(), c.archived.into(),
+                c.active_leaf_id.clone().into(), c.titled.into(), micros(c.created_at).into(), micros(c.updated_at).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn conversation(&self, user: &str, id: &str) -> Result<Option<Conversation>, DbErr> {
+        one(
+            &self.db,
+            "SELECT * FROM conversations WHERE id = ? AND user_id = ?",
+            vec![id.into(), user.into()],
+        )
+        .await?
+        .map(|r| conversation(&r))
+        .transpose()
+    }
+
+    pub async fn update_conversation<C: ConnectionTrait>(
+        db: &C,
+        c: &Conversation,
+    ) -> Result<bool, DbErr> {
+        Ok(exec(
+            db,
+            "UPDATE conversations SET title = ?, model = ?, sampling = ?, system_prompt = ?, folder_id = ?, tags = ?, \
+             pinned = ?, archived = ?, active_leaf_id = ?, titled = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+            vec![
+                c.title.clone().into(), c.model.clone().into(), json(&c.sampling).into(), c.system_prompt.clone().into(),
+                c.folder_id.clone().into(), json(&c.tags).into(), c.pinned.into(), c.archived.into(),
+                c.active_leaf_id.clone().into(), c.titled.into(), micros(c.updated_at).into(), c.id.clone().into(),
+                c.user_id.clone().into(),
+            ],
+        )
+        .await?
+            == 1)
+    }
+
+    pub async fn delete_conversation(&self, user: &str, id: &str) -> Result<bool, DbErr> {
+        use sea_orm::TransactionTrait;
+        let txn = self.db.begin().await?;
+        let deleted = exec(
+            &txn,
+            "DELETE FROM conversations WHERE id = ? AND user_id = ?",
+            vec![id.into(), user.into()],
+        )
+        .await?
+            == 1;
+        if deleted {
+            exec(
+                &txn,
+                "DELETE FROM messages WHERE conversation_id = ?",
+                vec![id.into()],
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn conversations(
+        &self,
+        user: &str,
+        f: &ConversationFilter,
+    ) -> Result<Vec<Conversation>, DbErr> {
+        let mut sql = String::from("SELECT * FROM conversations WHERE user_id = ?");
+        let mut values: Vec<Value> = vec![user.into()];
+        if let Some(folder) = &f.folder_id {
+            sql.push_str(" AND folder_id = ?");
+            values.push(folder.clone().into());
+        }
+        if let Some(tag) = &f.tag {
+            // Tags are stored as a JSON array of strings; match the quoted element.
+            sql.push_str(" AND tags LIKE ?");
+            values.push(format!("%{}%", json(tag)).into());
+        }
+        if let Some(p) = f.pinned {
+            sql.push_str(" AND pinned = ?");
+            values.push(p.into());
+        }
+        if let Some(a) = f.archived {
+            sql.push_str(" AND archived = ?");
+            values.push(a.into());
+        }
+        if let Some(m) = &f.model {
+            sql.push_str(" AND model = ?");
+            values.push(m.clone().into());
+        }
+        if let Some((at, id)) = &f.after {
+            sql.push_str(" AND (updated_at < ? OR (updated_at = ? AND id < ?))");
+            values.extend([(*at).into(), (*at).into(), id.clone().into()]);
+        }
+        sql.push_str(&format!(
+            " ORDER BY updated_at DESC, id DESC LIMIT {}",
+            f.limit
+        ));
+        let rows = all(&self.db, &sql, values).await?;
+        rows.iter().map(conversation).collect()
+    }
+
+    pub async fn insert_message<C: ConnectionTrait>(db: &C, m: &Message) -> Result<(), DbErr> {
+        exec(
+            db,
+            "INSERT INTO messages (id, conversation_id, user_id, parent_id, role, content, model, state, prompt_tokens, \
+             completion_tokens, cost_micros, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                m.id.clone().into(), m.conversation_id.clone().into(), m.user_id.clone().into(), m.parent_id.clone().into(),
+                m.role.clone().into(), m.content.clone().into(), m.model.clone().into(), m.state.clone().into(),
+                m.prompt_tokens.into(), m.completion_tokens.into(), m.cost_micros.into(), micros(m.created_at).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Every message of a conversation, oldest first.
+    pub async fn messages(&self, conversation_id: &str) -> Result<Vec<Message>, DbErr> {
+        let rows = all(
+            &self.db,
+            "SELECT * FROM messages WHERE conversation_id = ? ORDER BY created_at, id",
+            vec![conversation_id.into()],
+        )
+        .await?;
+        rows.iter().map(message).collect()
+    }
+
+    pub async fn message(&self, user: &str, id: &str) -> Result<Option<Message>, DbErr> {
+        one(
+            &self.db,
+            "SELECT * FROM messages WHERE id = ? AND user_id = ?",
+            vec![id.into(), user.into()],
+        )
+        .await?
+        .map(|r| message(&r))
+        .transpose()
+    }
+
+    pub async fn insert_assistant(&self, a: &Assistant, now: DateTime<Utc>) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "INSERT INTO assistants (id, owner_id, global, name, description, icon, system_prompt, model, sampling, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                a.id.clone().into(), a.owner_id.clone().into(), a.global.into(), a.name.clone().into(), a.description.clone().into(),
+                a.icon.clone().into(), a.system_prompt.clone().into(), a.model.clone().into(), json(&a.sampling).into(),
+                micros(now).into(), micros(now).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// An assistant the user may see: their own or a global one.
+    pub async fn assistant(&self, user: &str, id: &str) -> Result<Option<Assistant>, DbErr> {
+        one(
+            &self.db,
+            "SELECT * FROM assistants WHERE id = ? AND (owner_id = ? OR global = ?)",
+            vec![id.into(), user.into(), true.into()],
+        )
+        .await?
+        .map(|r| assistant(&r))
+        .transpose()
+    }
+
+    pub async fn assistants(&self, user: &str) -> Result<Vec<Assistant>, DbErr> {
+        let rows = all(
+            &self.db,
+            "SELECT * FROM assistants WHERE owner_id = ? OR global = ? ORDER BY name, id",
+            vec![user.into(), true.into()],
+        )
+        .await?;
+        rows.iter().map(assistant).collect()
+    }
+
+    pub async fn update_assistant(&self, a: &Assistant, now: DateTime<Utc>) -> Result<bool, DbErr> {
+        Ok(exec(
+            &self.db,
+            "UPDATE assistants SET name = ?, description = ?, icon = ?, system_prompt = ?, model = ?, sampling = ?, updated_at = ? WHERE id = ?",
+            vec![
+                a.name.clone().into(), a.description.clone().into(), a.icon.clone().into(), a.system_prompt.clone().into(),
+                a.model.clone().into(), json(&a.sampling).into(), micros(now).into(), a.id.clone().into(),
+            ],
+        )
+        .await?
+            == 1)
+    }
+
+    pub async fn delete_assistant(&self, id: &str) -> Result<bool, DbErr> {
+        Ok(exec(
+            &self.db,
+            "DELETE FROM assistants WHERE id = ?",
+            vec![id.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    pub async fn insert_template(&self, t: &Template, now: DateTime<Utc>) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "INSERT INTO templates (id, owner_id, global, name, category, body, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                t.id.clone().into(), t.owner_id.clone().into(), t.global.into(), t.name.clone().into(), t.category.clone().into(),
+                t.body.clone().into(), micros(now).into(), micros(now).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, user: &str, id: &str) -> Result<Option<Template>, DbErr> {
+        one(
+            &self.db,
+            "SELECT * FROM templates WHERE id = ? AND (owner_id = ? OR global = ?)",
+            vec![id.into(), user.into(), true.into()],
+        )
+        .await?
+        .map(|r| template(&r))
+        .transpose()
+    }
+
+    pub async fn templates(
+        &self,
+        user: &str,
+        category: Option<&str>,
+    ) -> Result<Vec<Template>, DbErr> {
+        let mut sql = String::from("SELECT * FROM templates WHERE (owner_id = ? OR global = ?)");
+        let mut values: Vec<Value> = vec![user.into(), true.into()];
+        if let Some(c) = category {
+            sql.push_str(" AND category = ?");
+            values.push(c.into());
+        }
+        sql.push_str(" ORDER BY category, name, id");
+        let rows = all(&self.db, &sql, values).await?;
+        rows.iter().map(template).collect()
+    }
+
+    pub async fn update_template(&self, t: &Template, now: DateTime<Utc>) -> Result<bool, DbErr> {
+        Ok(exec(
+            &self.db,
+            "UPDATE templates SET name = ?, category = ?, body = ?, updated_at = ? WHERE id = ?",
+            vec![
+                t.name.clone().into(),
+                t.category.clone().into(),
+                t.body.clone().into(),
+                micros(now).into(),
+                t.id.clone().into(),
+            ],
+        )
+        .await?
+            == 1)
+    }
+
+    pub async fn delete_template(&self, id: &str) -> Result<bool, DbErr> {
+        Ok(exec(
+            &self.db,
+            "DELETE FROM templates WHERE id = ?",
+            vec![id.into()],
+        )
+        .await?
+            == 1)
+    }
+}

@@ -1,0 +1,863 @@
+//! The chat service over real gRPC with the real model, on SQLite and Postgres: message
+//! trees and branches, Stop, billing of replies, folders, listing, assistants, templates
+//! and ownership (another user's ids are NOT_FOUND everywhere).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use llmesh_proto::billing::v1 as bpb;
+use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
+use llmesh_proto::chat::v1 as pb;
+use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
+use llmesh_proto::common::v1::PageRequest;
+use llmesh_proto::llm::v1::SamplingParams;
+use llmesh_tests::{Backend, TestServer, bearer, both_backends};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const CHAT_MODEL: &str = "smollm2-135m-instruct";
+
+struct Setup {
+    s: TestServer,
+    admin: String,
+    user: String,
+    user_id: String,
+}
+
+async fn setup(backend: Backend) -> Option<Setup> {
+    let models = llmesh_tests::models::models_dir();
+    let s = TestServer::start_with(backend, |c| {
+        c.llm.models_dir = models.display().to_string();
+    })
+    .await?;
+    let (_, admin) = s.signup("admin@example.com").await;
+    let (user, tokens) = s.signup("user@example.com").await;
+    Some(Setup {
+        admin: admin.access_token,
+        user: tokens.access_token,
+        user_id: user.id,
+        s,
+    })
+}
+
+fn chat(s: &TestServer) -> ChatServiceClient<Channel> {
+    ChatServiceClient::new(s.channel.clone())
+}
+
+fn greedy(max_tokens: u32) -> Option<SamplingParams> {
+    Some(SamplingParams {
+        temperature: Some(0.0),
+        max_tokens: Some(max_tokens),
+        ..Default::default()
+    })
+}
+
+async fn new_conversation(c: &mut ChatServiceClient<Channel>, token: &str) -> pb::Conversation {
+    c.create_conversation(bearer(
+        token,
+        pb::CreateConversationRequest {
+            model: CHAT_MODEL.into(),
+            sampling: greedy(8),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("create conversation")
+    .into_inner()
+    .conversation
+    .expect("conversation")
+}
+
+/// Reads a reply stream to the end: (user message, text, assistant message).
+async fn read_reply<T>(
+    mut stream: tonic::Streaming<T>,
+    event: impl Fn(T) -> Option<pb::ReplyEvent>,
+) -> (Option<pb::Message>, String, pb::Message) {
+    let mut user = None;
+    let mut text = String::new();
+    while let Some(msg) = stream.message().await.expect("stream") {
+        match event(msg).and_then(|e| e.event).expect("event") {
+            pb::reply_event::Event::UserMessage(m) => user = Some(m),
+            pb::reply_event::Event::Delta(d) => text.push_str(&d),
+            pb::reply_event::Event::AssistantMessage(m) => return (user, text, m),
+        }
+    }
+    panic!("the reply ended without the stored assistant message");
+}
+
+async fn send(
+    c: &mut ChatServiceClient<Channel>,
+    token: &str,
+    conversation: &str,
+    content: &str,
+) -> (pb::Message, String, pb::Message) {
+    let stream = c
+        .send_message(bearer(
+            token,
+            pb::SendMessageRequest {
+                conversation_id: conversation.into(),
+                content: content.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    let (user, text, assistant) = read_reply(stream, |m| m.event).await;
+    (user.expect("user message"), text, assistant)
+}
+
+async fn path(
+    c: &mut ChatServiceClient<Channel>,
+    token: &str,
+    id: &str,
+) -> (pb::Conversation, Vec<pb::Message>) {
+    let r = c
+        .get_conversation(bearer(token, pb::GetConversationRequest { id: id.into() }))
+        .await
+        .expect("get")
+        .into_inner();
+    (r.conversation.expect("conversation"), r.messages)
+}
+
+both_backends!(messages_form_a_tree_with_branches, |backend| async move {
+    let Some(Setup { s, user, .. }) = setup(backend).await else {
+        return;
+    };
+    let mut c = chat(&s);
+    let conv = new_conversation(&mut c, &user).await;
+    assert_eq!(conv.title, "New chat");
+
+    let (u1, text, a1) = send(&mut c, &user, &conv.id, "Count to 10.").await;
+    assert_eq!(u1.role, llmesh_proto::llm::v1::ChatRole::User as i32);
+    assert_eq!(a1.content, text, "the stored reply is what streamed");
+    assert_eq!(a1.parent_id, u1.id);
+    assert_eq!(a1.state, pb::MessageState::Complete as i32);
+    let produced = a1.usage.expect("usage").completion_tokens;
+    assert!(
+        (1..=8).contains(&produced),
+        "max_tokens 8 caps the reply ({produced})"
+    );
+    let (_, messages) = path(&mut c, &user, &conv.id).await;
+    assert_eq!(
+        messages.iter().map(|m| m.id.clone()).collect::<Vec<_>>(),
+        vec![u1.id.clone(), a1.id.clone()]
+    );
+
+    // Regenerate: a second reply under the same prompt, now active.
+    let stream = c
+        .regenerate(bearer(
+            &user,
+            pb::RegenerateRequest {
+                message_id: a1.id.clone(),
+                sampling: Some(SamplingParams {
+                    temperature: Some(1.0),
+                    seed: Some(3),
+                    max_tokens: Some(8),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("regenerate")
+        .into_inner();
+    let (none, _, a2) = read_reply(stream, |m| m.event).await;
+    assert!(none.is_none(), "regenerating adds no user message");
+    assert_eq!(
+        (a2.parent_id.as_str(), a2.sibling_index, a2.sibling_count),
+        (u1.id.as_str(), 2, 2)
+    );
+    let (_, messages) = path(&mut c, &user, &conv.id).await;
+    assert_eq!(messages[1].id, a2.id);
+    assert_eq!(
+        (messages[1].sibling_index, messages[1].sibling_count),
+        (2, 2)
+    );
+
+    // Switch back to the first reply.
+    let switched = c
+        .switch_branch(bearer(
+            &user,
+            pb::SwitchBranchRequest {
+                message_id: a1.id.clone(),
+            },
+        ))
+        .await
+        .expect("switch")
+        .into_inner();
+    assert_eq!(switched.messages[1].id, a1.id);
+    assert_eq!(switched.messages[1].sibling_index, 1);
+
+    // Edit the user message: a sibling prompt with its own reply.
+    let stream = c
+        .edit_message(bearer(
+            &user,
+            pb::EditMessageRequest {
+                message_id: u1.id.clone(),
+                content: "Count to 5.".into(),
+            },
+        ))
+        .await
+        .expect("edit")
+        .into_inner();
+    let (u2, _, a3) = read_reply(stream, |m| m.event).await;
+    let u2 = u2.expect("edited user message");
+    assert_eq!((u2.sibling_index, u2.sibling_count), (2, 2));
+    assert_eq!(a3.parent_id, u2.id);
+    let (conv_now, messages) = path(&mut c, &user, &conv.id).await;
+    assert_eq!(
+        messages.iter().map(|m| m.content.as_str()).next(),
+        Some("Count to 5.")
+    );
+    assert_eq!(conv_now.active_leaf_id, a3.id);
+    // Switching to the first prompt lands on its newest leaf.
+    let switched = c
+        .switch_branch(bearer(
+            &user,
+            pb::SwitchBranchRequest {
+                message_id: u1.id.clone(),
+            },
+        ))
+        .await
+        .expect("switch")
+        .into_inner();
+    assert_eq!(
+        switched.messages.last().map(|m| m.id.clone()),
+        Some(a2.id.clone())
+    );
+
+    // Wrong kinds of message are refused.
+    let status = c
+        .regenerate(bearer(
+            &user,
+            pb::RegenerateRequest {
+                message_id: u1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("user message");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = c
+        .edit_message(bearer(
+            &user,
+            pb::EditMessageRequest {
+                message_id: a1.id.clone(),
+                content: "x".into(),
+            },
+        ))
+        .await
+        .expect_err("assistant message");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let status = c
+        .send_message(bearer(
+            &user,
+            pb::SendMessageRequest {
+                conversation_id: conv.id.clone(),
+                content: "   ".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("empty");
+    assert_eq!(status.code(), Code::InvalidArgument);
+
+    // The first exchange earned a title in the background.
+    let mut title = String::new();
+    for _ in 0..300 {
+        title = path(&mut c, &user, &conv.id).await.0.title;
+        if title != "New chat" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(title, "New chat", "auto-title");
+});
+
+both_backends!(
+    stop_keeps_the_partial_reply_and_bills_what_it_produced,
+    |backend| async move {
+        let Some(Setup {
+            s,
+            admin,
+            user,
+            user_id,
+        }) = setup(backend).await
+        else {
+            return;
+        };
+        let mut billing = BillingServiceClient::new(s.channel.clone());
+        billing
+            .set_price(bearer(
+                &admin,
+                bpb::SetPriceRequest {
+                    model: CHAT_MODEL.into(),
+                    input_micros_per_mtok: 1_000_000,
+                    output_micros_per_mtok: 2_000_000,
+                },
+            ))
+            .await
+            .expect("price");
+        let mut c = chat(&s);
+        let conv = new_conversation(&mut c, &user).await;
+        // No balance: refused before anything is stored.
+        let status = c
+            .send_message(bearer(
+                &user,
+                pb::SendMessageRequest {
+                    conversation_id: conv.id.clone(),
+                    content: "hi".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect_err("no money");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            path(&mut c, &user, &conv.id).await.1.is_empty(),
+            "nothing half-written"
+        );
+
+        billing
+            .adjust_balance(bearer(
+                &admin,
+                bpb::AdjustBalanceRequest {
+                    user_id: user_id.clone(),
+                    amount_micros: 100_000,
+                    reason: "t".into(),
+                    idempotency_key: "f".into(),
+                },
+            ))
+            .await
+            .expect("credit");
+        let mut stream = c
+            .send_message(bearer(
+                &user,
+                pb::SendMessageRequest {
+                    conversation_id: conv.id.clone(),
+                    content: "Count from 1 to 1000.".into(),
+                    sampling: greedy(2000),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("send")
+            .into_inner();
+        let mut deltas = 0;
+        while deltas < 5 {
+            if let Some(pb::reply_event::Event::Delta(_)) = stream
+                .message()
+                .await
+                .expect("msg")
+                .and_then(|m| m.event)
+                .and_then(|e| e.event)
+            {
+                deltas += 1;
+            }
+        }
+        drop(stream); // the UI's Stop
+        let mut stopped = None;
+        for _ in 0..500 {
+            let (_, messages) = path(&mut c, &user, &conv.id).await;
+            if let Some(m) = messages
+                .iter()
+                .find(|m| m.role == llmesh_proto::llm::v1::ChatRole::Assistant as i32)
+            {
+                stopped = Some(m.clone());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reply = stopped.expect("the partial reply was kept");
+        assert_eq!(reply.state, pb::MessageState::Stopped as i32);
+        assert!(!reply.content.is_empty());
+        let usage = reply.usage.expect("usage");
+        assert!(
+            usage.completion_tokens >= 5 && usage.completion_tokens < 2000,
+            "{usage:?}"
+        );
+        let cost = reply.cost.expect("cost").micros;
+        assert_eq!(
+            cost,
+            i64::from(usage.prompt_tokens) + 2 * i64::from(usage.completion_tokens)
+        );
+        // Wait for every hold (the background title generation too) to settle.
+        let mut balance = None;
+        for _ in 0..500 {
+            let b = billing
+                .get_balance(bearer(&user, bpb::GetBalanceRequest::default()))
+                .await
+                .expect("balance")
+                .into_inner();
+            if b.reserved.as_ref().expect("reserved").micros == 0 {
+                balance = Some(b);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let balance = balance.expect("all holds settled");
+        // The auto-title generation is billed too; the reply's own cost is part of the spend.
+        assert!(100_000 - balance.balance.expect("balance").micros >= cost);
+    }
+);
+
+both_backends!(
+    folders_listing_assistants_templates_and_ownership,
+    |backend| async move {
+        let Some(Setup { s, admin, user, .. }) = setup(backend).await else {
+            return;
+        };
+        let mut c = chat(&s);
+        let (_, other) = s.signup("other@example.com").await;
+        let other = other.access_token;
+
+        // Folders nest; a folder cannot move under itself; deleting moves contents up.
+        let folder = |name: &str, parent: &str| pb::CreateFolderRequest {
+            name: name.into(),
+            parent_id: parent.into(),
+        };
+        let work = c
+            .create_folder(bearer(&user, folder("Work", "")))
+            .await
+            .expect("folder")
+            .into_inner()
+            .folder
+            .expect("f");
+        let sub = c
+            .create_folder(bearer(&user, folder("Sub", &work.id)))
+            .await
+            .expect("folder")
+            .into_inner()
+            .folder
+            .expect("f");
+        let status = c
+            .update_folder(bearer(
+                &user,
+                pb::UpdateFolderRequest {
+                    id: work.id.clone(),
+                    name: None,
+                    parent_id: Some(sub.id.clone()),
+                },
+            ))
+            .await
+            .expect_err("cycle");
+        assert_eq!(status.code(), Code::FailedPrecondition);
+
+        // Conversations: metadata, filters and cursor pages, newest update first.
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let conv = c
+                .create_conversation(bearer(
+                    &user,
+                    pb::CreateConversationRequest {
+                        title: format!("c{i}"),
+                        model: CHAT_MODEL.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("create")
+                .into_inner()
+                .conversation
+                .expect("c");
+            s.clock.advance(chrono::Duration::seconds(1));
+            ids.push(conv.id);
+        }
+        c.update_conversation(bearer(
+            &user,
+            pb::UpdateConversationRequest {
+                id: ids[1].clone(),
+                folder_id: Some(sub.id.clone()),
+                tags: vec!["rust".into(), "ml".into()],
+                replace_tags: true,
+                pinned: Some(true),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("update");
+        let list = |page_size: u32, token: String, f: pb::ListConversationsRequest| {
+            pb::ListConversationsRequest {
+                page: Some(PageRequest {
+                    page_size,
+                    page_token: token,
+                }),
+                ..f
+            }
+        };
+        let first = c
+            .list_conversations(bearer(&user, list(3, String::new(), Default::default())))
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(first.conversations.len(), 3);
+        assert_eq!(
+            first.conversations[0].id, ids[1],
+            "the updated one comes first"
+        );
+        let next = first.page.expect("page").next_page_token;
+        let second = c
+            .list_conversations(bearer(&user, list(3, next, Default::default())))
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(second.conversations.len(), 2);
+        assert!(second.page.expect("page").next_page_token.is_empty());
+        for filter in [
+            pb::ListConversationsRequest {
+                tag: "rust".into(),
+                ..Default::default()
+            },
+            pb::ListConversationsRequest {
+                pinned: Some(true),
+                ..Default::default()
+            },
+            pb::ListConversationsRequest {
+                folder_id: sub.id.clone(),
+                ..Default::default()
+            },
+        ] {
+            let got = c
+                .list_conversations(bearer(&user, filter))
+                .await
+                .expect("filter")
+                .into_inner()
+                .conversations;
+            assert_eq!(
+                got.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+                vec![ids[1].clone()]
+            );
+        }
+        c.delete_folder(bearer(
+            &user,
+            pb::DeleteFolderRequest { id: sub.id.clone() },
+        ))
+        .await
+        .expect("delete folder");
+        let moved = path(&mut c, &user, &ids[1]).await.0;
+        assert_eq!(moved.folder_id, work.id, "contents move up to the parent");
+
+        // Assistants: own, or global by admins only.
+        let assistant = |name: &str, global: bool| pb::CreateAssistantRequest {
+            assistant: Some(pb::Assistant {
+                name: name.into(),
+                system_prompt: "Be terse.".into(),
+                model: CHAT_MODEL.into(),
+                global,
+                ..Default::default()
+            }),
+        };
+        let mine = c
+            .create_assistant(bearer(&user, assistant("Mine", false)))
+            .await
+            .expect("own")
+            .into_inner()
+            .assistant
+            .expect("a");
+        assert_eq!(
+            c.create_assistant(bearer(&user, assistant("Global", true)))
+                .await
+                .expect_err("not admin")
+                .code(),
+            Code::PermissionDenied
+        );
+        let global = c
+            .create_assistant(bearer(&admin, assistant("Global", true)))
+            .await
+            .expect("admin")
+            .into_inner()
+            .assistant
+            .expect("a");
+        let seen = c
+            .list_assistants(bearer(&user, pb::ListAssistantsRequest {}))
+            .await
+            .expect("list")
+            .into_inner()
+            .assistants;
+        assert_eq!(seen.len(), 2);
+        let status = c
+            .update_assistant(bearer(
+                &user,
+                pb::UpdateAssistantRequest {
+                    assistant: Some(pb::Assistant {
+                        name: "x".into(),
+                        ..global.clone()
+                    }),
+                },
+            ))
+            .await
+            .expect_err("global");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let from_assistant = c
+            .create_conversation(bearer(
+                &user,
+                pb::CreateConversationRequest {
+                    assistant_id: mine.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("from assistant")
+            .into_inner()
+            .conversation
+            .expect("c");
+        assert_eq!(from_assistant.assistant_id, mine.id);
+        assert_eq!(from_assistant.model, CHAT_MODEL);
+
+        // Templates with variables.
+        let t = c
+            .create_template(bearer(
+                &user,
+                pb::CreateTemplateRequest {
+                    template: Some(pb::Template {
+                        name: "Translate".into(),
+                        category: "language".into(),
+                        body: "Translate {{text}} to {{ lang }}.".into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect("template")
+            .into_inner()
+            .template
+            .expect("t");
+        assert_eq!(t.variables, vec!["text".to_owned(), "lang".to_owned()]);
+        let values = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>()
+        };
+        let text = c
+            .render_template(bearer(
+                &user,
+                pb::RenderTemplateRequest {
+                    id: t.id.clone(),
+                    values: values(&[("text", "hi"), ("lang", "French")]),
+                },
+            ))
+            .await
+            .expect("render")
+            .into_inner()
+            .text;
+        assert_eq!(text, "Translate hi to French.");
+        for (vals, needle) in [
+            (values(&[("text", "hi")]), "missing value for lang"),
+            (
+                values(&[("text", "a"), ("lang", "b"), ("x", "c")]),
+                "unknown variable x",
+            ),
+        ] {
+            let status = c
+                .render_template(bearer(
+                    &user,
+                    pb::RenderTemplateRequest {
+                        id: t.id.clone(),
+                        values: vals,
+                    },
+                ))
+                .await
+                .expect_err("bad values");
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().contains(needle), "{}", status.message());
+        }
+        let status = c
+            .create_template(bearer(
+                &user,
+                pb::CreateTemplateRequest {
+                    template: Some(pb::Template {
+                        name: "bad".into(),
+                        body: "{{ oops".into(),
+                        ..Default::default()
+                    }),
+                },
+            ))
+            .await
+            .expect_err("malformed");
+        assert_eq!(status.code(), Code::InvalidArgument);
+
+        // Ownership: every RPC that takes an id says NOT_FOUND for another user's object.
+        let conv = &ids[0];
+        let nf = |r: Result<(), tonic::Status>, what: &str| {
+            assert_eq!(r.err().map(|s| s.code()), Some(Code::NotFound), "{what}");
+        };
+        nf(
+            c.get_conversation(bearer(
+                &other,
+                pb::GetConversationRequest { id: conv.clone() },
+            ))
+            .await
+            .map(|_| ()),
+            "GetConversation",
+        );
+        nf(
+            c.update_conversation(bearer(
+                &other,
+                pb::UpdateConversationRequest {
+                    id: conv.clone(),
+                    title: Some("x".into()),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "UpdateConversation",
+        );
+        nf(
+            c.delete_conversation(bearer(
+                &other,
+                pb::DeleteConversationRequest { id: conv.clone() },
+            ))
+            .await
+            .map(|_| ()),
+            "DeleteConversation",
+        );
+        nf(
+            c.send_message(bearer(
+                &other,
+                pb::SendMessageRequest {
+                    conversation_id: conv.clone(),
+                    content: "x".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "SendMessage",
+        );
+        nf(
+            c.update_folder(bearer(
+                &other,
+                pb::UpdateFolderRequest {
+                    id: work.id.clone(),
+                    name: Some("x".into()),
+                    parent_id: None,
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "UpdateFolder",
+        );
+        nf(
+            c.delete_folder(bearer(
+                &other,
+                pb::DeleteFolderRequest {
+                    id: work.id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "DeleteFolder",
+        );
+        nf(
+            c.create_folder(bearer(&other, folder("x", &work.id)))
+                .await
+                .map(|_| ()),
+            "CreateFolder under another's folder",
+        );
+        nf(
+            c.get_assistant(bearer(
+                &other,
+                pb::GetAssistantRequest {
+                    id: mine.id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "GetAssistant",
+        );
+        nf(
+            c.update_assistant(bearer(
+                &other,
+                pb::UpdateAssistantRequest {
+                    assistant: Some(mine.clone()),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "UpdateAssistant",
+        );
+        nf(
+            c.delete_assistant(bearer(
+                &other,
+                pb::DeleteAssistantRequest {
+                    id: mine.id.clone(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "DeleteAssistant",
+        );
+        nf(
+            c.create_conversation(bearer(
+                &other,
+                pb::CreateConversationRequest {
+                    assistant_id: mine.id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "CreateConversation from another's assistant",
+        );
+        nf(
+            c.render_template(bearer(
+                &other,
+                pb::RenderTemplateRequest {
+                    id: t.id.clone(),
+                    values: HashMap::new(),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "RenderTemplate",
+        );
+        nf(
+            c.update_template(bearer(
+                &other,
+                pb::UpdateTemplateRequest {
+                    template: Some(t.clone()),
+                },
+            ))
+            .await
+            .map(|_| ()),
+            "UpdateTemplate",
+        );
+        nf(
+            c.delete_template(bearer(
+                &other,
+                pb::DeleteTemplateRequest { id: t.id.clone() },
+            ))
+            .await
+            .map(|_| ()),
+            "DeleteTemplate",
+        );
+        assert!(
+            c.list_conversations(bearer(&other, pb::ListConversationsRequest::default()))
+                .await
+                .expect("list")
+                .into_inner()
+                .conversations
+                .is_empty()
+        );
+
+        // Deleting is final.
+        c.delete_conversation(bearer(
+            &user,
+            pb::DeleteConversationRequest { id: conv.clone() },
+        ))
+        .await
+        .expect("delete");
+        nf(
+            c.get_conversation(bearer(
+                &user,
+                pb::GetConversationRequest { id: conv.clone() },
+            ))
+            .await
+            .map(|_| ()),
+            "deleted",
+        );
+    }
+);
