@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_auth;
 mod m20261122_000002_billing;
 mod m20261122_000003_chat;
+mod m20261122_000004_chat_archive;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_auth::Migration),
             Box::new(m20261122_000002_billing::Migration),
             Box::new(m20261122_000003_chat::Migration),
+            Box::new(m20261122_000004_chat_archive::Migration),
         ]
     }
 }

@@ -152,6 +152,7 @@ pub fn test_config(db: &TestDb) -> Config {
     config.llm.models_dir = format!("{}/models", db.scratch().display());
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
+    config.chat.uploads_dir = format!("{}/uploads", db.scratch().display());
     config
 }
 

@@ -9,6 +9,7 @@ use llmesh_llm::LlmConfig;
 use llmesh_llm::registry::Registry;
 
 static READY: Mutex<bool> = Mutex::new(false);
+static GEMMA: Mutex<()> = Mutex::new(());
 
 /// The shared models directory, with the default chat and embedding models in it.
 pub fn models_dir() -> PathBuf {
@@ -71,6 +72,8 @@ pub fn chat_model_path() -> PathBuf {
 pub fn gemma_model_path() -> PathBuf {
     const ID: &str = "gemma-3-270m";
     let dir = models_dir();
+    // One pull at a time, even when several tests want the model at once.
+    let _one = GEMMA.lock().unwrap_or_else(|e| e.into_inner());
     let registry = Registry::open(&dir).expect("registry");
     if !registry.contains(ID) {
         let target = dir.clone();

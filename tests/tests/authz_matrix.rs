@@ -627,6 +627,55 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             read_nf,
         ),
         (
+            "Search",
+            Box::new(|_| {
+                chat::SearchRequest {
+                    query: "hello".into(),
+                    page: None,
+                }
+                .encode_to_vec()
+            }),
+            read_ok,
+        ),
+        (
+            "ExportConversations",
+            Box::new(|_| chat::ExportConversationsRequest::default().encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "BeginUpload",
+            Box::new(|_| chat::BeginUploadRequest::default().encode_to_vec()),
+            write_ia,
+        ),
+        (
+            "AppendUploadChunk",
+            Box::new(move |_| {
+                chat::AppendUploadChunkRequest {
+                    upload_id: some(),
+                    offset: 0,
+                    data: vec![1],
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "FinishUpload",
+            Box::new(move |_| chat::FinishUploadRequest { upload_id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "ImportConversations",
+            Box::new(move |_| {
+                chat::ImportConversationsRequest {
+                    upload_id: some(),
+                    source: chat::ImportSource::Chatgpt as i32,
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
             "ResolveApiKey",
             Box::new(move |_| {
                 pb::ResolveApiKeyRequest {

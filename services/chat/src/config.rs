@@ -16,6 +16,12 @@ pub struct ChatConfig {
     pub reply_reserve_tokens: u32,
     /// Generate a short title after the first exchange.
     pub auto_title: bool,
+    /// Where chunked uploads are assembled.
+    pub uploads_dir: String,
+    /// Largest upload (an import file), in bytes.
+    pub max_upload_bytes: u64,
+    /// Largest chunk of an upload, in bytes; keep it below server.max_message_bytes.
+    pub max_chunk_bytes: u32,
 }
 
 impl Default for ChatConfig {
@@ -26,12 +32,21 @@ impl Default for ChatConfig {
             max_system_prompt_chars: 20_000,
             reply_reserve_tokens: 512,
             auto_title: true,
+            uploads_dir: "data/uploads".into(),
+            max_upload_bytes: 256 * 1024 * 1024,
+            max_chunk_bytes: 1024 * 1024,
         }
     }
 }
 
 impl ChatConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_chunk_bytes < 1024 || self.max_upload_bytes == 0 {
+            return Err(invalid(
+                "chat.max_chunk_bytes",
+                "chunks must be at least 1024 bytes and uploads positive",
+            ));
+        }
         if self.max_message_chars == 0 || self.max_system_prompt_chars == 0 {
             return Err(invalid("chat.max_message_chars", "limits must be positive"));
         }

@@ -62,17 +62,17 @@ pub struct NewConversation {
 }
 
 pub struct ChatService {
-    store: ChatStore,
+    pub(crate) store: ChatStore,
     llm: Arc<dyn LlmClient>,
-    config: ChatConfig,
-    clock: Arc<dyn Clock>,
+    pub(crate) config: ChatConfig,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
+pub(crate) fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
     if required && value.trim().is_empty() {
         return Err(ChatError::Invalid(format!("{field} must not be empty")));
     }
@@ -259,6 +259,7 @@ impl ChatService {
             updated_at: now,
         };
         self.store.insert_conversation(&c).await?;
+        crate::store::index_title(&self.store.db, &c).await?;
         Ok(c)
     }
 
@@ -284,6 +285,7 @@ impl ChatService {
         patch: ConversationPatch,
     ) -> Result<Conversation> {
         let mut c = self.conversation(p, id).await?;
+        let retitled = patch.title.is_some();
         if let Some(title) = patch.title {
             check_text("title", &title, 200, true)?;
             c.title = title.trim().to_owned();
@@ -326,6 +328,9 @@ impl ChatService {
         }
         c.updated_at = self.clock.now();
         ChatStore::update_conversation(&self.store.db, &c).await?;
+        if retitled {
+            crate::store::index_title(&self.store.db, &c).await?;
+        }
         Ok(c)
     }
 
@@ -735,6 +740,7 @@ impl ChatService {
                 c.title = title;
                 c.titled = true;
                 ChatStore::update_conversation(&self.store.db, &c).await?;
+                crate::store::index_title(&self.store.db, &c).await?;
             }
             Ok::<(), ChatError>(())
         }
@@ -916,7 +922,7 @@ fn validate_template(t: &Template) -> Result<Vec<String>> {
 }
 
 /// The path from the root to `leaf` (inclusive), root first.
-fn path_to<'a>(messages: &'a [Message], leaf: Option<&str>) -> Vec<&'a Message> {
+pub(crate) fn path_to<'a>(messages: &'a [Message], leaf: Option<&str>) -> Vec<&'a Message> {
     let by_id: HashMap<&str, &Message> = messages.iter().map(|m| (m.id.as_str(), m)).collect();
     let mut path = Vec::new();
     let mut cursor = leaf;

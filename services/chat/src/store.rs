@@ -166,6 +166,45 @@ fn template(r: &QueryResult) -> Result<Template, DbErr> {
     })
 }
 
+/// Adds a document to the search index (the FTS5 table or the tsvector table).
+pub async fn index<C: ConnectionTrait>(
+    db: &C,
+    doc_id: &str,
+    user: &str,
+    conversation: &str,
+    message: Option<&str>,
+    body: &str,
+) -> Result<(), DbErr> {
+    exec(
+        db,
+        "INSERT INTO chat_search (doc_id, user_id, conversation_id, message_id, body) VALUES (?, ?, ?, ?, ?)",
+        vec![doc_id.into(), user.into(), conversation.into(), message.map(str::to_owned).into(), body.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Replaces the indexed title of a conversation.
+pub async fn index_title<C: ConnectionTrait>(db: &C, c: &Conversation) -> Result<(), DbErr> {
+    let doc = format!("title:{}", c.id);
+    exec(
+        db,
+        "DELETE FROM chat_search WHERE doc_id = ?",
+        vec![doc.clone().into()],
+    )
+    .await?;
+    index(db, &doc, &c.user_id, &c.id, None, &c.title).await
+}
+
+/// One search result before snippets.
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub conversation_id: String,
+    pub message_id: Option<String>,
+    pub body: String,
+    pub rank: f64,
+}
+
 /// Filters and cursor of a conversation listing.
 #[derive(Debug, Clone, Default)]
 pub struct ConversationFilter {
@@ -383,6 +422,15 @@ impl ChatStore {
     }
 
     pub async fn insert_message<C: ConnectionTrait>(db: &C, m: &Message) -> Result<(), DbErr> {
+        index(
+            db,
+            &m.id,
+            &m.user_id,
+            &m.conversation_id,
+            Some(&m.id),
+            &m.content,
+        )
+        .await?;
         exec(
             db,
             "INSERT INTO messages (id, conversation_id, user_id, parent_id, role, content, model, state, prompt_tokens, \
@@ -417,6 +465,56 @@ impl ChatStore {
         .await?
         .map(|r| message(&r))
         .transpose()
+    }
+
+    /// Full-text search over one user's documents; `terms` are plain words.
+    pub async fn search(
+        &self,
+        user: &str,
+        terms: &[String],
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<Hit>, DbErr> {
+        let backend = self.db.get_database_backend();
+        let rows = if backend == sea_orm::DatabaseBackend::Postgres {
+            let query = terms.join(" ");
+            all(
+                &self.db,
+                &format!(
+                    "SELECT conversation_id, message_id, body, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
+                     FROM chat_search, plainto_tsquery('simple', ?) q WHERE user_id = ? AND tsv @@ q \
+                     ORDER BY rank DESC, doc_id LIMIT {limit} OFFSET {offset}"
+                ),
+                vec![query.into(), user.into()],
+            )
+            .await?
+        } else {
+            // Each term quoted: user input never reaches FTS5's query syntax.
+            let query = terms
+                .iter()
+                .map(|t| format!("\"{}\"", t.replace('"', "")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            all(
+                &self.db,
+                &format!(
+                    "SELECT conversation_id, message_id, body, -bm25(chat_search) AS rank FROM chat_search \
+                     WHERE chat_search MATCH ? AND user_id = ? ORDER BY bm25(chat_search), doc_id LIMIT {limit} OFFSET {offset}"
+                ),
+                vec![query.into(), user.into()],
+            )
+            .await?
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(Hit {
+                    conversation_id: r.try_get("", "conversation_id")?,
+                    message_id: r.try_get("", "message_id")?,
+                    body: r.try_get("", "body")?,
+                    rank: r.try_get("", "rank")?,
+                })
+            })
+            .collect()
     }
 
     pub async fn insert_assistant(&self, a: &Assistant, now: DateTime<Utc>) -> Result<(), DbErr> {

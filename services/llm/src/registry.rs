@@ -132,13 +132,24 @@ impl Registry {
             .map_err(|e| LlmError::Internal(format!("deleting {id}: {e}")))
     }
 
-    /// Removes staging directories left by interrupted pulls.
+    /// Removes staging directories left by interrupted pulls. Only ones untouched for a
+    /// day go: another process (a CLI pull beside a server) may be filling a fresh one.
     pub fn sweep_staging(&self) {
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(".staging-") {
-                    let _ = std::fs::remove_dir_all(entry.path());
-                }
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(".staging-") {
+                continue;
+            }
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(24 * 3600));
+            if stale {
+                let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }

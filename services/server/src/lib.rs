@@ -24,6 +24,7 @@ use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
+use llmesh_proto::chat::v1::chat_archive_service_server::ChatArchiveServiceServer;
 use llmesh_proto::chat::v1::chat_service_server::ChatServiceServer;
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
@@ -326,6 +327,15 @@ pub async fn start(
         );
         names.push(llmesh_chat::SERVICE_NAME);
         tables.push(llmesh_chat::ACCESS);
+        routes.add_service(
+            ChatArchiveServiceServer::from_arc(Arc::new(llmesh_chat::GrpcChatArchiveAdapter::new(
+                service.clone(),
+            )))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+        );
+        names.push(llmesh_chat::ARCHIVE_SERVICE_NAME);
+        tables.push(llmesh_chat::ARCHIVE_ACCESS);
         chat = Some(service);
     }
 

@@ -1,0 +1,906 @@
+//! Search, export, chunked uploads and import of a user's conversations.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use llmesh_kit::Principal;
+use llmesh_kit::db::{exec, one};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::error::{ChatError, Result};
+use crate::service::{ChatService, DEFAULT_TITLE, check_text, new_id, path_to};
+use crate::store::{self, ChatStore, Conversation, Message, Sampling};
+
+/// One search result with its snippet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    pub conversation_id: String,
+    pub conversation_title: String,
+    pub message_id: Option<String>,
+    pub snippet: String,
+    /// Byte ranges of matched words inside the snippet.
+    pub highlights: Vec<(u32, u32)>,
+    pub rank: f32,
+}
+
+/// What an export looks like on the wire (llmesh JSON, every branch).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportDoc {
+    pub format: String,
+    pub conversations: Vec<ExportConversation>,
+}
+
+pub const EXPORT_FORMAT: &str = "llmesh.conversations.v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportConversation {
+    pub id: String,
+    pub title: String,
+    pub model: String,
+    pub system_prompt: String,
+    #[serde(default)]
+    pub sampling: Sampling,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub archived: bool,
+    pub active_leaf_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub messages: Vec<ExportMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportMessage {
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub role: String,
+    pub content: String,
+    #[serde(default)]
+    pub model: String,
+    #[serde(default = "complete")]
+    pub state: String,
+    #[serde(default)]
+    pub prompt_tokens: i64,
+    #[serde(default)]
+    pub completion_tokens: i64,
+    #[serde(default)]
+    pub cost_micros: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+fn complete() -> String {
+    "complete".into()
+}
+
+/// Import formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportSource {
+    Llmesh,
+    ChatGpt,
+}
+
+/// Import progress, then a report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportEvent {
+    Progress {
+        done: u32,
+        total: u32,
+    },
+    Report {
+        imported: u32,
+        skipped: Vec<(String, String)>,
+    },
+}
+
+/// An upload's state.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: String,
+    pub size: u64,
+    pub sha256: String,
+    pub received: u64,
+    pub finished: bool,
+}
+
+impl ChatService {
+    // ---- search ----
+
+    pub async fn search(
+        &self,
+        p: &Principal,
+        query: &str,
+        limit: u64,
+        offset: u64,
+    ) -> Result<Vec<SearchHit>> {
+        if query.trim().is_empty() || query.len() > 256 {
+            return Err(ChatError::Invalid("query must be 1 to 256 bytes".into()));
+        }
+        let terms: Vec<String> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .take(16)
+            .collect();
+        if terms.is_empty() {
+            return Err(ChatError::Invalid(
+                "query has no words to search for".into(),
+            ));
+        }
+        let hits = self.store.search(&p.user_id, &terms, limit, offset).await?;
+        let mut titles: HashMap<String, String> = HashMap::new();
+        let mut out = Vec::with_capacity(hits.len());
+        for h in hits {
+            if !titles.contains_key(&h.conversation_id)
+                && let Some(c) = self
+                    .store
+                    .conversation(&p.user_id, &h.conversation_id)
+                    .await?
+            {
+                titles.insert(c.id.clone(), c.title);
+            }
+            let (snippet, highlights) = snippet(&h.body, &terms);
+            out.push(SearchHit {
+                conversation_title: titles.get(&h.conversation_id).cloned().unwrap_or_default(),
+                conversation_id: h.conversation_id,
+                message_id: h.message_id,
+                snippet,
+                highlights,
+                rank: h.rank as f32,
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- export ----
+
+    /// Streams an export as chunks of bytes: llmesh JSON (every branch) or Markdown (the
+    /// active path).
+    pub async fn export(
+        &self,
+        p: &Principal,
+        conversation: Option<String>,
+        markdown: bool,
+    ) -> Result<mpsc::Receiver<Result<Vec<u8>>>> {
+        let ids: Vec<String> = match conversation {
+            Some(id) => vec![self.conversation(p, &id).await?.id],
+            None => {
+                let mut ids = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = self
+                        .store
+                        .conversations(
+                            &p.user_id,
+                            &store::ConversationFilter {
+                                after: after.clone(),
+                                limit: 200,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    ids.extend(page.iter().map(|c| c.id.clone()));
+                    match page.last() {
+                        Some(last) if page.len() == 200 => {
+                            after = Some((last.updated_at.timestamp_micros(), last.id.clone()))
+                        }
+                        _ => break,
+                    }
+                }
+                ids
+            }
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let store = self.store.clone();
+        let user = p.user_id.clone();
+        let this = ExportWorker { store };
+        tokio::spawn(async move {
+            if !markdown {
+                let _ = tx
+                    .send(Ok(format!(
+                        "{{\"format\":\"{EXPORT_FORMAT}\",\"conversations\":["
+                    )
+                    .into_bytes()))
+                    .await;
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let chunk = this.chunk(&user, id, markdown, i > 0).await;
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+            if !markdown {
+                let _ = tx.send(Ok(b"]}".to_vec())).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    // ---- uploads ----
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        PathBuf::from(&self.config.uploads_dir).join(id)
+    }
+
+    pub async fn begin_upload(
+        &self,
+        p: &Principal,
+        file_name: &str,
+        size: u64,
+        sha256: &str,
+    ) -> Result<(String, u32)> {
+        check_text("file_name", file_name, 255, true)?;
+        if size == 0 || size > self.config.max_upload_bytes {
+            return Err(ChatError::Invalid(format!(
+                "size_bytes must be 1 to {} (chat.max_upload_bytes)",
+                self.config.max_upload_bytes
+            )));
+        }
+        if sha256.len() != 64 || !sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ChatError::Invalid(
+                "sha256 must be 64 hexadecimal characters".into(),
+            ));
+        }
+        let id = new_id();
+        std::fs::create_dir_all(&self.config.uploads_dir)
+            .map_err(|e| ChatError::Internal(format!("uploads dir: {e}")))?;
+        std::fs::File::create(self.upload_path(&id))
+            .map_err(|e| ChatError::Internal(format!("upload file: {e}")))?;
+        exec(
+            &self.store.db,
+            "INSERT INTO uploads (id, user_id, file_name, size_bytes, sha256, received_bytes, finished, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
+            vec![id.clone().into(), p.user_id.clone().into(), file_name.into(), (size as i64).into(), sha256.to_lowercase().into(), false.into(), store::micros(self.clock.now()).into()],
+        )
+        .await?;
+        Ok((id, self.config.max_chunk_bytes))
+    }
+
+    async fn upload(&self, p: &Principal, id: &str) -> Result<Upload> {
+        let row = one(
+            &self.store.db,
+            "SELECT * FROM uploads WHERE id = ? AND user_id = ?",
+            vec![id.into(), p.user_id.clone().into()],
+        )
+        .await?
+        .ok_or(ChatError::NotFound("upload"))?;
+        Ok(Upload {
+            id: row.try_get("", "id")?,
+            size: row.try_get::<i64>("", "size_bytes")? as u64,
+            sha256: row.try_get("", "sha256")?,
+            received: row.try_get::<i64>("", "received_bytes")? as u64,
+            finished: row.try_get("", "finished")?,
+        })
+    }
+
+    pub async fn append_chunk(
+        &self,
+        p: &Principal,
+        id: &str,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64> {
+        let u = self.upload(p, id).await?;
+        if u.finished {
+            return Err(ChatError::Precondition(
+                "the upload is already finished".into(),
+            ));
+        }
+        if data.is_empty() || data.len() > self.config.max_chunk_bytes as usize {
+            return Err(ChatError::Invalid(format!(
+                "a chunk must be 1 to {} bytes",
+                self.config.max_chunk_bytes
+            )));
+        }
+        if offset != u.received {
+            return Err(ChatError::Invalid(format!(
+                "offset {offset} does not continue the upload at {}",
+                u.received
+            )));
+        }
+        if u.received + data.len() as u64 > u.size {
+            return Err(ChatError::Invalid(format!(
+                "the chunk goes past the declared size of {} bytes",
+                u.size
+            )));
+        }
+        // The conditional update makes a concurrent duplicate chunk fail instead of doubling.
+        let moved = exec(
+            &self.store.db,
+            "UPDATE uploads SET received_bytes = ? WHERE id = ? AND received_bytes = ?",
+            vec![
+                ((u.received + data.len() as u64) as i64).into(),
+                id.into(),
+                (u.received as i64).into(),
+            ],
+        )
+        .await?;
+        if moved != 1 {
+            return Err(ChatError::Invalid(
+                "another chunk arrived at this offset first".into(),
+            ));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.upload_path(id))
+            .map_err(|e| ChatError::Internal(format!("upload file: {e}")))?;
+        f.write_all(data)
+            .map_err(|e| ChatError::Internal(format!("writing the upload: {e}")))?;
+        Ok(u.received + data.len() as u64)
+    }
+
+    pub async fn finish_upload(&self, p: &Principal, id: &str) -> Result<u64> {
+        let u = self.upload(p, id).await?;
+        if u.received != u.size {
+            return Err(ChatError::Precondition(format!(
+                "received {} of {} bytes",
+                u.received, u.size
+            )));
+        }
+        let bytes = std::fs::read(self.upload_path(id))
+            .map_err(|e| ChatError::Internal(format!("reading the upload: {e}")))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if digest != u.sha256 {
+            return Err(ChatError::Precondition(format!(
+                "sha256 mismatch: declared {}, received {digest}",
+                u.sha256
+            )));
+        }
+        exec(
+            &self.store.db,
+            "UPDATE uploads SET finished = ? WHERE id = ?",
+            vec![true.into(), id.into()],
+        )
+        .await?;
+        Ok(u.size)
+    }
+
+    // ---- import ----
+
+    /// Parses a finished upload and imports it, one transaction per conversation.
+    /// Malformed files fail as a whole (INVALID_ARGUMENT naming the bad field); a
+    /// conversation whose tree is broken is skipped with the reason.
+    pub async fn import(
+        &self,
+        p: &Principal,
+        upload_id: &str,
+        source: ImportSource,
+    ) -> Result<mpsc::Receiver<Result<ImportEvent>>> {
+        let u = self.upload(p, upload_id).await?;
+        if !u.finished {
+            return Err(ChatError::Precondition(
+                "finish the upload before importing it".into(),
+            ));
+        }
+        let bytes = std::fs::read(self.upload_path(upload_id))
+            .map_err(|e| ChatError::Internal(format!("reading the upload: {e}")))?;
+        let conversations = match source {
+            ImportSource::Llmesh => parse_llmesh(&bytes)?,
+            ImportSource::ChatGpt => parse_chatgpt(&bytes)?,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.store.clone();
+        let user = p.user_id.clone();
+        let max_chars = self.config.max_message_chars;
+        tokio::spawn(async move {
+            let total = conversations.len() as u32;
+            let mut imported = 0;
+            let mut skipped = Vec::new();
+            for (i, c) in conversations.into_iter().enumerate() {
+                let title = c.title.clone();
+                match import_one(&store, &user, c, max_chars).await {
+                    Ok(()) => imported += 1,
+                    Err(reason) => skipped.push((title, reason)),
+                }
+                if tx
+                    .send(Ok(ImportEvent::Progress {
+                        done: i as u32 + 1,
+                        total,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.send(Ok(ImportEvent::Report { imported, skipped })).await;
+        });
+        Ok(rx)
+    }
+}
+
+struct ExportWorker {
+    store: ChatStore,
+}
+
+impl ExportWorker {
+    async fn chunk(&self, user: &str, id: &str, markdown: bool, comma: bool) -> Result<Vec<u8>> {
+        let c = self
+            .store
+            .conversation(user, id)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        let messages = self.store.messages(&c.id).await?;
+        if markdown {
+            let mut out = format!("# {}\n\n", c.title);
+            for m in path_to(&messages, c.active_leaf_id.as_deref()) {
+                let who = match m.role.as_str() {
+                    "assistant" => "Assistant",
+                    "system" => "System",
+                    _ => "User",
+                };
+                out.push_str(&format!("**{who}:**\n\n{}\n\n", m.content));
+            }
+            out.push_str("---\n\n");
+            return Ok(out.into_bytes());
+        }
+        let doc = to_export(c, messages);
+        let mut bytes = if comma { b",".to_vec() } else { Vec::new() };
+        serde_json::to_writer(&mut bytes, &doc)
+            .map_err(|e| ChatError::Internal(format!("export: {e}")))?;
+        Ok(bytes)
+    }
+}
+
+/// A conversation and all its messages as the export format writes them.
+fn to_export(c: Conversation, messages: Vec<Message>) -> ExportConversation {
+    ExportConversation {
+        id: c.id,
+        title: c.title,
+        model: c.model,
+        system_prompt: c.system_prompt,
+        sampling: c.sampling,
+        tags: c.tags,
+        pinned: c.pinned,
+        archived: c.archived,
+        active_leaf_id: c.active_leaf_id,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        messages: messages
+            .into_iter()
+            .map(|m| ExportMessage {
+                id: m.id,
+                parent_id: m.parent_id,
+                role: m.role,
+                content: m.content,
+                model: m.model,
+                state: m.state,
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+                cost_micros: m.cost_micros,
+                created_at: m.created_at,
+            })
+            .collect(),
+    }
+}
+
+fn parse_llmesh(bytes: &[u8]) -> Result<Vec<ExportConversation>> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let doc: ExportDoc = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        ChatError::Invalid(format!(
+            "invalid llmesh export at {}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    if doc.format != EXPORT_FORMAT {
+        return Err(ChatError::Invalid(format!(
+            "format is {:?}, expected {EXPORT_FORMAT:?}",
+            doc.format
+        )));
+    }
+    Ok(doc.conversations)
+}
+
+/// Reads ChatGPT's conversations.json: an array of conversations, each a `mapping` of
+/// nodes (id → {message, parent, children}) and a `current_node`. Nodes without a
+/// message (the root, hidden system nodes) are skipped; their children hang on the
+/// nearest ancestor that has one.
+fn parse_chatgpt(bytes: &[u8]) -> Result<Vec<ExportConversation>> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        ChatError::Invalid(format!(
+            "not valid JSON at line {} column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let list = value
+        .as_array()
+        .ok_or_else(|| ChatError::Invalid("$: expected an array of conversations".into()))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, conv) in list.iter().enumerate() {
+        let at = |field: &str| format!("$[{i}].{field}");
+        let obj = conv
+            .as_object()
+            .ok_or_else(|| ChatError::Invalid(format!("$[{i}]: expected an object")))?;
+        let title = match obj.get("title") {
+            None | Some(serde_json::Value::Null) => DEFAULT_TITLE.to_owned(),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(ChatError::Invalid(format!(
+                    "{}: expected a string",
+                    at("title")
+                )));
+            }
+        };
+        let time = |v: Option<&serde_json::Value>, field: &str| -> Result<DateTime<Utc>> {
+            match v {
+                None | Some(serde_json::Value::Null) => Ok(DateTime::<Utc>::UNIX_EPOCH),
+                Some(serde_json::Value::Number(n)) => {
+                    let secs = n
+                        .as_f64()
+                        .ok_or_else(|| ChatError::Invalid(format!("{field}: expected seconds")))?;
+                    DateTime::from_timestamp_micros((secs * 1e6) as i64)
+                        .ok_or_else(|| ChatError::Invalid(format!("{field}: out of range")))
+                }
+                Some(_) => Err(ChatError::Invalid(format!(
+                    "{field}: expected a number of seconds"
+                ))),
+            }
+        };
+        let created_at = time(obj.get("create_time"), &at("create_time"))?;
+        let updated_at = time(obj.get("update_time"), &at("update_time"))?;
+        let mapping = obj
+            .get("mapping")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| {
+                ChatError::Invalid(format!("{}: expected an object of nodes", at("mapping")))
+            })?;
+        let mut nodes: HashMap<String, (Option<String>, Option<ExportMessage>)> = HashMap::new();
+        let mut model = String::new();
+        for (node_id, node) in mapping {
+            let path = format!("{}[{node_id:?}]", at("mapping"));
+            let node = node
+                .as_object()
+                .ok_or_else(|| ChatError::Invalid(format!("{path}: expected an object")))?;
+            let parent = match node.get("parent") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    return Err(ChatError::Invalid(format!(
+                        "{path}.parent: expected a string or null"
+                    )));
+                }
+            };
+            let message = match node.get("message") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(m) => {
+                    let role = m
+                        .pointer("/author/role")
+                        .and_then(|r| r.as_str())
+                        .ok_or_else(|| {
+                            ChatError::Invalid(format!(
+                                "{path}.message.author.role: expected a string"
+                            ))
+                        })?;
+                    let parts = m
+                        .pointer("/content/parts")
+                        .and_then(|p| p.as_array())
+                        .map(|parts| {
+                            parts
+                                .iter()
+                                .filter_map(|p| p.as_str())
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        })
+                        .unwrap_or_default();
+                    let slug = m
+                        .pointer("/metadata/model_slug")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("")
+                        .to_owned();
+                    if !slug.is_empty() {
+                        model = slug.clone();
+                    }
+                    let keep = matches!(role, "user" | "assistant" | "system")
+                        && !(role == "system" && parts.is_empty());
+                    keep.then(|| -> Result<ExportMessage> {
+                        Ok(ExportMessage {
+                            id: node_id.clone(),
+                            parent_id: None,
+                            role: role.to_owned(),
+                            content: parts,
+                            model: slug,
+                            state: "complete".into(),
+                            prompt_tokens: 0,
+                            completion_tokens: 0,
+                            cost_micros: 0,
+                            created_at: time(
+                                m.get("create_time"),
+                                &format!("{path}.message.create_time"),
+                            )?,
+                        })
+                    })
+                    .transpose()?
+                }
+            };
+            nodes.insert(node_id.clone(), (parent, message));
+        }
+        // Re-parent each message onto its nearest ancestor that has one.
+        let mut messages = Vec::new();
+        for (id, (_, message)) in &nodes {
+            let Some(mut m) = message.clone() else {
+                continue;
+            };
+            let mut seen = HashSet::from([id.clone()]);
+            let mut cursor = nodes.get(id).and_then(|n| n.0.clone());
+            m.parent_id = None;
+            while let Some(pid) = cursor {
+                if !seen.insert(pid.clone()) {
+                    m.parent_id = Some(format!("cycle:{pid}"));
+                    break;
+                }
+                match nodes.get(&pid) {
+                    None => {
+                        m.parent_id = Some(format!("missing:{pid}"));
+                        break;
+                    }
+                    Some((_, Some(_))) => {
+                        m.parent_id = Some(pid);
+                        break;
+                    }
+                    Some((up, None)) => cursor = up.clone(),
+                }
+            }
+            messages.push(m);
+        }
+        messages.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        let mut leaf = obj
+            .get("current_node")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        while let Some(l) = leaf.clone() {
+            match nodes.get(&l) {
+                Some((_, Some(_))) => break,
+                Some((up, None)) => leaf = up.clone(),
+                None => {
+                    leaf = None;
+                }
+            }
+        }
+        out.push(ExportConversation {
+            id: obj
+                .get("id")
+                .or_else(|| obj.get("conversation_id"))
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned(),
+            title,
+            model,
+            system_prompt: String::new(),
+            sampling: Sampling::default(),
+            tags: Vec::new(),
+            pinned: false,
+            archived: false,
+            active_leaf_id: leaf,
+            created_at,
+            updated_at,
+            messages,
+        });
+    }
+    Ok(out)
+}
+
+/// Checks a conversation's tree and writes it in one transaction with fresh ids.
+async fn import_one(
+    store: &ChatStore,
+    user: &str,
+    c: ExportConversation,
+    max_chars: usize,
+) -> std::result::Result<(), String> {
+    let ids: HashSet<&str> = c.messages.iter().map(|m| m.id.as_str()).collect();
+    if ids.len() != c.messages.len() {
+        return Err("duplicate message ids".into());
+    }
+    for m in &c.messages {
+        if !matches!(m.role.as_str(), "user" | "assistant" | "system") {
+            return Err(format!("message {} has an unknown role {:?}", m.id, m.role));
+        }
+        if m.content.chars().count() > max_chars {
+            return Err(format!(
+                "message {} is longer than {max_chars} characters",
+                m.id
+            ));
+        }
+        if let Some(pid) = &m.parent_id {
+            if pid.starts_with("cycle:") {
+                return Err(format!("the messages above {} form a cycle", m.id));
+            }
+            if !ids.contains(pid.as_str()) {
+                return Err(format!(
+                    "message {} has a missing parent {}",
+                    m.id,
+                    pid.trim_start_matches("missing:")
+                ));
+            }
+        }
+    }
+    // Parents must be reachable without cycles.
+    let parent: HashMap<&str, Option<&str>> = c
+        .messages
+        .iter()
+        .map(|m| (m.id.as_str(), m.parent_id.as_deref()))
+        .collect();
+    for m in &c.messages {
+        let mut seen = HashSet::new();
+        let mut cursor = Some(m.id.as_str());
+        while let Some(id) = cursor {
+            if !seen.insert(id) {
+                return Err(format!("the messages above {} form a cycle", m.id));
+            }
+            cursor = parent.get(id).copied().flatten();
+        }
+    }
+    if c.active_leaf_id
+        .as_deref()
+        .is_some_and(|l| !ids.contains(l))
+    {
+        return Err("active_leaf_id names no message".into());
+    }
+    let remap: HashMap<&str, String> = c
+        .messages
+        .iter()
+        .map(|m| (m.id.as_str(), new_id()))
+        .collect();
+    let conv = Conversation {
+        id: new_id(),
+        user_id: user.to_owned(),
+        title: if c.title.trim().is_empty() {
+            DEFAULT_TITLE.into()
+        } else {
+            c.title.chars().take(200).collect()
+        },
+        model: c.model,
+        sampling: c.sampling,
+        system_prompt: c.system_prompt,
+        assistant_id: None,
+        folder_id: None,
+        tags: c.tags,
+        pinned: c.pinned,
+        archived: c.archived,
+        active_leaf_id: c
+            .active_leaf_id
+            .as_deref()
+            .map(|l| remap[l].clone())
+            .or_else(|| c.messages.last().map(|m| remap[m.id.as_str()].clone())),
+        titled: true,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+    };
+    let write = async {
+        use sea_orm::TransactionTrait;
+        let txn = store.db.begin().await?;
+        exec(
+            &txn,
+            "INSERT INTO conversations (id, user_id, title, model, sampling, system_prompt, assistant_id, folder_id, tags, \
+             pinned, archived, active_leaf_id, titled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                conv.id.clone().into(), conv.user_id.clone().into(), conv.title.clone().into(), conv.model.clone().into(),
+                serde_json::to_string(&conv.sampling).unwrap_or_default().into(), conv.system_prompt.clone().into(),
+                serde_json::to_string(&conv.tags).unwrap_or_default().into(), conv.pinned.into(), conv.archived.into(),
+                conv.active_leaf_id.clone().into(), true.into(), store::micros(conv.created_at).into(), store::micros(conv.updated_at).into(),
+            ],
+        )
+        .await?;
+        store::index_title(&txn, &conv).await?;
+        for m in &c.messages {
+            let msg = Message {
+                id: remap[m.id.as_str()].clone(),
+                conversation_id: conv.id.clone(),
+                user_id: user.to_owned(),
+                parent_id: m.parent_id.as_deref().map(|p| remap[p].clone()),
+                role: m.role.clone(),
+                content: m.content.clone(),
+                model: m.model.clone(),
+                state: m.state.clone(),
+                prompt_tokens: m.prompt_tokens,
+                completion_tokens: m.completion_tokens,
+                cost_micros: m.cost_micros,
+                created_at: m.created_at,
+            };
+            ChatStore::insert_message(&txn, &msg).await?;
+        }
+        txn.commit().await
+    };
+    write.await.map_err(|e: sea_orm::DbErr| {
+        tracing::error!(error = %e, "import of a conversation failed");
+        "the database refused this conversation".to_owned()
+    })
+}
+
+/// A window of text around the first match, with the byte ranges of every matched term.
+fn snippet(body: &str, terms: &[String]) -> (String, Vec<(u32, u32)>) {
+    const BEFORE: usize = 60;
+    const LENGTH: usize = 200;
+    let lower = body.to_lowercase();
+    // Lowercasing can change byte lengths (rare); then match on the original text.
+    let haystack = if lower.len() == body.len() {
+        lower.as_str()
+    } else {
+        body
+    };
+    let first = terms
+        .iter()
+        .filter_map(|t| haystack.find(t.as_str()))
+        .min()
+        .unwrap_or(0);
+    let mut start = first.saturating_sub(BEFORE);
+    while !body.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (start + LENGTH).min(body.len());
+    while !body.is_char_boundary(end) {
+        end += 1;
+    }
+    let text = &body[start..end];
+    let window = &haystack[start..end];
+    let mut highlights = Vec::new();
+    for t in terms {
+        let mut from = 0;
+        while let Some(i) = window[from..].find(t.as_str()) {
+            let s = from + i;
+            highlights.push((s as u32, (s + t.len()) as u32));
+            from = s + t.len().max(1);
+        }
+    }
+    highlights.sort_unstable();
+    (text.to_owned(), highlights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snippets_mark_every_term() {
+        let (s, h) = snippet("The Quick brown fox; the quick end", &["quick".into()]);
+        assert_eq!(s, "The Quick brown fox; the quick end");
+        assert_eq!(h, vec![(4, 9), (25, 30)]);
+    }
+
+    #[test]
+    fn chatgpt_trees_become_branches() {
+        let json = r#"[{"title":"T","create_time":1700000000.5,"update_time":1700000100,"current_node":"c",
+          "mapping":{
+            "root":{"id":"root","message":null,"parent":null,"children":["a"]},
+            "a":{"id":"a","message":{"author":{"role":"user"},"content":{"content_type":"text","parts":["hi"]},"create_time":1700000001},"parent":"root","children":["b","c"]},
+            "b":{"id":"b","message":{"author":{"role":"assistant"},"content":{"parts":["one"]},"create_time":1700000002,"metadata":{"model_slug":"gpt-4"}},"parent":"a","children":[]},
+            "c":{"id":"c","message":{"author":{"role":"assistant"},"content":{"parts":["two"]},"create_time":1700000003},"parent":"a","children":[]}
+          }}]"#;
+        let convs = parse_chatgpt(json.as_bytes()).expect("parses");
+        let c = &convs[0];
+        assert_eq!(c.messages.len(), 3);
+        assert_eq!(c.model, "gpt-4");
+        assert_eq!(c.active_leaf_id.as_deref(), Some("c"));
+        let a = c.messages.iter().find(|m| m.id == "a").expect("a");
+        assert_eq!(a.parent_id, None, "the empty root is skipped");
+        assert!(
+            c.messages
+                .iter()
+                .filter(|m| m.parent_id.as_deref() == Some("a"))
+                .count()
+                == 2
+        );
+    }
+
+    #[test]
+    fn malformed_chatgpt_names_the_field() {
+        let err = parse_chatgpt(br#"[{"title":5,"mapping":{}}]"#).expect_err("type");
+        assert!(err.to_string().contains("$[0].title"), "{err}");
+        let err = parse_chatgpt(
+            br#"[{"title":"x","mapping":{"a":{"message":{"author":{}},"parent":null}}}]"#,
+        )
+        .expect_err("role");
+        assert!(err.to_string().contains("author.role"), "{err}");
+        let err = parse_chatgpt(br#"[{"title":"x""#).expect_err("truncated");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+}

@@ -1,0 +1,490 @@
+//! The chat archive over gRPC on SQLite and Postgres: chunked uploads, ChatGPT and llmesh
+//! imports (with malformed variants), export → import round trips, and ranked search.
+
+use llmesh_proto::chat::v1 as pb;
+use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
+use llmesh_proto::common::v1::PageRequest;
+use llmesh_tests::{TestServer, bearer, both_backends};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn archive(s: &TestServer) -> ChatArchiveServiceClient<Channel> {
+    ChatArchiveServiceClient::new(s.channel.clone())
+}
+
+/// Uploads bytes in chunks of at most `chunk` bytes; returns the upload id.
+async fn upload(a: &mut ChatArchiveServiceClient<Channel>, token: &str, bytes: &[u8]) -> String {
+    let begun = a
+        .begin_upload(bearer(
+            token,
+            pb::BeginUploadRequest {
+                file_name: "conversations.json".into(),
+                size_bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+            },
+        ))
+        .await
+        .expect("begin")
+        .into_inner();
+    let mut offset = 0;
+    for chunk in bytes.chunks(begun.max_chunk_bytes as usize) {
+        a.append_upload_chunk(bearer(
+            token,
+            pb::AppendUploadChunkRequest {
+                upload_id: begun.upload_id.clone(),
+                offset,
+                data: chunk.to_vec(),
+            },
+        ))
+        .await
+        .expect("chunk");
+        offset += chunk.len() as u64;
+    }
+    a.finish_upload(bearer(
+        token,
+        pb::FinishUploadRequest {
+            upload_id: begun.upload_id.clone(),
+        },
+    ))
+    .await
+    .expect("finish");
+    begun.upload_id
+}
+
+/// Imports an upload; returns the final report, or the status that ended the stream.
+async fn import(
+    a: &mut ChatArchiveServiceClient<Channel>,
+    token: &str,
+    upload_id: &str,
+    source: pb::ImportSource,
+) -> Result<pb::ImportReport, tonic::Status> {
+    let mut stream = a
+        .import_conversations(bearer(
+            token,
+            pb::ImportConversationsRequest {
+                upload_id: upload_id.into(),
+                source: source as i32,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut last_progress = None;
+    while let Some(msg) = stream.message().await? {
+        match msg.event.expect("event") {
+            pb::import_conversations_response::Event::Progress(p) => last_progress = Some(p),
+            pb::import_conversations_response::Event::Report(r) => {
+                let p = last_progress.expect("progress before the report");
+                assert_eq!(p.done, p.total);
+                return Ok(r);
+            }
+        }
+    }
+    panic!("import ended without a report");
+}
+
+async fn export(
+    a: &mut ChatArchiveServiceClient<Channel>,
+    token: &str,
+    format: pb::ExportFormat,
+) -> Vec<u8> {
+    let mut stream = a
+        .export_conversations(bearer(
+            token,
+            pb::ExportConversationsRequest {
+                conversation_id: String::new(),
+                format: format as i32,
+            },
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(msg) = stream.message().await.expect("chunk") {
+        out.extend(msg.chunk);
+    }
+    out
+}
+
+/// An export with ids replaced by their order of appearance, for comparing round trips.
+fn normalized(bytes: &[u8]) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).expect("export is JSON");
+    let mut ids: Vec<String> = Vec::new();
+    let mut name = |id: &str| {
+        let pos = ids.iter().position(|x| x == id).unwrap_or_else(|| {
+            ids.push(id.to_owned());
+            ids.len() - 1
+        });
+        serde_json::Value::String(format!("#{pos}"))
+    };
+    let convs = v["conversations"].as_array_mut().expect("conversations");
+    convs.sort_by(|a, b| a["title"].as_str().cmp(&b["title"].as_str()));
+    for c in convs.iter_mut() {
+        c["id"] = serde_json::Value::Null;
+        for m in c["messages"].as_array_mut().expect("messages") {
+            let id = m["id"].as_str().expect("id").to_owned();
+            m["id"] = name(&id);
+        }
+        for m in c["messages"].as_array_mut().expect("messages") {
+            if let Some(p) = m["parent_id"].as_str().map(str::to_owned) {
+                m["parent_id"] = name(&p);
+            }
+        }
+        if let Some(l) = c["active_leaf_id"].as_str().map(str::to_owned) {
+            c["active_leaf_id"] = name(&l);
+        }
+    }
+    v
+}
+
+both_backends!(
+    chatgpt_import_export_round_trip_and_search,
+    |backend| async move {
+        let Some(s) = TestServer::start(backend).await else {
+            return;
+        };
+        let (_, a_tokens) = s.signup("a@example.com").await;
+        let (_, b_tokens) = s.signup("b@example.com").await;
+        let (ta, tb) = (a_tokens.access_token, b_tokens.access_token);
+        let mut ar = archive(&s);
+        let mut chat = ChatServiceClient::new(s.channel.clone());
+
+        let fixture = std::fs::read(format!(
+            "{}/fixtures/chatgpt/conversations.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("fixture");
+        let id = upload(&mut ar, &ta, &fixture).await;
+        let report = import(&mut ar, &ta, &id, pb::ImportSource::Chatgpt)
+            .await
+            .expect("import");
+        assert_eq!(report.imported, 3, "{:?}", report.skipped);
+        assert!(report.skipped.is_empty());
+
+        let list = chat
+            .list_conversations(bearer(&ta, pb::ListConversationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .conversations;
+        assert_eq!(list.len(), 3);
+        let photo = list
+            .iter()
+            .find(|c| c.title == "Photosynthesis basics")
+            .expect("imported title");
+        assert_eq!(photo.model, "gpt-4o");
+        let path = chat
+            .get_conversation(bearer(
+                &ta,
+                pb::GetConversationRequest {
+                    id: photo.id.clone(),
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner()
+            .messages;
+        // The hidden system node is dropped; the current node's path is active; the two
+        // answers to the first question are siblings.
+        assert_eq!(
+            path.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec![
+                "How does photosynthesis work?",
+                "Photosynthesis happens in chloroplasts: light reactions, then the Calvin cycle.",
+                "And the Calvin cycle?",
+            ]
+        );
+        assert_eq!((path[1].sibling_index, path[1].sibling_count), (2, 2));
+        assert_eq!(
+            path[0].created_at.as_ref().expect("time").seconds,
+            1718000001
+        );
+        let edited = list
+            .iter()
+            .find(|c| c.title == "Edited question")
+            .expect("second");
+        let path = chat
+            .get_conversation(bearer(
+                &ta,
+                pb::GetConversationRequest {
+                    id: edited.id.clone(),
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner()
+            .messages;
+        assert_eq!(
+            path.iter().map(|m| m.content.as_str()).collect::<Vec<_>>(),
+            vec!["Name two prime numbers.", "Two and \nthree."]
+        );
+        assert_eq!(
+            (path[0].sibling_index, path[0].sibling_count),
+            (2, 2),
+            "the edit is a sibling branch"
+        );
+        assert!(
+            list.iter().any(|c| c.title == "New chat"),
+            "a null title becomes the default"
+        );
+
+        // Export (every branch) → import into another account → export again: equal but ids.
+        let first = export(&mut ar, &ta, pb::ExportFormat::Json).await;
+        let id = upload(&mut ar, &tb, &first).await;
+        let report = import(&mut ar, &tb, &id, pb::ImportSource::LlmeshJson)
+            .await
+            .expect("re-import");
+        assert_eq!(report.imported, 3);
+        let second = export(&mut ar, &tb, pb::ExportFormat::Json).await;
+        assert_eq!(normalized(&first), normalized(&second));
+        let md = String::from_utf8(export(&mut ar, &ta, pb::ExportFormat::Markdown).await)
+            .expect("utf-8");
+        assert!(
+            md.contains("# Photosynthesis basics")
+                && md.contains("**User:**\n\nAnd the Calvin cycle?"),
+            "{md}"
+        );
+
+        // Search: ranked, paged, highlighted, own messages only.
+        let search = |token: &str, query: &str, page_size: u32, page_token: String| {
+            bearer(
+                token,
+                pb::SearchRequest {
+                    query: query.into(),
+                    page: Some(PageRequest {
+                        page_size,
+                        page_token,
+                    }),
+                },
+            )
+        };
+        let hits = ar
+            .search(search(&ta, "photosynthesis", 10, String::new()))
+            .await
+            .expect("search")
+            .into_inner()
+            .hits;
+        assert_eq!(hits.len(), 3, "title + two messages: {hits:?}");
+        for h in &hits {
+            assert!(!h.highlights.is_empty());
+            let hl = &h.highlights[0];
+            assert_eq!(
+                h.snippet[hl.start as usize..hl.end as usize].to_lowercase(),
+                "photosynthesis"
+            );
+        }
+        assert!(hits.windows(2).all(|w| w[0].rank >= w[1].rank), "ranked");
+        let page1 = ar
+            .search(search(&ta, "photosynthesis", 2, String::new()))
+            .await
+            .expect("page 1")
+            .into_inner();
+        let token = page1.page.expect("page").next_page_token;
+        assert!(!token.is_empty());
+        let page2 = ar
+            .search(search(&ta, "photosynthesis", 2, token))
+            .await
+            .expect("page 2")
+            .into_inner();
+        assert_eq!(page2.hits.len(), 1);
+        assert!(page2.page.expect("page").next_page_token.is_empty());
+        // B imported the same text: B's search sees B's copies only.
+        let b_hits = ar
+            .search(search(&tb, "calvin", 10, String::new()))
+            .await
+            .expect("search")
+            .into_inner()
+            .hits;
+        let b_ids: Vec<String> = chat
+            .list_conversations(bearer(&tb, pb::ListConversationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .conversations
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        assert!(!b_hits.is_empty() && b_hits.iter().all(|h| b_ids.contains(&h.conversation_id)));
+        // Query syntax is never interpreted: quotes and operators are just punctuation, and
+        // every remaining word must match.
+        let odd = ar
+            .search(search(&ta, "calvin) \"(* NEAR", 10, String::new()))
+            .await
+            .expect("odd query")
+            .into_inner()
+            .hits;
+        assert!(odd.is_empty(), "NEAR is a word to find, not an operator");
+        let odd = ar
+            .search(search(&ta, "\"calvin) (*", 10, String::new()))
+            .await
+            .expect("odd query")
+            .into_inner()
+            .hits;
+        assert_eq!(odd.len(), 2);
+        let status = ar
+            .search(search(&ta, "   ", 10, String::new()))
+            .await
+            .expect_err("empty");
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+);
+
+both_backends!(malformed_imports_and_uploads, |backend| async move {
+    let Some(s) = TestServer::start(backend).await else {
+        return;
+    };
+    let (_, tokens) = s.signup("a@example.com").await;
+    let (_, other) = s.signup("b@example.com").await;
+    let t = tokens.access_token;
+    let mut ar = archive(&s);
+
+    // Whole-file problems: INVALID_ARGUMENT naming where.
+    for (bytes, source, needle) in [
+        (
+            br#"[{"title":"x","mapping":{"#.to_vec(),
+            pb::ImportSource::Chatgpt,
+            "line 1",
+        ),
+        (
+            br#"[{"title":5,"mapping":{}}]"#.to_vec(),
+            pb::ImportSource::Chatgpt,
+            "$[0].title",
+        ),
+        (
+            br#"{"format":"llmesh.conversations.v1","conversations":[{"id":"x","title":7}]}"#
+                .to_vec(),
+            pb::ImportSource::LlmeshJson,
+            "conversations[0].title",
+        ),
+    ] {
+        let id = upload(&mut ar, &t, &bytes).await;
+        let status = import(&mut ar, &t, &id, source)
+            .await
+            .expect_err("malformed");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains(needle),
+            "{} lacks {needle}",
+            status.message()
+        );
+    }
+
+    // Broken trees and oversized messages: that conversation is skipped, the rest imported.
+    let big = "x".repeat(10 * 1024 * 1024);
+    let doc = serde_json::json!([
+        {"title": "ok", "mapping": {"a": {"message": {"author": {"role": "user"}, "content": {"parts": ["fine"]}}, "parent": null}}},
+        {"title": "cycle", "mapping": {
+            "a": {"message": {"author": {"role": "user"}, "content": {"parts": ["1"]}}, "parent": "b"},
+            "b": {"message": {"author": {"role": "assistant"}, "content": {"parts": ["2"]}}, "parent": "a"}}},
+        {"title": "orphan", "mapping": {"a": {"message": {"author": {"role": "user"}, "content": {"parts": ["1"]}}, "parent": "gone"}}},
+        {"title": "huge", "mapping": {"a": {"message": {"author": {"role": "user"}, "content": {"parts": [big]}}, "parent": null}}}
+    ]);
+    let id = upload(&mut ar, &t, &serde_json::to_vec(&doc).expect("json")).await;
+    let report = import(&mut ar, &t, &id, pb::ImportSource::Chatgpt)
+        .await
+        .expect("import");
+    assert_eq!(report.imported, 1);
+    let reasons: Vec<(String, String)> = report
+        .skipped
+        .into_iter()
+        .map(|s| (s.title, s.reason))
+        .collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .any(|(t, r)| t == "cycle" && r.contains("cycle")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(t, r)| t == "orphan" && r.contains("missing parent")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|(t, r)| t == "huge" && r.contains("longer than")),
+        "{reasons:?}"
+    );
+
+    // Upload rules.
+    let bytes = b"0123456789".to_vec();
+    let begun = ar
+        .begin_upload(bearer(
+            &t,
+            pb::BeginUploadRequest {
+                file_name: "f".into(),
+                size_bytes: 10,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            },
+        ))
+        .await
+        .expect("begin")
+        .into_inner();
+    let chunk = |offset: u64, data: &[u8]| pb::AppendUploadChunkRequest {
+        upload_id: begun.upload_id.clone(),
+        offset,
+        data: data.to_vec(),
+    };
+    assert_eq!(
+        ar.append_upload_chunk(bearer(&t, chunk(3, b"x")))
+            .await
+            .expect_err("gap")
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        ar.append_upload_chunk(bearer(&t, chunk(0, b"0123456789AB")))
+            .await
+            .expect_err("too long")
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        ar.append_upload_chunk(bearer(&other.access_token, chunk(0, b"01")))
+            .await
+            .expect_err("not theirs")
+            .code(),
+        Code::NotFound
+    );
+    ar.append_upload_chunk(bearer(&t, chunk(0, b"01234")))
+        .await
+        .expect("first half");
+    assert_eq!(
+        ar.finish_upload(bearer(
+            &t,
+            pb::FinishUploadRequest {
+                upload_id: begun.upload_id.clone()
+            }
+        ))
+        .await
+        .expect_err("short")
+        .code(),
+        Code::FailedPrecondition
+    );
+    ar.append_upload_chunk(bearer(&t, chunk(5, b"5678X")))
+        .await
+        .expect("second half, corrupted");
+    assert_eq!(
+        ar.finish_upload(bearer(
+            &t,
+            pb::FinishUploadRequest {
+                upload_id: begun.upload_id.clone()
+            }
+        ))
+        .await
+        .expect_err("sha")
+        .code(),
+        Code::FailedPrecondition
+    );
+    assert_eq!(
+        import(&mut ar, &t, &begun.upload_id, pb::ImportSource::Chatgpt)
+            .await
+            .expect_err("unfinished")
+            .code(),
+        Code::FailedPrecondition
+    );
+});
