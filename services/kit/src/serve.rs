@@ -11,7 +11,6 @@ use http::{HeaderName, HeaderValue, Method};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -167,7 +166,13 @@ pub fn serve(
         .timeout(Duration::from_secs(config.request_timeout_secs))
         .layer(layers)
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+        // No Nagle: streamed tokens and small replies must not wait for delayed ACKs.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
+            stop,
+        );
     let task = tokio::spawn(async move {
         status_ready.await;
         let mut server = Box::pin(server);

@@ -1,0 +1,260 @@
+//! llmesh benchmarks. `llmesh-bench search` measures chat search latency over real gRPC
+//! against a store holding many messages (100,000 by default), on SQLite or Postgres.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use llmesh_kit::SystemClock;
+use llmesh_kit::db::exec;
+use llmesh_proto::auth::v1 as auth_pb;
+use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use llmesh_proto::chat::v1 as chat_pb;
+use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+use llmesh_proto::common::v1::PageRequest;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+
+#[derive(Parser)]
+#[command(name = "llmesh-bench", about = "llmesh benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat search latency (p50/p99) over gRPC at a given number of messages.
+    Search {
+        /// Messages to store before measuring.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Search requests to time.
+        #[arg(long, default_value_t = 400)]
+        queries: usize,
+        /// A Postgres server URL (a fresh database is created on it); SQLite otherwise.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Search {
+            messages,
+            queries,
+            postgres,
+        } => search(messages, queries, postgres).await,
+    }
+}
+
+/// A vocabulary of pronounceable words; a few are common, most are rare (Zipf-like draws).
+fn vocabulary(n: usize, rng: &mut StdRng) -> Vec<String> {
+    const SYLLABLES: &[&str] = &[
+        "ka", "lo", "mi", "ren", "ta", "vo", "shi", "ne", "pa", "dor", "qui", "za", "lu", "mer",
+        "fo", "tis",
+    ];
+    (0..n)
+        .map(|_| {
+            (0..rng.random_range(2..4))
+                .map(|_| SYLLABLES[rng.random_range(0..SYLLABLES.len())])
+                .collect()
+        })
+        .collect()
+}
+
+fn zipf(rng: &mut StdRng, n: usize) -> usize {
+    // Inverse-CDF sampling of 1/k weights, approximately.
+    let u: f64 = rng.random_range(0.0..1.0);
+    ((n as f64).powf(u) as usize).saturating_sub(1).min(n - 1)
+}
+
+async fn search(messages: usize, queries: usize, postgres: Option<String>) -> anyhow::Result<()> {
+    let scratch =
+        std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let (url, backend) = match &postgres {
+        Some(admin) => {
+            let name = format!("llmesh_bench_{}", uuid::Uuid::new_v4().simple());
+            let conn = Database::connect(admin.as_str())
+                .await
+                .context("connecting to Postgres")?;
+            conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await?;
+            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+            (format!("{base}/{name}"), "postgres")
+        }
+        None => (format!("sqlite://{}/bench.db", scratch.display()), "sqlite"),
+    };
+    let mut config = llmesh::Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.database.url = url;
+    config.llm.models_dir = scratch.join("models").display().to_string();
+    config.llm.pull_defaults = false;
+    config.llm.load_at_start = Some(Vec::new());
+    config.chat.uploads_dir = scratch.join("uploads").display().to_string();
+    let services: Vec<String> = ["auth", "llm", "billing", "chat"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let app = llmesh::start(
+        config,
+        &services,
+        Arc::new(SystemClock),
+        &|_, _| {},
+        std::future::pending(),
+    )
+    .await?;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
+            .connect()
+            .await?;
+
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let password = "benchmark password";
+    let user = auth
+        .register(auth_pb::RegisterRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+            display_name: String::new(),
+        })
+        .await?
+        .into_inner()
+        .user
+        .context("user")?;
+    let token = auth
+        .login(auth_pb::LoginRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner()
+        .tokens
+        .context("tokens")?
+        .access_token;
+
+    // Fill the store directly (the same tables and index the service writes), in batches.
+    let mut rng = StdRng::seed_from_u64(42);
+    let words = vocabulary(20_000, &mut rng);
+    let per_conversation = 100;
+    let started = Instant::now();
+    let db = &app.db;
+    let mut done = 0;
+    while done < messages {
+        let txn = db.begin().await?;
+        let conversation = uuid::Uuid::now_v7().to_string();
+        let now = chrono_now_micros();
+        exec(
+            &txn,
+            "INSERT INTO conversations (id, user_id, title, model, sampling, system_prompt, assistant_id, folder_id, tags, pinned, archived, active_leaf_id, titled, created_at, updated_at) \
+             VALUES (?, ?, ?, 'm', '{}', '', NULL, NULL, '[]', ?, ?, NULL, ?, ?, ?)",
+            vec![conversation.clone().into(), user.id.clone().into(), format!("conversation {done}").into(), false.into(), false.into(), true.into(), now.into(), now.into()],
+        )
+        .await?;
+        let mut parent: Option<String> = None;
+        for i in 0..per_conversation.min(messages - done) {
+            let id = uuid::Uuid::now_v7().to_string();
+            let len = rng.random_range(15..45);
+            let text: Vec<&str> = (0..len)
+                .map(|_| words[zipf(&mut rng, words.len())].as_str())
+                .collect();
+            let text = text.join(" ");
+            exec(
+                &txn,
+                "INSERT INTO messages (id, conversation_id, user_id, parent_id, role, content, model, state, prompt_tokens, completion_tokens, cost_micros, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, 'm', 'complete', 0, 0, 0, ?)",
+                vec![id.clone().into(), conversation.clone().into(), user.id.clone().into(), parent.clone().into(), (if i % 2 == 0 { "user" } else { "assistant" }).into(), text.clone().into(), now.into()],
+            )
+            .await?;
+            exec(
+                &txn,
+                "INSERT INTO chat_search (doc_id, user_id, conversation_id, message_id, body) VALUES (?, ?, ?, ?, ?)",
+                vec![id.clone().into(), user.id.clone().into(), conversation.clone().into(), id.clone().into(), text.into()],
+            )
+            .await?;
+            parent = Some(id);
+        }
+        txn.commit().await?;
+        done += per_conversation.min(messages - done);
+        if done % 10_000 == 0 || done == messages {
+            eprintln!(
+                "stored {done}/{messages} messages ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    if backend == "postgres" {
+        db.execute_unprepared("ANALYZE").await?;
+    }
+
+    // Time searches: half for one common-to-middling word, half for two words.
+    let mut archive = ChatArchiveServiceClient::new(channel);
+    let mut latencies = Vec::with_capacity(queries);
+    let mut total_hits = 0;
+    for q in 0..queries + 20 {
+        let query = if q % 2 == 0 {
+            words[zipf(&mut rng, 2000)].clone()
+        } else {
+            format!(
+                "{} {}",
+                words[zipf(&mut rng, 500)],
+                words[zipf(&mut rng, 500)]
+            )
+        };
+        let mut req = tonic::Request::new(chat_pb::SearchRequest {
+            query,
+            page: Some(PageRequest {
+                page_size: 20,
+                page_token: String::new(),
+            }),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        let t = Instant::now();
+        let hits = archive.search(req).await?.into_inner().hits.len();
+        let elapsed = t.elapsed();
+        if q >= 20 {
+            // The first 20 warm caches and are not counted.
+            latencies.push(elapsed);
+            total_hits += hits;
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p).round() as usize];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!();
+    println!(
+        "chat search over gRPC: {backend}, {messages} messages, {queries} queries, page size 20"
+    );
+    println!("| p50 | p90 | p99 | max | mean hits |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} |",
+        ms(pct(0.5)),
+        ms(pct(0.9)),
+        ms(pct(0.99)),
+        ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        total_hits as f64 / queries as f64
+    );
+    println!(
+        "target p50 < 20 ms: {}",
+        if ms(pct(0.5)) < 20.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    app.server.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn chrono_now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
