@@ -227,6 +227,65 @@ both_backends!(messages_form_a_tree_with_branches, |backend| async move {
         Some(a2.id.clone())
     );
 
+    // Another user cannot touch these messages.
+    let (_, stranger) = s.signup("stranger@example.com").await;
+    let stranger = stranger.access_token;
+    for status in [
+        c.regenerate(bearer(
+            &stranger,
+            pb::RegenerateRequest {
+                message_id: a1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ()),
+        c.edit_message(bearer(
+            &stranger,
+            pb::EditMessageRequest {
+                message_id: u1.id.clone(),
+                content: "x".into(),
+            },
+        ))
+        .await
+        .map(|_| ()),
+        c.switch_branch(bearer(
+            &stranger,
+            pb::SwitchBranchRequest {
+                message_id: a1.id.clone(),
+            },
+        ))
+        .await
+        .map(|_| ()),
+        c.send_message(bearer(
+            &stranger,
+            pb::SendMessageRequest {
+                conversation_id: conv.id.clone(),
+                content: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .map(|_| ()),
+    ] {
+        assert_eq!(status.err().map(|s| s.code()), Some(Code::NotFound));
+    }
+    // A parent from another conversation is not found either.
+    let elsewhere = new_conversation(&mut c, &user).await;
+    let status = c
+        .send_message(bearer(
+            &user,
+            pb::SendMessageRequest {
+                conversation_id: elsewhere.id,
+                content: "x".into(),
+                parent_id: a1.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("foreign parent");
+    assert_eq!(status.code(), Code::NotFound);
+
     // Wrong kinds of message are refused.
     let status = c
         .regenerate(bearer(
