@@ -76,9 +76,11 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     let scratch =
         std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
+    let mut created_db = None;
     let (url, backend) = match &postgres {
         Some(admin) => {
             let name = format!("llmesh_bench_{}", uuid::Uuid::new_v4().simple());
+            created_db = Some((admin.clone(), name.clone()));
             let conn = Database::connect(admin.as_str())
                 .await
                 .context("connecting to Postgres")?;
@@ -248,6 +250,12 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
         }
     );
     app.server.shutdown().await?;
+    drop(app.db);
+    if let Some((admin, name)) = created_db {
+        let conn = Database::connect(admin.as_str()).await?;
+        conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+    }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(())
 }
