@@ -7,6 +7,8 @@ pub mod archive_grpc;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod import;
+pub mod library;
 pub mod llm_client;
 pub mod service;
 pub mod store;
