@@ -1,5 +1,9 @@
 //! llmesh benchmarks. `llmesh-bench search` measures chat search latency over real gRPC
-//! against a store holding many messages (100,000 by default), on SQLite or Postgres.
+//! against a store holding many messages (100,000 by default), on SQLite or Postgres;
+//! `llmesh-bench engine` measures inference (see `bench/engine.sh` for the full run with
+//! llama.cpp beside it).
+
+mod engine;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +30,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Inference speed and memory: single stream, concurrent streams, `llmesh serve` RSS.
+    Engine {
+        /// Models directory holding the model.
+        #[arg(long, default_value = "data/models")]
+        models_dir: std::path::PathBuf,
+        #[arg(long, default_value = "smollm2-135m-instruct")]
+        model: String,
+        #[arg(long, default_value_t = 512)]
+        prompt_tokens: usize,
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Only write the prompt's token ids (JSON) for the llama.cpp side, then exit.
+        #[arg(long)]
+        write_prompt_ids: Option<std::path::PathBuf>,
+        /// llama.cpp's figures (JSON from bench/peer/llamacpp_bench.py).
+        #[arg(long)]
+        peer: Option<std::path::PathBuf>,
+    },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
         /// Messages to store before measuring.
@@ -48,6 +72,26 @@ async fn main() -> anyhow::Result<()> {
             queries,
             postgres,
         } => search(messages, queries, postgres).await,
+        Command::Engine {
+            models_dir,
+            model,
+            prompt_tokens,
+            decode_tokens,
+            runs,
+            write_prompt_ids,
+            peer,
+        } => {
+            engine::run(engine::Options {
+                models_dir,
+                model,
+                prompt_tokens,
+                decode_tokens,
+                runs,
+                ids_out: write_prompt_ids,
+                peer,
+            })
+            .await
+        }
     }
 }
 

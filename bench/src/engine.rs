@@ -1,0 +1,417 @@
+//! The engine benchmark: single-stream prefill and decode in process and over gRPC,
+//! aggregate decode and time to first token with 1, 4 and 16 concurrent streams, and the
+//! peak memory of `llmesh serve`. llama.cpp's single-stream figures come from
+//! `bench/peer/llamacpp_bench.py` (run by `bench/engine.sh`) and are read from a JSON file.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use llmesh_engine::ChatModel;
+use llmesh_engine::sampler::SamplingParams;
+use llmesh_engine::scheduler::{Event, Request, SchedulerConfig};
+use llmesh_proto::auth::v1 as auth_pb;
+use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
+use llmesh_proto::llm::v1 as llm_pb;
+use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
+
+/// What the harness measures against.
+pub struct Options {
+    pub models_dir: PathBuf,
+    pub model: String,
+    pub prompt_tokens: usize,
+    pub decode_tokens: usize,
+    pub runs: usize,
+    pub ids_out: Option<PathBuf>,
+    pub peer: Option<PathBuf>,
+}
+
+const SENTENCE: &str =
+    "The quick brown fox jumps over the lazy dog while the river runs to the sea. ";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// A prompt text of about `n` tokens, and exactly its first `n` ids.
+fn prompt(model: &ChatModel, n: usize) -> anyhow::Result<(String, Vec<u32>)> {
+    let mut text = String::new();
+    loop {
+        text.push_str(SENTENCE);
+        let ids = model.text_tokens(&text)?;
+        if ids.len() >= n {
+            return Ok((text, ids[..n].to_vec()));
+        }
+    }
+}
+
+async fn run_one(
+    model: &ChatModel,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+) -> anyhow::Result<(f64, f64, Duration, u32)> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let submitted = Instant::now();
+    model.generate(Request {
+        prompt,
+        sampling: SamplingParams::default(),
+        max_tokens,
+        stop: Vec::new(),
+        emit_tokens: true,
+        events: tx,
+    })?;
+    let mut first = None;
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(_) if first.is_none() => first = Some(submitted.elapsed()),
+            Event::Done(done) => {
+                return Ok((
+                    f64::from(done.timings.prefill_tokens_per_second),
+                    f64::from(done.timings.decode_tokens_per_second),
+                    first.unwrap_or_default(),
+                    done.completion_tokens,
+                ));
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the engine stopped without a final message")
+}
+
+pub async fn run(o: Options) -> anyhow::Result<()> {
+    let registry = llmesh_llm::registry::Registry::open(&o.models_dir)?;
+    let manifest = registry
+        .get(&o.model)
+        .with_context(|| format!("model {} in {}", o.model, o.models_dir.display()))?;
+    let path = registry.path_of(&manifest);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "model {} ({}), {threads} threads",
+        o.model, manifest.quantization
+    );
+    let model = Arc::new(ChatModel::load(
+        "bench",
+        &path,
+        SchedulerConfig {
+            queue_capacity: 64,
+            max_running: 16,
+            prefill_chunk: 512,
+        },
+    )?);
+    let (text, ids) = prompt(&model, o.prompt_tokens)?;
+    if let Some(out) = &o.ids_out {
+        std::fs::write(out, serde_json::to_string(&ids)?)?;
+        eprintln!("wrote the {}-token prompt to {}", ids.len(), out.display());
+        return Ok(());
+    }
+
+    // 1. Single stream, in process.
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    run_one(&model, ids[..32].to_vec(), 8).await?; // warm-up
+    for r in 0..o.runs {
+        let (p, d, _, n) = run_one(&model, ids.clone(), o.decode_tokens).await?;
+        eprintln!(
+            "in-process run {}: prefill {p:.1} tok/s, decode {d:.1} tok/s ({n} tokens)",
+            r + 1
+        );
+        prefill.push(p);
+        decode.push(d);
+    }
+    let (in_prefill, in_decode) = (median(prefill), median(decode));
+
+    // 2. Single stream over gRPC, through a real server on 127.0.0.1.
+    let grpc_decode = grpc_single(&o, &text).await?;
+
+    // 3. Aggregate decode and time to first token with 1, 4 and 16 streams.
+    let short = &ids[..64.min(ids.len())];
+    let mut aggregate = Vec::new();
+    for streams in [1usize, 4, 16] {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let model = model.clone();
+            let mut p = short.to_vec();
+            p.push(p[s % p.len()]); // distinct prompts of slightly different lengths
+            tasks.push(tokio::spawn(async move { run_one(&model, p, 64).await }));
+        }
+        let mut ttft = Vec::new();
+        let mut tokens = 0u64;
+        for t in tasks {
+            let (_, _, first, n) = t.await??;
+            ttft.push(first.as_secs_f64() * 1000.0);
+            tokens += u64::from(n);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        aggregate.push((
+            streams,
+            tokens as f64 / secs,
+            pct(&mut ttft, 0.5),
+            pct(&mut ttft, 0.99),
+        ));
+        eprintln!(
+            "{streams} streams: {:.1} tok/s aggregate",
+            tokens as f64 / secs
+        );
+    }
+
+    // 4. Peak memory of `llmesh serve`.
+    let (rss_idle, rss_peak) = serve_rss(&o, &text).await?;
+
+    let peer: Option<serde_json::Value> = match &o.peer {
+        Some(p) => Some(serde_json::from_slice(&std::fs::read(p)?)?),
+        None => None,
+    };
+    let peer_f = |k: &str| peer.as_ref().and_then(|v| v[k].as_f64());
+    let ratio = |ours: f64, theirs: Option<f64>| {
+        theirs
+            .map(|t| format!("{:.2}×", ours / t))
+            .unwrap_or_else(|| "–".into())
+    };
+    let show = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "–".into());
+    println!();
+    println!(
+        "engine benchmark: {} {}, {threads} threads, {}-token prompt, {} greedy tokens, median of {} runs",
+        o.model,
+        manifest.quantization,
+        ids.len(),
+        o.decode_tokens,
+        o.runs
+    );
+    println!();
+    println!(
+        "| single stream | llmesh in-process | llmesh over gRPC | llama.cpp | llmesh / llama.cpp |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| prefill tok/s | {in_prefill:.1} | – | {} | {} |",
+        show(peer_f("prefill_tps")),
+        ratio(in_prefill, peer_f("prefill_tps"))
+    );
+    println!(
+        "| decode tok/s | {in_decode:.1} | {grpc_decode:.1} ({:.2}× in-process) | {} | {} |",
+        grpc_decode / in_decode,
+        show(peer_f("decode_tps")),
+        ratio(in_decode, peer_f("decode_tps"))
+    );
+    println!();
+    println!(
+        "| streams | aggregate tok/s (64-token prompts, 64 tokens each) | TTFT p50 | TTFT p99 |"
+    );
+    println!("|---|---|---|---|");
+    for (s, tps, p50, p99) in aggregate {
+        println!("| {s} | {tps:.1} | {p50:.0} ms | {p99:.0} ms |");
+    }
+    println!();
+    println!(
+        "peak RSS of `llmesh serve` with {} loaded: idle {} MB, after 16 streams {} MB",
+        o.model,
+        rss_idle / 1024,
+        rss_peak / 1024
+    );
+    println!(
+        "(llama.cpp's aggregate decode with parallel slots is not measured yet: it needs llama-server built from the sdist)"
+    );
+    Ok(())
+}
+
+async fn login(channel: &tonic::transport::Channel) -> anyhow::Result<String> {
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let password = "benchmark password";
+    let _ = auth
+        .register(auth_pb::RegisterRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+            display_name: String::new(),
+        })
+        .await;
+    Ok(auth
+        .login(auth_pb::LoginRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner()
+        .tokens
+        .context("tokens")?
+        .access_token)
+}
+
+/// Decode speed of one Generate stream as the client sees it.
+async fn stream_decode(
+    channel: &tonic::transport::Channel,
+    token: &str,
+    model: &str,
+    text: &str,
+    max_tokens: u32,
+) -> anyhow::Result<(f64, u32)> {
+    let mut llm = LlmServiceClient::new(channel.clone());
+    let mut req = tonic::Request::new(llm_pb::GenerateRequest {
+        model: model.into(),
+        input: Some(llm_pb::generate_request::Input::Prompt(text.into())),
+        sampling: Some(llm_pb::SamplingParams {
+            temperature: Some(0.0),
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    let mut stream = llm.generate(req).await?.into_inner();
+    let mut first = None;
+    while let Some(msg) = stream.message().await? {
+        match msg.event {
+            Some(llm_pb::generate_response::Event::Delta(_)) if first.is_none() => {
+                first = Some(Instant::now())
+            }
+            Some(llm_pb::generate_response::Event::Done(done)) => {
+                let n = done.usage.map_or(0, |u| u.completion_tokens);
+                let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+                return Ok((
+                    if secs > 0.0 {
+                        f64::from(n.saturating_sub(1)) / secs
+                    } else {
+                        0.0
+                    },
+                    n,
+                ));
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("the stream ended without a final message")
+}
+
+async fn grpc_single(o: &Options, text: &str) -> anyhow::Result<f64> {
+    let scratch =
+        std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut config = llmesh::Config::default();
+    config.server.bind = "127.0.0.1:0".into();
+    config.database.url = format!("sqlite://{}/bench.db", scratch.display());
+    config.llm.models_dir = o.models_dir.display().to_string();
+    config.llm.pull_defaults = false;
+    config.llm.load_at_start = Some(vec![o.model.clone()]);
+    config.llm.prefill_chunk = 512;
+    let services: Vec<String> = ["auth", "llm"].iter().map(|s| s.to_string()).collect();
+    let app = llmesh::start(
+        config,
+        &services,
+        Arc::new(llmesh_kit::SystemClock),
+        &|_, _| {},
+        std::future::pending(),
+    )
+    .await?;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
+            .connect()
+            .await?;
+    let token = login(&channel).await?;
+    stream_decode(&channel, &token, &o.model, "Hello", 4).await?;
+    let mut runs = Vec::new();
+    for r in 0..o.runs {
+        let (tps, n) =
+            stream_decode(&channel, &token, &o.model, text, o.decode_tokens as u32).await?;
+        eprintln!("gRPC run {}: decode {tps:.1} tok/s ({n} tokens)", r + 1);
+        runs.push(tps);
+    }
+    app.server.shutdown().await?;
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(median(runs))
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Starts the real `llmesh serve` beside this binary and reads its memory.
+async fn serve_rss(o: &Options, text: &str) -> anyhow::Result<(u64, u64)> {
+    let exe = std::env::current_exe()?.with_file_name("llmesh");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing: build it with `cargo build --release -p llmesh`",
+        exe.display()
+    );
+    let scratch =
+        std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let mut child = std::process::Command::new(&exe)
+        .args(["serve", "--bind", "127.0.0.1:0", "--services", "auth,llm"])
+        .current_dir(&scratch)
+        .env("LLMESH__LLM__MODELS_DIR", abs(&o.models_dir))
+        .env("LLMESH__LLM__PULL_DEFAULTS", "false")
+        .env("LLMESH__LLM__LOAD_AT_START", format!("[\"{}\"]", o.model))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    // Keep reading after the address: a closed pipe would end the server at its next line.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .context("llmesh serve printed no address")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id();
+    let idle = status_kb(pid, "VmRSS:");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let token = login(&channel).await?;
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (channel, token, model, text) = (
+            channel.clone(),
+            token.clone(),
+            o.model.clone(),
+            text.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            stream_decode(&channel, &token, &model, &text, 64).await
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let peak = status_kb(pid, "VmHWM:");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((idle, peak))
+}
+
+fn abs(p: &Path) -> String {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
