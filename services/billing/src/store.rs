@@ -9,16 +9,7 @@ use sea_orm::{
     Value,
 };
 
-/// Microseconds since the epoch, the unit of every billing time column.
-pub fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
-
-pub use llmesh_kit::db::{all, exec, one};
+pub use llmesh_kit::db::{all, exec, from_micros, micros, one};
 
 /// A price row.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::archive::{ImportEvent, ImportSource};
+use crate::grpc::id;
 use crate::service::ChatService;
 
 pub const ARCHIVE_SERVICE_NAME: &str = "llmesh.chat.v1.ChatArchiveService";
@@ -53,10 +54,6 @@ impl GrpcChatArchiveAdapter {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-fn id(field: &str, value: &str) -> Result<String, ApiError> {
-    Ok(validate::id(field, value)?.to_string())
-}
 
 #[tonic::async_trait]
 impl pb::chat_archive_service_server::ChatArchiveService for GrpcChatArchiveAdapter {

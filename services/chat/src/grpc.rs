@@ -142,7 +142,7 @@ impl GrpcChatAdapter {
 type Reply<T> = Result<Response<T>, Status>;
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<pb::ReplyEvent, Status>> + Send>>;
 
-fn id(field: &str, value: &str) -> Result<String, ApiError> {
+pub(crate) fn id(field: &str, value: &str) -> Result<String, ApiError> {
     Ok(validate::id(field, value)?.to_string())
 }
 

@@ -3,16 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::db::{all, exec, one};
+pub use llmesh_kit::db::{from_micros, micros};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, Value};
 use serde::{Deserialize, Serialize};
-
-pub fn micros(t: DateTime<Utc>) -> i64 {
-    t.timestamp_micros()
-}
-
-pub fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
 
 /// Sampling settings as chat stores them (all optional: unset means the model's default).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

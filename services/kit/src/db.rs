@@ -100,6 +100,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Microseconds since the Unix epoch: the unit of the time columns that SQL compares.
+pub fn micros(t: chrono::DateTime<chrono::Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+/// The inverse of [`micros`].
+pub fn from_micros(us: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
 /// Builds a statement from `?` placeholders, numbered (`$1`, `$2`, …) for Postgres, so one
 /// SQL text serves both backends.
 pub fn statement(
