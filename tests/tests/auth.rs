@@ -17,11 +17,22 @@ async fn server(backend: Backend) -> Option<TestServer> {
     TestServer::start(backend).await
 }
 
+async fn sign_up_info(s: &TestServer) -> pb::GetSignUpInfoResponse {
+    s.auth()
+        .get_sign_up_info(pb::GetSignUpInfoRequest {})
+        .await
+        .expect("sign-up info")
+        .into_inner()
+}
+
 both_backends!(register_login_and_me, |backend| async move {
     let Some(s) = server(backend).await else {
         return;
     };
     let mut auth = s.auth();
+    let before = sign_up_info(&s).await;
+    assert!(before.registration_open);
+    assert!(before.first_user_becomes_admin, "nobody has signed up yet");
     let first = auth
         .register(pb::RegisterRequest {
             email: "  Ada@Example.COM ".into(),
@@ -40,6 +51,7 @@ both_backends!(register_login_and_me, |backend| async move {
         Role::Admin as i32,
         "the first account becomes admin"
     );
+    assert!(!sign_up_info(&s).await.first_user_becomes_admin);
 
     let (second, tokens) = s.signup("bob@example.com").await;
     assert_eq!(second.role, Role::Member as i32);
@@ -795,6 +807,7 @@ both_backends!(closed_registration, |backend| async move {
         })
         .await;
     assert_eq!(code(r), Code::PermissionDenied);
+    assert!(!sign_up_info(&s).await.registration_open);
     let admin = s
         .app
         .auth

@@ -138,6 +138,11 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             [OK, OK, OK, OK, OK, OK, UA, UA, UA],
         ),
         (
+            "GetSignUpInfo",
+            Box::new(|_| pb::GetSignUpInfoRequest {}.encode_to_vec()),
+            [OK, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
             "Login",
             Box::new(|_| {
                 pb::LoginRequest {

@@ -188,6 +188,11 @@ both_backends!(messages_form_a_tree_with_branches, |backend| async move {
         .into_inner();
     assert_eq!(switched.messages[1].id, a1.id);
     assert_eq!(switched.messages[1].sibling_index, 1);
+    assert_eq!(
+        switched.messages[1].sibling_ids,
+        vec![a1.id.clone(), a2.id.clone()],
+        "sibling ids in creation order, for branch arrows"
+    );
 
     // Edit the user message: a sibling prompt with its own reply.
     let stream = c

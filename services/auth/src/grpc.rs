@@ -20,6 +20,7 @@ pub const SERVICE_NAME: &str = "llmesh.auth.v1.AuthService";
 /// Who may call each auth RPC.
 pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.auth.v1.AuthService/Register", Access::Public),
+    ("/llmesh.auth.v1.AuthService/GetSignUpInfo", Access::Public),
     ("/llmesh.auth.v1.AuthService/Login", Access::Public),
     ("/llmesh.auth.v1.AuthService/Refresh", Access::Public),
     ("/llmesh.auth.v1.AuthService/GetPublicKeys", Access::Public),
@@ -82,6 +83,17 @@ impl pb::auth_service_server::AuthService for GrpcAuthAdapter {
         let user = self.service.register(actor.as_ref(), new).await?;
         ok(pb::RegisterResponse {
             user: Some(user_pb(&user)),
+        })
+    }
+
+    async fn get_sign_up_info(
+        &self,
+        _req: Request<pb::GetSignUpInfoRequest>,
+    ) -> Reply<pb::GetSignUpInfoResponse> {
+        let (registration_open, first_user_becomes_admin) = self.service.sign_up_info().await?;
+        ok(pb::GetSignUpInfoResponse {
+            registration_open,
+            first_user_becomes_admin,
         })
     }
 

@@ -134,6 +134,12 @@ impl AuthService {
         self.create(new, Role::Member, true).await
     }
 
+    /// Whether self-registration is open, and whether the next account becomes admin.
+    pub async fn sign_up_info(&self) -> Result<(bool, bool)> {
+        let claimed = self.store.first_admin_claimed().await?;
+        Ok((self.config.registration_open(), !claimed))
+    }
+
     /// Creates an account with a given role (admins, and the CLI).
     pub async fn create_user(&self, new: NewUser, role: Role) -> Result<user::Model> {
         self.create(new, role, role != Role::Admin).await

@@ -109,6 +109,7 @@ impl GrpcChatAdapter {
             }),
             sibling_index: v.sibling_index,
             sibling_count: v.sibling_count,
+            sibling_ids: v.sibling_ids.clone(),
             created_at: Some(timestamp(m.created_at)),
         }
     }
@@ -134,6 +135,8 @@ impl GrpcChatAdapter {
                         pb::reply_event::Event::AssistantMessage(adapter.message_pb(&v))
                     }
                 }),
+                // Real time, not the service clock: this is for latency measurements.
+                sent_at: Some(timestamp(chrono::Utc::now())),
             })
         }))
     }

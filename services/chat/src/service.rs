@@ -24,6 +24,8 @@ pub struct MessageView {
     /// 1-based.
     pub sibling_index: u32,
     pub sibling_count: u32,
+    /// Every sibling's id (this message's included), in creation order.
+    pub sibling_ids: Vec<String>,
 }
 
 /// What a reply streams.
@@ -782,5 +784,6 @@ fn view(messages: &[Message], m: &Message) -> MessageView {
         message: m.clone(),
         sibling_index: index as u32,
         sibling_count: siblings.len().max(1) as u32,
+        sibling_ids: siblings.iter().map(|x| x.id.clone()).collect(),
     }
 }

@@ -108,6 +108,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Origins allowed to call over grpc-web from a browser; empty allows the same origin only.
     pub cors_allowed_origins: Vec<String>,
+    /// The built web UI to serve at `/`: a directory, `"none"` to serve RPCs only, or
+    /// empty to look for `web/dist` (see `llmesh_kit::web::WebUi::resolve`).
+    pub web_dir: String,
 }
 
 impl Default for ServerConfig {
@@ -118,6 +121,7 @@ impl Default for ServerConfig {
             request_timeout_secs: 600,
             shutdown_grace_secs: 10,
             cors_allowed_origins: Vec::new(),
+            web_dir: String::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod request_id;
 pub mod serve;
 pub mod telemetry;
 pub mod validate;
+pub mod web;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ApiError, ErrorCode};

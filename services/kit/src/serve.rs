@@ -132,6 +132,15 @@ pub fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    let ui = crate::web::WebUi::resolve(&config.web_dir);
+    match &ui {
+        crate::web::WebUi::Dir(dir) => tracing::info!(dir = %dir.display(), "serving the web UI"),
+        crate::web::WebUi::Missing => tracing::warn!(
+            "the web UI is not built (no web/dist): run `npm install && npm run build`, or set server.web_dir"
+        ),
+        crate::web::WebUi::Disabled => {}
+    }
+    let routes = Routes::from(crate::web::mount(routes.into_axum_router(), &ui));
 
     let cors = cors_layer(&config.cors_allowed_origins);
     let layers = tower::ServiceBuilder::new()

@@ -221,6 +221,15 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         "  database: {}",
         llmesh_kit::db::redact(&config.database.url)
     );
+    match llmesh_kit::web::WebUi::resolve(&config.server.web_dir) {
+        llmesh_kit::web::WebUi::Dir(dir) => {
+            println!("  web UI: open http://{addr}/ (from {})", dir.display())
+        }
+        llmesh_kit::web::WebUi::Missing => println!(
+            "  web UI: not built; run `npm install && npm run build` in the repository (or start with `bash scripts/start`)"
+        ),
+        llmesh_kit::web::WebUi::Disabled => println!("  web UI: off (server.web_dir = \"none\")"),
+    }
     if let Some(auth) = &app.auth
         && auth
             .list_users(&UserFilter {
@@ -230,7 +239,9 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
             .await?
             .is_empty()
     {
-        println!("  no accounts yet: the first account to register becomes admin, e.g.");
+        println!(
+            "  no accounts yet: the first account to register (in the web UI, or over gRPC) becomes admin, e.g."
+        );
         println!(
             "    grpcurl -plaintext -d '{{\"email\":\"you@example.com\",\"password\":\"a long password\"}}' {addr} llmesh.auth.v1.AuthService/Register"
         );

@@ -75,6 +75,15 @@ impl AuthStore {
         Ok(model)
     }
 
+    /// Whether some account has taken the one-time first-admin claim.
+    pub async fn first_admin_claimed(&self) -> Result<bool, DbErr> {
+        let stmt = sea_orm::Statement::from_string(
+            self.db.get_database_backend(),
+            "SELECT user_id FROM first_admin WHERE id = 1",
+        );
+        Ok(self.db.query_one_raw(stmt).await?.is_some())
+    }
+
     pub async fn user_by_email(&self, email: &str) -> Result<Option<user::Model>, DbErr> {
         user::Entity::find()
             .filter(user::Column::Email.eq(email))

@@ -1,0 +1,421 @@
+// End-to-end test of the web UI: a real `llmesh serve` (SQLite in a scratch directory,
+// the real SmolLM2 model) driven by Debian's Chromium through playwright-core.
+//
+//   register (first user → admin) → admin prices the default model and adds credit →
+//   chat, watching the reply stream → stop a reply → regenerate → search finds it →
+//   create an API key (and use it) → usage shows spend = tokens × price.
+//
+// Along the way it writes a screenshot of every screen at 1280×800 and 390×844 into
+// web/e2e/out/, fails on any page error or Content-Security-Policy violation, and reports
+// the time from the server sending a token to it being on screen, and the size of the
+// JavaScript the first page loads.
+//
+// Environment: LLMESH_BIN (default $CARGO_TARGET_DIR/debug/llmesh or target/debug/llmesh),
+// LLMESH_TEST_MODELS_DIR (default ~/.cache/llmesh-test-models), CHROMIUM (default
+// /usr/bin/chromium).
+
+import { spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from "node:fs";
+import { gzipSync } from "node:zlib";
+import { homedir, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { createClients } from "@llmesh/client";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = resolve(here, "../..");
+const out = join(here, "out");
+const dist = join(repo, "web/dist");
+const bin =
+  process.env.LLMESH_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(repo, "target"), "debug/llmesh");
+const modelsDir = process.env.LLMESH_TEST_MODELS_DIR ?? join(homedir(), ".cache/llmesh-test-models");
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const MODEL = "smollm2-135m-instruct";
+// Whole micro-units per token, so every request's cost is exact: 1 µ$ per prompt token,
+// 2 µ$ per completion token.
+const PRICE_IN = 1; // currency units per million tokens
+const PRICE_OUT = 2;
+
+for (const [what, path, fix] of [
+  ["the llmesh binary", bin, "build it with `cargo build -p llmesh` or set LLMESH_BIN"],
+  ["the built UI", join(dist, "index.html"), "run `npm run build` at the repository root"],
+  ["Chromium", chromiumPath, "install it with `apt-get install chromium` or set CHROMIUM"],
+]) {
+  if (!existsSync(path)) {
+    console.error(`e2e: ${what} is missing at ${path}: ${fix}`);
+    process.exit(2);
+  }
+}
+
+rmSync(out, { recursive: true, force: true });
+mkdirSync(out, { recursive: true });
+const scratch = mkdtempSync(join(tmpdir(), "llmesh-e2e-"));
+const started = Date.now();
+const step = (text) => console.log(`[e2e ${((Date.now() - started) / 1000).toFixed(1).padStart(6)}s] ${text}`);
+
+function fail(message) {
+  throw new Error(message);
+}
+
+async function startServer() {
+  const log = createWriteStream(join(out, "server.log"));
+  const child = spawn(bin, ["serve", "--bind", "127.0.0.1:0"], {
+    cwd: scratch,
+    env: {
+      ...process.env,
+      LLMESH__DATABASE__URL: `sqlite://${join(scratch, "llmesh.db")}`,
+      LLMESH__LLM__MODELS_DIR: modelsDir,
+      LLMESH__LLM__DEFAULT_MAX_TOKENS: "160",
+      LLMESH__CHAT__UPLOADS_DIR: join(scratch, "uploads"),
+      // Titles are written by the model and billed; without them every billed token is
+      // one the chat shows, so the spend check below can be exact.
+      LLMESH__CHAT__AUTO_TITLE: "false",
+      LLMESH__SERVER__WEB_DIR: dist,
+      LLMESH__LOG__LEVEL: process.env.LLMESH__LOG__LEVEL ?? "info",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  child.stderr.pipe(log);
+  const url = await new Promise((resolveUrl, reject) => {
+    let buffer = "";
+    const timer = setTimeout(() => reject(new Error("llmesh serve did not start within 10 minutes")), 600_000);
+    child.stdout.on("data", (chunk) => {
+      log.write(chunk);
+      buffer += chunk.toString();
+      const m = /listening on (http:\/\/[\d.:]+)/.exec(buffer);
+      if (m) {
+        clearTimeout(timer);
+        resolveUrl(m[1]);
+      }
+    });
+    child.on("exit", (code) => reject(new Error(`llmesh serve exited with ${code}; see ${join(out, "server.log")}`)));
+  });
+  return { child, url };
+}
+
+const problems = [];
+function watch(page, label) {
+  page.on("pageerror", (err) => problems.push(`${label}: page error: ${err.message}`));
+  page.on("console", (msg) => {
+    const text = msg.text();
+    if (/Content.Security.Policy|Refused to/i.test(text)) problems.push(`${label}: ${text}`);
+  });
+}
+
+async function shot(page, name) {
+  await page.waitForTimeout(150); // let transitions settle
+  await page.screenshot({ path: join(out, `${name}.png`), fullPage: false });
+}
+
+function initialJsBytes() {
+  const html = readFileSync(join(dist, "index.html"), "utf8");
+  const files = [...html.matchAll(/(?:src|href)="(\/assets\/[^"]+\.js)"/g)].map((m) => m[1]);
+  let raw = 0;
+  let gz = 0;
+  for (const f of files) {
+    const data = readFileSync(join(dist, f));
+    raw += data.length;
+    gz += gzipSync(data, { level: 9 }).length;
+  }
+  return { files, raw, gz };
+}
+
+const quantile = (xs, q) => {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+};
+
+async function waitForReply(page, before) {
+  // The streamed draft is replaced by the stored message when the reply is saved.
+  await page.waitForFunction(
+    (n) =>
+      document.querySelectorAll('[data-testid="assistant-message"]').length > n &&
+      !document.querySelector('[data-testid="streaming-reply"]'),
+    before,
+    { timeout: 180_000 },
+  );
+}
+
+/** Token counts of the stored reply with this id (from its data attributes). */
+async function usageOf(page, locator) {
+  return locator.evaluate((el) => ({
+    id: el.dataset.messageId,
+    prompt: Number(el.dataset.promptTokens),
+    completion: Number(el.dataset.completionTokens),
+    cost: BigInt(el.dataset.costMicros).toString(),
+    state: Number(el.dataset.state),
+  }));
+}
+
+async function main() {
+  const js = initialJsBytes();
+  step(`initial JavaScript: ${js.files.length} file(s), ${(js.raw / 1024).toFixed(1)} kB, ${(js.gz / 1024).toFixed(1)} kB gzipped`);
+  step(`starting ${bin} serve (models from ${modelsDir})`);
+  const { child, url } = await startServer();
+  step(`server at ${url}`);
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ["--no-sandbox", "--disable-dev-shm-usage"],
+  });
+  const billed = new Map(); // message id → usage
+  try {
+    // The page must carry the CSP that keeps replies from running script.
+    const res = await fetch(`${url}/`);
+    const csp = res.headers.get("content-security-policy") ?? "";
+    if (!csp.includes("script-src 'self'")) fail(`the UI is served without a strict CSP (got ${JSON.stringify(csp)})`);
+    const deep = await fetch(`${url}/c/some-conversation`);
+    if (deep.status !== 200 || !(await deep.text()).includes('<div id="root">')) fail("a UI route does not serve index.html");
+
+    const desk = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    await desk.grantPermissions(["clipboard-read", "clipboard-write"], { origin: url });
+    const page = await desk.newPage();
+    watch(page, "desktop");
+
+    // 1. Register: the first account becomes admin, and the page says so.
+    step("register the first user");
+    await page.goto(url);
+    await page.getByTestId("first-admin").waitFor();
+    await shot(page, "signin-register-desktop");
+    await page.getByLabel("Email").fill("ada@example.com");
+    await page.getByLabel("Display name").fill("Ada");
+    await page.getByLabel("Password").fill("correct horse battery");
+    await page.getByRole("button", { name: "Create account" }).click();
+    await page.getByRole("link", { name: "Admin" }).waitFor();
+
+    // 2. Admin: price the default model, give the admin credit.
+    step("admin sets a price and adds credit");
+    await page.getByRole("link", { name: "Admin" }).click();
+    await page.getByRole("button", { name: "Users", exact: true }).waitFor();
+    await shot(page, "admin-users-desktop");
+    await page.getByRole("button", { name: "Models", exact: true }).click();
+    await page.getByText(MODEL).first().waitFor();
+    await shot(page, "admin-models-desktop");
+    await page.getByRole("button", { name: "Prices", exact: true }).click();
+    await page.getByTestId("price-model").selectOption(MODEL);
+    await page.getByTestId("price-input").fill(String(PRICE_IN));
+    await page.getByTestId("price-output").fill(String(PRICE_OUT));
+    await page.getByRole("button", { name: "Save price" }).click();
+    await page.locator("table.data").getByText(MODEL).first().waitFor();
+    await shot(page, "admin-prices-desktop");
+    await page.getByRole("button", { name: "Credits", exact: true }).click();
+    await grantCredit(page, "ada@example.com", "5");
+    await shot(page, "admin-credits-desktop");
+
+    // 3. Chat: the answer streams in.
+    step("chat: send a message and watch the reply stream");
+    await page.getByRole("link", { name: "Chat" }).click();
+    const composer = page.getByLabel("Message");
+    await composer.fill("Write one sentence about the sea.");
+    await composer.press("Enter");
+    await page.locator('[data-testid="streaming-reply"][data-phase="streaming"]').waitFor({ timeout: 120_000 });
+    const partial = await page.getByTestId("streaming-reply").innerText();
+    await shot(page, "chat-streaming-desktop");
+    await waitForReply(page, 0);
+    const first = page.getByTestId("assistant-message").last();
+    const firstText = await first.locator(".bubble").innerText();
+    if (!firstText.trim()) fail("the first reply is empty");
+    step(`first reply (${firstText.length} chars; mid-stream it showed ${partial.length})`);
+    const u1 = await usageOf(page, first);
+    billed.set(u1.id, u1);
+    if (u1.completion < 1) fail("the reply has no completion tokens");
+
+    // Name the conversation (titles are off in this run) so search can find it by title.
+    await renameActive(page, "Lighthouse notes");
+
+    // 4. Stop: a long reply, stopped early, keeps its partial text and is marked stopped.
+    step("stop a reply mid-stream");
+    await composer.fill("Tell a long story about a lighthouse keeper and a storm.");
+    await composer.press("Enter");
+    await page.waitForFunction(
+      () => (document.querySelector('[data-testid="streaming-reply"] .bubble')?.textContent ?? "").length > 20,
+      null,
+      { timeout: 120_000 },
+    );
+    await page.getByRole("button", { name: /Stop/ }).click();
+    await waitForReply(page, 1);
+    const stopped = page.getByTestId("assistant-message").last();
+    const us = await usageOf(page, stopped);
+    if (us.state !== 2) fail(`the stopped reply has state ${us.state}, expected STOPPED (2)`);
+    if (us.completion >= 160) fail("Stop did not stop: the reply ran to max_tokens");
+    billed.set(us.id, us);
+    await page.getByText("stopped").last().waitFor();
+    step(`stopped after ${us.completion} tokens`);
+    // Esc also stops.
+    await composer.fill("Describe the lighthouse in detail.");
+    await composer.press("Enter");
+    await page.locator('[data-testid="streaming-reply"][data-phase="streaming"]').waitFor({ timeout: 120_000 });
+    await page.keyboard.press("Escape");
+    await waitForReply(page, 2);
+    const escaped = await usageOf(page, page.getByTestId("assistant-message").last());
+    if (escaped.state !== 2) fail("Esc did not stop the reply");
+    billed.set(escaped.id, escaped);
+
+    // 5. Regenerate: a second version, with branch arrows.
+    step("regenerate the last reply");
+    await page.getByTestId("assistant-message").last().getByRole("button", { name: /Regenerate/ }).click();
+    await page.getByTestId("streaming-reply").waitFor({ state: "attached" });
+    await waitForReply(page, 2);
+    const regenerated = page.getByTestId("assistant-message").last();
+    const ur = await usageOf(page, regenerated);
+    billed.set(ur.id, ur);
+    await regenerated.getByTestId("branch").filter({ hasText: "2 / 2" }).waitFor();
+    await shot(page, "chat-desktop");
+    // The arrows switch back to the first version and forward again.
+    await regenerated.getByRole("button", { name: "Previous version" }).click();
+    await page.getByTestId("assistant-message").last().getByTestId("branch").filter({ hasText: "1 / 2" }).waitFor();
+    await page.getByTestId("assistant-message").last().getByRole("button", { name: "Next version" }).click();
+    await page.getByTestId("assistant-message").last().getByTestId("branch").filter({ hasText: "2 / 2" }).waitFor();
+
+    // Token-to-screen latency, measured by the page from the server's send times.
+    const samples = await page.evaluate(() => window.llmeshMetrics?.tokenToScreenMs ?? []);
+
+    // 6. Search finds the conversation, with the match highlighted.
+    step("search");
+    await page.getByLabel("Search conversations").fill("lighthouse");
+    await page.getByTestId("search-results").locator("mark").first().waitFor();
+    await shot(page, "search-desktop");
+    await page.getByLabel("Search conversations").fill("");
+
+    // 7. An API key: shown once, and it works.
+    step("create an API key");
+    await page.getByRole("link", { name: "Settings" }).click();
+    await shot(page, "settings-profile-desktop");
+    await page.getByRole("button", { name: "API keys", exact: true }).click();
+    await page.getByTestId("key-name").fill("e2e script");
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = (await page.getByTestId("key-secret").innerText()).trim();
+    if (!/^lmk_\S+$/.test(secret)) fail(`the key secret looks wrong: ${secret}`);
+    await shot(page, "settings-apikeys-desktop");
+    const viaKey = createClients({ baseUrl: url, credentials: () => ({ kind: "apiKey", key: secret }) });
+    const models = await viaKey.llm.listModels({});
+    if (!models.models.some((m) => m.id === MODEL)) fail("the new API key cannot list models");
+    for (const tab of ["Password", "Assistants", "Templates", "Export & import"]) {
+      await page.getByRole("button", { name: tab, exact: true }).click();
+      await shot(page, `settings-${slug(tab)}-desktop`);
+    }
+
+    // 8. Usage: the spend equals the tokens of every reply × the price.
+    step("usage shows the spend");
+    await page.getByRole("link", { name: "Usage" }).click();
+    const total = page.getByTestId("usage-total");
+    await total.waitFor();
+    let expected = 0n;
+    for (const u of billed.values()) {
+      const cost = BigInt(u.prompt) * BigInt(PRICE_IN) + BigInt(u.completion) * BigInt(PRICE_OUT);
+      if (cost.toString() !== u.cost) fail(`message ${u.id}: cost ${u.cost} µ, tokens say ${cost} µ`);
+      expected += cost;
+    }
+    await page.waitForFunction(
+      (want) => document.querySelector('[data-testid="usage-total"]')?.getAttribute("data-micros") === want,
+      expected.toString(),
+      { timeout: 15_000 },
+    ).catch(async () => {
+      const got = await total.getAttribute("data-micros");
+      fail(`usage shows ${got} µ spent; the ${billed.size} replies' tokens × price come to ${expected} µ`);
+    });
+    await page.getByTestId("balance").waitFor();
+    await shot(page, "usage-desktop");
+    step(`usage total ${expected} µ over ${billed.size} replies matches tokens × price`);
+
+    // 9. The phone: every screen at 390 px, signed in through the form.
+    step("phone screenshots");
+    const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    const p = await phone.newPage();
+    watch(p, "phone");
+    await p.goto(url);
+    await p.getByRole("button", { name: "Sign in" }).waitFor();
+    await shot(p, "signin-phone");
+    await p.getByLabel("Email").fill("ada@example.com");
+    await p.getByLabel("Password").fill("correct horse battery");
+    await p.getByRole("button", { name: "Sign in" }).click();
+    await p.getByLabel("Message").waitFor();
+    await shot(p, "chat-new-phone");
+    await p.getByRole("button", { name: "Show conversations" }).click();
+    await p.getByTestId("conversation-item").first().waitFor();
+    await shot(p, "sidebar-phone");
+    await p.getByTestId("conversation-item").first().locator("a").click();
+    await p.getByTestId("assistant-message").first().waitFor();
+    await shot(p, "chat-phone");
+    for (const [path, name, tabs] of [
+      ["/settings", "settings", ["Profile", "Password", "API keys", "Assistants", "Templates", "Export & import"]],
+      ["/usage", "usage", []],
+      ["/admin", "admin", ["Users", "Models", "Prices", "Credits"]],
+    ]) {
+      await p.getByRole("button", { name: "Menu" }).click();
+      await p.locator(`nav a[href="${path}"]`).click();
+      if (tabs.length === 0) {
+        await p.waitForTimeout(500);
+        await shot(p, `${name}-phone`);
+      }
+      for (const tab of tabs) {
+        await p.getByRole("button", { name: tab, exact: true }).click();
+        await p.waitForTimeout(300);
+        await shot(p, `${name}-${slug(tab)}-phone`);
+      }
+    }
+    await p.getByRole("button", { name: "Menu" }).click();
+    await shot(p, "menu-phone");
+
+    // 10. Sign-out returns to sign-in; a session the server revoked comes back with a message.
+    step("sessions");
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByRole("button", { name: "Sign in" }).waitFor();
+    await p.evaluate(() => localStorage.setItem("llmesh.refresh", "lmr_revoked_elsewhere"));
+    await p.reload();
+    await p.getByText("Your session has ended").waitFor();
+    await shot(p, "signin-expired-phone");
+
+    if (problems.length) fail(`the pages reported problems:\n  ${problems.join("\n  ")}`);
+
+    const metrics = {
+      initialJs: { files: js.files, bytes: js.raw, gzipBytes: js.gz },
+      tokenToScreenMs: {
+        samples: samples.length,
+        p50: quantile(samples, 0.5),
+        p95: quantile(samples, 0.95),
+        max: samples.length ? Math.max(...samples) : NaN,
+      },
+      billedReplies: billed.size,
+      spendMicros: expected.toString(),
+    };
+    writeFileSync(join(out, "metrics.json"), JSON.stringify(metrics, null, 2));
+    step(
+      `token → screen: p50 ${metrics.tokenToScreenMs.p50} ms, p95 ${metrics.tokenToScreenMs.p95} ms, max ${metrics.tokenToScreenMs.max} ms over ${samples.length} tokens`,
+    );
+    step(`passed; screenshots and metrics in ${out}`);
+  } finally {
+    await browser.close().catch(() => undefined);
+    child.kill("SIGTERM");
+    rmSync(scratch, { recursive: true, force: true });
+  }
+}
+
+function slug(s) {
+  return s.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "");
+}
+
+async function renameActive(page, title) {
+  const item = page.locator('[data-testid="conversation-item"].active');
+  await item.getByRole("button", { name: /Actions for/ }).click();
+  await item.getByRole("menuitem", { name: "Rename" }).click();
+  await item.getByLabel("New title").fill(title);
+  await item.getByLabel("New title").press("Enter");
+  await page.getByTestId("chat-title").filter({ hasText: title }).waitFor();
+}
+
+async function grantCredit(page, email, amount) {
+  // Filled in against the Credits screen's form.
+  await page.getByTestId("credit-user").fill(email);
+  await page.getByTestId("credit-pick").first().click();
+  await page.getByTestId("credit-amount").fill(amount);
+  await page.getByTestId("credit-reason").fill("e2e starting credit");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.getByTestId("credit-balance").filter({ hasText: amount }).waitFor();
+}
+
+main().catch((err) => {
+  console.error(`e2e FAILED: ${err.stack ?? err}`);
+  process.exitCode = 1;
+});
