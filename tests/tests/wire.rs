@@ -284,3 +284,83 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
     let wrong = RemoteApiKeyResolver::new(s.channel.clone(), "wrong".into(), Duration::ZERO);
     assert!(wrong.resolve("lmk_whatever").await.is_err());
 }
+
+async fn get(url: &str, content_type: Option<&str>) -> (http::StatusCode, http::HeaderMap, String) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut req = http::Request::get(url).header("accept-encoding", "identity");
+    if let Some(ct) = content_type {
+        // An RPC: gRPC calls are POSTs.
+        req = req
+            .method(http::Method::POST)
+            .header("content-type", ct)
+            .header("x-grpc-web", "1");
+    }
+    let resp = client
+        .request(req.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_web_ui_shares_the_port_with_the_rpcs() {
+    let dir = std::env::temp_dir().join(format!("llmesh-web-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(dir.join("assets")).expect("dist dir");
+    std::fs::write(dir.join("index.html"), "<div id=\"root\"></div>").expect("index");
+    std::fs::write(dir.join("assets/app-1234.js"), "console.log(1)").expect("asset");
+    let web_dir = dir.to_string_lossy().into_owned();
+    let s = TestServer::start_with(Backend::Sqlite, move |c| c.server.web_dir = web_dir)
+        .await
+        .expect("sqlite");
+
+    let (status, headers, body) = get(&format!("{}/", s.url), None).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(body.contains("id=\"root\""));
+    let csp = headers["content-security-policy"].to_str().expect("ascii");
+    assert!(csp.contains("script-src 'self'") && csp.contains("object-src 'none'"));
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["cache-control"], "no-cache");
+
+    // The UI's own routes survive a reload.
+    let (status, _, body) = get(&format!("{}/c/0190-some-conversation", s.url), None).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(body.contains("id=\"root\""));
+
+    // Hashed assets are cached for good.
+    let (status, headers, body) = get(&format!("{}/assets/app-1234.js", s.url), None).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(body, "console.log(1)");
+    assert!(
+        headers["cache-control"]
+            .to_str()
+            .expect("ascii")
+            .contains("immutable")
+    );
+
+    // An unknown RPC is still UNIMPLEMENTED, not a web page.
+    let (status, headers, _) = get(
+        &format!("{}/llmesh.nope.v1.Nope/Call", s.url),
+        Some("application/grpc-web+proto"),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "12");
+
+    // Without a built UI, `/` says how to build one.
+    let s2 = TestServer::start_with(Backend::Sqlite, |c| {
+        c.server.web_dir = "/nonexistent/llmesh-web".into()
+    })
+    .await
+    .expect("sqlite");
+    let (status, _, body) = get(&format!("{}/", s2.url), None).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert!(body.contains("has not been built"), "{body}");
+    let _ = std::fs::remove_dir_all(dir);
+}

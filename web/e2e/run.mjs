@@ -72,7 +72,7 @@ async function startServer() {
       // one the chat shows, so the spend check below can be exact.
       LLMESH__CHAT__AUTO_TITLE: "false",
       LLMESH__SERVER__WEB_DIR: dist,
-      LLMESH__LOG__LEVEL: process.env.LLMESH__LOG__LEVEL ?? "info",
+      LLMESH__LOG__FILTER: process.env.LLMESH__LOG__FILTER ?? "info",
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -89,7 +89,10 @@ async function startServer() {
         resolveUrl(m[1]);
       }
     });
-    child.on("exit", (code) => reject(new Error(`llmesh serve exited with ${code}; see ${join(out, "server.log")}`)));
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`llmesh serve exited with ${code}; see ${join(out, "server.log")}`));
+    });
   });
   return { child, url };
 }
@@ -291,6 +294,8 @@ async function main() {
     const viaKey = createClients({ baseUrl: url, credentials: () => ({ kind: "apiKey", key: secret }) });
     const models = await viaKey.llm.listModels({});
     if (!models.models.some((m) => m.id === MODEL)) fail("the new API key cannot list models");
+    await page.getByRole("button", { name: "I saved it, close" }).click();
+    if ((await page.getByTestId("key-secret").count()) !== 0) fail("the secret is still shown after closing");
     for (const tab of ["Password", "Assistants", "Templates", "Export & import"]) {
       await page.getByRole("button", { name: tab, exact: true }).click();
       await shot(page, `settings-${slug(tab)}-desktop`);
@@ -406,13 +411,14 @@ async function renameActive(page, title) {
 }
 
 async function grantCredit(page, email, amount) {
-  // Filled in against the Credits screen's form.
-  await page.getByTestId("credit-user").fill(email);
-  await page.getByTestId("credit-pick").first().click();
-  await page.getByTestId("credit-amount").fill(amount);
-  await page.getByTestId("credit-reason").fill("e2e starting credit");
+  await page.getByLabel("Email").fill(email);
+  await page.getByRole("button", { name: email, exact: true }).click();
+  await page.getByTestId("user-balance").waitFor();
+  await page.getByLabel(/^Amount/).fill(amount);
+  await page.getByLabel("Reason").fill("e2e starting credit");
   await page.getByRole("button", { name: "Apply" }).click();
-  await page.getByTestId("credit-balance").filter({ hasText: amount }).waitFor();
+  const want = String(BigInt(amount) * 1_000_000n);
+  await page.locator(`[data-testid="user-balance"][data-micros="${want}"]`).waitFor();
 }
 
 main().catch((err) => {

@@ -140,11 +140,11 @@ pub fn serve(
         ),
         crate::web::WebUi::Disabled => {}
     }
-    let routes = Routes::from(crate::web::mount(routes.into_axum_router(), &ui));
 
     let cors = cors_layer(&config.cors_allowed_origins);
     let layers = tower::ServiceBuilder::new()
         .layer(cors)
+        .layer(crate::web::UiLayer::new(&ui))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(AuthLayer::new(services.authenticator))
         .into_inner();

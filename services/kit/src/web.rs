@@ -1,12 +1,11 @@
 //! The browser UI beside the RPCs on the one port: GET and HEAD requests that are not gRPC
 //! are answered from the built UI's directory (`web/dist`), and any other path falls back
-//! to `index.html` so the UI's own routes survive a reload. Everything else keeps tonic's
-//! answer for an unknown method (UNIMPLEMENTED).
+//! to `index.html` so the UI's own routes survive a reload. Everything else (every RPC,
+//! grpc-web or not) goes on to the gRPC stack unchanged.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use tower::ServiceExt;
@@ -28,6 +27,7 @@ pub enum WebUi {
 impl WebUi {
     /// Resolves `server.web_dir`: a path, `"none"`, or empty for the first of `./web/dist`,
     /// `<binary's dir>/web` and the source tree's `web/dist` that holds an `index.html`.
+    /// A directory without an `index.html` counts as missing.
     pub fn resolve(setting: &str) -> WebUi {
         match setting.trim() {
             "none" => WebUi::Disabled,
@@ -46,7 +46,8 @@ impl WebUi {
                     .map(WebUi::Dir)
                     .unwrap_or(WebUi::Missing)
             }
-            path => WebUi::Dir(PathBuf::from(path)),
+            path if Path::new(path).join("index.html").is_file() => WebUi::Dir(PathBuf::from(path)),
+            _ => WebUi::Missing,
         }
     }
 }
@@ -63,37 +64,110 @@ const NOT_BUILT: &str = "<!doctype html><meta charset=utf-8><title>llmesh</title
 <code>bash scripts/start</code>, which does both. The gRPC and grpc-web APIs are \
 available on this port already.</p>";
 
-/// Adds the UI to `router` as its fallback, keeping tonic's UNIMPLEMENTED for anything
-/// that is not a plain GET or HEAD.
-pub fn mount(router: axum::Router, ui: &WebUi) -> axum::Router {
-    let files = match ui {
-        WebUi::Disabled => return router,
-        WebUi::Dir(dir) => Some(
-            ServeDir::new(dir)
-                .append_index_html_on_directories(true)
-                .fallback(ServeFile::new(dir.join("index.html"))),
-        ),
-        WebUi::Missing => None,
-    };
-    let service = tower::service_fn(move |req: Request<Body>| {
+type StaticService = tower::util::BoxCloneSyncService<
+    Request<tonic::body::Body>,
+    Response<tonic::body::Body>,
+    Infallible,
+>;
+
+/// Answers page requests (GET or HEAD, not gRPC) from the UI and passes everything else
+/// on. It sits in front of the grpc-web layer, which refuses plain HTTP/1.1 requests.
+#[derive(Clone)]
+pub struct UiLayer {
+    files: Option<StaticService>,
+}
+
+impl UiLayer {
+    pub fn new(ui: &WebUi) -> UiLayer {
+        let files = match ui {
+            WebUi::Disabled => None,
+            WebUi::Dir(dir) => Some(static_files(Some(dir))),
+            WebUi::Missing => Some(static_files(None)),
+        };
+        UiLayer { files }
+    }
+}
+
+impl<S> tower::Layer<S> for UiLayer {
+    type Service = UiService<S>;
+
+    fn layer(&self, inner: S) -> UiService<S> {
+        UiService {
+            inner,
+            files: self.files.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct UiService<S> {
+    inner: S,
+    files: Option<StaticService>,
+}
+
+impl<S, RB> tower::Service<Request<tonic::body::Body>> for UiService<S>
+where
+    S: tower::Service<Request<tonic::body::Body>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    RB: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    RB::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let page_request = (req.method() == Method::GET || req.method() == Method::HEAD)
+            && !is_grpc(req.headers());
+        if let (true, Some(files)) = (page_request, self.files.clone()) {
+            return Box::pin(async move {
+                match files.oneshot(req).await {
+                    Ok(resp) => Ok(resp),
+                    Err(never) => match never {},
+                }
+            });
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let resp = inner.call(req).await?;
+            Ok(resp.map(tonic::body::Body::new))
+        })
+    }
+}
+
+/// The built files, with `index.html` for any other path; or, with no directory, a page
+/// that says how to build the UI.
+fn static_files(dir: Option<&Path>) -> StaticService {
+    let files = dir.map(|dir| {
+        ServeDir::new(dir)
+            .append_index_html_on_directories(true)
+            .fallback(ServeFile::new(dir.join("index.html")))
+    });
+    let service = tower::service_fn(move |req: Request<tonic::body::Body>| {
         let files = files.clone();
         async move {
-            let is_page_request =
-                (req.method() == Method::GET || req.method() == Method::HEAD) && !is_grpc(&req);
-            if !is_page_request {
-                return Ok::<_, Infallible>(tonic::Status::unimplemented("").into_http());
-            }
             let Some(files) = files else {
-                let mut resp = Response::new(Body::from(NOT_BUILT));
+                let mut resp = Response::new(tonic::body::Body::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(NOT_BUILT.as_bytes()),
+                )));
                 resp.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/html; charset=utf-8"),
                 );
-                return Ok(resp);
+                return Ok::<_, Infallible>(resp);
             };
             let immutable = req.uri().path().starts_with("/assets/");
             let mut resp = match files.oneshot(req).await {
-                Ok(resp) => resp.map(Body::new),
+                Ok(resp) => resp.map(tonic::body::Body::new),
                 Err(never) => match never {},
             };
             let cache = if immutable && resp.status() == StatusCode::OK {
@@ -122,12 +196,12 @@ pub fn mount(router: axum::Router, ui: &WebUi) -> axum::Router {
         ))
         .layer(CompressionLayer::new())
         .service(service)
-        .map_response(|resp| resp.map(Body::new));
-    router.fallback_service(service)
+        .map_response(|resp| resp.map(tonic::body::Body::new));
+    tower::util::BoxCloneSyncService::new(service)
 }
 
-fn is_grpc(req: &Request<Body>) -> bool {
-    req.headers()
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))

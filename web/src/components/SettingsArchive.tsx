@@ -1,0 +1,262 @@
+// The "Export & import" tab of Settings: downloads all of a user's conversations as one file,
+// and imports a ChatGPT or llmesh export through a chunked upload with progress.
+
+import { useEffect, useRef, useState, type FormEvent } from "react";
+import { chat, describeError, type auth } from "@llmesh/client";
+import { api } from "../api";
+import { ROLE_MEMBER, useApp } from "../app";
+import { formatBytes } from "../util";
+
+/** Used only if the server does not say how large a chunk may be (it always should). */
+const DEFAULT_CHUNK = 1 << 20;
+
+async function sha256Hex(data: ArrayBuffer): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Saves received bytes as a file through a temporary link. */
+function saveFile(parts: Uint8Array[], fileName: string, type: string) {
+  // Join into one fresh buffer: Blob wants views backed by a plain ArrayBuffer.
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  const url = URL.createObjectURL(new Blob([all], { type }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = fileName;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  // Let the browser start the download before freeing the data.
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
+const isAbort = (err: unknown) => err instanceof DOMException && err.name === "AbortError";
+
+function Progress({ value, max, label }: { value: number; max: number; label: string }) {
+  const pct = max > 0 ? Math.min(100, Math.round((value / max) * 100)) : 0;
+  return (
+    <div className="progress" role="progressbar" aria-label={label} aria-valuemin={0} aria-valuemax={100} aria-valuenow={pct}>
+      <div style={{ width: `${pct}%` }} />
+    </div>
+  );
+}
+
+type ImportPhase = "idle" | "hashing" | "uploading" | "importing" | "done";
+
+export function SettingsArchive({ me }: { me: auth.User }) {
+  const { notify, report } = useApp();
+  const writable = me.role >= ROLE_MEMBER;
+
+  const [format, setFormat] = useState<chat.ExportFormat>(chat.ExportFormat.JSON);
+  const [exporting, setExporting] = useState(false);
+  const [received, setReceived] = useState(0);
+  const exportAbort = useRef<AbortController | null>(null);
+
+  const [file, setFile] = useState<File>();
+  const [source, setSource] = useState<chat.ImportSource>(chat.ImportSource.CHATGPT);
+  const [phase, setPhase] = useState<ImportPhase>("idle");
+  const [sent, setSent] = useState(0);
+  const [progress, setProgress] = useState({ done: 0, total: 0 });
+  const [result, setResult] = useState<chat.ImportReport>();
+  const [importError, setImportError] = useState<string>();
+  const importAbort = useRef<AbortController | null>(null);
+  const fileInput = useRef<HTMLInputElement>(null);
+
+  // Leaving the tab stops whatever is still running.
+  useEffect(
+    () => () => {
+      exportAbort.current?.abort();
+      importAbort.current?.abort();
+    },
+    [],
+  );
+
+  async function runExport() {
+    const ctl = new AbortController();
+    exportAbort.current = ctl;
+    setExporting(true);
+    setReceived(0);
+    const parts: Uint8Array[] = [];
+    let bytes = 0;
+    try {
+      for await (const res of api.archive.exportConversations({ conversationId: "", format }, { signal: ctl.signal })) {
+        if (res.chunk.length === 0) continue;
+        parts.push(res.chunk);
+        bytes += res.chunk.length;
+        setReceived(bytes);
+      }
+      const json = format === chat.ExportFormat.JSON;
+      const stamp = new Date().toISOString().slice(0, 10);
+      saveFile(parts, `llmesh-conversations-${stamp}.${json ? "json" : "md"}`, json ? "application/json" : "text/markdown");
+      notify(`Export ready (${formatBytes(bytes)}).`);
+    } catch (err) {
+      if (ctl.signal.aborted || isAbort(err)) notify("Export stopped.");
+      else report(err);
+    } finally {
+      if (exportAbort.current === ctl) exportAbort.current = null;
+      setExporting(false);
+    }
+  }
+
+  async function runImport(e: FormEvent) {
+    e.preventDefault();
+    if (!file) return notify("Choose a file to import first.", "error");
+    if (file.size === 0) return notify("That file is empty.", "error");
+    const ctl = new AbortController();
+    importAbort.current = ctl;
+    const signal = ctl.signal;
+    setResult(undefined);
+    setImportError(undefined);
+    setSent(0);
+    setProgress({ done: 0, total: 0 });
+    try {
+      setPhase("hashing");
+      const buffer = await file.arrayBuffer();
+      const data = new Uint8Array(buffer);
+      const sha256 = await sha256Hex(buffer);
+      if (signal.aborted) throw new DOMException("stopped", "AbortError");
+
+      // Browsers cannot stream a request body over grpc-web, so the file goes up in pieces.
+      setPhase("uploading");
+      const begun = await api.archive.beginUpload({ fileName: file.name, sizeBytes: BigInt(data.length), sha256 }, { signal });
+      const chunk = begun.maxChunkBytes > 0 ? begun.maxChunkBytes : DEFAULT_CHUNK;
+      for (let offset = 0; offset < data.length; ) {
+        const piece = data.subarray(offset, Math.min(offset + chunk, data.length));
+        const res = await api.archive.appendUploadChunk({ uploadId: begun.uploadId, offset: BigInt(offset), data: piece }, { signal });
+        offset += piece.length;
+        setSent(Number(res.receivedBytes) || offset);
+      }
+      await api.archive.finishUpload({ uploadId: begun.uploadId }, { signal });
+
+      setPhase("importing");
+      let final: chat.ImportReport | undefined;
+      for await (const res of api.archive.importConversations({ uploadId: begun.uploadId, source }, { signal })) {
+        const ev = res.event;
+        if (ev.case === "progress") setProgress({ done: ev.value.done, total: ev.value.total });
+        else if (ev.case === "report") final = ev.value;
+      }
+      if (!final) throw new Error("the server finished the import without a report");
+      setResult(final);
+      setPhase("done");
+      setFile(undefined);
+      if (fileInput.current) fileInput.current.value = "";
+    } catch (err) {
+      setPhase("idle");
+      if (signal.aborted || isAbort(err)) {
+        notify("Import stopped. Conversations imported before that are kept.");
+      } else {
+        setImportError(describeError(err));
+        report(err);
+      }
+    } finally {
+      if (importAbort.current === ctl) importAbort.current = null;
+    }
+  }
+
+  const running = phase === "hashing" || phase === "uploading" || phase === "importing";
+  const formatOption = (value: chat.ExportFormat, label: string, note: string) => (
+    <label className="row">
+      <input type="radio" name="export-format" checked={format === value} disabled={exporting} onChange={() => setFormat(value)} />
+      {label} <span className="muted">({note})</span>
+    </label>
+  );
+
+  return (
+    <div className="grid2">
+      <section className="card" aria-label="Export">
+        <h2>Export</h2>
+        <p className="muted">Download all your conversations as one file.</p>
+        <div role="radiogroup" aria-label="Export format">
+          {formatOption(chat.ExportFormat.JSON, "JSON", "lossless, every branch; can be imported again")}
+          {formatOption(chat.ExportFormat.MARKDOWN, "Markdown", "for reading; the active branch only")}
+        </div>
+        {exporting && <p role="status" data-testid="export-progress">Received {formatBytes(received)}…</p>}
+        <div className="row end">
+          {exporting && <button type="button" className="ghost" onClick={() => exportAbort.current?.abort()}>Stop</button>}
+          <button type="button" className="primary" disabled={exporting} onClick={() => void runExport()}>
+            {exporting ? "Exporting…" : "Export all conversations"}
+          </button>
+        </div>
+      </section>
+
+      <section className="card" aria-label="Import">
+        <h2>Import</h2>
+        {!writable ? (
+          <p className="banner" data-testid="read-only">
+            Your account has the viewer role, which can read but not change anything, so it cannot import
+            conversations. Export works for everyone. Ask an administrator for the member role if you need it.
+          </p>
+        ) : (
+          <form onSubmit={runImport}>
+            <label>
+              File
+              <input
+                ref={fileInput}
+                type="file"
+                accept=".json,application/json"
+                disabled={running}
+                onChange={(e) => {
+                  const f = e.target.files?.[0];
+                  setFile(f);
+                  // Our own exports are named llmesh-…; guess the source, the select can still override.
+                  if (f) setSource(/^llmesh/i.test(f.name) ? chat.ImportSource.LLMESH_JSON : chat.ImportSource.CHATGPT);
+                  setResult(undefined);
+                  setImportError(undefined);
+                  setPhase("idle");
+                }}
+              />
+              {file && <span className="hint">{`${file.name}, ${formatBytes(file.size)}`}</span>}
+            </label>
+            <label>
+              Source
+              <select value={source} disabled={running} onChange={(e) => setSource(Number(e.target.value) as chat.ImportSource)}>
+                <option value={chat.ImportSource.CHATGPT}>ChatGPT conversations.json</option>
+                <option value={chat.ImportSource.LLMESH_JSON}>llmesh JSON</option>
+              </select>
+            </label>
+            {phase === "hashing" && <p role="status">Reading the file…</p>}
+            {(phase === "uploading" || phase === "importing") && (
+              <div role="status" style={{ marginBottom: "0.75rem" }}>
+                <p className="hint">Uploaded {formatBytes(sent)} of {formatBytes(file?.size ?? 0)}</p>
+                <Progress value={sent} max={file?.size ?? 0} label="Upload" />
+              </div>
+            )}
+            {phase === "importing" && (
+              <div role="status" style={{ marginBottom: "0.75rem" }}>
+                <p className="hint">{progress.total ? `Imported ${progress.done} of ${progress.total} conversations` : "Starting the import…"}</p>
+                <Progress value={progress.done} max={progress.total} label="Import" />
+              </div>
+            )}
+            {importError && <p className="banner error" role="alert">{importError}</p>}
+            <div className="row end">
+              {running && <button type="button" className="ghost" onClick={() => importAbort.current?.abort()}>Stop</button>}
+              <button type="submit" className="primary" disabled={running || !file}>{running ? "Importing…" : "Import"}</button>
+            </div>
+          </form>
+        )}
+        {result && (
+          <div className="banner info" role="status" data-testid="import-report">
+            <strong>{result.imported} conversation{result.imported === 1 ? "" : "s"} imported.</strong>
+            {result.skipped.length > 0 && (
+              <>
+                <div>{result.skipped.length} skipped:</div>
+                <ul style={{ margin: "0.25rem 0 0", paddingLeft: "1.2rem" }}>
+                  {result.skipped.map((s, i) => (
+                    <li key={i}>
+                      <strong>{s.title || "Untitled"}</strong>: {s.reason}
+                    </li>
+                  ))}
+                </ul>
+              </>
+            )}
+          </div>
+        )}
+      </section>
+    </div>
+  );
+}
