@@ -301,6 +301,43 @@ async function main() {
       await shot(page, `settings-${slug(tab)}-desktop`);
     }
 
+    // A prompt template with variables, inserted through its form; then an edited prompt.
+    step("template with variables, then edit a prompt");
+    await page.getByRole("button", { name: "Templates", exact: true }).click();
+    await page.getByRole("button", { name: "New template" }).click();
+    const form = page.getByRole("form", { name: "New template" });
+    await form.getByLabel("Name", { exact: true }).fill("Translate");
+    await form.getByLabel(/^Text/).fill("Translate {{text}} into {{language}}.");
+    await form.getByRole("button", { name: "Create template" }).click();
+    await page.getByTestId("template-saved").waitFor();
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot(page, "settings-templates-dark-desktop");
+    await page.emulateMedia({ colorScheme: "light" });
+    await page.getByRole("link", { name: "Chat" }).click();
+    await page.getByRole("button", { name: "+ New chat" }).click();
+    await page.getByRole("button", { name: "Templates", exact: true }).click();
+    await page.getByRole("dialog").getByRole("button", { name: /Translate/ }).click();
+    await page.getByRole("dialog").getByLabel("text", { exact: true }).fill("good morning");
+    await page.getByRole("dialog").getByLabel("language", { exact: true }).fill("French");
+    await shot(page, "chat-template-form-desktop");
+    await page.getByRole("dialog").getByRole("button", { name: "Insert" }).click();
+    await page.getByRole("dialog").waitFor({ state: "detached" });
+    const inserted = await composer.inputValue();
+    if (inserted !== "Translate good morning into French.") fail(`the template inserted ${JSON.stringify(inserted)}`);
+    await composer.press("Enter");
+    await waitForReply(page, 0);
+    billed.set(...entry(await usageOf(page, page.getByTestId("assistant-message").last())));
+    await page.getByTestId("user-message").first().getByRole("button", { name: "Edit" }).click();
+    await page.getByLabel("Edit message").fill("Translate good night into French.");
+    await page.getByRole("button", { name: "Save & submit" }).click();
+    await page.getByTestId("streaming-reply").waitFor({ state: "attached" });
+    await waitForReply(page, 0);
+    await page.getByTestId("user-message").first().getByTestId("branch").filter({ hasText: "2 / 2" }).waitFor();
+    billed.set(...entry(await usageOf(page, page.getByTestId("assistant-message").last())));
+    await page.emulateMedia({ colorScheme: "dark" });
+    await shot(page, "chat-dark-desktop");
+    await page.emulateMedia({ colorScheme: "light" });
+
     // 8. Usage: the spend equals the tokens of every reply × the price.
     step("usage shows the spend");
     await page.getByRole("link", { name: "Usage" }).click();
@@ -395,6 +432,10 @@ async function main() {
     child.kill("SIGTERM");
     rmSync(scratch, { recursive: true, force: true });
   }
+}
+
+function entry(u) {
+  return [u.id, u];
 }
 
 function slug(s) {

@@ -56,7 +56,8 @@ describe("conversation list", () => {
 describe("words for people", () => {
   it("formats small costs without rounding them to zero", () => {
     expect(formatMoney(12n, "USD")).toMatch(/0\.000012/);
-    expect(formatMoney(2_500_000n, "USD")).toMatch(/2\.50/);
+    expect(formatMoney(2_500_000n, "USD")).toMatch(/2\.50$/);
+    expect(formatMoney(4_999_159n, "USD")).toMatch(/4\.999159$/);
   });
 
   it("describes errors as sentences", () => {

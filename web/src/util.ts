@@ -45,20 +45,21 @@ function alignToChar(bytes: Uint8Array, i: number): number {
   return j;
 }
 
-/** Money in micros as currency text: small amounts keep enough digits to be non-zero. */
+/**
+ * Money in micros as currency text, exact to the micro-unit (the ledger's unit): at least
+ * two decimals, more only when the amount has them ($4.999159, $0.000131, $5.00).
+ */
 export function formatMoney(micros: bigint | number, currency = "USD"): string {
   const value = Number(micros) / 1_000_000;
-  const abs = Math.abs(value);
-  const digits = abs === 0 ? 2 : abs < 0.01 ? 6 : abs < 1 ? 4 : 2;
   try {
     return new Intl.NumberFormat(undefined, {
       style: "currency",
       currency,
-      minimumFractionDigits: digits,
-      maximumFractionDigits: digits,
+      minimumFractionDigits: 2,
+      maximumFractionDigits: 6,
     }).format(value);
   } catch {
-    return `${value.toFixed(digits)} ${currency}`;
+    return `${value.toFixed(6).replace(/0{1,4}$/, "")} ${currency}`;
   }
 }
 

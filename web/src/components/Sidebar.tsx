@@ -245,7 +245,7 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
                         aria-expanded={!isCollapsed}
                         onClick={() => setCollapsed((c) => ({ ...c, [f.id]: !isCollapsed }))}
                       >
-                        {isCollapsed ? "▸" : "▾"} 📁 {f.name} <span className="muted">({inside.length})</span>
+                        {isCollapsed ? "▸" : "▾"} {f.name} <span className="muted">({inside.length})</span>
                       </button>
                       {!readOnly && (
                         <>
@@ -253,7 +253,7 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
                             ✎
                           </button>
                           <button type="button" className="icon" title="Delete folder" aria-label={`Delete folder ${f.name}`} onClick={() => void deleteFolder(f)}>
-                            🗑
+                            ✕
                           </button>
                         </>
                       )}
@@ -337,7 +337,6 @@ function ConversationItem({
         />
       ) : (
         <Link to={`/c/${conv.id}`} onClick={onNavigate}>
-          {conv.pinned ? "📌 " : ""}
           {conv.title || "Untitled"}
         </Link>
       )}

@@ -391,7 +391,7 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
             <>
               <div className="composer-tools">
                 <button type="button" className="ghost" onClick={() => setShowTemplates(true)}>
-                  📋 Templates
+                  Templates
                 </button>
                 <span className="spacer" />
                 {streaming && <span>Esc stops</span>}
