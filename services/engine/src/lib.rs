@@ -9,6 +9,7 @@ pub mod gemma;
 pub mod gguf;
 pub mod llama;
 pub mod model;
+pub mod qmatmul;
 pub mod sampler;
 pub mod scheduler;
 pub mod stream;

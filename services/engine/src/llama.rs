@@ -1,11 +1,16 @@
 //! The llama-family forward pass, owned by llmesh so that sequences of different lengths
 //! and positions run together in one step: the weight matrix products run once over the
-//! rows of every sequence in the batch (candle's quantized matmul, which quantizes each
-//! activation row to 8 bits as llama.cpp does), while attention runs per sequence against
-//! that sequence's own KV cache. No row's arithmetic depends on what else is in the batch.
+//! rows of every sequence in the batch (llmesh's quantized matmul in `qmatmul`, which
+//! quantizes each activation row to 8 bits as llama.cpp does), while attention runs per
+//! sequence against that sequence's own KV cache. No row's arithmetic depends on what else
+//! is in the batch.
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use crate::qmatmul::QWeight;
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
@@ -27,14 +32,14 @@ pub struct LlamaConfig {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    wq: QWeight,
+    wk: QWeight,
+    wv: QWeight,
+    wo: QWeight,
     ffn_norm: Vec<f32>,
-    w_gate: QMatMul,
-    w_up: QMatMul,
-    w_down: QMatMul,
+    w_gate: QWeight,
+    w_up: QWeight,
+    w_down: QWeight,
 }
 
 /// Keys and values of one sequence, per layer, row after row.
@@ -71,13 +76,20 @@ pub struct SeqInput<'a> {
     pub cache: &'a mut KvCache,
 }
 
+/// Token embeddings: rows read straight from the repacked blocks (shared with the output
+/// projection when the model ties them), or candle's lookup for other formats.
+enum Embedding {
+    Rows(Arc<QWeight>),
+    Tensor(QTensor),
+}
+
 /// A loaded llama-family model.
 pub struct Llama {
     pub config: LlamaConfig,
-    embed: QTensor,
+    embed: Embedding,
     layers: Vec<Layer>,
     norm: Vec<f32>,
-    output: QMatMul,
+    output: Arc<QWeight>,
     cos: Vec<f32>,
     sin: Vec<f32>,
     device: Device,
@@ -117,14 +129,26 @@ impl Llama {
         let vector = |t: QTensor| -> Result<Vec<f32>> {
             Ok(t.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        let matmul = |t: QTensor| -> Result<QMatMul> { Ok(QMatMul::from_qtensor(t)?) };
+        let matmul = |t: QTensor| -> Result<QWeight> { QWeight::from_qtensor(t, device) };
 
-        let embed = tensor("token_embd.weight")?;
+        let embed_t = tensor("token_embd.weight")?;
+        let repackable = matches!(embed_t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0);
         let norm = vector(tensor("output_norm.weight")?)?;
-        let output = match tensor("output.weight") {
-            Ok(t) => matmul(t)?,
-            // Tied embeddings: the output projection is the embedding matrix.
-            Err(_) => matmul(tensor("token_embd.weight")?)?,
+        let (embed, output) = match tensor("output.weight") {
+            Ok(t) if repackable => (
+                Embedding::Rows(Arc::new(matmul(embed_t)?)),
+                Arc::new(matmul(t)?),
+            ),
+            Ok(t) => (Embedding::Tensor(embed_t), Arc::new(matmul(t)?)),
+            // Tied embeddings: the output projection is the embedding matrix, held once.
+            Err(_) if repackable => {
+                let shared = Arc::new(matmul(embed_t)?);
+                (Embedding::Rows(shared.clone()), shared)
+            }
+            Err(_) => {
+                let output = Arc::new(matmul(tensor("token_embd.weight")?)?);
+                (Embedding::Tensor(embed_t), output)
+            }
         };
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
@@ -185,12 +209,21 @@ impl Llama {
             .iter()
             .flat_map(|s| s.cache.len..s.cache.len + s.tokens.len())
             .collect();
-        let ids = Tensor::from_vec(ids, rows, &self.device)?;
-        let mut x = self
-            .embed
-            .embedding(&ids)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let mut x = match &self.embed {
+            Embedding::Rows(w) => {
+                let mut x = Vec::with_capacity(rows * c.hidden);
+                for &id in &ids {
+                    w.dequantize_row(id as usize, &mut x).ok_or_else(|| {
+                        EngineError::Invalid("embedding rows are not repacked".into())
+                    })?;
+                }
+                x
+            }
+            Embedding::Tensor(t) => t
+                .embedding(&Tensor::from_vec(ids, rows, &self.device)?)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        };
 
         let q_width = c.n_head * c.head_dim;
         let kv_width = c.n_kv_head * c.head_dim;
@@ -266,9 +299,9 @@ impl Llama {
         Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    fn matmul(&self, w: &QMatMul, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-        let t = Tensor::from_slice(x, (rows, cols), &self.device)?;
-        Ok(w.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
+    fn matmul(&self, w: &QWeight, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
+        debug_assert_eq!(w.cols, cols);
+        w.forward(x, rows)
     }
 
     /// Rotates adjacent pairs (GGUF's llama layout) of the first `rope_dim` dims of each head.
