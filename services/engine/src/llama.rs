@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use candle_core::{Device, Tensor};
 
 use crate::qmatmul::QWeight;
@@ -42,11 +44,12 @@ struct Layer {
     w_down: QWeight,
 }
 
-/// Keys and values of one sequence, per layer, row after row.
+/// Keys and values of one sequence, per layer, row after row, at f16 precision (what
+/// llama.cpp keeps too, so nothing is lost: the values are rounded to f16 either way).
 #[derive(Debug, Default, Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<f16>>,
+    v: Vec<Vec<f16>>,
     len: usize,
 }
 
@@ -65,7 +68,7 @@ impl KvCache {
         self.k
             .iter()
             .chain(self.v.iter())
-            .map(|l| l.capacity() * 4)
+            .map(|l| l.capacity() * std::mem::size_of::<f16>())
             .sum()
     }
 }
@@ -250,12 +253,12 @@ impl Llama {
                 s.cache.k[li].extend(
                     k[row * kv_width..(row + n) * kv_width]
                         .iter()
-                        .map(|&x| f16_round(x)),
+                        .map(|&x| f16::from_f32(x)),
                 );
                 s.cache.v[li].extend(
                     v[row * kv_width..(row + n) * kv_width]
                         .iter()
-                        .map(|&x| f16_round(x)),
+                        .map(|&x| f16::from_f32(x)),
                 );
                 attention(
                     c,
@@ -351,41 +354,58 @@ fn add(x: &mut [f32], y: &[f32]) {
 }
 
 /// Causal attention of `n` new query rows (positions start..start+n) over a cache that
-/// already holds them. Grouped-query: query head h reads key/value head h / group.
-fn attention(c: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out: &mut [f32]) {
+/// already holds them. Grouped-query: query head h reads key/value head h / group, so each
+/// cached key and value row is widened from f16 once and used by the whole group.
+fn attention(c: &LlamaConfig, q: &[f32], k: &[f16], v: &[f16], start: usize, out: &mut [f32]) {
     let d = c.head_dim;
     let group = c.n_head / c.n_kv_head;
     let q_width = c.n_head * d;
     let kv_width = c.n_kv_head * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = Vec::new();
+    let mut scores = vec![Vec::new(); group];
+    let mut row = vec![0f32; d];
+    let mut qh = vec![0f32; group * d];
     for (t, q_row) in q.chunks(q_width).enumerate() {
         let visible = start + t + 1;
-        for h in 0..c.n_head {
-            let kvh = h / group;
-            let qh: Vec<f32> = q_row[h * d..(h + 1) * d]
-                .iter()
-                .map(|&x| f16_round(x))
-                .collect();
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..visible {
-                let kj = &k[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                let s = dot(&qh, kj) * scale;
-                max = max.max(s);
-                scores.push(s);
+        for kvh in 0..c.n_kv_head {
+            let heads = kvh * group..(kvh + 1) * group;
+            // llama.cpp multiplies f16 keys with f16-rounded queries.
+            for (dst, &x) in qh.iter_mut().zip(&q_row[heads.start * d..heads.end * d]) {
+                *dst = f16_round(x);
             }
-            let mut sum = 0.0;
             for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+                s.clear();
             }
-            let oh = &mut out[t * q_width + h * d..t * q_width + (h + 1) * d];
+            for j in 0..visible {
+                let at = j * kv_width + kvh * d;
+                k[at..at + d].convert_to_f32_slice(&mut row);
+                for (g, s) in scores.iter_mut().enumerate() {
+                    s.push(dot(&qh[g * d..(g + 1) * d], &row) * scale);
+                }
+            }
+            for s in scores.iter_mut() {
+                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in s.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                for x in s.iter_mut() {
+                    *x = f16_round(*x / sum);
+                }
+            }
+            let oh = &mut out[t * q_width + heads.start * d..t * q_width + heads.end * d];
             oh.fill(0.0);
-            for (j, &w) in scores.iter().enumerate() {
-                let vj = &v[j * kv_width + kvh * d..j * kv_width + (kvh + 1) * d];
-                let w = f16_round(w / sum);
-                oh.iter_mut().zip(vj).for_each(|(o, x)| *o += w * x);
+            for j in 0..visible {
+                let at = j * kv_width + kvh * d;
+                v[at..at + d].convert_to_f32_slice(&mut row);
+                for (g, s) in scores.iter().enumerate() {
+                    let w = s[j];
+                    oh[g * d..(g + 1) * d]
+                        .iter_mut()
+                        .zip(&row)
+                        .for_each(|(o, x)| *o += w * x);
+                }
             }
         }
     }
