@@ -55,6 +55,60 @@ fn prompt(model: &ChatModel, n: usize) -> anyhow::Result<(String, Vec<u32>)> {
     }
 }
 
+/// Plays a five-turn conversation (48 greedy tokens per reply) and returns the 5th turn's
+/// time to first token in ms and its prompt length.
+async fn fifth_turn_ttft(model: &ChatModel) -> anyhow::Result<(f64, usize)> {
+    use llmesh_engine::template::Message;
+    let questions = [
+        "Tell me about lighthouses.",
+        "Who kept them running?",
+        "What did a keeper do at night?",
+        "How did storms change the work?",
+        "Summarise our conversation in two sentences.",
+    ];
+    let mut messages = vec![Message {
+        role: "system".into(),
+        content: "You are a helpful assistant.".into(),
+    }];
+    let mut last = (0.0, 0);
+    for q in questions {
+        messages.push(Message {
+            role: "user".into(),
+            content: q.into(),
+        });
+        let prompt = model.chat_tokens(&messages)?;
+        let len = prompt.len();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let submitted = Instant::now();
+        model.generate(Request {
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: 48,
+            stop: Vec::new(),
+            emit_tokens: false,
+            events: tx,
+        })?;
+        let mut first = None;
+        let mut reply = String::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Delta(d) => {
+                    first.get_or_insert_with(|| submitted.elapsed());
+                    reply.push_str(&d);
+                }
+                Event::Done(_) => break,
+                Event::Token(_) => {}
+            }
+        }
+        last = (first.unwrap_or_default().as_secs_f64() * 1000.0, len);
+        messages.push(Message {
+            role: "assistant".into(),
+            content: reply,
+        });
+    }
+    Ok(last)
+}
+
 async fn run_one(
     model: &ChatModel,
     prompt: Vec<u32>,
@@ -108,6 +162,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
             queue_capacity: 64,
             max_running: 16,
             prefill_chunk: 512,
+            // Repeated runs of one prompt must each compute it.
+            prefix_cache_entries: 0,
         },
     )?);
     let (text, ids) = prompt(&model, o.prompt_tokens)?;
@@ -167,7 +223,28 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         );
     }
 
-    // 4. Peak memory of `llmesh serve`.
+    // 4. Time to first token on the 5th turn of a conversation, with and without reuse of
+    // the KV cache of the turns before.
+    let mut fifth = Vec::new();
+    for entries in [0usize, 16] {
+        let model = ChatModel::load(
+            "bench-turns",
+            &path,
+            SchedulerConfig {
+                prefix_cache_entries: entries,
+                ..Default::default()
+            },
+        )?;
+        fifth.push(fifth_turn_ttft(&model).await?);
+        eprintln!(
+            "5th turn, prefix reuse {}: TTFT {:.0} ms over a {}-token prompt",
+            if entries > 0 { "on" } else { "off" },
+            fifth.last().map_or(0.0, |f| f.0),
+            fifth.last().map_or(0, |f| f.1)
+        );
+    }
+
+    // 5. Peak memory of `llmesh serve`.
     let (rss_idle, rss_peak) = serve_rss(&o, &text).await?;
 
     let peer: Option<serde_json::Value> = match &o.peer {
@@ -208,21 +285,36 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "| streams | aggregate tok/s (64-token prompts, 64 tokens each) | TTFT p50 | TTFT p99 |"
+        "| streams (65-token prompts, 64 tokens each) | llmesh aggregate tok/s | llama.cpp aggregate tok/s | llmesh / llama.cpp | llmesh TTFT p50 / p99 | llama.cpp TTFT p50 / p99 |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (s, tps, p50, p99) in aggregate {
-        println!("| {s} | {tps:.1} | {p50:.0} ms | {p99:.0} ms |");
+        let theirs = peer.as_ref().map(|v| &v["parallel"][s.to_string()]);
+        let their_tps = theirs.and_then(|v| v["tps"].as_f64());
+        let their_ttft = theirs
+            .and_then(|v| Some((v["ttft_p50_ms"].as_f64()?, v["ttft_p99_ms"].as_f64()?)))
+            .map(|(a, b)| format!("{a:.0} / {b:.0} ms"))
+            .unwrap_or_else(|| "–".into());
+        println!(
+            "| {s} | {tps:.1} | {} | {} | {p50:.0} / {p99:.0} ms | {their_ttft} |",
+            show(their_tps),
+            ratio(tps, their_tps)
+        );
     }
+    println!();
+    println!(
+        "time to first token on the 5th turn of a conversation ({}-token prompt): {:.0} ms computing every token, {:.0} ms reusing the earlier turns' KV cache ({:.1}× faster)",
+        fifth[1].1,
+        fifth[0].0,
+        fifth[1].0,
+        fifth[0].0 / fifth[1].0.max(0.001)
+    );
     println!();
     println!(
         "peak RSS of `llmesh serve` with {} loaded: idle {} MB, after 16 streams {} MB",
         o.model,
         rss_idle / 1024,
         rss_peak / 1024
-    );
-    println!(
-        "(llama.cpp's aggregate decode with parallel slots is not measured yet: it needs llama-server built from the sdist)"
     );
     Ok(())
 }

@@ -316,6 +316,7 @@ async fn a_full_queue_refuses() {
         queue_capacity: 2,
         max_running: 1,
         prefill_chunk: 256,
+        ..Default::default()
     });
     let prompt = greedy_cases().remove(0);
     let mut keep = Vec::new();
@@ -334,4 +335,48 @@ async fn a_full_queue_refuses() {
         "kept {} refused {refused}",
         keep.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_prefix_changes_no_token() {
+    // The next turn of a conversation starts with the previous prompt and reply: with
+    // reuse, those positions come from the kept cache instead of being computed again,
+    // and the tokens must be exactly those of a model that computes everything.
+    let reusing = model(SchedulerConfig::default());
+    let computing = model(SchedulerConfig {
+        prefix_cache_entries: 0,
+        ..Default::default()
+    });
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..Default::default()
+    };
+    let first = greedy_cases().remove(1);
+    let (req, rx) = request(first.clone(), 24, greedy.clone());
+    reusing.generate(req).expect("submit");
+    let (reply, _, done) = collect(rx).await;
+    assert_eq!(
+        done.finish,
+        FinishReason::Length,
+        "24 tokens without an end"
+    );
+    let mut next = first.clone();
+    next.extend(&reply);
+    next.extend(&first[..8]);
+    let mut outputs = Vec::new();
+    for m in [&reusing, &computing] {
+        let (req, rx) = request(next.clone(), 16, greedy.clone());
+        m.generate(req).expect("submit");
+        outputs.push(collect(rx).await.0);
+    }
+    assert_eq!(outputs[0], outputs[1]);
+    let reused = |m: &ChatModel| {
+        m.scheduler()
+            .counters()
+            .reused_prompt_tokens
+            .load(Ordering::SeqCst)
+    };
+    // Everything the first turn fed: its prompt and all but the last reply token.
+    assert_eq!(reused(&reusing), (first.len() + reply.len() - 1) as u64);
+    assert_eq!(reused(&computing), 0);
 }

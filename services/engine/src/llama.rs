@@ -8,9 +8,9 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use candle_core::{Device, Tensor};
 
 use crate::qmatmul::QWeight;
 
@@ -61,6 +61,19 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Keeps the first `len` positions (a shared prompt prefix) and drops the rest.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in self.k.iter_mut().chain(self.v.iter_mut()) {
+            let width = layer.len() / self.len;
+            layer.truncate(len * width);
+            layer.shrink_to_fit();
+        }
+        self.len = len;
     }
 
     /// Bytes held, for memory accounting.

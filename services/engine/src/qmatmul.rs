@@ -92,7 +92,9 @@ impl QWeight {
             Data::Candle(..) => rows * cols / QK,
         };
         if blocks * QK != rows * cols {
-            return Err(EngineError::Load("weight data does not match its shape".into()));
+            return Err(EngineError::Load(
+                "weight data does not match its shape".into(),
+            ));
         }
         Ok(w)
     }
@@ -176,11 +178,16 @@ impl QWeight {
         // Enough pieces to balance the pool; each big enough to be worth a task.
         let threads = rayon::current_num_threads().max(1);
         let work = rows * n * per_row;
-        let pieces = if work < 64 * 1024 {
+        // (A block dot takes a few nanoseconds; a task hand-off a few microseconds.)
+        let pieces = if work < 8 * 1024 {
             1
+        } else if work < 256 * 1024 {
+            threads
         } else {
-            (threads * 4).min(rows.div_ceil(8))
-        };
+            threads * 4
+        }
+        .min(rows.div_ceil(8))
+        .max(1);
         let chunk = rows.div_ceil(pieces);
         let out_ptr = SharedOut(out.as_mut_ptr());
         let task = |p: usize| {
@@ -291,7 +298,10 @@ pub fn kernels() -> Kernels {
     static CHOSEN: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
     *CHOSEN.get_or_init(|| {
         let forced = std::env::var("LLMESH_KERNELS").unwrap_or_default();
-        let best = Kernels::available().into_iter().last().unwrap_or(Kernels::Scalar);
+        let best = Kernels::available()
+            .into_iter()
+            .last()
+            .unwrap_or(Kernels::Scalar);
         let chosen = Kernels::available()
             .into_iter()
             .find(|k| format!("{k:?}").eq_ignore_ascii_case(&forced))
@@ -310,8 +320,7 @@ impl Kernels {
         {
             if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
                 all.push(Kernels::Avx2);
-                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
-                {
+                if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
                     all.push(Kernels::Avx512Vnni);
                 }
             }
@@ -477,7 +486,12 @@ mod x86 {
     }
 
     kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma", dot_avx2);
-    kernels!(q4_1_vnni, q8_0_vnni, "avx512vnni,avx512vl,avx2,fma", dot_vnni);
+    kernels!(
+        q4_1_vnni,
+        q8_0_vnni,
+        "avx512vnni,avx512vl,avx2,fma",
+        dot_vnni
+    );
 }
 
 #[cfg(test)]
@@ -533,8 +547,14 @@ mod tests {
                     k.q4_1(&w4, &tile, &mut got4);
                     k.q8_0(&w8, &tile, &mut got8);
                     for i in 0..rows {
-                        assert!(close(got4[i], want4[i]), "{k:?} q4_1 {blocks} blocks: {got4:?} vs {want4:?}");
-                        assert!(close(got8[i], want8[i]), "{k:?} q8_0 {blocks} blocks: {got8:?} vs {want8:?}");
+                        assert!(
+                            close(got4[i], want4[i]),
+                            "{k:?} q4_1 {blocks} blocks: {got4:?} vs {want4:?}"
+                        );
+                        assert!(
+                            close(got8[i], want8[i]),
+                            "{k:?} q8_0 {blocks} blocks: {got8:?} vs {want8:?}"
+                        );
                     }
                 }
             }
@@ -573,7 +593,10 @@ mod tests {
             let candle = QMatMul::from_qtensor(QTensor::quantize(&t, dtype).expect("quantize"))
                 .expect("candle matmul");
             let ours = QWeight::from_qtensor(q, &device).expect("repack");
-            assert!(!matches!(ours.data, Data::Candle(..)), "{dtype:?} is repacked");
+            assert!(
+                !matches!(ours.data, Data::Candle(..)),
+                "{dtype:?} is repacked"
+            );
             let got = ours.forward(&x, n).expect("ours");
             let want = candle
                 .forward(&Tensor::from_slice(&x, (n, cols), &device).expect("x"))
@@ -587,7 +610,11 @@ mod tests {
             // activation block sum as f16(Σq)·f16(d) where llama.cpp (and this code) store
             // f16(Σq·d), so the offset term may differ by an f16 rounding.
             // That rounding is up to ~5e-4 of |s| per block, times |m|: a few hundredths here.
-            let (abs, rel) = if dtype == GgmlDType::Q8_0 { (1e-4, 1e-4) } else { (0.05, 1e-2) };
+            let (abs, rel) = if dtype == GgmlDType::Q8_0 {
+                (1e-4, 1e-4)
+            } else {
+                (0.05, 1e-2)
+            };
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (a - b).abs() <= abs + rel * b.abs(),

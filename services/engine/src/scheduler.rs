@@ -106,6 +106,9 @@ pub struct SchedulerConfig {
     pub max_running: usize,
     /// Prompt tokens processed per step across all sequences (decode rows come on top).
     pub prefill_chunk: usize,
+    /// Finished sequences whose KV cache is kept so a later prompt that starts the same
+    /// way (the next turn of a conversation) skips that prefix; 0 turns reuse off.
+    pub prefix_cache_entries: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -114,6 +117,7 @@ impl Default for SchedulerConfig {
             queue_capacity: 64,
             max_running: 16,
             prefill_chunk: 256,
+            prefix_cache_entries: 16,
         }
     }
 }
@@ -180,6 +184,65 @@ pub struct Counters {
     /// The most sequences seen in one step.
     pub max_batch: AtomicUsize,
     pub generated_tokens: AtomicU64,
+    /// Prompt tokens taken from the prefix cache instead of being computed.
+    pub reused_prompt_tokens: AtomicU64,
+    /// Bytes held by the prefix cache.
+    pub prefix_cache_bytes: AtomicUsize,
+}
+
+/// KV caches of finished sequences with the tokens they hold, newest last.
+#[derive(Default)]
+struct PrefixCache {
+    entries: Vec<(Vec<u32>, KvCache)>,
+}
+
+/// A shared prefix shorter than this is not worth a lookup hit.
+const MIN_REUSE: usize = 16;
+/// Most memory the kept caches may take together; the oldest go first.
+const PREFIX_CACHE_MAX_BYTES: usize = 64 << 20;
+
+impl PrefixCache {
+    /// Takes the entry sharing the longest prefix with `prompt` (at least MIN_REUSE
+    /// tokens), cut to that prefix; at least one prompt token is left to compute so the
+    /// step yields logits.
+    fn take(&mut self, prompt: &[u32]) -> Option<KvCache> {
+        let limit = prompt.len().saturating_sub(1);
+        let (best, len) = self
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, (tokens, _))| {
+                let common = tokens
+                    .iter()
+                    .zip(prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, common.min(limit))
+            })
+            .max_by_key(|&(_, len)| len)?;
+        if len < MIN_REUSE {
+            return None;
+        }
+        let (_, mut cache) = self.entries.remove(best);
+        cache.truncate(len);
+        Some(cache)
+    }
+
+    fn put(&mut self, tokens: Vec<u32>, cache: KvCache, capacity: usize) {
+        if capacity == 0 || cache.len() < MIN_REUSE {
+            return;
+        }
+        // A newer cache covering an older one's tokens replaces it.
+        self.entries.retain(|(t, _)| !tokens.starts_with(t));
+        self.entries.push((tokens, cache));
+        while self.entries.len() > capacity || self.bytes() > PREFIX_CACHE_MAX_BYTES {
+            self.entries.remove(0);
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.entries.iter().map(|(_, c)| c.bytes()).sum()
+    }
 }
 
 struct Submitted {
@@ -213,6 +276,7 @@ impl Scheduler {
             counters: counters.clone(),
             waiting: Vec::new(),
             running: Vec::new(),
+            prefixes: PrefixCache::default(),
         };
         std::thread::Builder::new()
             .name(format!("llmesh-engine-{name}"))
@@ -283,6 +347,7 @@ struct Worker {
     counters: Arc<Counters>,
     waiting: Vec<Submitted>,
     running: Vec<Sequence>,
+    prefixes: PrefixCache,
 }
 
 impl Worker {
@@ -321,7 +386,7 @@ impl Worker {
             if self.running[i].request.events.is_closed() {
                 let seq = self.running.swap_remove(i);
                 self.counters.cancelled.fetch_add(1, Ordering::SeqCst);
-                self.release(seq);
+                self.release(seq, true);
             } else {
                 i += 1;
             }
@@ -336,13 +401,27 @@ impl Worker {
             let history = s.request.prompt.clone();
             let sampler = Sampler::new(s.request.sampling.clone());
             let text = TextStream::new(s.request.stop.clone());
+            let reused = match &*self.model {
+                Backend::Llama(_) => self.prefixes.take(&s.request.prompt),
+                Backend::Gemma(_) => None,
+            };
+            let (state, prefilled) = match reused {
+                Some(cache) => {
+                    let len = cache.len();
+                    self.counters
+                        .reused_prompt_tokens
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    (SeqState::Llama(cache), len)
+                }
+                None => (self.model.new_state(), 0),
+            };
             self.running.push(Sequence {
                 request: s.request,
                 submitted: s.at,
                 admitted: Instant::now(),
                 first_token: None,
-                state: self.model.new_state(),
-                prefilled: 0,
+                state,
+                prefilled,
                 history,
                 generated: 0,
                 sampler,
@@ -476,12 +555,26 @@ impl Worker {
             self.counters.completed.fetch_add(1, Ordering::SeqCst);
         }
         let _ = seq.request.events.send(Event::Done(done));
-        self.release(seq);
+        self.release(seq, finish != FinishReason::Error);
     }
 
-    fn release(&mut self, seq: Sequence) {
-        drop(seq);
+    /// Frees a sequence's slot; its cache is kept for reuse unless a failed step may have
+    /// left it half-written.
+    fn release(&mut self, seq: Sequence, keep_cache: bool) {
+        // Keep what the cache holds (the prompt and every token fed back) for a later
+        // prompt with the same start.
+        if let (true, SeqState::Llama(cache)) = (keep_cache, seq.state) {
+            let mut tokens = seq.history;
+            tokens.truncate(cache.len());
+            if tokens.len() == cache.len() {
+                self.prefixes
+                    .put(tokens, cache, self.config.prefix_cache_entries);
+            }
+        }
         self.counters.running.fetch_sub(1, Ordering::SeqCst);
+        self.counters
+            .prefix_cache_bytes
+            .store(self.prefixes.bytes(), Ordering::SeqCst);
         self.update_kv_bytes();
     }
 

@@ -42,6 +42,9 @@ pub struct LlmConfig {
     pub max_running: usize,
     /// Prompt tokens processed per scheduler step.
     pub prefill_chunk: usize,
+    /// Finished sequences whose KV cache is kept, per model, so the next turn of a
+    /// conversation skips its shared start (0: off; at most 64 MiB either way).
+    pub prefix_cache_entries: usize,
     /// max_tokens when a request names none (capped by what the context leaves).
     pub default_max_tokens: u32,
     /// Most texts per Embed call, and most characters per text.
@@ -68,6 +71,7 @@ impl Default for LlmConfig {
             queue_capacity: 64,
             max_running: 16,
             prefill_chunk: 256,
+            prefix_cache_entries: 16,
             default_max_tokens: 512,
             max_embed_inputs: 64,
             max_embed_chars: 32 * 1024,

@@ -338,6 +338,7 @@ impl LlmService {
             queue_capacity: self.config.queue_capacity,
             max_running: self.config.max_running,
             prefill_chunk: self.config.prefill_chunk,
+            prefix_cache_entries: self.config.prefix_cache_entries,
         };
         let name = id.to_owned();
         let kind = manifest.kind;
