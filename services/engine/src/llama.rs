@@ -11,6 +11,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
 use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+use std::io::{Read, Seek, SeekFrom};
 
 use crate::qmatmul::QWeight;
 
@@ -137,7 +139,7 @@ impl Llama {
             return Err(EngineError::Load("inconsistent attention shape".into()));
         }
 
-        let mut tensor = |name: &str| -> Result<QTensor> {
+        let tensor = |file: &mut GgufFile, name: &str| -> Result<QTensor> {
             file.content
                 .tensor(&mut file.reader, name, device)
                 .map_err(|e| EngineError::Load(format!("tensor {name}: {e}")))
@@ -145,40 +147,81 @@ impl Llama {
         let vector = |t: QTensor| -> Result<Vec<f32>> {
             Ok(t.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?)
         };
-        let matmul = |t: QTensor| -> Result<QWeight> { QWeight::from_qtensor(t, device) };
+        // Q4_1 and Q8_0 weights go from the file straight into their repacked form through
+        // one reused buffer: no intermediate tensors, so the heap is not left fragmented
+        // with a second copy's worth of freed memory.
+        let mut buf = Vec::new();
+        let mut weight = |file: &mut GgufFile, name: &str| -> Result<QWeight> {
+            let info = file
+                .content
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| EngineError::Load(format!("tensor {name} is missing")))?;
+            let (rows, cols) = info
+                .shape
+                .dims2()
+                .map_err(|e| EngineError::Load(format!("tensor {name}: {e}")))?;
+            let dtype = info.ggml_dtype;
+            if device.is_cpu() && matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+                let bytes = rows * cols / dtype.block_size() * dtype.type_size();
+                let at = file.content.tensor_data_offset + info.offset;
+                buf.resize(bytes, 0);
+                file.reader
+                    .seek(SeekFrom::Start(at))
+                    .and_then(|_| file.reader.read_exact(&mut buf))
+                    .map_err(|e| EngineError::Load(format!("tensor {name}: {e}")))?;
+                if let Some(w) = QWeight::from_raw(dtype, rows, cols, &buf)? {
+                    return Ok(w);
+                }
+            }
+            let t = file
+                .content
+                .tensor(&mut file.reader, name, device)
+                .map_err(|e| EngineError::Load(format!("tensor {name}: {e}")))?;
+            QWeight::from_qtensor(t, device)
+        };
 
-        let embed_t = tensor("token_embd.weight")?;
-        let repackable = matches!(embed_t.dtype(), GgmlDType::Q4_1 | GgmlDType::Q8_0);
-        let norm = vector(tensor("output_norm.weight")?)?;
-        let (embed, output) = match tensor("output.weight") {
-            Ok(t) if repackable => (
-                Embedding::Rows(Arc::new(matmul(embed_t)?)),
-                Arc::new(matmul(t)?),
+        let embed_dtype = file
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .map(|i| i.ggml_dtype)
+            .ok_or_else(|| EngineError::Load("tensor token_embd.weight is missing".into()))?;
+        let repackable = matches!(embed_dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0);
+        let norm = vector(tensor(file, "output_norm.weight")?)?;
+        let tied = !file.content.tensor_infos.contains_key("output.weight");
+        let (embed, output) = match (tied, repackable) {
+            (false, true) => (
+                Embedding::Rows(Arc::new(weight(file, "token_embd.weight")?)),
+                Arc::new(weight(file, "output.weight")?),
             ),
-            Ok(t) => (Embedding::Tensor(embed_t), Arc::new(matmul(t)?)),
+            (false, false) => (
+                Embedding::Tensor(tensor(file, "token_embd.weight")?),
+                Arc::new(weight(file, "output.weight")?),
+            ),
             // Tied embeddings: the output projection is the embedding matrix, held once.
-            Err(_) if repackable => {
-                let shared = Arc::new(matmul(embed_t)?);
+            (true, true) => {
+                let shared = Arc::new(weight(file, "token_embd.weight")?);
                 (Embedding::Rows(shared.clone()), shared)
             }
-            Err(_) => {
-                let output = Arc::new(matmul(tensor("token_embd.weight")?)?);
-                (Embedding::Tensor(embed_t), output)
-            }
+            (true, false) => (
+                Embedding::Tensor(tensor(file, "token_embd.weight")?),
+                Arc::new(weight(file, "token_embd.weight")?),
+            ),
         };
         let mut layers = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             layers.push(Layer {
-                attn_norm: vector(tensor(&p("attn_norm"))?)?,
-                wq: matmul(tensor(&p("attn_q"))?)?,
-                wk: matmul(tensor(&p("attn_k"))?)?,
-                wv: matmul(tensor(&p("attn_v"))?)?,
-                wo: matmul(tensor(&p("attn_output"))?)?,
-                ffn_norm: vector(tensor(&p("ffn_norm"))?)?,
-                w_gate: matmul(tensor(&p("ffn_gate"))?)?,
-                w_up: matmul(tensor(&p("ffn_up"))?)?,
-                w_down: matmul(tensor(&p("ffn_down"))?)?,
+                attn_norm: vector(tensor(file, &p("attn_norm"))?)?,
+                wq: weight(file, &p("attn_q"))?,
+                wk: weight(file, &p("attn_k"))?,
+                wv: weight(file, &p("attn_v"))?,
+                wo: weight(file, &p("attn_output"))?,
+                ffn_norm: vector(tensor(file, &p("ffn_norm"))?)?,
+                w_gate: weight(file, &p("ffn_gate"))?,
+                w_up: weight(file, &p("ffn_up"))?,
+                w_down: weight(file, &p("ffn_down"))?,
             });
         }
         let (cos, sin) = rope_tables(&config);
@@ -259,7 +302,10 @@ impl Llama {
                 self.rope(&mut k[r * kv_width..(r + 1) * kv_width], c.n_kv_head, pos);
             }
             let mut attn = vec![0f32; rows * q_width];
+            // Append this step's keys and values, then widen each sequence's cache for the
+            // layer to f32 once (every query row and head of the step reads it).
             let mut row = 0;
+            let mut widened = Vec::with_capacity(batch.len());
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let start = s.cache.len;
@@ -273,16 +319,48 @@ impl Llama {
                         .iter()
                         .map(|&x| f16::from_f32(x)),
                 );
-                attention(
-                    c,
-                    &q[row * q_width..(row + n) * q_width],
-                    &s.cache.k[li],
-                    &s.cache.v[li],
-                    start,
-                    &mut attn[row * q_width..(row + n) * q_width],
-                );
+                widened.push((start, n, &s.cache.k[li], &s.cache.v[li]));
                 row += n;
             }
+            let widened: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = widened
+                .into_par_iter()
+                .map(|(start, n, kc, vc)| {
+                    let mut kf = vec![0f32; kc.len()];
+                    let mut vf = vec![0f32; vc.len()];
+                    kc.convert_to_f32_slice(&mut kf);
+                    vc.convert_to_f32_slice(&mut vf);
+                    (start, n, kf, vf)
+                })
+                .collect();
+            // Work items: runs of at most ATTN_ROWS query rows of one sequence, each
+            // writing its own part of `attn`, spread over the pool.
+            let mut items = Vec::new();
+            let mut rest: &mut [f32] = &mut attn;
+            let mut row = 0;
+            for (seq, (start, n, _, _)) in widened.iter().enumerate() {
+                let mut done = 0;
+                while done < *n {
+                    let take = ATTN_ROWS.min(n - done);
+                    let (mine, tail) = rest.split_at_mut(take * q_width);
+                    rest = tail;
+                    items.push((seq, start + done, row + done, take, mine));
+                    done += take;
+                }
+                row += n;
+            }
+            items
+                .into_par_iter()
+                .for_each(|(seq, first, at, take, out)| {
+                    let (_, _, kf, vf) = &widened[seq];
+                    attention(
+                        c,
+                        &q[at * q_width..(at + take) * q_width],
+                        kf,
+                        vf,
+                        first,
+                        out,
+                    );
+                });
             let o = self.matmul(&layer.wo, &attn, rows, q_width)?;
             add(&mut x, &o);
 
@@ -366,59 +444,49 @@ fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
-/// Causal attention of `n` new query rows (positions start..start+n) over a cache that
-/// already holds them. Grouped-query: query head h reads key/value head h / group, so each
-/// cached key and value row is widened from f16 once and used by the whole group.
-fn attention(c: &LlamaConfig, q: &[f32], k: &[f16], v: &[f16], start: usize, out: &mut [f32]) {
+/// Query rows attended together in one work item.
+const ATTN_ROWS: usize = 32;
+
+/// Causal attention of `n` query rows (positions start..start+n) over a sequence's keys
+/// and values (already widened from its f16 cache). Grouped-query: query head h reads
+/// key/value head h / group.
+fn attention(c: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out: &mut [f32]) {
     let d = c.head_dim;
     let group = c.n_head / c.n_kv_head;
     let q_width = c.n_head * d;
     let kv_width = c.n_kv_head * d;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = vec![Vec::new(); group];
-    let mut row = vec![0f32; d];
-    let mut qh = vec![0f32; group * d];
+    let mut scores = Vec::new();
+    let mut qh = vec![0f32; d];
     for (t, q_row) in q.chunks(q_width).enumerate() {
         let visible = start + t + 1;
-        for kvh in 0..c.n_kv_head {
-            let heads = kvh * group..(kvh + 1) * group;
+        for h in 0..c.n_head {
+            let kvh = h / group;
             // llama.cpp multiplies f16 keys with f16-rounded queries.
-            for (dst, &x) in qh.iter_mut().zip(&q_row[heads.start * d..heads.end * d]) {
+            for (dst, &x) in qh.iter_mut().zip(&q_row[h * d..(h + 1) * d]) {
                 *dst = f16_round(x);
             }
-            for s in scores.iter_mut() {
-                s.clear();
-            }
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
             for j in 0..visible {
                 let at = j * kv_width + kvh * d;
-                k[at..at + d].convert_to_f32_slice(&mut row);
-                for (g, s) in scores.iter_mut().enumerate() {
-                    s.push(dot(&qh[g * d..(g + 1) * d], &row) * scale);
-                }
+                let s = dot(&qh, &k[at..at + d]) * scale;
+                max = max.max(s);
+                scores.push(s);
             }
-            for s in scores.iter_mut() {
-                let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in s.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                for x in s.iter_mut() {
-                    *x = f16_round(*x / sum);
-                }
+            let mut sum = 0.0;
+            for x in scores.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
             }
-            let oh = &mut out[t * q_width + heads.start * d..t * q_width + heads.end * d];
+            let oh = &mut out[t * q_width + h * d..t * q_width + (h + 1) * d];
             oh.fill(0.0);
-            for j in 0..visible {
+            for (j, &w) in scores.iter().enumerate() {
                 let at = j * kv_width + kvh * d;
-                v[at..at + d].convert_to_f32_slice(&mut row);
-                for (g, s) in scores.iter().enumerate() {
-                    let w = s[j];
-                    oh[g * d..(g + 1) * d]
-                        .iter_mut()
-                        .zip(&row)
-                        .for_each(|(o, x)| *o += w * x);
-                }
+                let w = f16_round(w / sum);
+                oh.iter_mut()
+                    .zip(&v[at..at + d])
+                    .for_each(|(o, x)| *o += w * x);
             }
         }
     }

@@ -99,6 +99,35 @@ impl QWeight {
         Ok(w)
     }
 
+    /// Repacks GGUF bytes of a Q4_1 or Q8_0 tensor of shape (rows, cols) read straight
+    /// from the file; None for other formats.
+    pub fn from_raw(
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        raw: &[u8],
+    ) -> Result<Option<QWeight>> {
+        if !cols.is_multiple_of(QK) {
+            return Ok(None);
+        }
+        let data = match dtype {
+            GgmlDType::Q4_1 => Data::Q4_1(repack_q4_1(raw)?),
+            GgmlDType::Q8_0 => Data::Q8_0(repack_q8_0(raw)?),
+            _ => return Ok(None),
+        };
+        let blocks = match &data {
+            Data::Q4_1(b) => b.len(),
+            Data::Q8_0(b) => b.len(),
+            Data::Candle(..) => 0,
+        };
+        if blocks * QK != rows * cols {
+            return Err(EngineError::Load(
+                "weight data does not match its shape".into(),
+            ));
+        }
+        Ok(Some(QWeight { rows, cols, data }))
+    }
+
     /// Builds a weight from repacked Q4_1 blocks (tests and benchmarks).
     pub fn q4_1(rows: usize, cols: usize, blocks: Vec<BlockQ4_1>) -> QWeight {
         assert_eq!(blocks.len() * QK, rows * cols);

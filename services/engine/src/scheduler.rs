@@ -461,7 +461,10 @@ impl Worker {
         self.counters
             .max_batch
             .fetch_max(members.len(), Ordering::SeqCst);
-        let result = self.model.forward(&member_feeds, &mut states);
+        // The step runs inside the compute pool, so the pool's threads are the only ones
+        // computing (no third thread competing with them for two cores).
+        let model = &self.model;
+        let result = rayon::scope(|_| model.forward(&member_feeds, &mut states));
         drop(states);
         self.counters.steps.fetch_add(1, Ordering::SeqCst);
         self.update_kv_bytes();
