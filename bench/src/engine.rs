@@ -96,7 +96,12 @@ async fn fifth_turn_ttft(model: &ChatModel) -> anyhow::Result<(f64, usize)> {
                     first.get_or_insert_with(|| submitted.elapsed());
                     reply.push_str(&d);
                 }
-                Event::Done(_) => break,
+                Event::Done(done) => {
+                    if let Some(e) = done.error {
+                        anyhow::bail!("turn failed: {e}");
+                    }
+                    break;
+                }
                 Event::Token(_) => {}
             }
         }
@@ -129,6 +134,9 @@ async fn run_one(
         match event {
             Event::Token(_) if first.is_none() => first = Some(submitted.elapsed()),
             Event::Done(done) => {
+                if let Some(e) = done.error {
+                    anyhow::bail!("generation failed: {e}");
+                }
                 return Ok((
                     f64::from(done.timings.prefill_tokens_per_second),
                     f64::from(done.timings.decode_tokens_per_second),
