@@ -557,6 +557,16 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             write_nf,
         ),
         (
+            "StopReply",
+            Box::new(move |_| {
+                chat::StopReplyRequest {
+                    conversation_id: some(),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
             "CreateAssistant",
             Box::new(|_| chat::CreateAssistantRequest::default().encode_to_vec()),
             write_ia,

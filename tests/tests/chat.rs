@@ -925,3 +925,73 @@ both_backends!(
         );
     }
 );
+
+both_backends!(
+    stop_reply_stops_a_stream_the_client_keeps_reading,
+    |backend| async move {
+        let Some(Setup { s, user, .. }) = setup(backend).await else {
+            return;
+        };
+        let mut c = chat(&s);
+        let conv = new_conversation(&mut c, &user).await;
+        let idle = c
+            .stop_reply(bearer(
+                &user,
+                pb::StopReplyRequest {
+                    conversation_id: conv.id.clone(),
+                },
+            ))
+            .await
+            .expect("stop with nothing running")
+            .into_inner();
+        assert!(!idle.stopped, "nothing was running");
+
+        let mut stream = c
+            .send_message(bearer(
+                &user,
+                pb::SendMessageRequest {
+                    conversation_id: conv.id.clone(),
+                    content: "Count from 1 to 1000.".into(),
+                    sampling: greedy(2000),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("send")
+            .into_inner();
+        let mut deltas = 0;
+        let mut stopped = false;
+        let mut last = None;
+        while let Some(m) = stream.message().await.expect("event") {
+            match m.event.and_then(|e| e.event) {
+                Some(pb::reply_event::Event::Delta(_)) => {
+                    deltas += 1;
+                    // A proxy that swallows cancels: the client asks the service instead.
+                    if deltas == 3 && !stopped {
+                        stopped = c
+                            .stop_reply(bearer(
+                                &user,
+                                pb::StopReplyRequest {
+                                    conversation_id: conv.id.clone(),
+                                },
+                            ))
+                            .await
+                            .expect("stop")
+                            .into_inner()
+                            .stopped;
+                        assert!(stopped, "a reply was running");
+                    }
+                }
+                Some(pb::reply_event::Event::AssistantMessage(a)) => last = Some(a),
+                _ => {}
+            }
+        }
+        let reply = last.expect("the stream ends with the stored reply");
+        assert_eq!(reply.state, pb::MessageState::Stopped as i32);
+        let completion = reply.usage.expect("usage").completion_tokens;
+        assert!(
+            (3..2000).contains(&completion),
+            "stopped early, after what it sent: {completion}"
+        );
+    }
+);

@@ -50,6 +50,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.chat.v1.ChatService/Regenerate", Access::Member),
     ("/llmesh.chat.v1.ChatService/EditMessage", Access::Member),
     ("/llmesh.chat.v1.ChatService/SwitchBranch", Access::Member),
+    ("/llmesh.chat.v1.ChatService/StopReply", Access::Member),
     (
         "/llmesh.chat.v1.ChatService/CreateAssistant",
         Access::Member,
@@ -535,6 +536,13 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
             conversation: Some(conversation_pb(&c)),
             messages: path.iter().map(|m| self.message_pb(m)).collect(),
         }))
+    }
+
+    async fn stop_reply(&self, req: Request<pb::StopReplyRequest>) -> Reply<pb::StopReplyResponse> {
+        let p = principal(&req)?;
+        let cid = id("conversation_id", &req.into_inner().conversation_id)?;
+        let stopped = self.service.stop_reply(&p, &cid).await?;
+        Ok(Response::new(pb::StopReplyResponse { stopped }))
     }
 
     async fn create_assistant(

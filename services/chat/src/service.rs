@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::{Clock, Principal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::ChatConfig;
 use crate::error::{ChatError, Result};
@@ -65,6 +65,8 @@ pub struct ChatService {
     llm: Arc<dyn LlmClient>,
     pub(crate) config: ChatConfig,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Replies being generated, by conversation: StopReply rings the bell.
+    running: Arc<std::sync::Mutex<HashMap<String, Arc<Notify>>>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -111,6 +113,7 @@ impl ChatService {
             llm,
             config,
             clock,
+            running: Arc::default(),
         }
     }
 
@@ -483,6 +486,20 @@ impl ChatService {
     /// spend), store the new user message only once that succeeded, stream, and store the
     /// reply with what llm settled, however it ends.
     #[allow(clippy::too_many_arguments)]
+    /// Stops the reply being generated in a conversation, as a cancelled stream does: the
+    /// text so far is kept, marked stopped and billed. False when nothing was running.
+    pub async fn stop_reply(&self, p: &Principal, conversation_id: &str) -> Result<bool> {
+        let c = self.conversation(p, conversation_id).await?;
+        let bell = lock(&self.running).get(&c.id).cloned();
+        Ok(match bell {
+            Some(bell) => {
+                bell.notify_one();
+                true
+            }
+            None => false,
+        })
+    }
+
     async fn reply(
         self: &Arc<Self>,
         p: &Principal,
@@ -536,6 +553,8 @@ impl ChatService {
         }
         let this = self.clone();
         let principal = p.clone();
+        let stop_bell = Arc::new(Notify::new());
+        lock(&self.running).insert(c.id.clone(), stop_bell.clone());
         tokio::spawn(async move {
             let mut text = String::new();
             let mut stop_tx = Some(stop_tx);
@@ -560,6 +579,22 @@ impl ChatService {
                             let _ = s.send(());
                         }
                     }
+                    // StopReply: the same, for clients behind proxies that do not pass a
+                    // cancelled request on.
+                    _ = stop_bell.notified(), if stop_tx.is_some() => {
+                        if let Some(s) = stop_tx.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                }
+            }
+            {
+                let mut running = lock(&this.running);
+                if running
+                    .get(&c.id)
+                    .is_some_and(|b| Arc::ptr_eq(b, &stop_bell))
+                {
+                    running.remove(&c.id);
                 }
             }
             let done = done.unwrap_or(ReplyDone {
@@ -786,4 +821,8 @@ fn view(messages: &[Message], m: &Message) -> MessageView {
         sibling_count: siblings.len().max(1) as u32,
         sibling_ids: siblings.iter().map(|x| x.id.clone()).collect(),
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -118,6 +118,33 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
   }, [messages, pending]);
 
   const streaming = isActive(pending?.draft);
+  const [stopping, setStopping] = useState(false);
+  useEffect(() => {
+    if (!streaming) setStopping(false);
+  }, [streaming]);
+
+  /**
+   * Stop: ask the service to stop the reply (it works through proxies that swallow a
+   * cancelled request) and keep reading, so the stored, stopped reply arrives on the same
+   * stream; cancel the stream too if that does not end it within a few seconds.
+   */
+  function stop() {
+    const ctl = abort.current;
+    if (!ctl || stopping) return;
+    setStopping(true);
+    const convId = conv?.id;
+    const fallback = () => {
+      if (abort.current === ctl) ctl.abort();
+    };
+    if (!convId) {
+      fallback();
+      return;
+    }
+    api.chat
+      .stopReply({ conversationId: convId })
+      .then(() => setTimeout(fallback, 3000))
+      .catch(fallback);
+  }
 
   // Esc stops a reply from anywhere on the page.
   useEffect(() => {
@@ -125,12 +152,13 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
     const onKey = (e: globalThis.KeyboardEvent) => {
       if (e.key === "Escape") {
         e.preventDefault();
-        abort.current?.abort();
+        stop();
       }
     };
     window.addEventListener("keydown", onKey);
     return () => window.removeEventListener("keydown", onKey);
-  }, [streaming]);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [streaming, stopping, conv?.id]);
 
   const defaultModel = (models.find((m) => m.state === llm.ModelState.LOADED) ?? models[0])?.id ?? "";
   const currentModel = conv ? conv.model : draftModel || assistants.find((a) => a.id === draftAssistant)?.model || defaultModel;
@@ -407,8 +435,8 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
                   onKeyDown={onComposerKey}
                 />
                 {streaming ? (
-                  <button type="button" className="danger" onClick={() => abort.current?.abort()}>
-                    ■ Stop
+                  <button type="button" className="danger" disabled={stopping} onClick={stop}>
+                    {stopping ? "Stopping…" : "■ Stop"}
                   </button>
                 ) : (
                   <button type="button" className="primary" disabled={!input.trim() || !currentModel} onClick={() => void send()}>
