@@ -485,7 +485,6 @@ impl ChatService {
     /// The shared path of every reply: build the context, start llm (which reserves
     /// spend), store the new user message only once that succeeded, stream, and store the
     /// reply with what llm settled, however it ends.
-    #[allow(clippy::too_many_arguments)]
     /// Stops the reply being generated in a conversation, as a cancelled stream does: the
     /// text so far is kept, marked stopped and billed. False when nothing was running.
     pub async fn stop_reply(&self, p: &Principal, conversation_id: &str) -> Result<bool> {
@@ -500,6 +499,7 @@ impl ChatService {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn reply(
         self: &Arc<Self>,
         p: &Principal,
