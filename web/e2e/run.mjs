@@ -333,6 +333,23 @@ async function main() {
       await shot(page, `settings-${slug(tab)}-desktop`);
     }
 
+    // Export everything as JSON, then import that file again (chunked upload + import).
+    step("export and import again");
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Export all conversations" }).click(),
+    ]);
+    const exported = join(out, download.suggestedFilename() || "llmesh-export.json");
+    await download.saveAs(exported);
+    const exportText = readFileSync(exported, "utf8");
+    if (!exportText.includes("Lighthouse notes")) fail("the export does not hold the conversation");
+    await page.locator('input[type="file"]').setInputFiles(exported);
+    await page.getByRole("button", { name: "Import", exact: true }).click();
+    const report = page.getByTestId("import-report");
+    await report.waitFor({ timeout: 60_000 });
+    if (!/1 conversation imported/.test(await report.innerText())) fail(`import report: ${await report.innerText()}`);
+    await shot(page, "settings-import-done-desktop");
+
     // A prompt template with variables, inserted through its form; then an edited prompt.
     step("template with variables, then edit a prompt");
     await page.getByRole("button", { name: "Templates", exact: true }).click();

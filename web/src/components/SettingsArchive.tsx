@@ -4,6 +4,7 @@
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { chat, describeError, type auth } from "@llmesh/client";
 import { api } from "../api";
+import { conversationsReload } from "../events";
 import { ROLE_MEMBER, useApp } from "../app";
 import { formatBytes } from "../util";
 
@@ -142,6 +143,8 @@ export function SettingsArchive({ me }: { me: auth.User }) {
       }
       if (!final) throw new Error("the server finished the import without a report");
       setResult(final);
+      // The sidebar lists conversations; it has new ones now.
+      if (final.imported > 0) conversationsReload();
       setPhase("done");
       setFile(undefined);
       if (fileInput.current) fileInput.current.value = "";
