@@ -52,6 +52,26 @@ fn greedy(max_tokens: u32) -> Option<SamplingParams> {
     })
 }
 
+/// Starts a reply that would run for 2000 tokens, for the tests that stop one.
+async fn long_reply(
+    c: &mut ChatServiceClient<Channel>,
+    user: &str,
+    conversation_id: &str,
+) -> tonic::Streaming<pb::SendMessageResponse> {
+    c.send_message(bearer(
+        user,
+        pb::SendMessageRequest {
+            conversation_id: conversation_id.into(),
+            content: "Count from 1 to 1000.".into(),
+            sampling: greedy(2000),
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("send")
+    .into_inner()
+}
+
 async fn new_conversation(c: &mut ChatServiceClient<Channel>, token: &str) -> pb::Conversation {
     c.create_conversation(bearer(
         token,
@@ -395,19 +415,7 @@ both_backends!(
             ))
             .await
             .expect("credit");
-        let mut stream = c
-            .send_message(bearer(
-                &user,
-                pb::SendMessageRequest {
-                    conversation_id: conv.id.clone(),
-                    content: "Count from 1 to 1000.".into(),
-                    sampling: greedy(2000),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("send")
-            .into_inner();
+        let mut stream = long_reply(&mut c, &user, &conv.id).await;
         let mut deltas = 0;
         while deltas < 5 {
             if let Some(pb::reply_event::Event::Delta(_)) = stream
@@ -946,19 +954,7 @@ both_backends!(
             .into_inner();
         assert!(!idle.stopped, "nothing was running");
 
-        let mut stream = c
-            .send_message(bearer(
-                &user,
-                pb::SendMessageRequest {
-                    conversation_id: conv.id.clone(),
-                    content: "Count from 1 to 1000.".into(),
-                    sampling: greedy(2000),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("send")
-            .into_inner();
+        let mut stream = long_reply(&mut c, &user, &conv.id).await;
         let mut deltas = 0;
         let mut stopped = false;
         let mut last = None;
