@@ -197,6 +197,23 @@ async function main() {
     await page.getByRole("button", { name: "Models", exact: true }).click();
     await page.getByText(MODEL).first().waitFor();
     await shot(page, "admin-models-desktop");
+    // Pull a copy of the model from a local file (the same code path as PyPI and the hub
+    // after the download), load it, unload it, delete it.
+    const gguf = JSON.parse(readFileSync(join(modelsDir, MODEL, "manifest.json"), "utf8")).file;
+    const copy = `e2e-copy-${Date.now()}`;
+    await page.getByPlaceholder(/pypi:package/).fill(`file:${join(modelsDir, MODEL, gguf)}`);
+    await page.getByLabel(/^Id/).fill(copy);
+    await page.getByRole("button", { name: "Pull", exact: true }).click();
+    await page.getByText(`Pulled ${copy}`).waitFor({ timeout: 120_000 });
+    const row = page.locator("table.data tr").filter({ hasText: copy });
+    await row.getByRole("button", { name: "Load", exact: true }).click();
+    await row.getByText("loaded", { exact: true }).waitFor({ timeout: 60_000 });
+    await shot(page, "admin-models-loaded-desktop");
+    await row.getByRole("button", { name: "Unload", exact: true }).click();
+    await row.getByText("available", { exact: true }).waitFor({ timeout: 60_000 });
+    page.once("dialog", (d) => void d.accept());
+    await row.getByRole("button", { name: "Delete", exact: true }).click();
+    await row.waitFor({ state: "detached", timeout: 30_000 });
     await page.getByRole("button", { name: "Prices", exact: true }).click();
     await page.getByTestId("price-model").selectOption(MODEL);
     await page.getByTestId("price-input").fill(String(PRICE_IN));
