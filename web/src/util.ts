@@ -107,3 +107,23 @@ function sortConversations(list: Conv[]): Conv[] {
   const t = (c: Conv) => (c.updatedAt ? timestampDate(c.updatedAt).getTime() : 0);
   return list.sort((a, b) => t(b) - t(a) || (a.id < b.id ? 1 : -1));
 }
+
+/** Saves received bytes as a file, through a temporary link (exports, CSV). */
+export function saveFile(parts: Uint8Array[], fileName: string, type: string): void {
+  // Join into one fresh buffer: Blob wants views backed by a plain ArrayBuffer.
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  const url = URL.createObjectURL(new Blob([all], { type }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = fileName;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  // Let the browser start the download before freeing the data.
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}

@@ -6,7 +6,7 @@ import { chat, describeError, type auth } from "@llmesh/client";
 import { api } from "../api";
 import { conversationsReload } from "../events";
 import { ROLE_MEMBER, useApp } from "../app";
-import { formatBytes } from "../util";
+import { formatBytes, saveFile } from "../util";
 
 /** Used only if the server does not say how large a chunk may be (it always should). */
 const DEFAULT_CHUNK = 1 << 20;
@@ -14,26 +14,6 @@ const DEFAULT_CHUNK = 1 << 20;
 async function sha256Hex(data: ArrayBuffer): Promise<string> {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** Saves received bytes as a file through a temporary link. */
-function saveFile(parts: Uint8Array[], fileName: string, type: string) {
-  // Join into one fresh buffer: Blob wants views backed by a plain ArrayBuffer.
-  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    all.set(p, at);
-    at += p.length;
-  }
-  const url = URL.createObjectURL(new Blob([all], { type }));
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = fileName;
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  // Let the browser start the download before freeing the data.
-  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 const isAbort = (err: unknown) => err instanceof DOMException && err.name === "AbortError";

@@ -6,7 +6,7 @@ import { billing, describeError, timestampFromDate } from "@llmesh/client";
 import { api } from "../api";
 import { ROLE_ADMIN, useApp } from "../app";
 import { BarChart } from "../components/BarChart";
-import { formatMoney } from "../util";
+import { formatMoney, saveFile } from "../util";
 
 const PERIODS = [7, 30, 90] as const;
 type Period = (typeof PERIODS)[number];
@@ -102,24 +102,17 @@ export default function Usage() {
     const { start, end } = periodRange(period);
     setExporting(true);
     try {
-      const parts: Uint8Array<ArrayBuffer>[] = [];
+      const parts: Uint8Array[] = [];
       for await (const res of api.billing.exportUsage({
         start: timestampFromDate(start),
         end: timestampFromDate(end),
         allUsers: isAdmin && allUsers,
       })) {
-        parts.push(new Uint8Array(res.csvChunk));
+        parts.push(res.csvChunk);
       }
-      const blob = new Blob(parts, { type: "text/csv;charset=utf-8" });
-      const url = URL.createObjectURL(blob);
-      const a = document.createElement("a");
-      a.href = url;
       const last = new Date(end.getTime() - DAY_MS).toISOString().slice(0, 10);
-      a.download = `llmesh-usage${isAdmin && allUsers ? "-all-users" : ""}-${start.toISOString().slice(0, 10)}-to-${last}.csv`;
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      const name = `llmesh-usage${isAdmin && allUsers ? "-all-users" : ""}-${start.toISOString().slice(0, 10)}-to-${last}.csv`;
+      saveFile(parts, name, "text/csv;charset=utf-8");
     } catch (err) {
       report(err);
     } finally {
