@@ -294,9 +294,9 @@ impl Llama {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.hidden, c.eps);
-            let mut q = self.matmul(&layer.wq, &h, rows, c.hidden)?;
-            let mut k = self.matmul(&layer.wk, &h, rows, c.hidden)?;
-            let v = self.matmul(&layer.wv, &h, rows, c.hidden)?;
+            let mut q = layer.wq.forward(&h, rows)?;
+            let mut k = layer.wk.forward(&h, rows)?;
+            let v = layer.wv.forward(&h, rows)?;
             for (r, &pos) in positions.iter().enumerate() {
                 self.rope(&mut q[r * q_width..(r + 1) * q_width], c.n_head, pos);
                 self.rope(&mut k[r * kv_width..(r + 1) * kv_width], c.n_kv_head, pos);
@@ -361,19 +361,18 @@ impl Llama {
                         out,
                     );
                 });
-            let o = self.matmul(&layer.wo, &attn, rows, q_width)?;
+            let o = layer.wo.forward(&attn, rows)?;
             add(&mut x, &o);
 
             let h = rms_norm(&x, &layer.ffn_norm, c.hidden, c.eps);
-            let gate = self.matmul(&layer.w_gate, &h, rows, c.hidden)?;
-            let up = self.matmul(&layer.w_up, &h, rows, c.hidden)?;
-            let ff = gate.len() / rows;
+            let gate = layer.w_gate.forward(&h, rows)?;
+            let up = layer.w_up.forward(&h, rows)?;
             let act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
                 .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
                 .collect();
-            let down = self.matmul(&layer.w_down, &act, rows, ff)?;
+            let down = layer.w_down.forward(&act, rows)?;
             add(&mut x, &down);
         }
         for s in batch.iter_mut() {
@@ -388,14 +387,9 @@ impl Llama {
             last.extend_from_slice(&x[(end - 1) * c.hidden..end * c.hidden]);
         }
         let h = rms_norm(&last, &self.norm, c.hidden, c.eps);
-        let logits = self.matmul(&self.output, &h, batch.len(), c.hidden)?;
+        let logits = self.output.forward(&h, batch.len())?;
         let vocab = logits.len() / batch.len();
         Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
-    }
-
-    fn matmul(&self, w: &QWeight, x: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>> {
-        debug_assert_eq!(w.cols, cols);
-        w.forward(x, rows)
     }
 
     /// Rotates adjacent pairs (GGUF's llama layout) of the first `rope_dim` dims of each head.

@@ -79,24 +79,16 @@ impl QWeight {
             .shape()
             .dims2()
             .map_err(|e| EngineError::Load(format!("weight shape: {e}")))?;
-        let repack = cols.is_multiple_of(QK) && device.is_cpu();
-        let data = match t.dtype() {
-            GgmlDType::Q4_1 if repack => Data::Q4_1(repack_q4_1(&t.data()?)?),
-            GgmlDType::Q8_0 if repack => Data::Q8_0(repack_q8_0(&t.data()?)?),
-            _ => Data::Candle(QMatMul::from_qtensor(t)?, device.clone()),
-        };
-        let w = QWeight { rows, cols, data };
-        let blocks = match &w.data {
-            Data::Q4_1(b) => b.len(),
-            Data::Q8_0(b) => b.len(),
-            Data::Candle(..) => rows * cols / QK,
-        };
-        if blocks * QK != rows * cols {
-            return Err(EngineError::Load(
-                "weight data does not match its shape".into(),
-            ));
+        if device.is_cpu()
+            && let Some(w) = QWeight::from_raw(t.dtype(), rows, cols, &t.data()?)?
+        {
+            return Ok(w);
         }
-        Ok(w)
+        Ok(QWeight {
+            rows,
+            cols,
+            data: Data::Candle(QMatMul::from_qtensor(t)?, device.clone()),
+        })
     }
 
     /// Repacks GGUF bytes of a Q4_1 or Q8_0 tensor of shape (rows, cols) read straight
