@@ -68,6 +68,8 @@ pub struct Services {
 /// A running server: its bound address and the means to stop it.
 pub struct RunningServer {
     pub local_addr: SocketAddr,
+    /// Where the browser UI is served from (resolved once, at start).
+    pub web: crate::web::WebUi,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
 }
@@ -196,6 +198,7 @@ pub fn serve(
     });
     Ok(RunningServer {
         local_addr,
+        web: ui,
         shutdown: Some(tx),
         task,
     })

@@ -221,7 +221,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {
         "  database: {}",
         llmesh_kit::db::redact(&config.database.url)
     );
-    match llmesh_kit::web::WebUi::resolve(&config.server.web_dir) {
+    match &app.server.web {
         llmesh_kit::web::WebUi::Dir(dir) => {
             println!("  web UI: open http://{addr}/ (from {})", dir.display())
         }
