@@ -1,7 +1,7 @@
 // A streamed reply as state: the events of SendMessage / Regenerate / EditMessage are
 // folded into a draft the chat view renders while the reply is still coming.
 
-import { ConnectError, Code, describeError, timestampDate, type chat } from "@llmesh/client";
+import { ConnectError, Code, chat, describeError, timestampDate } from "@llmesh/client";
 
 export type Phase = "waiting" | "streaming" | "done" | "stopped" | "failed";
 
@@ -37,7 +37,7 @@ export function applyEvent(draft: ReplyDraft, event: chat.ReplyEvent): ReplyDraf
         assistant: e.value,
         // The stored text is the authority (it is what billing counted).
         text: e.value.content,
-        phase: e.value.state === 2 /* STOPPED */ ? "stopped" : "done",
+        phase: e.value.state === chat.MessageState.STOPPED ? "stopped" : "done",
       };
     default:
       return draft;

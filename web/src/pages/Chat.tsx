@@ -2,7 +2,7 @@
 // the conversation's model, assistant, temperature and system prompt.
 
 import { useCallback, useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from "react";
-import { llm, type chat } from "@llmesh/client";
+import { chat, llm } from "@llmesh/client";
 import { api } from "../api";
 import { ROLE_VIEWER, useApp } from "../app";
 import { CopyButton, Markdown } from "../components/Markdown";
@@ -14,10 +14,10 @@ import { consumeReply, isActive, sentAtMs, type ReplyDraft } from "../stream";
 import { formatMoney } from "../util";
 import { recordTokenLatency } from "../metrics";
 
-const MESSAGE_STATE_STOPPED = 2;
-const MESSAGE_STATE_FAILED = 3;
-const ROLE_USER = 2;
-const ROLE_ASSISTANT = 3;
+const MESSAGE_STATE_STOPPED = chat.MessageState.STOPPED;
+const MESSAGE_STATE_FAILED = chat.MessageState.FAILED;
+const ROLE_USER = llm.ChatRole.USER;
+const ROLE_ASSISTANT = llm.ChatRole.ASSISTANT;
 
 /** What the reply in flight replaces or extends. */
 interface Pending {
