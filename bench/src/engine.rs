@@ -26,6 +26,7 @@ pub struct Options {
     pub runs: usize,
     pub ids_out: Option<PathBuf>,
     pub peer: Option<PathBuf>,
+    pub single_only: bool,
 }
 
 const SENTENCE: &str =
@@ -195,6 +196,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         decode.push(d);
     }
     let (in_prefill, in_decode) = (median(prefill), median(decode));
+    if o.single_only {
+        println!("prefill {in_prefill:.1} tok/s, decode {in_decode:.1} tok/s (in process, median)");
+        return Ok(());
+    }
 
     // 2. Single stream over gRPC, through a real server on 127.0.0.1.
     let grpc_decode = grpc_single(&o, &text).await?;

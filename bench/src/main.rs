@@ -49,6 +49,9 @@ enum Command {
         /// llama.cpp's figures (JSON from bench/peer/llamacpp_bench.py).
         #[arg(long)]
         peer: Option<std::path::PathBuf>,
+        /// Measure only single-stream prefill and decode in process (for profiling).
+        #[arg(long)]
+        single_only: bool,
     },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
@@ -80,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             runs,
             write_prompt_ids,
             peer,
+            single_only,
         } => {
             engine::run(engine::Options {
                 models_dir,
@@ -89,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
                 runs,
                 ids_out: write_prompt_ids,
                 peer,
+                single_only,
             })
             .await
         }

@@ -3,6 +3,7 @@
 //! sampling, UTF-8-safe streaming with stop sequences, and a scheduler actor on its own
 //! thread that runs continuous batching.
 
+pub mod attend;
 pub mod embed;
 pub mod error;
 pub mod gemma;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 
+use crate::attend;
 use crate::qmatmul::QWeight;
 
 use crate::error::{EngineError, Result};
@@ -36,14 +36,53 @@ pub struct LlamaConfig {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QWeight,
-    wk: QWeight,
-    wv: QWeight,
+    /// Query, key and value projections.
+    qkv: Fused,
     wo: QWeight,
     ffn_norm: Vec<f32>,
-    w_gate: QWeight,
-    w_up: QWeight,
+    /// Gate and up projections.
+    gate_up: Fused,
     w_down: QWeight,
+}
+
+/// Projections of the same input: stacked into one product where their formats allow
+/// (one pass over the activations, one split over the pool), else one product each.
+enum Fused {
+    Stacked(QWeight, Vec<usize>),
+    Each(Vec<QWeight>),
+}
+
+impl Fused {
+    fn new(parts: Vec<QWeight>) -> Fused {
+        let refs: Vec<&QWeight> = parts.iter().collect();
+        match QWeight::stack(&refs) {
+            Some(w) => Fused::Stacked(w, parts.iter().map(|p| p.rows).collect()),
+            None => Fused::Each(parts),
+        }
+    }
+
+    /// Each projection's output for `n` input rows (n × its rows).
+    fn forward(&self, x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Fused::Each(ws) => ws.iter().map(|w| w.forward(x, n)).collect(),
+            Fused::Stacked(w, sizes) => {
+                let y = w.forward(x, n)?;
+                let mut at = 0;
+                Ok(sizes
+                    .iter()
+                    .map(|&size| {
+                        let part = y
+                            .chunks(w.rows)
+                            .flat_map(|row| &row[at..at + size])
+                            .copied()
+                            .collect();
+                        at += size;
+                        part
+                    })
+                    .collect())
+            }
+        }
+    }
 }
 
 /// Keys and values of one sequence, per layer, row after row, at f16 precision (what
@@ -214,13 +253,17 @@ impl Llama {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             layers.push(Layer {
                 attn_norm: vector(tensor(file, &p("attn_norm"))?)?,
-                wq: weight(file, &p("attn_q"))?,
-                wk: weight(file, &p("attn_k"))?,
-                wv: weight(file, &p("attn_v"))?,
+                qkv: Fused::new(vec![
+                    weight(file, &p("attn_q"))?,
+                    weight(file, &p("attn_k"))?,
+                    weight(file, &p("attn_v"))?,
+                ]),
                 wo: weight(file, &p("attn_output"))?,
                 ffn_norm: vector(tensor(file, &p("ffn_norm"))?)?,
-                w_gate: weight(file, &p("ffn_gate"))?,
-                w_up: weight(file, &p("ffn_up"))?,
+                gate_up: Fused::new(vec![
+                    weight(file, &p("ffn_gate"))?,
+                    weight(file, &p("ffn_up"))?,
+                ]),
                 w_down: weight(file, &p("ffn_down"))?,
             });
         }
@@ -294,79 +337,74 @@ impl Llama {
         }
         for (li, layer) in self.layers.iter().enumerate() {
             let h = rms_norm(&x, &layer.attn_norm, c.hidden, c.eps);
-            let mut q = layer.wq.forward(&h, rows)?;
-            let mut k = layer.wk.forward(&h, rows)?;
-            let v = layer.wv.forward(&h, rows)?;
+            let [mut q, mut k, v]: [Vec<f32>; 3] = layer
+                .qkv
+                .forward(&h, rows)?
+                .try_into()
+                .map_err(|_| EngineError::Load("three attention projections".into()))?;
             for (r, &pos) in positions.iter().enumerate() {
                 self.rope(&mut q[r * q_width..(r + 1) * q_width], c.n_head, pos);
                 self.rope(&mut k[r * kv_width..(r + 1) * kv_width], c.n_kv_head, pos);
             }
-            let mut attn = vec![0f32; rows * q_width];
-            // Append this step's keys and values, then widen each sequence's cache for the
-            // layer to f32 once (every query row and head of the step reads it).
+            // Append this step's keys and values to each sequence's cache.
             let mut row = 0;
-            let mut widened = Vec::with_capacity(batch.len());
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
-                let start = s.cache.len;
-                s.cache.k[li].extend(
-                    k[row * kv_width..(row + n) * kv_width]
-                        .iter()
-                        .map(|&x| f16::from_f32(x)),
-                );
-                s.cache.v[li].extend(
-                    v[row * kv_width..(row + n) * kv_width]
-                        .iter()
-                        .map(|&x| f16::from_f32(x)),
-                );
-                widened.push((start, n, &s.cache.k[li], &s.cache.v[li]));
+                let span = row * kv_width..(row + n) * kv_width;
+                s.cache.k[li].extend(k[span.clone()].iter().map(|&x| f16::from_f32(x)));
+                s.cache.v[li].extend(v[span].iter().map(|&x| f16::from_f32(x)));
                 row += n;
             }
-            let widened: Vec<(usize, usize, Vec<f32>, Vec<f32>)> = widened
-                .into_par_iter()
-                .map(|(start, n, kc, vc)| {
-                    let mut kf = vec![0f32; kc.len()];
-                    let mut vf = vec![0f32; vc.len()];
-                    kc.convert_to_f32_slice(&mut kf);
-                    vc.convert_to_f32_slice(&mut vf);
-                    (start, n, kf, vf)
-                })
-                .collect();
-            // Work items: runs of at most ATTN_ROWS query rows of one sequence, each
-            // writing its own part of `attn`, spread over the pool.
+            // Work items: one query head of a run of at most ATTN_ROWS query rows of one
+            // sequence, spread over the pool, each reading the f16 cache in place.
             let mut items = Vec::new();
-            let mut rest: &mut [f32] = &mut attn;
             let mut row = 0;
-            for (seq, (start, n, _, _)) in widened.iter().enumerate() {
-                let mut done = 0;
-                while done < *n {
+            for (seq, s) in batch.iter().enumerate() {
+                let n = s.tokens.len();
+                for done in (0..n).step_by(ATTN_ROWS) {
                     let take = ATTN_ROWS.min(n - done);
-                    let (mine, tail) = rest.split_at_mut(take * q_width);
-                    rest = tail;
-                    items.push((seq, start + done, row + done, take, mine));
-                    done += take;
+                    for h in 0..c.n_head {
+                        items.push((seq, s.cache.len + done, row + done, take, h));
+                    }
                 }
                 row += n;
             }
-            items
-                .into_par_iter()
-                .for_each(|(seq, first, at, take, out)| {
-                    let (_, _, kf, vf) = &widened[seq];
-                    attention(
-                        c,
+            let heads = attend::Heads {
+                n_head: c.n_head,
+                n_kv_head: c.n_kv_head,
+                head_dim: c.head_dim,
+            };
+            let batch_ref = &*batch;
+            let outputs: Vec<Vec<f32>> = items
+                .par_iter()
+                .map(|&(seq, first, at, take, h)| {
+                    let cache = &batch_ref[seq].cache;
+                    attend::attend(
+                        heads,
                         &q[at * q_width..(at + take) * q_width],
-                        kf,
-                        vf,
+                        h,
+                        &cache.k[li],
+                        &cache.v[li],
                         first,
-                        out,
-                    );
-                });
+                    )
+                })
+                .collect();
+            let d = c.head_dim;
+            let mut attn = vec![0f32; rows * q_width];
+            for (&(_, _, at, take, h), o) in items.iter().zip(&outputs) {
+                for r in 0..take {
+                    attn[(at + r) * q_width + h * d..][..d].copy_from_slice(&o[r * d..(r + 1) * d]);
+                }
+            }
             let o = layer.wo.forward(&attn, rows)?;
             add(&mut x, &o);
 
             let h = rms_norm(&x, &layer.ffn_norm, c.hidden, c.eps);
-            let gate = layer.w_gate.forward(&h, rows)?;
-            let up = layer.w_up.forward(&h, rows)?;
+            let [gate, up]: [Vec<f32>; 2] = layer
+                .gate_up
+                .forward(&h, rows)?
+                .try_into()
+                .map_err(|_| EngineError::Load("two feed-forward projections".into()))?;
             let act: Vec<f32> = gate
                 .iter()
                 .zip(&up)
@@ -440,68 +478,3 @@ fn add(x: &mut [f32], y: &[f32]) {
 
 /// Query rows attended together in one work item.
 const ATTN_ROWS: usize = 32;
-
-/// Causal attention of `n` query rows (positions start..start+n) over a sequence's keys
-/// and values (already widened from its f16 cache). Grouped-query: query head h reads
-/// key/value head h / group.
-fn attention(c: &LlamaConfig, q: &[f32], k: &[f32], v: &[f32], start: usize, out: &mut [f32]) {
-    let d = c.head_dim;
-    let group = c.n_head / c.n_kv_head;
-    let q_width = c.n_head * d;
-    let kv_width = c.n_kv_head * d;
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = Vec::new();
-    let mut qh = vec![0f32; d];
-    for (t, q_row) in q.chunks(q_width).enumerate() {
-        let visible = start + t + 1;
-        for h in 0..c.n_head {
-            let kvh = h / group;
-            // llama.cpp multiplies f16 keys with f16-rounded queries.
-            for (dst, &x) in qh.iter_mut().zip(&q_row[h * d..(h + 1) * d]) {
-                *dst = f16_round(x);
-            }
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..visible {
-                let at = j * kv_width + kvh * d;
-                let s = dot(&qh, &k[at..at + d]) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0;
-            for x in scores.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let oh = &mut out[t * q_width + h * d..t * q_width + (h + 1) * d];
-            oh.fill(0.0);
-            for (j, &w) in scores.iter().enumerate() {
-                let at = j * kv_width + kvh * d;
-                let w = f16_round(w / sum);
-                oh.iter_mut()
-                    .zip(&v[at..at + d])
-                    .for_each(|(o, x)| *o += w * x);
-            }
-        }
-    }
-}
-
-fn f16_round(x: f32) -> f32 {
-    half::f16::from_f32(x).to_f32()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums let the compiler vectorise without reordering per call.
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for i in 0..chunks {
-        for l in 0..8 {
-            acc[l] += a[i * 8 + l] * b[i * 8 + l];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
-}

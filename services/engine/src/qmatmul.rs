@@ -6,12 +6,17 @@
 //! product is exact, and the float combination per block is
 //! `d_w·d_a·Σ(w·a)` (+ `m_w·s_a` for Q4_1). So greedy tokens stay those of llama.cpp.
 //!
-//! What is different is the shape of the work: weights are repacked once at load (scales
-//! as f32 beside the packed nibbles), a weight block is unpacked once and multiplied against
-//! up to [`TILE`] activation rows while it sits in registers, output features are split
-//! across the compute pool (rayon, sized to the cores), and the inner product uses AVX2
-//! (`maddubs`), or AVX512-VNNI (`vpdpbusd`) where the CPU has it, chosen at run time, with
-//! a portable scalar path elsewhere.
+//! What is different is the shape of the work. At load, the weights of [`PANEL`] (8)
+//! consecutive output features are interleaved block by block: one 256-bit register holds
+//! the same four elements of all eight rows, so one integer multiply-add against four
+//! activation bytes broadcast to every lane advances eight dot products at once, and one
+//! float multiply-add per block applies the eight rows' scales together. A panel block is
+//! unpacked once and multiplied against up to [`TILE`] activation rows while it sits in
+//! registers (prefill and batched decode reuse it; single-token decode still issues a
+//! third of the instructions a row-at-a-time kernel needs). Output panels are split across
+//! the compute pool (rayon, sized to the cores). The multiply-add is AVX512-VNNI
+//! `vpdpbusd` where the CPU has it, AVX2 `vpmaddubsw` elsewhere on x86, chosen at run time,
+//! with a portable scalar path on other CPUs.
 
 // SIMD intrinsics are unsafe to call (the CPU must have the features, which `kernels()`
 // checks once at run time), and the pool's tasks write disjoint parts of one output
@@ -27,25 +32,58 @@ use crate::error::{EngineError, Result};
 
 /// Elements per quantization block.
 pub const QK: usize = 32;
-/// Activation rows multiplied against one unpacked weight block.
+/// Output features interleaved into one panel.
+pub const PANEL: usize = 8;
+/// Activation rows multiplied against one unpacked panel block.
 pub const TILE: usize = 4;
 
-/// A Q4_1 weight block: `x ≈ d·q + m`, q in 0..16; element j is the low nibble of byte j,
-/// element j+16 its high nibble.
+/// One 32-element block of eight Q4_1 weight rows (`x ≈ d·q + m`, q in 0..16). Byte
+/// `32·i + 4·r + e` holds element `4i + e` of row r in its low nibble and element
+/// `16 + 4i + e` in its high nibble (i < 4, e < 4): GGUF's own byte pairs, regrouped.
 #[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub struct BlockQ4_1 {
-    pub d: f32,
-    pub m: f32,
-    pub qs: [u8; 16],
+#[repr(C, align(32))]
+pub struct PanelQ4_1 {
+    pub d: [f32; PANEL],
+    pub m: [f32; PANEL],
+    pub qs: [u8; 128],
 }
 
-/// A Q8_0 weight block: `x ≈ d·q`.
+/// One 32-element block of eight Q8_0 weight rows (`x ≈ d·q`). Byte `32·g + 4·r + e` is
+/// element `4g + e` of row r; `wsum` is 128·Σq of each row (the correction for running
+/// the product with activations shifted to unsigned bytes).
 #[derive(Clone, Copy, Debug)]
-#[repr(C)]
-pub struct BlockQ8_0 {
-    pub d: f32,
-    pub qs: [i8; 32],
+#[repr(C, align(32))]
+pub struct PanelQ8_0 {
+    pub d: [f32; PANEL],
+    pub wsum: [i32; PANEL],
+    pub qs: [i8; 256],
+}
+
+impl PanelQ4_1 {
+    const ZERO: PanelQ4_1 = PanelQ4_1 {
+        d: [0.0; PANEL],
+        m: [0.0; PANEL],
+        qs: [0; 128],
+    };
+
+    /// The 4-bit value of element `x` of row `r`.
+    pub fn q(&self, r: usize, x: usize) -> u8 {
+        let byte = self.qs[(x % 16 / 4) * 32 + r * 4 + x % 4];
+        if x < 16 { byte & 0x0F } else { byte >> 4 }
+    }
+}
+
+impl PanelQ8_0 {
+    const ZERO: PanelQ8_0 = PanelQ8_0 {
+        d: [0.0; PANEL],
+        wsum: [0; PANEL],
+        qs: [0; 256],
+    };
+
+    /// The value of element `x` of row `r`.
+    pub fn q(&self, r: usize, x: usize) -> i8 {
+        self.qs[(x / 4) * 32 + r * 4 + x % 4]
+    }
 }
 
 /// A quantized activation block (llama.cpp's Q8_1): `x ≈ d·q`, `s = d·Σq`.
@@ -58,8 +96,9 @@ pub struct BlockQ8 {
 }
 
 enum Data {
-    Q4_1(Vec<BlockQ4_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    /// Panels of 8 rows; `rows` rounded up to a multiple of 8 with zero rows.
+    Q4_1(Vec<PanelQ4_1>),
+    Q8_0(Vec<PanelQ8_0>),
     /// Any other format goes through candle.
     Candle(QMatMul, Device),
 }
@@ -102,49 +141,68 @@ impl QWeight {
         if !cols.is_multiple_of(QK) {
             return Ok(None);
         }
-        let data = match dtype {
-            GgmlDType::Q4_1 => Data::Q4_1(repack_q4_1(raw)?),
-            GgmlDType::Q8_0 => Data::Q8_0(repack_q8_0(raw)?),
+        let block_bytes = match dtype {
+            GgmlDType::Q4_1 => 20,
+            GgmlDType::Q8_0 => 34,
             _ => return Ok(None),
         };
-        let blocks = match &data {
-            Data::Q4_1(b) => b.len(),
-            Data::Q8_0(b) => b.len(),
-            Data::Candle(..) => 0,
-        };
-        if blocks * QK != rows * cols {
+        if raw.len() != rows * cols / QK * block_bytes {
             return Err(EngineError::Load(
                 "weight data does not match its shape".into(),
             ));
         }
+        let data = match dtype {
+            GgmlDType::Q4_1 => Data::Q4_1(pack_q4_1(raw, rows, cols)),
+            _ => Data::Q8_0(pack_q8_0(raw, rows, cols)),
+        };
         Ok(Some(QWeight { rows, cols, data }))
     }
 
-    /// Builds a weight from repacked Q4_1 blocks (tests and benchmarks).
-    pub fn q4_1(rows: usize, cols: usize, blocks: Vec<BlockQ4_1>) -> QWeight {
-        assert_eq!(blocks.len() * QK, rows * cols);
-        QWeight {
-            rows,
-            cols,
-            data: Data::Q4_1(blocks),
+    /// Stacks weights over the same inputs into one matrix (their rows one after the
+    /// other), so that one product with one pass over the activations and one split over
+    /// the pool replaces several; None unless all are repacked in the same format with
+    /// whole panels (then each part's outputs are a contiguous run of the result's row).
+    pub fn stack(parts: &[&QWeight]) -> Option<QWeight> {
+        let first = parts.first()?;
+        let cols = first.cols;
+        if parts
+            .iter()
+            .any(|p| p.cols != cols || !p.rows.is_multiple_of(PANEL))
+        {
+            return None;
         }
-    }
-
-    /// Builds a weight from repacked Q8_0 blocks (tests and benchmarks).
-    pub fn q8_0(rows: usize, cols: usize, blocks: Vec<BlockQ8_0>) -> QWeight {
-        assert_eq!(blocks.len() * QK, rows * cols);
-        QWeight {
-            rows,
-            cols,
-            data: Data::Q8_0(blocks),
-        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let data = match &first.data {
+            Data::Q4_1(_) => Data::Q4_1(
+                parts
+                    .iter()
+                    .map(|p| match &p.data {
+                        Data::Q4_1(v) => Some(v.as_slice()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .concat(),
+            ),
+            Data::Q8_0(_) => Data::Q8_0(
+                parts
+                    .iter()
+                    .map(|p| match &p.data {
+                        Data::Q8_0(v) => Some(v.as_slice()),
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?
+                    .concat(),
+            ),
+            Data::Candle(..) => return None,
+        };
+        Some(QWeight { rows, cols, data })
     }
 
     /// Bytes the weight takes in memory.
     pub fn memory_bytes(&self) -> usize {
         match &self.data {
-            Data::Q4_1(b) => std::mem::size_of_val(b.as_slice()),
-            Data::Q8_0(b) => std::mem::size_of_val(b.as_slice()),
+            Data::Q4_1(p) => std::mem::size_of_val(p.as_slice()),
+            Data::Q8_0(p) => std::mem::size_of_val(p.as_slice()),
             Data::Candle(..) => self.rows * self.cols,
         }
     }
@@ -152,16 +210,17 @@ impl QWeight {
     /// Row `row` of the matrix as floats (an embedding lookup), when it is repacked here.
     pub fn dequantize_row(&self, row: usize, out: &mut Vec<f32>) -> Option<()> {
         let per_row = self.cols / QK;
+        let (panel, r) = (row / PANEL, row % PANEL);
+        let range = panel * per_row..(panel + 1) * per_row;
         match &self.data {
-            Data::Q8_0(b) => {
-                for blk in &b[row * per_row..(row + 1) * per_row] {
-                    out.extend(blk.qs.iter().map(|&q| blk.d * q as f32));
+            Data::Q8_0(p) => {
+                for blk in &p[range] {
+                    out.extend((0..QK).map(|x| blk.d[r] * blk.q(r, x) as f32));
                 }
             }
-            Data::Q4_1(b) => {
-                for blk in &b[row * per_row..(row + 1) * per_row] {
-                    out.extend(blk.qs.iter().map(|&q| blk.d * (q & 0xF) as f32 + blk.m));
-                    out.extend(blk.qs.iter().map(|&q| blk.d * (q >> 4) as f32 + blk.m));
+            Data::Q4_1(p) => {
+                for blk in &p[range] {
+                    out.extend((0..QK).map(|x| blk.d[r] * blk.q(r, x) as f32 + blk.m[r]));
                 }
             }
             Data::Candle(..) => return None,
@@ -172,34 +231,38 @@ impl QWeight {
     /// `x` (n × cols, row-major) times the transposed weight: n × rows.
     pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         debug_assert_eq!(x.len(), n * self.cols);
+        let k = kernels();
         match &self.data {
             Data::Candle(m, device) => {
                 let t = Tensor::from_slice(x, (n, self.cols), device)?;
                 Ok(m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
             }
-            Data::Q4_1(w) => Ok(self.run(x, n, |w_row, acts, out| {
-                kernels().q4_1(&w[w_row], acts, out)
-            })),
-            Data::Q8_0(w) => Ok(self.run(x, n, |w_row, acts, out| {
-                kernels().q8_0(&w[w_row], acts, out)
-            })),
+            Data::Q4_1(w) => {
+                let acts = quantize_rows(x, self.cols);
+                Ok(self.run(w, &acts, n, |p, a, o| k.q4_1(p, a, o)))
+            }
+            Data::Q8_0(w) => {
+                let acts = k.q8_0_activations(quantize_rows(x, self.cols));
+                Ok(self.run(w, &acts, n, |p, a, o| k.q8_0(p, a, o)))
+            }
         }
     }
 
-    /// Quantizes the activations, then splits the output features across the pool. `dot`
-    /// gets the block range of one weight row and up to TILE activation rows.
-    fn run<F>(&self, x: &[f32], n: usize, dot: F) -> Vec<f32>
+    /// Splits the output panels across the pool; `dot` gets one panel's blocks and up to
+    /// TILE activation rows.
+    fn run<P, F>(&self, panels: &[P], acts: &[BlockQ8], n: usize, dot: F) -> Vec<f32>
     where
-        F: Fn(std::ops::Range<usize>, &[&[BlockQ8]], &mut [f32]) + Sync,
+        P: Sync,
+        F: Fn(&[P], &[&[BlockQ8]], &mut [[f32; PANEL]]) + Sync,
     {
         let per_row = self.cols / QK;
-        let acts = quantize_rows(x, self.cols);
         let rows = self.rows;
+        let n_panels = rows.div_ceil(PANEL);
         let mut out = vec![0f32; n * rows];
         // Enough pieces to balance the pool; each big enough to be worth a task.
         let threads = rayon::current_num_threads().max(1);
         let work = rows * n * per_row;
-        // (A block dot takes a few nanoseconds; a task hand-off a few microseconds.)
+        // (A panel block takes a few nanoseconds; a task hand-off a few microseconds.)
         let pieces = if work < 8 * 1024 {
             1
         } else if work < 256 * 1024 {
@@ -207,26 +270,36 @@ impl QWeight {
         } else {
             threads * 4
         }
-        .min(rows.div_ceil(8))
+        .min(n_panels)
         .max(1);
-        let chunk = rows.div_ceil(pieces);
+        let chunk = n_panels.div_ceil(pieces);
         let out_ptr = SharedOut(out.as_mut_ptr());
-        let task = |p: usize| {
+        let task = |piece: usize| {
             let out_ptr = &out_ptr;
-            let lo = p * chunk;
-            let hi = (lo + chunk).min(rows);
-            let mut tile_out = [0f32; TILE];
+            let lo = piece * chunk;
+            let hi = (lo + chunk).min(n_panels);
+            let mut tile_out = [[0f32; PANEL]; TILE];
+            let mut tile: [&[BlockQ8]; TILE] = [&[]; TILE];
             for t0 in (0..n).step_by(TILE) {
                 let t = TILE.min(n - t0);
-                let tile: Vec<&[BlockQ8]> = (t0..t0 + t)
-                    .map(|r| &acts[r * per_row..(r + 1) * per_row])
-                    .collect();
+                for (i, slot) in tile[..t].iter_mut().enumerate() {
+                    *slot = &acts[(t0 + i) * per_row..(t0 + i + 1) * per_row];
+                }
                 for j in lo..hi {
-                    dot(j * per_row..(j + 1) * per_row, &tile, &mut tile_out[..t]);
-                    for (i, &v) in tile_out[..t].iter().enumerate() {
-                        // SAFETY: each task writes only columns lo..hi of each output row,
-                        // and the ranges of different tasks do not overlap.
-                        unsafe { *out_ptr.0.add((t0 + i) * rows + j) = v };
+                    dot(
+                        &panels[j * per_row..(j + 1) * per_row],
+                        &tile[..t],
+                        &mut tile_out[..t],
+                    );
+                    let width = PANEL.min(rows - j * PANEL);
+                    for (i, values) in tile_out[..t].iter().enumerate() {
+                        let at = (t0 + i) * rows + j * PANEL;
+                        // SAFETY: each task writes only the columns of its own panels
+                        // lo..hi of each output row, and the ranges of different tasks do
+                        // not overlap; `width` keeps the last panel inside the row.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(values.as_ptr(), out_ptr.0.add(at), width)
+                        };
                     }
                 }
             }
@@ -244,39 +317,45 @@ struct SharedOut(*mut f32);
 // SAFETY: used only for the disjoint writes described in `run`.
 unsafe impl Sync for SharedOut {}
 
-fn repack_q4_1(raw: &[u8]) -> Result<Vec<BlockQ4_1>> {
-    const SIZE: usize = 20;
-    if !raw.len().is_multiple_of(SIZE) {
-        return Err(EngineError::Load("Q4_1 data is not whole blocks".into()));
-    }
-    Ok(raw
-        .chunks_exact(SIZE)
-        .map(|b| BlockQ4_1 {
-            d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
-            m: f16::from_le_bytes([b[2], b[3]]).to_f32(),
-            qs: b[4..20].try_into().expect("16 bytes"),
-        })
-        .collect())
+fn f16_at(b: &[u8]) -> f32 {
+    f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
-fn repack_q8_0(raw: &[u8]) -> Result<Vec<BlockQ8_0>> {
-    const SIZE: usize = 34;
-    if !raw.len().is_multiple_of(SIZE) {
-        return Err(EngineError::Load("Q8_0 data is not whole blocks".into()));
+/// GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes) of a row-major (rows, cols) matrix into panels.
+fn pack_q4_1(raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ4_1> {
+    const SIZE: usize = 20;
+    let per_row = cols / QK;
+    let mut panels = vec![PanelQ4_1::ZERO; rows.div_ceil(PANEL) * per_row];
+    for (i, b) in raw.chunks_exact(SIZE).enumerate() {
+        let (row, block) = (i / per_row, i % per_row);
+        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
+        p.d[r] = f16_at(&b[0..2]);
+        p.m[r] = f16_at(&b[2..4]);
+        for g in 0..4 {
+            p.qs[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(&b[4 + 4 * g..8 + 4 * g]);
+        }
     }
-    Ok(raw
-        .chunks_exact(SIZE)
-        .map(|b| {
-            let mut qs = [0i8; 32];
-            for (q, &byte) in qs.iter_mut().zip(&b[2..34]) {
-                *q = byte as i8;
+    panels
+}
+
+/// GGUF Q8_0 blocks (f16 d, 32 signed bytes) of a row-major (rows, cols) matrix into panels.
+fn pack_q8_0(raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ8_0> {
+    const SIZE: usize = 34;
+    let per_row = cols / QK;
+    let mut panels = vec![PanelQ8_0::ZERO; rows.div_ceil(PANEL) * per_row];
+    for (i, b) in raw.chunks_exact(SIZE).enumerate() {
+        let (row, block) = (i / per_row, i % per_row);
+        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
+        p.d[r] = f16_at(&b[0..2]);
+        let q = &b[2..34];
+        p.wsum[r] = 128 * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
+        for g in 0..8 {
+            for e in 0..4 {
+                p.qs[32 * g + 4 * r + e] = q[4 * g + e] as i8;
             }
-            BlockQ8_0 {
-                d: f16::from_le_bytes([b[0], b[1]]).to_f32(),
-                qs,
-            }
-        })
-        .collect())
+        }
+    }
+    panels
 }
 
 /// Quantizes rows of `cols` floats to 8-bit blocks, as llama.cpp's `quantize_row_q8_1`:
@@ -332,6 +411,20 @@ pub fn kernels() -> Kernels {
     })
 }
 
+/// Calls `$f::<N>` with N the number of activation rows (1..=TILE), so that each tile size
+/// gets its own fully unrolled body.
+macro_rules! by_rows {
+    ($m:ident :: $f:ident, $w:expr, $acts:expr, $out:expr) => {
+        match $acts.len() {
+            0 => {}
+            1 => $m::$f::<1>($w, $acts, $out),
+            2 => $m::$f::<2>($w, $acts, $out),
+            3 => $m::$f::<3>($w, $acts, $out),
+            _ => $m::$f::<TILE>($w, $acts, $out),
+        }
+    };
+}
+
 impl Kernels {
     /// Every set this CPU can run, from the portable one up.
     pub fn available() -> Vec<Kernels> {
@@ -349,63 +442,96 @@ impl Kernels {
         all
     }
 
-    /// Dots of one Q4_1 weight row with each activation row in `acts` (≤ TILE).
-    pub fn q4_1(self, w: &[BlockQ4_1], acts: &[&[BlockQ8]], out: &mut [f32]) {
+    /// Dots of one Q4_1 panel row range with each activation row in `acts` (≤ TILE rows):
+    /// `out[t][r]` is row r of the panel times activation row t.
+    pub fn q4_1(self, w: &[PanelQ4_1], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
+        assert!(acts.len() <= TILE && out.len() >= acts.len());
+        assert!(acts.iter().all(|a| a.len() >= w.len()));
         match self {
             Kernels::Scalar => scalar::q4_1(w, acts, out),
-            // SAFETY: these variants exist only when the CPU reported the features.
+            // SAFETY: these variants exist only when the CPU reported the features, and
+            // the slices were checked above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { x86::q4_1_avx2(w, acts, out) },
+            Kernels::Avx2 => unsafe { by_rows!(x86::q4_1_avx2, w, acts, out) },
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512Vnni => unsafe { x86::q4_1_vnni(w, acts, out) },
+            Kernels::Avx512Vnni => unsafe { by_rows!(x86::q4_1_vnni, w, acts, out) },
         }
     }
 
-    /// Dots of one Q8_0 weight row with each activation row in `acts` (≤ TILE).
-    pub fn q8_0(self, w: &[BlockQ8_0], acts: &[&[BlockQ8]], out: &mut [f32]) {
+    /// The activation blocks as this set's Q8_0 kernel takes them: VNNI multiplies
+    /// unsigned by signed bytes, so there each byte is shifted by 128 (the panels' `wsum`
+    /// takes the shift back out).
+    pub fn q8_0_activations(self, mut acts: Vec<BlockQ8>) -> Vec<BlockQ8> {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernels::Avx512Vnni {
+            for q in acts.iter_mut().flat_map(|b| b.qs.iter_mut()) {
+                *q = (*q as u8 ^ 0x80) as i8;
+            }
+        }
+        acts
+    }
+
+    /// Dots of one Q8_0 panel row range with activation rows prepared by
+    /// [`Kernels::q8_0_activations`].
+    pub fn q8_0(self, w: &[PanelQ8_0], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
+        assert!(acts.len() <= TILE && out.len() >= acts.len());
+        assert!(acts.iter().all(|a| a.len() >= w.len()));
         match self {
             Kernels::Scalar => scalar::q8_0(w, acts, out),
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { x86::q8_0_avx2(w, acts, out) },
+            Kernels::Avx2 => unsafe { by_rows!(x86::q8_0_avx2, w, acts, out) },
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512Vnni => unsafe { x86::q8_0_vnni(w, acts, out) },
+            Kernels::Avx512Vnni => unsafe { by_rows!(x86::q8_0_vnni, w, acts, out) },
         }
     }
 }
 
 /// The reference: plain integer sums, the same float combination per block.
 pub mod scalar {
-    use super::{BlockQ4_1, BlockQ8, BlockQ8_0};
+    use super::{BlockQ8, PANEL, PanelQ4_1, PanelQ8_0};
 
-    pub fn q4_1(w: &[BlockQ4_1], acts: &[&[BlockQ8]], out: &mut [f32]) {
+    pub fn q4_1(w: &[PanelQ4_1], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
         for (o, a) in out.iter_mut().zip(acts) {
-            let mut sum = 0f32;
-            let mut offsets = 0f32;
-            for (wb, ab) in w.iter().zip(a.iter()) {
-                let mut dot = 0i32;
-                for j in 0..16 {
-                    dot += (wb.qs[j] & 0xF) as i32 * ab.qs[j] as i32;
-                    dot += (wb.qs[j] >> 4) as i32 * ab.qs[j + 16] as i32;
+            let mut sum = [0f32; PANEL];
+            let mut offsets = [0f32; PANEL];
+            for (p, ab) in w.iter().zip(a.iter()) {
+                let mut dot = [0i32; PANEL];
+                for g in 0..4 {
+                    for (r, d) in dot.iter_mut().enumerate() {
+                        for e in 0..4 {
+                            let byte = p.qs[32 * g + 4 * r + e] as i32;
+                            *d += (byte & 0x0F) * ab.qs[4 * g + e] as i32
+                                + (byte >> 4) * ab.qs[16 + 4 * g + e] as i32;
+                        }
+                    }
                 }
-                sum += wb.d * ab.d * dot as f32;
-                offsets += wb.m * ab.s;
+                for r in 0..PANEL {
+                    sum[r] += p.d[r] * ab.d * dot[r] as f32;
+                    offsets[r] += p.m[r] * ab.s;
+                }
             }
-            *o = sum + offsets;
+            for r in 0..PANEL {
+                o[r] = sum[r] + offsets[r];
+            }
         }
     }
 
-    pub fn q8_0(w: &[BlockQ8_0], acts: &[&[BlockQ8]], out: &mut [f32]) {
+    pub fn q8_0(w: &[PanelQ8_0], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
         for (o, a) in out.iter_mut().zip(acts) {
-            let mut sum = 0f32;
-            for (wb, ab) in w.iter().zip(a.iter()) {
-                let dot: i32 = wb
-                    .qs
-                    .iter()
-                    .zip(&ab.qs)
-                    .map(|(&x, &y)| x as i32 * y as i32)
-                    .sum();
-                sum += wb.d * ab.d * dot as f32;
+            let mut sum = [0f32; PANEL];
+            for (p, ab) in w.iter().zip(a.iter()) {
+                let mut dot = [0i32; PANEL];
+                for g in 0..8 {
+                    for (r, d) in dot.iter_mut().enumerate() {
+                        for e in 0..4 {
+                            *d += p.qs[32 * g + 4 * r + e] as i32 * ab.qs[4 * g + e] as i32;
+                        }
+                    }
+                }
+                for r in 0..PANEL {
+                    sum[r] += p.d[r] * ab.d * dot[r] as f32;
+                }
             }
             *o = sum;
         }
@@ -414,104 +540,180 @@ pub mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ4_1, BlockQ8, BlockQ8_0, TILE};
+    use super::{BlockQ8, PANEL, PanelQ4_1, PanelQ8_0};
     use std::arch::x86_64::*;
 
+    /// 32 bytes at `p` (any alignment).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+    unsafe fn load(p: *const u8) -> __m256i {
+        // SAFETY: the caller passes 32 readable bytes.
+        unsafe { _mm256_loadu_si256(p.cast()) }
     }
 
-    /// 32 unsigned 4-bit values of a Q4_1 block, in element order.
+    /// Activation bytes 4g..4g+4 of a block, in every 32-bit lane.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn unpack(qs: &[u8; 16]) -> __m256i {
-        // SAFETY: reads exactly the 16 bytes of `qs`.
-        let q = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(q, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-        _mm256_set_m128i(hi, lo)
+    fn broadcast(qs: &[i8; 32], g: usize) -> __m256i {
+        let word = i32::from_le_bytes([
+            qs[4 * g] as u8,
+            qs[4 * g + 1] as u8,
+            qs[4 * g + 2] as u8,
+            qs[4 * g + 3] as u8,
+        ]);
+        _mm256_set1_epi32(word)
     }
 
+    /// A Q4_1 panel block as eight registers of unsigned 4-bit values; register g holds
+    /// elements 4g..4g+4 of each of the eight rows.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn load32(qs: &[i8; 32]) -> __m256i {
-        // SAFETY: reads exactly the 32 bytes of `qs`.
-        unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+    fn unpack_q4(p: &PanelQ4_1) -> [__m256i; 8] {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut r = [_mm256_setzero_si256(); 8];
+        for i in 0..4 {
+            // SAFETY: bytes 32i..32i+32 of the 128-byte `qs`.
+            let l = unsafe { load(p.qs.as_ptr().add(32 * i)) };
+            r[i] = _mm256_and_si256(l, mask);
+            r[i + 4] = _mm256_and_si256(_mm256_srli_epi16(l, 4), mask);
+        }
+        r
     }
 
-    /// Σ u8·i8 in groups of four into 8 i32 lanes, AVX2: maddubs then madd.
+    /// A Q8_0 panel block as eight registers, as `unpack_q4`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    fn load_q8(p: &PanelQ8_0) -> [__m256i; 8] {
+        // SAFETY: bytes 32g..32g+32 of the 256-byte `qs`.
+        std::array::from_fn(|g| unsafe { load(p.qs.as_ptr().add(32 * g).cast()) })
     }
 
-    /// The same in one instruction with VNNI.
+    /// Σ w·a per row for unsigned weights and signed activations, VNNI.
     #[inline]
     #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
-    fn dot_vnni(u: __m256i, s: __m256i) -> __m256i {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    fn dot_u8_vnni(w: &[__m256i; 8], a: &[i8; 32]) -> __m256i {
+        // Two chains, so the dependent multiply-adds overlap.
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for g in (0..8).step_by(2) {
+            s0 = _mm256_dpbusd_epi32(s0, w[g], broadcast(a, g));
+            s1 = _mm256_dpbusd_epi32(s1, w[g + 1], broadcast(a, g + 1));
+        }
+        _mm256_add_epi32(s0, s1)
     }
 
-    // One body per instruction set, so each loop is compiled with its features enabled
-    // and the block dot product inlines into it.
+    /// The same with AVX2: pairs into 16 bits (at most 8·2·15·127 = 30480 summed, so no
+    /// overflow), then into 32 bits once.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_u8_avx2(w: &[__m256i; 8], a: &[i8; 32]) -> __m256i {
+        let mut s = _mm256_setzero_si256();
+        for (g, wg) in w.iter().enumerate() {
+            s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*wg, broadcast(a, g)));
+        }
+        _mm256_madd_epi16(s, _mm256_set1_epi16(1))
+    }
+
+    /// Σ w·a per row for signed weights and activations shifted to unsigned bytes; the
+    /// shift is taken back out with the panel's `wsum`.
+    #[inline]
+    #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
+    fn dot_i8_vnni(w: &[__m256i; 8], a: &[i8; 32], wsum: __m256i) -> __m256i {
+        let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        for g in (0..8).step_by(2) {
+            s0 = _mm256_dpbusd_epi32(s0, broadcast(a, g), w[g]);
+            s1 = _mm256_dpbusd_epi32(s1, broadcast(a, g + 1), w[g + 1]);
+        }
+        _mm256_sub_epi32(_mm256_add_epi32(s0, s1), wsum)
+    }
+
+    /// The same with AVX2 and plain signed activations: |w| times a with w's sign (at
+    /// most 2·128·127 per pair), into 32 bits per group.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn dot_i8_avx2(w: &[__m256i; 8], a: &[i8; 32], _wsum: __m256i) -> __m256i {
+        let ones = _mm256_set1_epi16(1);
+        let mut s = _mm256_setzero_si256();
+        for (g, wg) in w.iter().enumerate() {
+            let signed = _mm256_sign_epi8(broadcast(a, g), *wg);
+            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(*wg), signed);
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones));
+        }
+        s
+    }
+
+    // One body per instruction set and tile height, so each loop is compiled with its
+    // features enabled, unrolled over the N activation rows, and the dot products inline.
     macro_rules! kernels {
-        ($q4:ident, $q8:ident, $features:literal, $dot:ident) => {
+        ($q4:ident, $q8:ident, $features:literal, $dot_u8:ident, $dot_i8:ident) => {
             #[target_feature(enable = $features)]
-            pub fn $q4(w: &[BlockQ4_1], acts: &[&[BlockQ8]], out: &mut [f32]) {
-                let n = acts.len().min(TILE);
-                let mut acc = [_mm256_setzero_ps(); TILE];
-                let mut offsets = [0f32; TILE];
-                for (b, wb) in w.iter().enumerate() {
-                    let wv = unpack(&wb.qs);
-                    for t in 0..n {
+            pub fn $q4<const N: usize>(
+                w: &[PanelQ4_1],
+                acts: &[&[BlockQ8]],
+                out: &mut [[f32; PANEL]],
+            ) {
+                let acts: [&[BlockQ8]; N] = std::array::from_fn(|t| &acts[t][..w.len()]);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let mut offsets = [_mm256_setzero_ps(); N];
+                for (b, p) in w.iter().enumerate() {
+                    let wq = unpack_q4(p);
+                    // SAFETY: `d` and `m` are 8 floats at the 32-byte aligned panel start.
+                    let (d, m) =
+                        unsafe { (_mm256_load_ps(p.d.as_ptr()), _mm256_load_ps(p.m.as_ptr())) };
+                    for t in 0..N {
                         let ab = &acts[t][b];
-                        let p = _mm256_cvtepi32_ps($dot(wv, load32(&ab.qs)));
-                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), p, acc[t]);
-                        offsets[t] += wb.m * ab.s;
+                        let sum = _mm256_cvtepi32_ps($dot_u8(&wq, &ab.qs));
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
+                        acc[t] = _mm256_fmadd_ps(sum, scale, acc[t]);
+                        offsets[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), offsets[t]);
                     }
                 }
-                for t in 0..n {
-                    out[t] = hsum(acc[t]) + offsets[t];
+                for t in 0..N {
+                    // SAFETY: out[t] is 8 floats.
+                    unsafe {
+                        _mm256_storeu_ps(out[t].as_mut_ptr(), _mm256_add_ps(acc[t], offsets[t]))
+                    };
                 }
             }
 
             #[target_feature(enable = $features)]
-            pub fn $q8(w: &[BlockQ8_0], acts: &[&[BlockQ8]], out: &mut [f32]) {
-                let n = acts.len().min(TILE);
-                let mut acc = [_mm256_setzero_ps(); TILE];
-                for (b, wb) in w.iter().enumerate() {
-                    let wv = load32(&wb.qs);
-                    // u8·i8 products need an unsigned side: |w|, with w's sign moved onto a.
-                    let wabs = _mm256_sign_epi8(wv, wv);
-                    for t in 0..n {
+            pub fn $q8<const N: usize>(
+                w: &[PanelQ8_0],
+                acts: &[&[BlockQ8]],
+                out: &mut [[f32; PANEL]],
+            ) {
+                let acts: [&[BlockQ8]; N] = std::array::from_fn(|t| &acts[t][..w.len()]);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for (b, p) in w.iter().enumerate() {
+                    let wq = load_q8(p);
+                    // SAFETY: `d` and `wsum` are 8 values each at the aligned panel start.
+                    let (d, wsum) = unsafe {
+                        (
+                            _mm256_load_ps(p.d.as_ptr()),
+                            _mm256_load_si256(p.wsum.as_ptr().cast()),
+                        )
+                    };
+                    for t in 0..N {
                         let ab = &acts[t][b];
-                        let signed = _mm256_sign_epi8(load32(&ab.qs), wv);
-                        let p = _mm256_cvtepi32_ps($dot(wabs, signed));
-                        acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(wb.d * ab.d), p, acc[t]);
+                        let sum = _mm256_cvtepi32_ps($dot_i8(&wq, &ab.qs, wsum));
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
+                        acc[t] = _mm256_fmadd_ps(sum, scale, acc[t]);
                     }
                 }
-                for t in 0..n {
-                    out[t] = hsum(acc[t]);
+                for t in 0..N {
+                    // SAFETY: out[t] is 8 floats.
+                    unsafe { _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
                 }
             }
         };
     }
 
-    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma", dot_avx2);
+    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma", dot_u8_avx2, dot_i8_avx2);
     kernels!(
         q4_1_vnni,
         q8_0_vnni,
         "avx512vnni,avx512vl,avx2,fma",
-        dot_vnni
+        dot_u8_vnni,
+        dot_i8_vnni
     );
 }
 
@@ -524,58 +726,121 @@ mod tests {
         rand::rngs::StdRng::seed_from_u64(7)
     }
 
-    fn random_q4_1(r: &mut impl Rng, n: usize) -> Vec<BlockQ4_1> {
-        (0..n)
-            .map(|_| BlockQ4_1 {
-                d: f16::from_f32(r.random_range(0.001..0.05)).to_f32(),
-                m: f16::from_f32(r.random_range(-0.2..0.0)).to_f32(),
-                qs: std::array::from_fn(|_| r.random()),
-            })
-            .collect()
+    /// Random GGUF bytes of a (rows, cols) Q4_1 or Q8_0 matrix.
+    fn random_raw(r: &mut impl Rng, dtype: GgmlDType, rows: usize, cols: usize) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for _ in 0..rows * cols / QK {
+            raw.extend(f16::from_f32(r.random_range(0.001..0.05)).to_le_bytes());
+            if dtype == GgmlDType::Q4_1 {
+                raw.extend(f16::from_f32(r.random_range(-0.2..0.0)).to_le_bytes());
+                raw.extend((0..16).map(|_| r.random::<u8>()));
+            } else {
+                // -128 included: the unsigned shift and the sign trick must survive it.
+                raw.extend((0..32).map(|_| r.random::<u8>()));
+            }
+        }
+        raw
     }
 
-    fn random_q8_0(r: &mut impl Rng, n: usize) -> Vec<BlockQ8_0> {
-        (0..n)
-            .map(|_| BlockQ8_0 {
-                d: f16::from_f32(r.random_range(0.001..0.05)).to_f32(),
-                // -128 included: the sign trick must survive it.
-                qs: std::array::from_fn(|_| r.random()),
-            })
-            .collect()
+    fn weight(r: &mut impl Rng, dtype: GgmlDType, rows: usize, cols: usize) -> QWeight {
+        let raw = random_raw(r, dtype, rows, cols);
+        QWeight::from_raw(dtype, rows, cols, &raw)
+            .expect("repack")
+            .expect("a repacked format")
     }
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() <= 1e-4 * (1.0 + a.abs().max(b.abs()))
     }
 
+    /// The whole product through the scalar kernels, one panel and one row at a time.
+    fn reference(w: &QWeight, x: &[f32], n: usize) -> Vec<f32> {
+        let per_row = w.cols / QK;
+        let acts = quantize_rows(x, w.cols);
+        let mut out = vec![0f32; n * w.rows];
+        for t in 0..n {
+            let a = [&acts[t * per_row..(t + 1) * per_row]];
+            for j in 0..w.rows {
+                let (panel, r) = (j / PANEL, j % PANEL);
+                let blocks = panel * per_row..(panel + 1) * per_row;
+                let mut o = [[0f32; PANEL]];
+                match &w.data {
+                    Data::Q4_1(p) => scalar::q4_1(&p[blocks], &a, &mut o),
+                    Data::Q8_0(p) => scalar::q8_0(&p[blocks], &a, &mut o),
+                    Data::Candle(..) => unreachable!(),
+                }
+                out[t * w.rows + j] = o[0][r];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn panels_keep_every_element_of_the_file() {
+        // Rows 0..11 (a full panel and a padded one), 2 blocks each.
+        let mut r = rng();
+        let (rows, cols) = (11usize, 2 * QK);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let raw = random_raw(&mut r, dtype, rows, cols);
+            let w = QWeight::from_raw(dtype, rows, cols, &raw)
+                .expect("repack")
+                .expect("repacked");
+            let size = if dtype == GgmlDType::Q4_1 { 20 } else { 34 };
+            for (i, b) in raw.chunks(size).enumerate() {
+                let (row, block) = (i / 2, i % 2);
+                let p = row / PANEL * 2 + block;
+                for x in 0..QK {
+                    let (got, want) = match &w.data {
+                        Data::Q4_1(ps) => {
+                            let byte = b[4 + x % 16];
+                            let want = if x < 16 { byte & 0xF } else { byte >> 4 };
+                            (ps[p].q(row % PANEL, x) as i32, want as i32)
+                        }
+                        Data::Q8_0(ps) => (ps[p].q(row % PANEL, x) as i32, b[2 + x] as i8 as i32),
+                        Data::Candle(..) => unreachable!(),
+                    };
+                    assert_eq!(got, want, "{dtype:?} row {row} block {block} element {x}");
+                }
+            }
+        }
+        assert!(QWeight::from_raw(GgmlDType::Q4_1, 2, QK, &[0; 39]).is_err());
+    }
+
     #[test]
     fn kernels_match_the_scalar_reference_on_random_blocks() {
         let mut r = rng();
         for blocks in [1usize, 3, 7, 18, 48] {
-            let w4 = random_q4_1(&mut r, blocks);
-            let w8 = random_q8_0(&mut r, blocks);
-            for rows in 1..=TILE {
-                let x: Vec<f32> = (0..rows * blocks * QK)
-                    .map(|_| r.random_range(-3.0..3.0))
-                    .collect();
-                let acts = quantize_rows(&x, blocks * QK);
-                let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
-                let (mut want4, mut want8) = (vec![0f32; rows], vec![0f32; rows]);
-                scalar::q4_1(&w4, &tile, &mut want4);
-                scalar::q8_0(&w8, &tile, &mut want8);
-                for k in Kernels::available() {
-                    let (mut got4, mut got8) = (vec![0f32; rows], vec![0f32; rows]);
-                    k.q4_1(&w4, &tile, &mut got4);
-                    k.q8_0(&w8, &tile, &mut got8);
-                    for i in 0..rows {
-                        assert!(
-                            close(got4[i], want4[i]),
-                            "{k:?} q4_1 {blocks} blocks: {got4:?} vs {want4:?}"
-                        );
-                        assert!(
-                            close(got8[i], want8[i]),
-                            "{k:?} q8_0 {blocks} blocks: {got8:?} vs {want8:?}"
-                        );
+            for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+                let w = weight(&mut r, dtype, PANEL, blocks * QK);
+                for n in 1..=TILE {
+                    let x: Vec<f32> = (0..n * blocks * QK)
+                        .map(|_| r.random_range(-3.0..3.0))
+                        .collect();
+                    let acts = quantize_rows(&x, blocks * QK);
+                    let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
+                    let mut want = vec![[0f32; PANEL]; n];
+                    match &w.data {
+                        Data::Q4_1(p) => scalar::q4_1(p, &tile, &mut want),
+                        Data::Q8_0(p) => scalar::q8_0(p, &tile, &mut want),
+                        Data::Candle(..) => unreachable!(),
+                    }
+                    for k in Kernels::available() {
+                        let mut got = vec![[0f32; PANEL]; n];
+                        match &w.data {
+                            Data::Q4_1(p) => k.q4_1(p, &tile, &mut got),
+                            Data::Q8_0(p) => {
+                                let acts = k.q8_0_activations(acts.clone());
+                                let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
+                                k.q8_0(p, &tile, &mut got)
+                            }
+                            Data::Candle(..) => unreachable!(),
+                        }
+                        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+                            assert!(
+                                close(*g, *w),
+                                "{k:?} {dtype:?} {blocks} blocks, {n} rows: {got:?} vs {want:?}"
+                            );
+                        }
                     }
                 }
             }
@@ -599,8 +864,9 @@ mod tests {
 
     #[test]
     fn matmul_matches_candle_on_the_same_weights() {
-        // Odd shapes: 37 output features, 9 rows (two full tiles and one); candle's own
-        // Q4_1 path needs an even number of blocks per row, so 6.
+        // Odd shapes: 37 output features (four full panels and a padded one), 9 rows (two
+        // full tiles and one); candle's own Q4_1 path needs an even number of blocks per
+        // row, so 6.
         let mut r = rng();
         let (out_f, cols, n) = (37usize, 6 * QK, 9usize);
         let dense: Vec<f32> = (0..out_f * cols)
@@ -642,42 +908,37 @@ mod tests {
                     "{dtype:?} element {i}: {a} vs candle {b}"
                 );
             }
-            // Rows dequantize exactly as candle dequantizes the tensor.
+            // Rows dequantize exactly as candle dequantizes the tensor, the padded
+            // panel's rows included.
             let candle_rows = QTensor::quantize(&t, dtype)
                 .expect("quantize")
                 .dequantize(&device)
                 .expect("dequantize")
                 .to_vec2::<f32>()
                 .expect("rows");
-            let mut row = Vec::new();
-            ours.dequantize_row(3, &mut row).expect("repacked");
-            assert_eq!(row, candle_rows[3], "{dtype:?} row 3");
+            for i in [3, 36] {
+                let mut row = Vec::new();
+                ours.dequantize_row(i, &mut row).expect("repacked");
+                assert_eq!(row, candle_rows[i], "{dtype:?} row {i}");
+            }
         }
     }
 
     #[test]
     fn parallel_split_covers_every_output() {
-        // Big enough to split into pieces; compare against the one-piece path row by row.
+        // Big enough to split into pieces; compare against the scalar path element by
+        // element.
         let mut r = rng();
         let (out_f, blocks, n) = (301usize, 18usize, 5usize);
-        let w = QWeight::q4_1(out_f, blocks * QK, random_q4_1(&mut r, out_f * blocks));
-        let x: Vec<f32> = (0..n * blocks * QK)
-            .map(|_| r.random_range(-1.0..1.0))
-            .collect();
-        let got = w.forward(&x, n).expect("forward");
-        let acts = quantize_rows(&x, blocks * QK);
-        let Data::Q4_1(blocks_w) = &w.data else {
-            unreachable!()
-        };
-        for row in 0..n {
-            for j in 0..out_f {
-                let mut want = [0f32];
-                scalar::q4_1(
-                    &blocks_w[j * blocks..(j + 1) * blocks],
-                    &[&acts[row * blocks..(row + 1) * blocks]],
-                    &mut want,
-                );
-                assert!(close(got[row * out_f + j], want[0]), "row {row} col {j}");
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = weight(&mut r, dtype, out_f, blocks * QK);
+            let x: Vec<f32> = (0..n * blocks * QK)
+                .map(|_| r.random_range(-1.0..1.0))
+                .collect();
+            let want = reference(&w, &x, n);
+            let got = w.forward(&x, n).expect("forward");
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(close(*g, *w), "{dtype:?} output {i}: {g} vs {w}");
             }
         }
     }
