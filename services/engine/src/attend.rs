@@ -17,6 +17,9 @@ pub struct Heads {
     pub n_head: usize,
     pub n_kv_head: usize,
     pub head_dim: usize,
+    /// Keys a query sees: its own position and the `window - 1` before it (usize::MAX:
+    /// all earlier positions).
+    pub window: usize,
 }
 
 impl Heads {
@@ -27,10 +30,15 @@ impl Heads {
     fn kv_width(&self) -> usize {
         self.n_kv_head * self.head_dim
     }
+
+    /// The positions a query at `pos` attends to.
+    fn visible(&self, pos: usize) -> std::ops::Range<usize> {
+        (pos + 1).saturating_sub(self.window)..pos + 1
+    }
 }
 
 /// Output of query head `h` for `q`'s rows (positions `start..`, `q_width` floats each)
-/// over keys and values of positions `0..start + rows` (`kv_width` f16 each): rows × head_dim
+/// over the keys and values (`kv_width` f16 per position) each row sees: rows × head_dim
 /// floats.
 pub fn attend(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize) -> Vec<f32> {
     let rows = q.len() / c.q_width();
@@ -43,6 +51,7 @@ pub fn attend(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize)
             // SAFETY: the features were checked, and the slices hold every position read.
             64 => return unsafe { x86::attend::<8>(c, q, h, k, v, start, out) },
             128 => return unsafe { x86::attend::<16>(c, q, h, k, v, start, out) },
+            256 => return unsafe { x86::attend::<32>(c, q, h, k, v, start, out) },
             _ => {}
         }
     }
@@ -91,14 +100,15 @@ fn portable(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize, o
             .map(|&x| f16_round(x))
             .collect();
         scores.clear();
-        for j in 0..start + t + 1 {
+        let visible = c.visible(start + t);
+        for j in visible.clone() {
             let key = &k[j * kw + kvh * d..j * kw + (kvh + 1) * d];
             let s: f32 = qh.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
             scores.push(s * scale);
         }
         softmax_f16(&mut scores);
         let o = &mut out[t * d..(t + 1) * d];
-        for (j, &w) in scores.iter().enumerate() {
+        for (j, &w) in visible.zip(&scores) {
             let value = &v[j * kw + kvh * d..j * kw + (kvh + 1) * d];
             o.iter_mut()
                 .zip(value)
@@ -153,9 +163,9 @@ mod x86 {
                 let x = unsafe { _mm256_loadu_ps(q_row[h * d + 8 * i..].as_ptr()) };
                 _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
             });
-            let visible = start + t + 1;
+            let visible = c.visible(start + t);
             scores.clear();
-            for j in 0..visible {
+            for j in visible.clone() {
                 let key = k[j * kw + kvh * d..][..d].as_ptr();
                 let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 for i in (0..D).step_by(2) {
@@ -169,7 +179,7 @@ mod x86 {
             }
             softmax_f16(&mut scores);
             let mut o = [_mm256_setzero_ps(); D];
-            for (j, &w) in scores.iter().enumerate() {
+            for (j, &w) in visible.zip(&scores) {
                 let value = v[j * kw + kvh * d..][..d].as_ptr();
                 let w = _mm256_set1_ps(w);
                 for (i, o) in o.iter_mut().enumerate() {
@@ -194,11 +204,12 @@ mod tests {
     #[test]
     fn simd_attention_matches_the_portable_reference() {
         let mut r = rand::rngs::StdRng::seed_from_u64(3);
-        for head_dim in [64usize, 128, 40] {
+        for (head_dim, window) in [(64usize, usize::MAX), (128, usize::MAX), (256, 9), (40, 9)] {
             let c = Heads {
                 n_head: 6,
                 n_kv_head: 2,
                 head_dim,
+                window,
             };
             let (start, rows) = (37usize, 5usize);
             let visible = start + rows;
@@ -233,6 +244,7 @@ mod tests {
             n_head: 2,
             n_kv_head: 1,
             head_dim: 64,
+            window: usize::MAX,
         };
         let k: Vec<f16> = (0..64).map(|i| f16::from_f32(i as f32 / 64.0)).collect();
         let v: Vec<f16> = (0..64)
@@ -244,5 +256,26 @@ mod tests {
             let want: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
             assert_eq!(out, want);
         }
+    }
+
+    #[test]
+    fn a_window_of_one_sees_only_the_own_position() {
+        let c = Heads {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 64,
+            window: 1,
+        };
+        let k: Vec<f16> = (0..3 * 64)
+            .map(|i| f16::from_f32((i % 7) as f32 / 7.0))
+            .collect();
+        let v: Vec<f16> = (0..3 * 64)
+            .map(|i| f16::from_f32(i as f32 / 256.0))
+            .collect();
+        let q = vec![0.25f32; 64];
+        // The query at position 2 returns position 2's value exactly.
+        let out = attend(c, &q, 0, &k, &v, 2);
+        let want: Vec<f32> = v[128..].iter().map(|x| x.to_f32()).collect();
+        assert_eq!(out, want);
     }
 }

@@ -1,12 +1,11 @@
-//! llmesh's inference engine: GGUF chat models on candle with a llama forward pass that
-//! batches sequences of any length, a tokenizer and chat template from the GGUF metadata,
-//! sampling, UTF-8-safe streaming with stop sequences, and a scheduler actor on its own
-//! thread that runs continuous batching.
+//! llmesh's inference engine: GGUF chat models (llama and Gemma 3) on llmesh's own forward
+//! pass and quantized kernels, which batch sequences of any length; a tokenizer and chat
+//! template from the GGUF metadata, sampling, UTF-8-safe streaming with stop sequences,
+//! and a scheduler actor on its own thread that runs continuous batching.
 
 pub mod attend;
 pub mod embed;
 pub mod error;
-pub mod gemma;
 pub mod gguf;
 pub mod llama;
 pub mod model;

@@ -7,14 +7,14 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use half::f16;
 use rayon::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 
 use crate::attend;
-use crate::qmatmul::QWeight;
+use crate::qmatmul::{self, QWeight};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
@@ -32,10 +32,36 @@ pub struct LlamaConfig {
     pub eps: f32,
     pub context_length: usize,
     pub vocab: usize,
+    /// Gemma 3: embeddings scaled by √hidden, per-head norms of queries and keys, norms
+    /// after attention and after the feed-forward, GELU, NeoX-style rotation, and sliding
+    /// window attention (with its own rotation base) on all but every `global_every`th layer.
+    pub gemma: Option<GemmaShape>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GemmaShape {
+    pub sliding_window: usize,
+    pub global_every: usize,
+    pub rope_base_local: f32,
+}
+
+impl LlamaConfig {
+    /// Whether layer `li` attends within the sliding window (and rotates with the local base).
+    fn is_local(&self, li: usize) -> bool {
+        self.gemma
+            .as_ref()
+            .is_some_and(|g| (li + 1) % g.global_every != 0)
+    }
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
+    /// Gemma's per-head norms of queries and keys, and its norms after attention and
+    /// after the feed-forward.
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
     /// Query, key and value projections.
     qkv: Fused,
     wo: QWeight,
@@ -147,34 +173,57 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     output: Arc<QWeight>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
     device: Device,
 }
 
 impl Llama {
-    /// Loads the weights of a llama-architecture GGUF file.
+    /// Loads the weights of a llama or gemma3 architecture GGUF file.
     pub fn load(file: &mut GgufFile, device: &Device) -> Result<Self> {
         let arch = file.architecture()?;
         let key = |k: &str| format!("{arch}.{k}");
         let n_head = file.u32(&key("attention.head_count"))? as usize;
         let hidden = file.u32(&key("embedding_length"))? as usize;
+        let head_dim = file
+            .u32(&key("attention.key_length"))
+            .map(|v| v as usize)
+            .unwrap_or(hidden / n_head.max(1));
+        let gemma = match arch.as_str() {
+            "llama" => None,
+            "gemma3" => Some(GemmaShape {
+                sliding_window: file.u32(&key("attention.sliding_window"))? as usize,
+                // As llama.cpp for Gemma 3: five local layers, then a global one; local
+                // layers rotate with base 10000.
+                global_every: 6,
+                rope_base_local: 10_000.0,
+            }),
+            other => {
+                return Err(EngineError::Load(format!(
+                    "architecture {other:?} is not supported (llama and gemma3 are)"
+                )));
+            }
+        };
         let config = LlamaConfig {
             n_layer: file.u32(&key("block_count"))? as usize,
             n_head,
             n_kv_head: file.u32(&key("attention.head_count_kv"))? as usize,
-            head_dim: hidden / n_head,
+            head_dim,
             hidden,
             rope_dim: file
                 .u32(&key("rope.dimension_count"))
                 .map(|v| v as usize)
-                .unwrap_or(hidden / n_head),
+                .unwrap_or(head_dim),
             rope_base: file.f32(&key("rope.freq_base")).unwrap_or(10_000.0),
             eps: file.f32(&key("attention.layer_norm_rms_epsilon"))?,
             context_length: file.u32(&key("context_length"))? as usize,
             vocab: file.strings("tokenizer.ggml.tokens")?.len(),
+            gemma,
         };
-        if !config.n_head.is_multiple_of(config.n_kv_head) || config.rope_dim > config.head_dim {
+        if config.n_head == 0
+            || config.n_kv_head == 0
+            || !config.n_head.is_multiple_of(config.n_kv_head)
+            || config.rope_dim > config.head_dim
+            || !config.rope_dim.is_multiple_of(2)
+        {
             return Err(EngineError::Load("inconsistent attention shape".into()));
         }
 
@@ -201,7 +250,7 @@ impl Llama {
                 .dims2()
                 .map_err(|e| EngineError::Load(format!("tensor {name}: {e}")))?;
             let dtype = info.ggml_dtype;
-            if device.is_cpu() && matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0) {
+            if device.is_cpu() && qmatmul::repackable(dtype) {
                 let bytes = rows * cols / dtype.block_size() * dtype.type_size();
                 let at = file.content.tensor_data_offset + info.offset;
                 buf.resize(bytes, 0);
@@ -226,7 +275,7 @@ impl Llama {
             .get("token_embd.weight")
             .map(|i| i.ggml_dtype)
             .ok_or_else(|| EngineError::Load("tensor token_embd.weight is missing".into()))?;
-        let repackable = matches!(embed_dtype, GgmlDType::Q4_1 | GgmlDType::Q8_0);
+        let repackable = qmatmul::repackable(embed_dtype);
         let norm = vector(tensor(file, "output_norm.weight")?)?;
         let tied = !file.content.tensor_infos.contains_key("output.weight");
         let (embed, output) = match (tied, repackable) {
@@ -249,9 +298,21 @@ impl Llama {
             ),
         };
         let mut layers = Vec::with_capacity(config.n_layer);
+        let is_gemma = config.gemma.is_some();
         for i in 0..config.n_layer {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
+            let gemma_norm = |file: &mut GgufFile, n: &str| -> Result<Option<Vec<f32>>> {
+                if is_gemma {
+                    Ok(Some(vector(tensor(file, &p(n))?)?))
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
+                q_norm: gemma_norm(file, "attn_q_norm")?,
+                k_norm: gemma_norm(file, "attn_k_norm")?,
+                post_attn_norm: gemma_norm(file, "post_attention_norm")?,
+                post_ffn_norm: gemma_norm(file, "post_ffw_norm")?,
                 attn_norm: vector(tensor(file, &p("attn_norm"))?)?,
                 qkv: Fused::new(vec![
                     weight(file, &p("attn_q"))?,
@@ -267,15 +328,12 @@ impl Llama {
                 w_down: weight(file, &p("ffn_down"))?,
             });
         }
-        let (cos, sin) = rope_tables(&config);
         Ok(Llama {
             config,
             embed,
             layers,
             norm,
             output,
-            cos,
-            sin,
             device: device.clone(),
         })
     }
@@ -327,6 +385,17 @@ impl Llama {
                 .to_vec1::<f32>()?,
         };
 
+        if c.gemma.is_some() {
+            let scale = (c.hidden as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+        // Rotation angles of this step's positions, for the global base and (Gemma) the
+        // local one.
+        let rope_global = rope_table(c, c.rope_base, &positions);
+        let rope_local = c
+            .gemma
+            .as_ref()
+            .map(|g| rope_table(c, g.rope_base_local, &positions));
         let q_width = c.n_head * c.head_dim;
         let kv_width = c.n_kv_head * c.head_dim;
         for cache in batch.iter_mut().map(|s| &mut *s.cache) {
@@ -342,9 +411,30 @@ impl Llama {
                 .forward(&h, rows)?
                 .try_into()
                 .map_err(|_| EngineError::Load("three attention projections".into()))?;
-            for (r, &pos) in positions.iter().enumerate() {
-                self.rope(&mut q[r * q_width..(r + 1) * q_width], c.n_head, pos);
-                self.rope(&mut k[r * kv_width..(r + 1) * kv_width], c.n_kv_head, pos);
+            if let Some(w) = &layer.q_norm {
+                q = rms_norm(&q, w, c.head_dim, c.eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                k = rms_norm(&k, w, c.head_dim, c.eps);
+            }
+            let local = c.is_local(li);
+            let (cos, sin) = match (&rope_local, local) {
+                (Some(t), true) => t,
+                _ => &rope_global,
+            };
+            let half = c.rope_dim / 2;
+            for r in 0..rows {
+                let (cos, sin) = (
+                    &cos[r * half..(r + 1) * half],
+                    &sin[r * half..(r + 1) * half],
+                );
+                self.rope(&mut q[r * q_width..(r + 1) * q_width], c.n_head, cos, sin);
+                self.rope(
+                    &mut k[r * kv_width..(r + 1) * kv_width],
+                    c.n_kv_head,
+                    cos,
+                    sin,
+                );
             }
             // Append this step's keys and values to each sequence's cache.
             let mut row = 0;
@@ -373,6 +463,10 @@ impl Llama {
                 n_head: c.n_head,
                 n_kv_head: c.n_kv_head,
                 head_dim: c.head_dim,
+                window: match &c.gemma {
+                    Some(g) if local => g.sliding_window,
+                    _ => usize::MAX,
+                },
             };
             let batch_ref = &*batch;
             let outputs: Vec<Vec<f32>> = items
@@ -396,7 +490,10 @@ impl Llama {
                     attn[(at + r) * q_width + h * d..][..d].copy_from_slice(&o[r * d..(r + 1) * d]);
                 }
             }
-            let o = layer.wo.forward(&attn, rows)?;
+            let mut o = layer.wo.forward(&attn, rows)?;
+            if let Some(w) = &layer.post_attn_norm {
+                o = rms_norm(&o, w, c.hidden, c.eps);
+            }
             add(&mut x, &o);
 
             let h = rms_norm(&x, &layer.ffn_norm, c.hidden, c.eps);
@@ -405,12 +502,18 @@ impl Llama {
                 .forward(&h, rows)?
                 .try_into()
                 .map_err(|_| EngineError::Load("two feed-forward projections".into()))?;
-            let act: Vec<f32> = gate
-                .iter()
-                .zip(&up)
-                .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                .collect();
-            let down = layer.w_down.forward(&act, rows)?;
+            let act: Vec<f32> = if c.gemma.is_some() {
+                gate.iter().zip(&up).map(|(&g, &u)| gelu(g) * u).collect()
+            } else {
+                gate.iter()
+                    .zip(&up)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                    .collect()
+            };
+            let mut down = layer.w_down.forward(&act, rows)?;
+            if let Some(w) = &layer.post_ffn_norm {
+                down = rms_norm(&down, w, c.hidden, c.eps);
+            }
             add(&mut x, &down);
         }
         for s in batch.iter_mut() {
@@ -430,36 +533,50 @@ impl Llama {
         Ok(logits.chunks(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// Rotates adjacent pairs (GGUF's llama layout) of the first `rope_dim` dims of each head.
-    fn rope(&self, x: &mut [f32], heads: usize, pos: usize) {
+    /// Rotates the first `rope_dim` dims of each head: adjacent pairs for llama (GGUF's
+    /// layout), the two halves against each other for Gemma (NeoX style).
+    fn rope(&self, x: &mut [f32], heads: usize, cos: &[f32], sin: &[f32]) {
         let c = &self.config;
         let half = c.rope_dim / 2;
-        let table = &self.cos[pos * half..(pos + 1) * half];
-        let sines = &self.sin[pos * half..(pos + 1) * half];
+        let neox = c.gemma.is_some();
         for h in 0..heads {
             let head = &mut x[h * c.head_dim..h * c.head_dim + c.rope_dim];
             for i in 0..half {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * table[i] - b * sines[i];
-                head[2 * i + 1] = a * sines[i] + b * table[i];
+                let (ia, ib) = if neox {
+                    (i, i + half)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos[i] - b * sin[i];
+                head[ib] = a * sin[i] + b * cos[i];
             }
         }
     }
 }
 
-fn rope_tables(c: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
+/// cos and sin of each position's rotation angles (rope_dim / 2 per position).
+fn rope_table(c: &LlamaConfig, base: f32, positions: &[usize]) -> (Vec<f32>, Vec<f32>) {
     let half = c.rope_dim / 2;
-    let mut cos = Vec::with_capacity(c.context_length * half);
-    let mut sin = Vec::with_capacity(c.context_length * half);
-    for pos in 0..c.context_length {
-        for i in 0..half {
-            let freq = 1.0 / c.rope_base.powf(2.0 * i as f32 / c.rope_dim as f32);
-            let angle = pos as f32 * freq;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| 1.0 / base.powf(2.0 * i as f32 / c.rope_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(positions.len() * half);
+    let mut sin = Vec::with_capacity(positions.len() * half);
+    for &pos in positions {
+        for f in &freqs {
+            let angle = pos as f32 * f;
             cos.push(angle.cos());
             sin.push(angle.sin());
         }
     }
     (cos, sin)
+}
+
+/// GELU, tanh form (Gemma's `gelu_pytorch_tanh`).
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], width: usize, eps: f32) -> Vec<f32> {

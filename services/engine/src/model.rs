@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use crate::error::{EngineError, Result};
-use crate::gemma::Gemma;
+use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
 use crate::scheduler::{Backend, Request, Scheduler, SchedulerConfig};
@@ -76,15 +75,7 @@ impl ChatModel {
             text(tokenizer.bos_id),
             text(tokenizer.eos_id),
         )?;
-        let backend = match info.architecture.as_str() {
-            "llama" => Backend::Llama(Llama::load(&mut file, &device())?),
-            "gemma3" | "gemma2" | "gemma" => Backend::Gemma(Gemma::load(file, &device())?),
-            other => {
-                return Err(EngineError::Load(format!(
-                    "architecture {other:?} is not supported (llama-family and Gemma GGUF are)"
-                )));
-            }
-        };
+        let backend: Backend = Llama::load(&mut file, &device())?;
         let scheduler = Scheduler::start(name, Arc::new(backend), tokenizer.clone(), config)?;
         Ok(ChatModel {
             info,

@@ -111,8 +111,8 @@ pub struct QWeight {
 }
 
 impl QWeight {
-    /// Takes a GGUF tensor of shape (out, in); Q4_1 and Q8_0 are repacked for the kernels
-    /// here, other formats stay with candle.
+    /// Takes a GGUF tensor of shape (out, in); the formats `from_raw` knows are repacked
+    /// for the kernels here, others stay with candle.
     pub fn from_qtensor(t: QTensor, device: &Device) -> Result<QWeight> {
         let (rows, cols) = t
             .shape()
@@ -130,30 +130,30 @@ impl QWeight {
         })
     }
 
-    /// Repacks GGUF bytes of a Q4_1 or Q8_0 tensor of shape (rows, cols) read straight
-    /// from the file; None for other formats.
+    /// Repacks GGUF bytes of a tensor of shape (rows, cols) read straight from the file:
+    /// Q4_1 and Q4_K into 4-bit panels, Q8_0, Q5_0 and Q6_K into 8-bit panels (all but
+    /// Q6_K exactly); None for other formats.
     pub fn from_raw(
         dtype: GgmlDType,
         rows: usize,
         cols: usize,
         raw: &[u8],
     ) -> Result<Option<QWeight>> {
-        if !cols.is_multiple_of(QK) {
+        let Some((bytes, elements, four_bit)) = format(dtype) else {
+            return Ok(None);
+        };
+        if !cols.is_multiple_of(elements) {
             return Ok(None);
         }
-        let block_bytes = match dtype {
-            GgmlDType::Q4_1 => 20,
-            GgmlDType::Q8_0 => 34,
-            _ => return Ok(None),
-        };
-        if raw.len() != rows * cols / QK * block_bytes {
+        if raw.len() != rows * cols / elements * bytes {
             return Err(EngineError::Load(
                 "weight data does not match its shape".into(),
             ));
         }
-        let data = match dtype {
-            GgmlDType::Q4_1 => Data::Q4_1(pack_q4_1(raw, rows, cols)),
-            _ => Data::Q8_0(pack_q8_0(raw, rows, cols)),
+        let data = if four_bit {
+            Data::Q4_1(pack_q4(dtype, raw, rows, cols))
+        } else {
+            Data::Q8_0(pack_q8(dtype, raw, rows, cols))
         };
         Ok(Some(QWeight { rows, cols, data }))
     }
@@ -321,40 +321,191 @@ fn f16_at(b: &[u8]) -> f32 {
     f16::from_le_bytes([b[0], b[1]]).to_f32()
 }
 
-/// GGUF Q4_1 blocks (f16 d, f16 m, 16 bytes) of a row-major (rows, cols) matrix into panels.
-fn pack_q4_1(raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ4_1> {
-    const SIZE: usize = 20;
+/// One 32-element block decoded from a GGUF format: element x is `d·q[x] + m`, with q in
+/// 0..16 for the 4-bit formats and a signed byte (m = 0) for the 8-bit ones.
+struct Sub {
+    d: f32,
+    m: f32,
+    q: [i8; QK],
+}
+
+/// Whether `from_raw` repacks this format for the kernels here.
+pub fn repackable(dtype: GgmlDType) -> bool {
+    format(dtype).is_some()
+}
+
+/// How a GGUF format lands in the panels: bytes per GGUF block, elements per GGUF block,
+/// and which panel type holds it.
+fn format(dtype: GgmlDType) -> Option<(usize, usize, bool)> {
+    // (bytes, elements, 4-bit)
+    Some(match dtype {
+        GgmlDType::Q4_1 => (20, 32, true),
+        GgmlDType::Q4K => (144, 256, true),
+        GgmlDType::Q8_0 => (34, 32, false),
+        GgmlDType::Q5_0 => (22, 32, false),
+        GgmlDType::Q6K => (210, 256, false),
+        _ => return None,
+    })
+}
+
+/// The 32-element blocks of one GGUF block, in element order.
+fn decode(dtype: GgmlDType, b: &[u8], out: &mut Vec<Sub>) {
+    match dtype {
+        GgmlDType::Q4_1 => {
+            let mut q = [0i8; QK];
+            for j in 0..16 {
+                q[j] = (b[4 + j] & 0x0F) as i8;
+                q[j + 16] = (b[4 + j] >> 4) as i8;
+            }
+            out.push(Sub {
+                d: f16_at(&b[0..2]),
+                m: f16_at(&b[2..4]),
+                q,
+            });
+        }
+        GgmlDType::Q8_0 => out.push(Sub {
+            d: f16_at(&b[0..2]),
+            m: 0.0,
+            q: std::array::from_fn(|j| b[2 + j] as i8),
+        }),
+        GgmlDType::Q5_0 => {
+            // Low nibbles as Q4_0, the fifth bit of element j in bit j of `qh`; q - 16.
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            let mut q = [0i8; QK];
+            for j in 0..16 {
+                let hi0 = ((qh >> j) & 1) << 4;
+                let hi1 = ((qh >> (j + 16)) & 1) << 4;
+                q[j] = ((qs[j] & 0x0F) as u32 | hi0) as i8 - 16;
+                q[j + 16] = ((qs[j] >> 4) as u32 | hi1) as i8 - 16;
+            }
+            out.push(Sub {
+                d: f16_at(&b[0..2]),
+                m: 0.0,
+                q,
+            });
+        }
+        GgmlDType::Q4K => {
+            // Eight blocks of 32 with 6-bit scales and mins: x = d·sc·q − dmin·m, which is
+            // Q4_1's form with d = d·sc and m = −dmin·m, exactly (an f16 times an integer
+            // below 64 is exact in f32).
+            let (d, dmin) = (f16_at(&b[0..2]), f16_at(&b[2..4]));
+            let scales = &b[4..16];
+            let qs = &b[16..144];
+            let scale_min = |j: usize| -> (u8, u8) {
+                if j < 4 {
+                    (scales[j] & 63, scales[j + 4] & 63)
+                } else {
+                    (
+                        (scales[j + 4] & 0x0F) | ((scales[j - 4] >> 6) << 4),
+                        (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+                    )
+                }
+            };
+            for chunk in 0..4 {
+                let bytes = &qs[32 * chunk..32 * chunk + 32];
+                for (half, shift) in [(0, 0), (1, 4)] {
+                    let (sc, m) = scale_min(2 * chunk + half);
+                    out.push(Sub {
+                        d: d * sc as f32,
+                        m: -(dmin * m as f32),
+                        q: std::array::from_fn(|l| ((bytes[l] >> shift) & 0x0F) as i8),
+                    });
+                }
+            }
+        }
+        GgmlDType::Q6K => {
+            // 16-element groups with their own 8-bit scales do not fit one scale per 32,
+            // so these are widened to floats and quantized again to 8 bits per 32: within
+            // 1/254 of each block's largest value, well inside Q6_K's own step.
+            let (ql, qh) = (&b[0..128], &b[128..192]);
+            let sc = &b[192..208];
+            let d = f16_at(&b[208..210]);
+            let mut x = [0f32; 256];
+            for n in 0..2 {
+                let (ql, qh, sc) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..]);
+                for l in 0..32 {
+                    let is = l / 16;
+                    let q1 = ((ql[l] & 0x0F) | ((qh[l] & 3) << 4)) as i32 - 32;
+                    let q2 = ((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+                    let y = &mut x[128 * n..];
+                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+                }
+            }
+            for v in x.chunks_exact(QK) {
+                let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                out.push(Sub {
+                    d,
+                    m: 0.0,
+                    q: std::array::from_fn(|j| (v[j] * id).round() as i8),
+                });
+            }
+        }
+        _ => unreachable!("format() admits only the formats above"),
+    }
+}
+
+/// Decodes a row-major (rows, cols) GGUF matrix block by block and hands each 32-element
+/// block to `place(row, block, sub)`.
+fn for_each_block(
+    dtype: GgmlDType,
+    raw: &[u8],
+    cols: usize,
+    mut place: impl FnMut(usize, usize, &Sub),
+) {
+    let Some((bytes, elements, _)) = format(dtype) else {
+        return;
+    };
     let per_row = cols / QK;
-    let mut panels = vec![PanelQ4_1::ZERO; rows.div_ceil(PANEL) * per_row];
-    for (i, b) in raw.chunks_exact(SIZE).enumerate() {
-        let (row, block) = (i / per_row, i % per_row);
-        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
-        p.d[r] = f16_at(&b[0..2]);
-        p.m[r] = f16_at(&b[2..4]);
-        for g in 0..4 {
-            p.qs[32 * g + 4 * r..32 * g + 4 * r + 4].copy_from_slice(&b[4 + 4 * g..8 + 4 * g]);
+    let mut subs = Vec::with_capacity(elements / QK);
+    let mut at = 0;
+    for b in raw.chunks_exact(bytes) {
+        subs.clear();
+        decode(dtype, b, &mut subs);
+        for sub in &subs {
+            place(at / per_row, at % per_row, sub);
+            at += 1;
         }
     }
+}
+
+fn pack_q4(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ4_1> {
+    let per_row = cols / QK;
+    let mut panels = vec![PanelQ4_1::ZERO; rows.div_ceil(PANEL) * per_row];
+    for_each_block(dtype, raw, cols, |row, block, sub| {
+        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
+        p.d[r] = sub.d;
+        p.m[r] = sub.m;
+        for g in 0..4 {
+            for e in 0..4 {
+                let (lo, hi) = (sub.q[4 * g + e] as u8, sub.q[16 + 4 * g + e] as u8);
+                p.qs[32 * g + 4 * r + e] = lo | (hi << 4);
+            }
+        }
+    });
     panels
 }
 
-/// GGUF Q8_0 blocks (f16 d, 32 signed bytes) of a row-major (rows, cols) matrix into panels.
-fn pack_q8_0(raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ8_0> {
-    const SIZE: usize = 34;
+fn pack_q8(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ8_0> {
     let per_row = cols / QK;
     let mut panels = vec![PanelQ8_0::ZERO; rows.div_ceil(PANEL) * per_row];
-    for (i, b) in raw.chunks_exact(SIZE).enumerate() {
-        let (row, block) = (i / per_row, i % per_row);
+    for_each_block(dtype, raw, cols, |row, block, sub| {
         let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
-        p.d[r] = f16_at(&b[0..2]);
-        let q = &b[2..34];
-        p.wsum[r] = 128 * q.iter().map(|&v| v as i8 as i32).sum::<i32>();
+        p.d[r] = sub.d;
+        p.wsum[r] = 128 * sub.q.iter().map(|&v| v as i32).sum::<i32>();
         for g in 0..8 {
             for e in 0..4 {
-                p.qs[32 * g + 4 * r + e] = q[4 * g + e] as i8;
+                p.qs[32 * g + 4 * r + e] = sub.q[4 * g + e];
             }
         }
-    }
+    });
     panels
 }
 
@@ -920,6 +1071,62 @@ mod tests {
                 let mut row = Vec::new();
                 ours.dequantize_row(i, &mut row).expect("repacked");
                 assert_eq!(row, candle_rows[i], "{dtype:?} row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_formats_repack_to_what_candle_dequantizes() {
+        // 20 rows (a padded panel) of 512 elements (two K-quant super-blocks per row).
+        let mut r = rng();
+        let (rows, cols, n) = (20usize, 512usize, 3usize);
+        let dense: Vec<f32> = (0..rows * cols)
+            .map(|_| r.random_range(-0.5..0.5))
+            .collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| r.random_range(-2.0..2.0)).collect();
+        let device = Device::Cpu;
+        let t = Tensor::from_vec(dense, (rows, cols), &device).expect("tensor");
+        for dtype in [GgmlDType::Q4K, GgmlDType::Q5_0, GgmlDType::Q6K] {
+            let q = QTensor::quantize(&t, dtype).expect("quantize");
+            let candle_rows = q
+                .dequantize(&device)
+                .expect("dequantize")
+                .to_vec2::<f32>()
+                .expect("rows");
+            let ours = QWeight::from_qtensor(q, &device).expect("repack");
+            assert!(!matches!(ours.data, Data::Candle(..)), "{dtype:?}");
+            for (i, want) in candle_rows.iter().enumerate() {
+                let mut row = Vec::new();
+                ours.dequantize_row(i, &mut row).expect("repacked");
+                for (j, (a, b)) in row.iter().zip(want).enumerate() {
+                    // Q6_K is quantized again to 8 bits: within half a step of 1/127 of
+                    // the block's largest value. The others are exact up to float
+                    // rounding of d·q + m.
+                    let block = &want[j / QK * QK..][..QK];
+                    let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let tolerance = if dtype == GgmlDType::Q6K {
+                        amax / 254.0 * 1.001 + 1e-6
+                    } else {
+                        1e-6
+                    };
+                    assert!(
+                        (a - b).abs() <= tolerance,
+                        "{dtype:?} [{i}][{j}]: {a} vs {b}"
+                    );
+                }
+            }
+            // The product agrees with the dequantized matrix times x (activations are
+            // quantized to 8 bits, so within a few hundredths).
+            let got = ours.forward(&x, n).expect("forward");
+            for t_row in 0..n {
+                for (i, w) in candle_rows.iter().enumerate() {
+                    let want: f32 = w.iter().zip(&x[t_row * cols..]).map(|(a, b)| a * b).sum();
+                    let g = got[t_row * rows + i];
+                    assert!(
+                        (g - want).abs() <= 0.05 + 0.01 * want.abs(),
+                        "{dtype:?}: {g} vs {want}"
+                    );
+                }
             }
         }
     }

@@ -13,88 +13,29 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::{EngineError, Result};
-use crate::gemma::{Gemma, GemmaState};
 use crate::llama::{KvCache, Llama, SeqInput};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::GgufTokenizer;
 
-/// The forward pass a scheduler drives.
-pub enum Backend {
-    /// llmesh's own batched llama forward.
-    Llama(Llama),
-    /// candle's Gemma, one sequence at a time.
-    Gemma(Gemma),
-}
+/// The forward pass a scheduler drives: llmesh's own batched forward (llama and Gemma 3).
+pub type Backend = Llama;
 
-impl Backend {
-    pub fn context_length(&self) -> usize {
-        match self {
-            Backend::Llama(m) => m.config.context_length,
-            Backend::Gemma(m) => m.context_length,
-        }
-    }
+/// What one sequence keeps between steps: its KV cache.
+pub type SeqState = KvCache;
 
-    fn new_state(&self) -> SeqState {
-        match self {
-            Backend::Llama(_) => SeqState::Llama(KvCache::default()),
-            Backend::Gemma(m) => SeqState::Gemma(Box::new(m.new_state())),
-        }
-    }
-
-    fn state_bytes(&self, state: &SeqState) -> usize {
-        match (self, state) {
-            (_, SeqState::Llama(cache)) => cache.bytes(),
-            (Backend::Gemma(m), SeqState::Gemma(s)) => m.state_bytes(s),
-            (Backend::Llama(_), SeqState::Gemma(_)) => 0,
-        }
-    }
-
-    /// Runs one step for the given sequences (their new tokens and states); returns the
-    /// logits after each sequence's last token.
-    fn forward(&self, feeds: &[&[u32]], states: &mut [&mut SeqState]) -> Result<Vec<Vec<f32>>> {
-        match self {
-            Backend::Llama(model) => {
-                let mut inputs = Vec::with_capacity(feeds.len());
-                for (tokens, state) in feeds.iter().zip(states.iter_mut()) {
-                    match &mut **state {
-                        SeqState::Llama(cache) => inputs.push(SeqInput { tokens, cache }),
-                        SeqState::Gemma(_) => {
-                            return Err(EngineError::Compute(
-                                "sequence state of another model".into(),
-                            ));
-                        }
-                    }
-                }
-                model.forward(&mut inputs)
-            }
-            Backend::Gemma(model) => feeds
-                .iter()
-                .zip(states.iter_mut())
-                .map(|(tokens, state)| match &mut **state {
-                    SeqState::Gemma(s) => model.forward(s, tokens),
-                    SeqState::Llama(_) => Err(EngineError::Compute(
-                        "sequence state of another model".into(),
-                    )),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// What one sequence keeps between steps.
-pub enum SeqState {
-    Llama(KvCache),
-    Gemma(Box<GemmaState>),
-}
-
-impl SeqState {
-    fn len(&self) -> usize {
-        match self {
-            SeqState::Llama(c) => c.len(),
-            SeqState::Gemma(s) => s.len,
-        }
-    }
+/// Runs one step for the given sequences (their new tokens and caches); returns the
+/// logits after each sequence's last token.
+fn forward(model: &Llama, feeds: &[&[u32]], states: &mut [&mut SeqState]) -> Result<Vec<Vec<f32>>> {
+    let mut inputs: Vec<SeqInput<'_>> = feeds
+        .iter()
+        .zip(states.iter_mut())
+        .map(|(tokens, cache)| SeqInput {
+            tokens,
+            cache: &mut **cache,
+        })
+        .collect();
+    model.forward(&mut inputs)
 }
 
 /// Limits of the scheduler.
@@ -401,19 +342,16 @@ impl Worker {
             let history = s.request.prompt.clone();
             let sampler = Sampler::new(s.request.sampling.clone());
             let text = TextStream::new(s.request.stop.clone());
-            let reused = match &*self.model {
-                Backend::Llama(_) => self.prefixes.take(&s.request.prompt),
-                Backend::Gemma(_) => None,
-            };
+            let reused = self.prefixes.take(&s.request.prompt);
             let (state, prefilled) = match reused {
                 Some(cache) => {
                     let len = cache.len();
                     self.counters
                         .reused_prompt_tokens
                         .fetch_add(len as u64, Ordering::Relaxed);
-                    (SeqState::Llama(cache), len)
+                    (cache, len)
                 }
-                None => (self.model.new_state(), 0),
+                None => (KvCache::default(), 0),
             };
             self.running.push(Sequence {
                 request: s.request,
@@ -464,7 +402,7 @@ impl Worker {
         // The step runs inside the compute pool, so the pool's threads are the only ones
         // computing (no third thread competing with them for two cores).
         let model = &self.model;
-        let result = rayon::scope(|_| model.forward(&member_feeds, &mut states));
+        let result = rayon::scope(|_| forward(model, &member_feeds, &mut states));
         drop(states);
         self.counters.steps.fetch_add(1, Ordering::SeqCst);
         self.update_kv_bytes();
@@ -513,7 +451,7 @@ impl Worker {
             if out.stopped {
                 finished.push((i, FinishReason::Stop));
             } else if seq.generated >= seq.request.max_tokens
-                || seq.state.len() + 1 > self.model.context_length()
+                || seq.state.len() + 1 > self.model.config.context_length
             {
                 finished.push((i, FinishReason::Length));
             } else {
@@ -566,7 +504,8 @@ impl Worker {
     fn release(&mut self, seq: Sequence, keep_cache: bool) {
         // Keep what the cache holds (the prompt and every token fed back) for a later
         // prompt with the same start.
-        if let (true, SeqState::Llama(cache)) = (keep_cache, seq.state) {
+        if keep_cache {
+            let cache = seq.state;
             let mut tokens = seq.history;
             tokens.truncate(cache.len());
             if tokens.len() == cache.len() {
@@ -582,11 +521,7 @@ impl Worker {
     }
 
     fn update_kv_bytes(&self) {
-        let bytes = self
-            .running
-            .iter()
-            .map(|s| self.model.state_bytes(&s.state))
-            .sum();
+        let bytes = self.running.iter().map(|s| s.state.bytes()).sum();
         self.counters.kv_cache_bytes.store(bytes, Ordering::SeqCst);
     }
 }
