@@ -1,8 +1,9 @@
-//! Causal attention of query rows against one sequence's f16 KV cache, one query head at
-//! a time. The cache is read in place: with F16C the keys and values are widened eight at
-//! a time in registers (no f32 copy of the cache per step), the head's output stays in
-//! registers across all positions, and the numbers are llama.cpp's: f16 keys times
-//! f16-rounded queries, an f32 softmax, and f16-rounded weights times f16 values.
+//! Causal attention of query rows against one sequence's f16 KV cache, one key/value head
+//! (and every query head that shares it) at a time. All query vectors of the work item —
+//! each row times each head of the group — read the same keys and values, so the cache is
+//! widened to f32 once per item, a block of positions at a time that stays in L1, and the
+//! products run on f32 with FMA. The numbers are llama.cpp's: f16 keys times f16-rounded
+//! queries, an f32 softmax, and f16-rounded weights times f16 values.
 
 // SIMD intrinsics are unsafe to call; `attend` checks the CPU features once before using
 // them, and every load stays inside the slices (checked up front). That is all the unsafe
@@ -31,36 +32,154 @@ impl Heads {
         self.n_kv_head * self.head_dim
     }
 
+    /// Query heads per key/value head.
+    pub fn group(&self) -> usize {
+        self.n_head / self.n_kv_head
+    }
+
     /// The positions a query at `pos` attends to.
     fn visible(&self, pos: usize) -> std::ops::Range<usize> {
         (pos + 1).saturating_sub(self.window)..pos + 1
     }
 }
 
-/// Output of query head `h` for `q`'s rows (positions `start..`, `q_width` floats each)
-/// over the keys and values (`kv_width` f16 per position) each row sees: rows × head_dim
-/// floats.
-pub fn attend(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize) -> Vec<f32> {
+/// Positions widened per block.
+const BLOCK: usize = 64;
+
+/// Output of query heads `heads` (indices within the group) of key/value head `kvh` for
+/// `q`'s rows (positions `start..`, `q_width` floats each) over the keys and values
+/// (`kv_width` f16 per position) each row sees: rows × heads × head_dim floats, row by
+/// row, then head by head.
+pub fn attend(
+    c: Heads,
+    q: &[f32],
+    kvh: usize,
+    heads: std::ops::Range<usize>,
+    k: &[f16],
+    v: &[f16],
+    start: usize,
+) -> Vec<f32> {
     let rows = q.len() / c.q_width();
-    let visible = start + rows;
-    assert!(h < c.n_head && k.len().min(v.len()) >= visible * c.kv_width());
-    let mut out = vec![0f32; rows * c.head_dim];
+    assert!(kvh < c.n_kv_head && heads.end <= c.group());
+    assert!(k.len().min(v.len()) >= (start + rows) * c.kv_width());
     #[cfg(target_arch = "x86_64")]
-    if has_f16c() {
-        match c.head_dim {
-            // SAFETY: the features were checked, and the slices hold every position read.
-            64 => return unsafe { x86::attend::<8>(c, q, h, k, v, start, out) },
-            128 => return unsafe { x86::attend::<16>(c, q, h, k, v, start, out) },
-            256 => return unsafe { x86::attend::<32>(c, q, h, k, v, start, out) },
-            _ => {}
+    if has_simd() && c.head_dim.is_multiple_of(8) {
+        // SAFETY: the CPU has the features; the slices were checked above.
+        return unsafe { x86::attend(c, q, kvh, heads, k, v, start) };
+    }
+    body::<Portable>(c, q, kvh, heads, k, v, start)
+}
+
+/// The three inner loops, per instruction set.
+trait Ops {
+    /// f16 to f32, `src.len()` values.
+    fn widen(src: &[f16], dst: &mut [f32]);
+    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// out += w·x
+    fn axpy(w: f32, x: &[f32], out: &mut [f32]);
+}
+
+struct Portable;
+
+impl Ops for Portable {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
+        out.iter_mut().zip(x).for_each(|(o, x)| *o += w * x);
+    }
+}
+
+#[inline(always)]
+fn body<O: Ops>(
+    c: Heads,
+    q: &[f32],
+    kvh: usize,
+    heads: std::ops::Range<usize>,
+    k: &[f16],
+    v: &[f16],
+    start: usize,
+) -> Vec<f32> {
+    let (d, group, per_row) = (c.head_dim, c.group(), heads.len());
+    let rows = q.len() / c.q_width();
+    let m_count = rows * per_row;
+    // The query vectors, rounded to f16 as llama.cpp multiplies them: m = row·heads + g.
+    let mut queries = vec![0f32; m_count * d];
+    for t in 0..rows {
+        for (i, g) in heads.clone().enumerate() {
+            let h = kvh * group + g;
+            let src = &q[t * c.q_width() + h * d..][..d];
+            let dst = &mut queries[(t * per_row + i) * d..][..d];
+            for (o, &x) in dst.iter_mut().zip(src) {
+                *o = f16::from_f32(x).to_f32();
+            }
         }
     }
-    portable(c, q, h, k, v, start, &mut out);
+    let span = c.visible(start).start..start + rows;
+    let width = span.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    let kv_at = |j: usize| j * c.kv_width() + kvh * d;
+
+    // Scores of every query vector over the span; positions a row does not see stay −∞.
+    let mut scores = vec![f32::NEG_INFINITY; m_count * width];
+    let mut block = vec![0f32; BLOCK * d];
+    for b0 in span.clone().step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(span.end);
+        for j in b0..b1 {
+            O::widen(&k[kv_at(j)..][..d], &mut block[(j - b0) * d..][..d]);
+        }
+        for t in 0..rows {
+            let seen = c.visible(start + t);
+            let (lo, hi) = (seen.start.max(b0), seen.end.min(b1));
+            for i in 0..per_row {
+                let m = t * per_row + i;
+                let qm = &queries[m * d..][..d];
+                let row = &mut scores[m * width..][..width];
+                for j in lo..hi {
+                    row[j - span.start] = O::dot(qm, &block[(j - b0) * d..][..d]) * scale;
+                }
+            }
+        }
+    }
+    // Softmax per query vector; the weights rounded to f16 (llama.cpp multiplies the f16
+    // values by f16 weights).
+    for row in scores.chunks_mut(width) {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0.0;
+        for s in row.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in row.iter_mut() {
+            *s = f16::from_f32(*s / sum).to_f32();
+        }
+    }
+    let mut out = vec![0f32; m_count * d];
+    for b0 in span.clone().step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(span.end);
+        for j in b0..b1 {
+            O::widen(&v[kv_at(j)..][..d], &mut block[(j - b0) * d..][..d]);
+        }
+        for m in 0..m_count {
+            let weights = &scores[m * width + (b0 - span.start)..][..b1 - b0];
+            let o = &mut out[m * d..][..d];
+            for (i, &w) in weights.iter().enumerate() {
+                if w != 0.0 {
+                    O::axpy(w, &block[i * d..][..d], o);
+                }
+            }
+        }
+    }
     out
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_f16c() -> bool {
+fn has_simd() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         is_x86_feature_detected!("avx2")
@@ -69,130 +188,82 @@ fn has_f16c() -> bool {
     })
 }
 
-fn f16_round(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
-}
-
-/// Softmax of `scores` in place, each weight rounded to f16 (llama.cpp multiplies the f16
-/// values by f16 weights).
-fn softmax_f16(scores: &mut [f32]) {
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut sum = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in scores.iter_mut() {
-        *s = f16_round(*s / sum);
-    }
-}
-
-/// The reference, for any head size and CPU.
-fn portable(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize, out: &mut [f32]) {
-    let d = c.head_dim;
-    let kvh = h / (c.n_head / c.n_kv_head);
-    let (qw, kw) = (c.q_width(), c.kv_width());
-    let scale = 1.0 / (d as f32).sqrt();
-    let mut scores = Vec::new();
-    for (t, q_row) in q.chunks(qw).enumerate() {
-        let qh: Vec<f32> = q_row[h * d..(h + 1) * d]
-            .iter()
-            .map(|&x| f16_round(x))
-            .collect();
-        scores.clear();
-        let visible = c.visible(start + t);
-        for j in visible.clone() {
-            let key = &k[j * kw + kvh * d..j * kw + (kvh + 1) * d];
-            let s: f32 = qh.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
-            scores.push(s * scale);
-        }
-        softmax_f16(&mut scores);
-        let o = &mut out[t * d..(t + 1) * d];
-        for (j, &w) in visible.zip(&scores) {
-            let value = &v[j * kw + kvh * d..j * kw + (kvh + 1) * d];
-            o.iter_mut()
-                .zip(value)
-                .for_each(|(o, x)| *o += w * x.to_f32());
-        }
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Heads, softmax_f16};
+    use super::{Heads, Ops, body};
     use half::f16;
     use std::arch::x86_64::*;
 
-    #[inline]
+    /// `attend` with the loops below inlined; head_dim a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Eight f16 at `p` as f32.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn widen(p: *const f16) -> __m256 {
-        // SAFETY: the caller passes 8 readable halves.
-        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
-    }
-
-    /// `attend` for head_dim = 8·D.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend<const D: usize>(
+    pub unsafe fn attend(
         c: Heads,
         q: &[f32],
-        h: usize,
+        kvh: usize,
+        heads: std::ops::Range<usize>,
         k: &[f16],
         v: &[f16],
         start: usize,
-        mut out: Vec<f32>,
     ) -> Vec<f32> {
-        let d = 8 * D;
-        let kvh = h / (c.n_head / c.n_kv_head);
-        let (qw, kw) = (c.q_width(), c.kv_width());
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut scores = Vec::with_capacity(start + q.len() / qw);
-        for (t, q_row) in q.chunks_exact(qw).enumerate() {
-            // The query head, rounded to f16 as llama.cpp multiplies it.
-            let qh: [__m256; D] = std::array::from_fn(|i| {
-                // SAFETY: 8 floats inside the head's slice of the row.
-                let x = unsafe { _mm256_loadu_ps(q_row[h * d + 8 * i..].as_ptr()) };
-                _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
-            });
-            let visible = c.visible(start + t);
-            scores.clear();
-            for j in visible.clone() {
-                let key = k[j * kw + kvh * d..][..d].as_ptr();
-                let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-                for i in (0..D).step_by(2) {
-                    // SAFETY: `key` points at d = 8·D halves.
-                    a0 = _mm256_fmadd_ps(qh[i], unsafe { widen(key.add(8 * i)) }, a0);
-                    if i + 1 < D {
-                        a1 = _mm256_fmadd_ps(qh[i + 1], unsafe { widen(key.add(8 * i + 8)) }, a1);
-                    }
+        body::<Avx2>(c, q, kvh, heads, k, v, start)
+    }
+
+    struct Avx2;
+
+    // SAFETY (all three): only reached through `attend` above, on a CPU with the
+    // features; every load and store covers 8 values below the slices' common length,
+    // a multiple of 8.
+    impl Ops for Avx2 {
+        #[inline(always)]
+        fn widen(src: &[f16], dst: &mut [f32]) {
+            let n = src.len().min(dst.len()) / 8;
+            let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+            for i in 0..n {
+                unsafe {
+                    let h = _mm_loadu_si128(ps.add(8 * i).cast());
+                    _mm256_storeu_ps(pd.add(8 * i), _mm256_cvtph_ps(h));
                 }
-                scores.push(hsum(_mm256_add_ps(a0, a1)) * scale);
-            }
-            softmax_f16(&mut scores);
-            let mut o = [_mm256_setzero_ps(); D];
-            for (j, &w) in visible.zip(&scores) {
-                let value = v[j * kw + kvh * d..][..d].as_ptr();
-                let w = _mm256_set1_ps(w);
-                for (i, o) in o.iter_mut().enumerate() {
-                    // SAFETY: `value` points at d = 8·D halves.
-                    *o = _mm256_fmadd_ps(w, unsafe { widen(value.add(8 * i)) }, *o);
-                }
-            }
-            for (i, o) in o.iter().enumerate() {
-                // SAFETY: 8 floats inside row t of `out` (rows × d).
-                unsafe { _mm256_storeu_ps(out[t * d + 8 * i..][..8].as_mut_ptr(), *o) };
             }
         }
-        out
+
+        #[inline(always)]
+        fn dot(a: &[f32], b: &[f32]) -> f32 {
+            let n = a.len().min(b.len()) / 8;
+            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+            unsafe {
+                let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let mut i = 0;
+                while i + 1 < n {
+                    let x0 = _mm256_loadu_ps(pa.add(8 * i));
+                    let x1 = _mm256_loadu_ps(pa.add(8 * i + 8));
+                    s0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb.add(8 * i)), s0);
+                    s1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pb.add(8 * i + 8)), s1);
+                    i += 2;
+                }
+                if i < n {
+                    let x0 = _mm256_loadu_ps(pa.add(8 * i));
+                    s0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb.add(8 * i)), s0);
+                }
+                let v = _mm256_add_ps(s0, s1);
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+            }
+        }
+
+        #[inline(always)]
+        fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
+            let n = x.len().min(out.len()) / 8;
+            let (px, po) = (x.as_ptr(), out.as_mut_ptr());
+            unsafe {
+                let wv = _mm256_set1_ps(w);
+                for i in 0..n {
+                    let o = _mm256_loadu_ps(po.add(8 * i));
+                    let o = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(8 * i)), o);
+                    _mm256_storeu_ps(po.add(8 * i), o);
+                }
+            }
+        }
     }
 }
 
@@ -201,17 +272,57 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
+    /// Attention written out the plain way, one query head and one row at a time.
+    fn reference(c: Heads, q: &[f32], h: usize, k: &[f16], v: &[f16], start: usize) -> Vec<f32> {
+        let d = c.head_dim;
+        let kvh = h / c.group();
+        let (qw, kw) = (c.q_width(), c.kv_width());
+        let mut out = Vec::new();
+        for (t, q_row) in q.chunks(qw).enumerate() {
+            let qh: Vec<f32> = q_row[h * d..(h + 1) * d]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32())
+                .collect();
+            let seen = c.visible(start + t);
+            let scores: Vec<f32> = seen
+                .clone()
+                .map(|j| {
+                    let key = &k[j * kw + kvh * d..][..d];
+                    qh.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum::<f32>() / (d as f32).sqrt()
+                })
+                .collect();
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let sum: f32 = scores.iter().map(|s| (s - max).exp()).sum();
+            let mut o = vec![0f32; d];
+            for (j, s) in seen.zip(&scores) {
+                let w = f16::from_f32((s - max).exp() / sum).to_f32();
+                let value = &v[j * kw + kvh * d..][..d];
+                o.iter_mut()
+                    .zip(value)
+                    .for_each(|(o, x)| *o += w * x.to_f32());
+            }
+            out.extend(o);
+        }
+        out
+    }
+
     #[test]
-    fn simd_attention_matches_the_portable_reference() {
+    fn grouped_attention_matches_the_plain_reference() {
         let mut r = rand::rngs::StdRng::seed_from_u64(3);
-        for (head_dim, window) in [(64usize, usize::MAX), (128, usize::MAX), (256, 9), (40, 9)] {
+        let cases = [
+            (64usize, 3usize, usize::MAX, 37usize, 5usize),
+            (64, 3, usize::MAX, 0, 1),
+            (128, 1, usize::MAX, 150, 40),
+            (256, 4, 9, 100, 12),
+            (40, 2, 9, 20, 3),
+        ];
+        for (head_dim, group, window, start, rows) in cases {
             let c = Heads {
-                n_head: 6,
+                n_head: 2 * group,
                 n_kv_head: 2,
                 head_dim,
                 window,
             };
-            let (start, rows) = (37usize, 5usize);
             let visible = start + rows;
             let halves = |r: &mut rand::rngs::StdRng, n: usize| -> Vec<f16> {
                 (0..n)
@@ -223,15 +334,28 @@ mod tests {
             let q: Vec<f32> = (0..rows * c.q_width())
                 .map(|_| r.random_range(-2.0..2.0))
                 .collect();
-            for h in 0..c.n_head {
-                let got = attend(c, &q, h, &k, &v, start);
-                let mut want = vec![0f32; rows * head_dim];
-                portable(c, &q, h, &k, &v, start, &mut want);
-                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (a - b).abs() < 1e-4,
-                        "d {head_dim} head {h} [{i}]: {a} vs {b}"
+            for kvh in 0..c.n_kv_head {
+                let got = attend(c, &q, kvh, 0..group, &k, &v, start);
+                // One head of the group on its own gives that head's part.
+                let last = attend(c, &q, kvh, group - 1..group, &k, &v, start);
+                for t in 0..rows {
+                    assert_eq!(
+                        last[t * head_dim..][..head_dim],
+                        got[(t * group + group - 1) * head_dim..][..head_dim]
                     );
+                }
+                for g in 0..group {
+                    let want = reference(c, &q, kvh * group + g, &k, &v, start);
+                    for t in 0..rows {
+                        let got = &got[(t * group + g) * head_dim..][..head_dim];
+                        let want = &want[t * head_dim..][..head_dim];
+                        for (a, b) in got.iter().zip(want) {
+                            assert!(
+                                (a - b).abs() < 1e-4,
+                                "d {head_dim} window {window} head {g} row {t}: {a} vs {b}"
+                            );
+                        }
+                    }
                 }
             }
         }
@@ -251,11 +375,10 @@ mod tests {
             .map(|i| f16::from_f32(1.0 - i as f32 / 32.0))
             .collect();
         let q = vec![0.5f32; 128];
-        for h in 0..2 {
-            let out = attend(c, &q, h, &k, &v, 0);
-            let want: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
-            assert_eq!(out, want);
-        }
+        let out = attend(c, &q, 0, 0..2, &k, &v, 0);
+        let want: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+        assert_eq!(out[..64], want[..]);
+        assert_eq!(out[64..], want[..]);
     }
 
     #[test]
@@ -274,7 +397,7 @@ mod tests {
             .collect();
         let q = vec![0.25f32; 64];
         // The query at position 2 returns position 2's value exactly.
-        let out = attend(c, &q, 0, &k, &v, 2);
+        let out = attend(c, &q, 0, 0..1, &k, &v, 2);
         let want: Vec<f32> = v[128..].iter().map(|x| x.to_f32()).collect();
         assert_eq!(out, want);
     }

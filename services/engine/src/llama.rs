@@ -445,16 +445,32 @@ impl Llama {
                 s.cache.v[li].extend(v[span].iter().map(|&x| f16::from_f32(x)));
                 row += n;
             }
-            // Work items: one query head of a run of at most ATTN_ROWS query rows of one
-            // sequence, spread over the pool, each reading the f16 cache in place.
+            // Work items: one key/value head (with the query heads that share it) for a
+            // run of at most ATTN_ROWS query rows of one sequence, spread over the pool,
+            // each reading the f16 cache in place.
+            // When that makes too few items to keep every core busy (a decode step of one
+            // or two sequences), each query head is an item of its own.
+            let group = c.n_head / c.n_kv_head;
+            let grouped_items: usize = batch
+                .iter()
+                .map(|s| s.tokens.len().div_ceil(ATTN_ROWS) * c.n_kv_head)
+                .sum();
+            let split = grouped_items < 4 * rayon::current_num_threads();
             let mut items = Vec::new();
             let mut row = 0;
             for (seq, s) in batch.iter().enumerate() {
                 let n = s.tokens.len();
                 for done in (0..n).step_by(ATTN_ROWS) {
                     let take = ATTN_ROWS.min(n - done);
-                    for h in 0..c.n_head {
-                        items.push((seq, s.cache.len + done, row + done, take, h));
+                    for kvh in 0..c.n_kv_head {
+                        let first = s.cache.len + done;
+                        if split {
+                            for g in 0..group {
+                                items.push((seq, first, row + done, take, kvh, g..g + 1));
+                            }
+                        } else {
+                            items.push((seq, first, row + done, take, kvh, 0..group));
+                        }
                     }
                 }
                 row += n;
@@ -471,23 +487,27 @@ impl Llama {
             let batch_ref = &*batch;
             let outputs: Vec<Vec<f32>> = items
                 .par_iter()
-                .map(|&(seq, first, at, take, h)| {
-                    let cache = &batch_ref[seq].cache;
+                .map(|(seq, first, at, take, kvh, gs)| {
+                    let cache = &batch_ref[*seq].cache;
                     attend::attend(
                         heads,
                         &q[at * q_width..(at + take) * q_width],
-                        h,
+                        *kvh,
+                        gs.clone(),
                         &cache.k[li],
                         &cache.v[li],
-                        first,
+                        *first,
                     )
                 })
                 .collect();
             let d = c.head_dim;
             let mut attn = vec![0f32; rows * q_width];
-            for (&(_, _, at, take, h), o) in items.iter().zip(&outputs) {
-                for r in 0..take {
-                    attn[(at + r) * q_width + h * d..][..d].copy_from_slice(&o[r * d..(r + 1) * d]);
+            for ((_, _, at, take, kvh, gs), o) in items.iter().zip(&outputs) {
+                let width = gs.len() * d;
+                for r in 0..*take {
+                    // Row r's heads of this item are contiguous in both.
+                    attn[(at + r) * q_width + (kvh * group + gs.start) * d..][..width]
+                        .copy_from_slice(&o[r * width..(r + 1) * width]);
                 }
             }
             let mut o = layer.wo.forward(&attn, rows)?;

@@ -509,28 +509,45 @@ fn pack_q8(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ
     panels
 }
 
-/// Quantizes rows of `cols` floats to 8-bit blocks, as llama.cpp's `quantize_row_q8_1`:
-/// the scale and the block sum are stored at f16 precision.
+/// Quantizes rows of `cols` floats to 8-bit blocks, as llama.cpp's `quantize_row_q8_1`
+/// on x86 (rounding half to even, as its SIMD path does): the scale and the block sum are
+/// stored at f16 precision. Large inputs (prompt chunks) are split across the pool.
 pub fn quantize_rows(x: &[f32], cols: usize) -> Vec<BlockQ8> {
     debug_assert!(cols.is_multiple_of(QK));
-    x.chunks_exact(QK)
-        .map(|v| {
-            let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let mut qs = [0i8; 32];
-            let mut sum = 0i32;
-            for (q, &a) in qs.iter_mut().zip(v) {
-                *q = (a * id).round() as i8;
-                sum += *q as i32;
-            }
-            BlockQ8 {
-                d: f16::from_f32(d).to_f32(),
-                s: f16::from_f32(sum as f32 * d).to_f32(),
-                qs,
-            }
-        })
-        .collect()
+    let mut out = vec![
+        BlockQ8 {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; QK],
+        };
+        x.len() / QK
+    ];
+    if x.len() >= 1 << 16 {
+        out.par_chunks_mut(cols / QK)
+            .zip(x.par_chunks(cols))
+            .for_each(|(o, row)| quantize_into(row, o));
+    } else {
+        quantize_into(x, &mut out);
+    }
+    out
+}
+
+fn quantize_into(x: &[f32], out: &mut [BlockQ8]) {
+    for (blk, v) in out.iter_mut().zip(x.chunks_exact(QK)) {
+        let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &a) in blk.qs.iter_mut().zip(v) {
+            // Half to even by the float adder itself: adding 1.5·2^23 leaves no fraction
+            // bits (|a·id| ≤ 127), without a call to rintf.
+            const MAGIC: f32 = 12_582_912.0;
+            *q = ((a * id + MAGIC) - MAGIC) as i8;
+            sum += *q as i32;
+        }
+        blk.d = f16::from_f32(d).to_f32();
+        blk.s = f16::from_f32(sum as f32 * d).to_f32();
+    }
 }
 
 /// The dot-product kernels the CPU supports best.

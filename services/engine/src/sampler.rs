@@ -69,46 +69,86 @@ impl Sampler {
             return argmax(logits);
         }
 
-        let mut candidates: Vec<(u32, f32)> = logits
+        let scaled: Vec<(u32, f32)> = logits
             .iter()
             .enumerate()
             .map(|(i, &l)| (i as u32, l / p.temperature))
             .collect();
-        candidates.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if p.top_k > 0 {
-            candidates.truncate(p.top_k.max(1));
+        let max = scaled.iter().fold(f32::NEG_INFINITY, |m, c| m.max(c.1));
+        let filtered = p.top_k > 0 || p.min_p > 0.0 || p.top_p < 1.0;
+        if !filtered {
+            // Every token stays a candidate: draw over the vocabulary as it is.
+            let weights: Vec<f32> = scaled.iter().map(|c| (c.1 - max).exp()).collect();
+            return self.draw(&weights, |i| i as u32);
         }
-        // Softmax over what is left.
-        let max = candidates[0].1;
-        let mut probs: Vec<f32> = candidates.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|x| *x /= sum);
-        let mut keep = probs.len();
-        if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p;
-            keep = keep.min(probs.iter().take_while(|&&x| x >= floor).count().max(1));
-        }
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            let mut n = 0;
-            for &x in &probs[..keep] {
-                acc += x;
-                n += 1;
-                if acc >= p.top_p {
-                    break;
-                }
+        // The filters keep a head of the ranking (probability, then lowest id). Rank a
+        // window of the best candidates (a selection, then a sort of the window only),
+        // widened until the filters stop inside it: a vocabulary of 262,144 tokens is not
+        // sorted for every token.
+        let n = scaled.len();
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // Softmax over what top-k leaves, or over everything.
+        let everything: f32 = scaled.iter().map(|c| (c.1 - max).exp()).sum();
+        let mut window = if p.top_k > 0 {
+            p.top_k.min(n)
+        } else {
+            64.min(n)
+        };
+        loop {
+            let mut head = scaled.clone();
+            if window < n {
+                head.select_nth_unstable_by(window - 1, order);
+                head.truncate(window);
             }
-            keep = n.max(1);
+            head.sort_by(order);
+            let weights: Vec<f32> = head.iter().map(|c| (c.1 - max).exp()).collect();
+            let total = if p.top_k > 0 {
+                weights.iter().sum()
+            } else {
+                everything
+            };
+            let probs: Vec<f32> = weights.iter().map(|w| w / total).collect();
+            // Whether the window holds the whole candidate set: top-k made it so, or a
+            // filter cut before its end.
+            let mut complete = p.top_k > 0 || window == n;
+            let mut keep = probs.len();
+            if p.min_p > 0.0 {
+                let floor = probs[0] * p.min_p;
+                let passing = probs.iter().take_while(|&&x| x >= floor).count();
+                complete |= passing < keep;
+                keep = keep.min(passing.max(1));
+            }
+            if p.top_p < 1.0 {
+                let mut acc = 0.0;
+                let mut taken = 0;
+                for &x in &probs[..keep] {
+                    acc += x;
+                    taken += 1;
+                    if acc >= p.top_p {
+                        complete = true;
+                        break;
+                    }
+                }
+                keep = taken.max(1);
+            }
+            if complete {
+                return self.draw(&probs[..keep], |i| head[i].0);
+            }
+            window = (window * 4).min(n);
         }
-        let total: f32 = probs[..keep].iter().sum();
+    }
+
+    /// Draws an index in proportion to `weights` and maps it to a token id.
+    fn draw(&mut self, weights: &[f32], id: impl Fn(usize) -> u32) -> u32 {
+        let total: f32 = weights.iter().sum();
         let mut draw = self.rng.random::<f32>() * total;
-        for (i, &x) in probs[..keep].iter().enumerate() {
+        for (i, &x) in weights.iter().enumerate() {
             if draw < x {
-                return candidates[i].0;
+                return id(i);
             }
             draw -= x;
         }
-        candidates[keep - 1].0
+        id(weights.len() - 1)
     }
 }
 
@@ -140,6 +180,39 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&mut [0.1, 2.0, 1.5], &[1]), 2);
+    }
+
+    #[test]
+    fn the_ranked_window_keeps_what_a_full_sort_keeps() {
+        // top-p over a flat vocabulary needs far more than the first window of 64: the
+        // sampler must widen it, and draw only from the nucleus a full sort gives.
+        let logits: Vec<f32> = (0..5000).map(|i| -((i % 1000) as f32) * 0.001).collect();
+        let params = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 1,
+            ..Default::default()
+        };
+        let mut ranked: Vec<(usize, f32)> = logits.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let max = ranked[0].1;
+        let total: f32 = logits.iter().map(|l| (l - max).exp()).sum();
+        let mut acc = 0.0;
+        let nucleus: std::collections::HashSet<u32> = ranked
+            .iter()
+            .take_while(|(_, l)| {
+                let before = acc;
+                acc += (l - max).exp() / total;
+                before < 0.5
+            })
+            .map(|(i, _)| *i as u32)
+            .collect();
+        assert!(nucleus.len() > 256, "the nucleus spans several windows");
+        let mut s = Sampler::new(params);
+        for _ in 0..200 {
+            let t = s.sample(&mut logits.clone(), &[]);
+            assert!(nucleus.contains(&t), "{t} is outside the nucleus");
+        }
     }
 
     #[test]
