@@ -27,6 +27,7 @@ pub struct Options {
     pub ids_out: Option<PathBuf>,
     pub peer: Option<PathBuf>,
     pub single_only: bool,
+    pub streams_only: bool,
 }
 
 const SENTENCE: &str =
@@ -186,6 +187,12 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     run_one(&model, ids[..32].to_vec(), 8).await?; // warm-up
+    if o.streams_only {
+        for (streams, tps, p50, p99) in aggregate_streams(&model, &ids).await? {
+            println!("{streams} streams: {tps:.1} tok/s, TTFT p50 {p50:.0} ms, p99 {p99:.0} ms");
+        }
+        return Ok(());
+    }
     for r in 0..o.runs {
         let (p, d, _, n) = run_one(&model, ids.clone(), o.decode_tokens).await?;
         eprintln!(
@@ -205,36 +212,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let grpc_decode = grpc_single(&o, &text).await?;
 
     // 3. Aggregate decode and time to first token with 1, 4 and 16 streams.
-    let short = &ids[..64.min(ids.len())];
-    let mut aggregate = Vec::new();
-    for streams in [1usize, 4, 16] {
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for s in 0..streams {
-            let model = model.clone();
-            let mut p = short.to_vec();
-            p.push(p[s % p.len()]); // distinct prompts of slightly different lengths
-            tasks.push(tokio::spawn(async move { run_one(&model, p, 64).await }));
-        }
-        let mut ttft = Vec::new();
-        let mut tokens = 0u64;
-        for t in tasks {
-            let (_, _, first, n) = t.await??;
-            ttft.push(first.as_secs_f64() * 1000.0);
-            tokens += u64::from(n);
-        }
-        let secs = started.elapsed().as_secs_f64();
-        aggregate.push((
-            streams,
-            tokens as f64 / secs,
-            pct(&mut ttft, 0.5),
-            pct(&mut ttft, 0.99),
-        ));
-        eprintln!(
-            "{streams} streams: {:.1} tok/s aggregate",
-            tokens as f64 / secs
-        );
-    }
+    let aggregate = aggregate_streams(&model, &ids).await?;
 
     // 4. Time to first token on the 5th turn of a conversation, with and without reuse of
     // the KV cache of the turns before.
@@ -330,6 +308,46 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         rss_peak / 1024
     );
     Ok(())
+}
+
+/// Aggregate decode tok/s and TTFT p50/p99 (ms) with 1, 4 and 16 concurrent streams of
+/// 65-token prompts and 64 greedy tokens each.
+async fn aggregate_streams(
+    model: &Arc<ChatModel>,
+    ids: &[u32],
+) -> anyhow::Result<Vec<(usize, f64, f64, f64)>> {
+    let short = &ids[..64.min(ids.len())];
+    let mut aggregate = Vec::new();
+    for streams in [1usize, 4, 16] {
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..streams {
+            let model = model.clone();
+            let mut p = short.to_vec();
+            p.push(p[s % p.len()]); // distinct prompts of slightly different lengths
+            tasks.push(tokio::spawn(async move { run_one(&model, p, 64).await }));
+        }
+        let mut ttft = Vec::new();
+        let mut tokens = 0u64;
+        for t in tasks {
+            let (_, _, first, n) = t.await??;
+            ttft.push(first.as_secs_f64() * 1000.0);
+            tokens += u64::from(n);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        aggregate.push((
+            streams,
+            tokens as f64 / secs,
+            pct(&mut ttft, 0.5),
+            pct(&mut ttft, 0.99),
+        ));
+        eprintln!(
+            "{streams} streams: {:.1} tok/s aggregate",
+            tokens as f64 / secs
+        );
+    }
+
+    Ok(aggregate)
 }
 
 async fn login(channel: &tonic::transport::Channel) -> anyhow::Result<String> {

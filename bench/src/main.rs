@@ -52,6 +52,9 @@ enum Command {
         /// Measure only single-stream prefill and decode in process (for profiling).
         #[arg(long)]
         single_only: bool,
+        /// Measure only the 1/4/16 concurrent streams in process (for profiling).
+        #[arg(long)]
+        streams_only: bool,
     },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
@@ -84,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
             write_prompt_ids,
             peer,
             single_only,
+            streams_only,
         } => {
             engine::run(engine::Options {
                 models_dir,
@@ -94,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
                 ids_out: write_prompt_ids,
                 peer,
                 single_only,
+                streams_only,
             })
             .await
         }

@@ -127,7 +127,7 @@ fn body<O: Ops>(
 
     // Scores of every query vector over the span; positions a row does not see stay −∞.
     let mut scores = vec![f32::NEG_INFINITY; m_count * width];
-    let mut block = vec![0f32; BLOCK * d];
+    let mut block = vec![0f32; BLOCK.min(width) * d];
     for b0 in span.clone().step_by(BLOCK) {
         let b1 = (b0 + BLOCK).min(span.end);
         for j in b0..b1 {

@@ -97,11 +97,10 @@ impl Fused {
                 Ok(sizes
                     .iter()
                     .map(|&size| {
-                        let part = y
-                            .chunks(w.rows)
-                            .flat_map(|row| &row[at..at + size])
-                            .copied()
-                            .collect();
+                        let mut part = Vec::with_capacity(n * size);
+                        for row in y.chunks(w.rows) {
+                            part.extend_from_slice(&row[at..at + size]);
+                        }
                         at += size;
                         part
                     })

@@ -11,7 +11,7 @@
 //! the same four elements of all eight rows, so one integer multiply-add against four
 //! activation bytes broadcast to every lane advances eight dot products at once, and one
 //! float multiply-add per block applies the eight rows' scales together. A panel block is
-//! unpacked once and multiplied against up to [`TILE`] activation rows while it sits in
+//! unpacked once and multiplied against up to [`TILE`] (8) activation rows while it sits in
 //! registers (prefill and batched decode reuse it; single-token decode still issues a
 //! third of the instructions a row-at-a-time kernel needs). Output panels are split across
 //! the compute pool (rayon, sized to the cores). The multiply-add is AVX512-VNNI
@@ -34,8 +34,9 @@ use crate::error::{EngineError, Result};
 pub const QK: usize = 32;
 /// Output features interleaved into one panel.
 pub const PANEL: usize = 8;
-/// Activation rows multiplied against one unpacked panel block.
-pub const TILE: usize = 4;
+/// Most activation rows multiplied against one unpacked panel block (VNNI, whose 32
+/// registers hold a panel block and eight rows' sums; the others take [`Kernels::tile`]).
+pub const TILE: usize = 8;
 
 /// One 32-element block of eight Q4_1 weight rows (`x ≈ d·q + m`, q in 0..16). Byte
 /// `32·i + 4·r + e` holds element `4i + e` of row r in its low nibble and element
@@ -239,18 +240,18 @@ impl QWeight {
             }
             Data::Q4_1(w) => {
                 let acts = quantize_rows(x, self.cols);
-                Ok(self.run(w, &acts, n, |p, a, o| k.q4_1(p, a, o)))
+                Ok(self.run(w, &acts, n, k.tile(), |p, a, o| k.q4_1(p, a, o)))
             }
             Data::Q8_0(w) => {
                 let acts = k.q8_0_activations(quantize_rows(x, self.cols));
-                Ok(self.run(w, &acts, n, |p, a, o| k.q8_0(p, a, o)))
+                Ok(self.run(w, &acts, n, k.tile(), |p, a, o| k.q8_0(p, a, o)))
             }
         }
     }
 
     /// Splits the output panels across the pool; `dot` gets one panel's blocks and up to
-    /// TILE activation rows.
-    fn run<P, F>(&self, panels: &[P], acts: &[BlockQ8], n: usize, dot: F) -> Vec<f32>
+    /// `tile` activation rows.
+    fn run<P, F>(&self, panels: &[P], acts: &[BlockQ8], n: usize, tile: usize, dot: F) -> Vec<f32>
     where
         P: Sync,
         F: Fn(&[P], &[&[BlockQ8]], &mut [[f32; PANEL]]) + Sync,
@@ -279,16 +280,16 @@ impl QWeight {
             let lo = piece * chunk;
             let hi = (lo + chunk).min(n_panels);
             let mut tile_out = [[0f32; PANEL]; TILE];
-            let mut tile: [&[BlockQ8]; TILE] = [&[]; TILE];
-            for t0 in (0..n).step_by(TILE) {
-                let t = TILE.min(n - t0);
-                for (i, slot) in tile[..t].iter_mut().enumerate() {
+            let mut rows_in: [&[BlockQ8]; TILE] = [&[]; TILE];
+            for t0 in (0..n).step_by(tile) {
+                let t = tile.min(n - t0);
+                for (i, slot) in rows_in[..t].iter_mut().enumerate() {
                     *slot = &acts[(t0 + i) * per_row..(t0 + i + 1) * per_row];
                 }
                 for j in lo..hi {
                     dot(
                         &panels[j * per_row..(j + 1) * per_row],
-                        &tile[..t],
+                        &rows_in[..t],
                         &mut tile_out[..t],
                     );
                     let width = PANEL.min(rows - j * PANEL);
@@ -533,6 +534,15 @@ pub fn quantize_rows(x: &[f32], cols: usize) -> Vec<BlockQ8> {
 }
 
 fn quantize_into(x: &[f32], out: &mut [BlockQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernels() != Kernels::Scalar {
+        // SAFETY: AVX2 is there (any set above Scalar has it).
+        return unsafe { x86::quantize(x, out) };
+    }
+    quantize_scalar(x, out);
+}
+
+fn quantize_scalar(x: &[f32], out: &mut [BlockQ8]) {
     for (blk, v) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = v.iter().fold(0f32, |m, &a| m.max(a.abs()));
         let d = amax / 127.0;
@@ -588,12 +598,25 @@ macro_rules! by_rows {
             1 => $m::$f::<1>($w, $acts, $out),
             2 => $m::$f::<2>($w, $acts, $out),
             3 => $m::$f::<3>($w, $acts, $out),
-            _ => $m::$f::<TILE>($w, $acts, $out),
+            4 => $m::$f::<4>($w, $acts, $out),
+            5 => $m::$f::<5>($w, $acts, $out),
+            6 => $m::$f::<6>($w, $acts, $out),
+            7 => $m::$f::<7>($w, $acts, $out),
+            _ => $m::$f::<8>($w, $acts, $out),
         }
     };
 }
 
 impl Kernels {
+    /// Activation rows per call that this set keeps in registers.
+    pub fn tile(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512Vnni => TILE,
+            _ => 4,
+        }
+    }
+
     /// Every set this CPU can run, from the portable one up.
     pub fn available() -> Vec<Kernels> {
         #[allow(unused_mut)]
@@ -708,8 +731,62 @@ pub mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BlockQ8, PANEL, PanelQ4_1, PanelQ8_0};
+    use super::{BlockQ8, PANEL, PanelQ4_1, PanelQ8_0, QK};
+    use half::f16;
     use std::arch::x86_64::*;
+
+    /// `quantize_scalar` eight lanes at a time, to the same bytes: the same maximum, the
+    /// same product with 1/d, and the conversion rounds half to even as the scalar path.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn quantize(x: &[f32], out: &mut [BlockQ8]) {
+        let sign = _mm256_set1_ps(-0.0);
+        // packs interleave the 128-bit lanes; this puts the 32 bytes back in order.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (blk, v) in out.iter_mut().zip(x.chunks_exact(QK)) {
+            let p = v.as_ptr();
+            // SAFETY: v holds 32 floats.
+            let a = unsafe {
+                [
+                    _mm256_loadu_ps(p),
+                    _mm256_loadu_ps(p.add(8)),
+                    _mm256_loadu_ps(p.add(16)),
+                    _mm256_loadu_ps(p.add(24)),
+                ]
+            };
+            let mut m = _mm256_andnot_ps(sign, a[0]);
+            for ai in &a[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *ai));
+            }
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1)));
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+            let q: [__m256i; 4] = [
+                _mm256_cvtps_epi32(_mm256_mul_ps(a[0], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(a[1], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(a[2], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(a[3], id)),
+            ];
+            let total =
+                _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let t4 = _mm_add_epi32(
+                _mm256_castsi256_si128(total),
+                _mm256_extracti128_si256(total, 1),
+            );
+            let t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b00_00_11_10));
+            let sum = _mm_cvtsi128_si32(_mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0b00_00_00_01)));
+            let words = _mm256_packs_epi16(
+                _mm256_packs_epi32(q[0], q[1]),
+                _mm256_packs_epi32(q[2], q[3]),
+            );
+            let bytes = _mm256_permutevar8x32_epi32(words, order);
+            // SAFETY: qs is 32 bytes.
+            unsafe { _mm256_storeu_si256(blk.qs.as_mut_ptr().cast(), bytes) };
+            blk.d = f16::from_f32(d).to_f32();
+            blk.s = f16::from_f32(sum as f32 * d).to_f32();
+        }
+    }
 
     /// 32 bytes at `p` (any alignment).
     #[inline]
@@ -752,15 +829,27 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn load_q8(p: &PanelQ8_0) -> [__m256i; 8] {
-        // SAFETY: bytes 32g..32g+32 of the 256-byte `qs`.
-        std::array::from_fn(|g| unsafe { load(p.qs.as_ptr().add(32 * g).cast()) })
+        let mut r = [_mm256_setzero_si256(); 8];
+        for (g, reg) in r.iter_mut().enumerate() {
+            // SAFETY: bytes 32g..32g+32 of the 256-byte `qs`.
+            *reg = unsafe { load(p.qs.as_ptr().add(32 * g).cast()) };
+        }
+        r
     }
 
     /// Σ w·a per row for unsigned weights and signed activations, VNNI.
+    /// With `two`, two chains, so that the dependent multiply-adds of a short tile overlap
+    /// (a tall tile has enough independent rows, and too few registers for a second).
     #[inline]
     #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
-    fn dot_u8_vnni(w: &[__m256i; 8], a: &[i8; 32]) -> __m256i {
-        // Two chains, so the dependent multiply-adds overlap.
+    fn dot_u8_vnni(w: &[__m256i; 8], a: &[i8; 32], two: bool) -> __m256i {
+        if !two {
+            let mut s = _mm256_setzero_si256();
+            for (g, wg) in w.iter().enumerate() {
+                s = _mm256_dpbusd_epi32(s, *wg, broadcast(a, g));
+            }
+            return s;
+        }
         let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for g in (0..8).step_by(2) {
             s0 = _mm256_dpbusd_epi32(s0, w[g], broadcast(a, g));
@@ -773,7 +862,7 @@ mod x86 {
     /// overflow), then into 32 bits once.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn dot_u8_avx2(w: &[__m256i; 8], a: &[i8; 32]) -> __m256i {
+    fn dot_u8_avx2(w: &[__m256i; 8], a: &[i8; 32], _two: bool) -> __m256i {
         let mut s = _mm256_setzero_si256();
         for (g, wg) in w.iter().enumerate() {
             s = _mm256_add_epi16(s, _mm256_maddubs_epi16(*wg, broadcast(a, g)));
@@ -785,7 +874,14 @@ mod x86 {
     /// shift is taken back out with the panel's `wsum`.
     #[inline]
     #[target_feature(enable = "avx512vnni,avx512vl,avx2,fma")]
-    fn dot_i8_vnni(w: &[__m256i; 8], a: &[i8; 32], wsum: __m256i) -> __m256i {
+    fn dot_i8_vnni(w: &[__m256i; 8], a: &[i8; 32], wsum: __m256i, two: bool) -> __m256i {
+        if !two {
+            let mut s = _mm256_setzero_si256();
+            for (g, wg) in w.iter().enumerate() {
+                s = _mm256_dpbusd_epi32(s, broadcast(a, g), *wg);
+            }
+            return _mm256_sub_epi32(s, wsum);
+        }
         let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
         for g in (0..8).step_by(2) {
             s0 = _mm256_dpbusd_epi32(s0, broadcast(a, g), w[g]);
@@ -798,7 +894,7 @@ mod x86 {
     /// most 2·128·127 per pair), into 32 bits per group.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn dot_i8_avx2(w: &[__m256i; 8], a: &[i8; 32], _wsum: __m256i) -> __m256i {
+    fn dot_i8_avx2(w: &[__m256i; 8], a: &[i8; 32], _wsum: __m256i, _two: bool) -> __m256i {
         let ones = _mm256_set1_epi16(1);
         let mut s = _mm256_setzero_si256();
         for (g, wg) in w.iter().enumerate() {
@@ -819,20 +915,39 @@ mod x86 {
                 acts: &[&[BlockQ8]],
                 out: &mut [[f32; PANEL]],
             ) {
-                let acts: [&[BlockQ8]; N] = std::array::from_fn(|t| &acts[t][..w.len()]);
+                let mut rows: [&[BlockQ8]; N] = [&[]; N];
+                for t in 0..N {
+                    rows[t] = &acts[t][..w.len()];
+                }
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut offsets = [_mm256_setzero_ps(); N];
+                // A row's sums must not depend on the tile it lands in (a batch changes no
+                // row), so every tile height adds the same terms in the same order: the
+                // scaled dot products in `acc`, the offsets m·s apart. Short tiles do both
+                // in one pass; tall ones, short of registers, sum the offsets after.
                 for (b, p) in w.iter().enumerate() {
                     let wq = unpack_q4(p);
                     // SAFETY: `d` and `m` are 8 floats at the 32-byte aligned panel start.
                     let (d, m) =
                         unsafe { (_mm256_load_ps(p.d.as_ptr()), _mm256_load_ps(p.m.as_ptr())) };
                     for t in 0..N {
-                        let ab = &acts[t][b];
-                        let sum = _mm256_cvtepi32_ps($dot_u8(&wq, &ab.qs));
+                        let ab = &rows[t][b];
+                        let sum = _mm256_cvtepi32_ps($dot_u8(&wq, &ab.qs, N <= 4));
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
                         acc[t] = _mm256_fmadd_ps(sum, scale, acc[t]);
-                        offsets[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), offsets[t]);
+                        if N <= 4 {
+                            offsets[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(ab.s), offsets[t]);
+                        }
+                    }
+                }
+                if N > 4 {
+                    for (b, p) in w.iter().enumerate() {
+                        // SAFETY: as above.
+                        let m = unsafe { _mm256_load_ps(p.m.as_ptr()) };
+                        for t in 0..N {
+                            let s = _mm256_set1_ps(rows[t][b].s);
+                            offsets[t] = _mm256_fmadd_ps(m, s, offsets[t]);
+                        }
                     }
                 }
                 for t in 0..N {
@@ -849,7 +964,10 @@ mod x86 {
                 acts: &[&[BlockQ8]],
                 out: &mut [[f32; PANEL]],
             ) {
-                let acts: [&[BlockQ8]; N] = std::array::from_fn(|t| &acts[t][..w.len()]);
+                let mut rows: [&[BlockQ8]; N] = [&[]; N];
+                for t in 0..N {
+                    rows[t] = &acts[t][..w.len()];
+                }
                 let mut acc = [_mm256_setzero_ps(); N];
                 for (b, p) in w.iter().enumerate() {
                     let wq = load_q8(p);
@@ -861,8 +979,8 @@ mod x86 {
                         )
                     };
                     for t in 0..N {
-                        let ab = &acts[t][b];
-                        let sum = _mm256_cvtepi32_ps($dot_i8(&wq, &ab.qs, wsum));
+                        let ab = &rows[t][b];
+                        let sum = _mm256_cvtepi32_ps($dot_i8(&wq, &ab.qs, wsum, N <= 4));
                         let scale = _mm256_mul_ps(d, _mm256_set1_ps(ab.d));
                         acc[t] = _mm256_fmadd_ps(sum, scale, acc[t]);
                     }
@@ -1012,6 +1130,66 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_row_gives_the_same_bits_in_every_tile_height() {
+        // What the batch-invariance of the engine rests on.
+        let mut r = rng();
+        let blocks = 18;
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let w = weight(&mut r, dtype, PANEL, blocks * QK);
+            let x: Vec<f32> = (0..TILE * blocks * QK)
+                .map(|_| r.random_range(-3.0..3.0))
+                .collect();
+            for k in Kernels::available() {
+                let acts = match dtype {
+                    GgmlDType::Q8_0 => k.q8_0_activations(quantize_rows(&x, blocks * QK)),
+                    _ => quantize_rows(&x, blocks * QK),
+                };
+                let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
+                let mut first = None;
+                for n in 1..=TILE {
+                    let mut out = vec![[0f32; PANEL]; n];
+                    match &w.data {
+                        Data::Q4_1(p) => k.q4_1(p, &tile[..n], &mut out),
+                        Data::Q8_0(p) => k.q8_0(p, &tile[..n], &mut out),
+                        Data::Candle(..) => unreachable!(),
+                    }
+                    let bits = out[0].map(f32::to_bits);
+                    assert_eq!(*first.get_or_insert(bits), bits, "{k:?} {dtype:?} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_quantization_gives_the_scalar_bytes() {
+        let mut r = rng();
+        // Halves (x.5 after scaling) included: both round them to even.
+        let mut x: Vec<f32> = (0..64 * QK).map(|_| r.random_range(-4.0..4.0)).collect();
+        x[..QK]
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = i as f32 - 15.5);
+        x[QK..2 * QK].fill(0.0);
+        let blocks = || {
+            vec![
+                BlockQ8 {
+                    d: 0.0,
+                    s: 0.0,
+                    qs: [0; QK]
+                };
+                x.len() / QK
+            ]
+        };
+        let mut want = blocks();
+        quantize_scalar(&x, &mut want);
+        let mut got = blocks();
+        quantize_into(&x, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.d, g.s, g.qs), (w.d, w.s, w.qs));
         }
     }
 
