@@ -521,14 +521,7 @@ impl Llama {
                 .forward(&h, rows)?
                 .try_into()
                 .map_err(|_| EngineError::Load("two feed-forward projections".into()))?;
-            let act: Vec<f32> = if c.gemma.is_some() {
-                gate.iter().zip(&up).map(|(&g, &u)| gelu(g) * u).collect()
-            } else {
-                gate.iter()
-                    .zip(&up)
-                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-                    .collect()
-            };
+            let act = gated(&gate, &up, c.gemma.is_some());
             let mut down = layer.w_down.forward(&act, rows)?;
             if let Some(w) = &layer.post_ffn_norm {
                 down = rms_norm(&down, w, c.hidden, c.eps);
@@ -590,6 +583,33 @@ fn rope_table(c: &LlamaConfig, base: f32, positions: &[usize]) -> (Vec<f32>, Vec
         }
     }
     (cos, sin)
+}
+
+/// The gated feed-forward activation, act(gate)·up (GELU for Gemma, SiLU for llama),
+/// split across the pool for prompt-sized inputs.
+fn gated(gate: &[f32], up: &[f32], use_gelu: bool) -> Vec<f32> {
+    let one = |g: f32, u: f32| {
+        if use_gelu {
+            gelu(g) * u
+        } else {
+            g / (1.0 + (-g).exp()) * u
+        }
+    };
+    let mut out = vec![0f32; gate.len()];
+    let fill = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+        for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
+            *o = one(g, u);
+        }
+    };
+    const PIECE: usize = 1 << 13;
+    if gate.len() >= 4 * PIECE {
+        out.par_chunks_mut(PIECE)
+            .zip(gate.par_chunks(PIECE).zip(up.par_chunks(PIECE)))
+            .for_each(fill);
+    } else {
+        fill((&mut out, (gate, up)));
+    }
+    out
 }
 
 /// GELU, tanh form (Gemma's `gelu_pytorch_tanh`).
