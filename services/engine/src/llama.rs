@@ -50,7 +50,7 @@ impl LlamaConfig {
     fn is_local(&self, li: usize) -> bool {
         self.gemma
             .as_ref()
-            .is_some_and(|g| (li + 1) % g.global_every != 0)
+            .is_some_and(|g| !(li + 1).is_multiple_of(g.global_every))
     }
 }
 

@@ -30,10 +30,7 @@ fn forward(model: &Llama, feeds: &[&[u32]], states: &mut [&mut SeqState]) -> Res
     let mut inputs: Vec<SeqInput<'_>> = feeds
         .iter()
         .zip(states.iter_mut())
-        .map(|(tokens, cache)| SeqInput {
-            tokens,
-            cache: &mut **cache,
-        })
+        .map(|(tokens, cache)| SeqInput { tokens, cache })
         .collect();
     model.forward(&mut inputs)
 }
