@@ -409,7 +409,7 @@ impl Llama {
                 .qkv
                 .forward(&h, rows)?
                 .try_into()
-                .map_err(|_| EngineError::Load("three attention projections".into()))?;
+                .map_err(|_| EngineError::Compute("three attention projections".into()))?;
             if let Some(w) = &layer.q_norm {
                 q = rms_norm(&q, w, c.head_dim, c.eps);
             }
@@ -520,7 +520,7 @@ impl Llama {
                 .gate_up
                 .forward(&h, rows)?
                 .try_into()
-                .map_err(|_| EngineError::Load("two feed-forward projections".into()))?;
+                .map_err(|_| EngineError::Compute("two feed-forward projections".into()))?;
             let act = gated(&gate, &up, c.gemma.is_some());
             let mut down = layer.w_down.forward(&act, rows)?;
             if let Some(w) = &layer.post_ffn_norm {
