@@ -281,26 +281,36 @@ impl QWeight {
             let hi = (lo + chunk).min(n_panels);
             let mut tile_out = [[0f32; PANEL]; TILE];
             let mut rows_in: [&[BlockQ8]; TILE] = [&[]; TILE];
-            for t0 in (0..n).step_by(tile) {
-                let t = tile.min(n - t0);
-                for (i, slot) in rows_in[..t].iter_mut().enumerate() {
-                    *slot = &acts[(t0 + i) * per_row..(t0 + i + 1) * per_row];
-                }
-                for j in lo..hi {
-                    dot(
-                        &panels[j * per_row..(j + 1) * per_row],
-                        &rows_in[..t],
-                        &mut tile_out[..t],
-                    );
-                    let width = PANEL.min(rows - j * PANEL);
-                    for (i, values) in tile_out[..t].iter().enumerate() {
-                        let at = (t0 + i) * rows + j * PANEL;
-                        // SAFETY: each task writes only the columns of its own panels
-                        // lo..hi of each output row, and the ranges of different tasks do
-                        // not overlap; `width` keeps the last panel inside the row.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(values.as_ptr(), out_ptr.0.add(at), width)
-                        };
+            // Panels in runs that stay in L1 (≈32 KB) while every activation tile passes
+            // over them: each weight byte comes from memory once per product.
+            let run = (32 * 1024 / (per_row * std::mem::size_of::<P>()).max(1)).max(1);
+            for run_lo in (lo..hi).step_by(run) {
+                let run_hi = (run_lo + run).min(hi);
+                for t0 in (0..n).step_by(tile) {
+                    let t = tile.min(n - t0);
+                    for (i, slot) in rows_in[..t].iter_mut().enumerate() {
+                        *slot = &acts[(t0 + i) * per_row..(t0 + i + 1) * per_row];
+                    }
+                    for j in run_lo..run_hi {
+                        dot(
+                            &panels[j * per_row..(j + 1) * per_row],
+                            &rows_in[..t],
+                            &mut tile_out[..t],
+                        );
+                        let width = PANEL.min(rows - j * PANEL);
+                        for (i, values) in tile_out[..t].iter().enumerate() {
+                            let at = (t0 + i) * rows + j * PANEL;
+                            // SAFETY: each task writes only the columns of its own panels
+                            // lo..hi of each output row, and the ranges of different tasks
+                            // do not overlap; `width` keeps the last panel inside the row.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    values.as_ptr(),
+                                    out_ptr.0.add(at),
+                                    width,
+                                )
+                            };
+                        }
                     }
                 }
             }
