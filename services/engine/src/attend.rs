@@ -75,8 +75,9 @@ trait Ops {
     /// f16 to f32, `src.len()` values.
     fn widen(src: &[f16], dst: &mut [f32]);
     fn dot(a: &[f32], b: &[f32]) -> f32;
-    /// out += w·x
-    fn axpy(w: f32, x: &[f32], out: &mut [f32]);
+    /// out += Σ_i weights[i]·rows[i], rows of out.len() floats, in order of i, skipping
+    /// zero weights.
+    fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]);
 }
 
 struct Portable;
@@ -90,8 +91,13 @@ impl Ops for Portable {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
-    fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
-        out.iter_mut().zip(x).for_each(|(o, x)| *o += w * x);
+    fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+        let d = out.len();
+        for (&w, x) in weights.iter().zip(rows.chunks_exact(d)) {
+            if w != 0.0 {
+                out.iter_mut().zip(x).for_each(|(o, x)| *o += w * x);
+            }
+        }
     }
 }
 
@@ -167,12 +173,7 @@ fn body<O: Ops>(
         }
         for m in 0..m_count {
             let weights = &scores[m * width + (b0 - span.start)..][..b1 - b0];
-            let o = &mut out[m * d..][..d];
-            for (i, &w) in weights.iter().enumerate() {
-                if w != 0.0 {
-                    O::axpy(w, &block[i * d..][..d], o);
-                }
-            }
+            O::weighted_sum(weights, &block[..(b1 - b0) * d], &mut out[m * d..][..d]);
         }
     }
     out
@@ -251,17 +252,53 @@ mod x86 {
             }
         }
 
+        /// The output is held in registers, 64 floats at a time, across all rows.
         #[inline(always)]
-        fn axpy(w: f32, x: &[f32], out: &mut [f32]) {
-            let n = x.len().min(out.len()) / 8;
-            let (px, po) = (x.as_ptr(), out.as_mut_ptr());
-            unsafe {
-                let wv = _mm256_set1_ps(w);
-                for i in 0..n {
-                    let o = _mm256_loadu_ps(po.add(8 * i));
-                    let o = _mm256_fmadd_ps(wv, _mm256_loadu_ps(px.add(8 * i)), o);
-                    _mm256_storeu_ps(po.add(8 * i), o);
+        fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
+            let d = out.len();
+            let n = weights.len().min(rows.len() / d.max(1));
+            let mut c = 0;
+            while c < d {
+                // SAFETY: columns c..c+8·L of out and of each of the n rows exist.
+                unsafe {
+                    if d - c >= 64 {
+                        chunk::<8>(&weights[..n], rows.as_ptr(), d, c, out.as_mut_ptr());
+                        c += 64;
+                    } else {
+                        chunk::<1>(&weights[..n], rows.as_ptr(), d, c, out.as_mut_ptr());
+                        c += 8;
+                    }
                 }
+            }
+        }
+    }
+
+    /// `weighted_sum` over columns c..c+8·L, the L registers of output live throughout.
+    #[inline(always)]
+    unsafe fn chunk<const L: usize>(
+        weights: &[f32],
+        rows: *const f32,
+        d: usize,
+        c: usize,
+        out: *mut f32,
+    ) {
+        unsafe {
+            let mut o = [_mm256_setzero_ps(); L];
+            for (k, reg) in o.iter_mut().enumerate() {
+                *reg = _mm256_loadu_ps(out.add(c + 8 * k));
+            }
+            for (i, &w) in weights.iter().enumerate() {
+                if w == 0.0 {
+                    continue;
+                }
+                let wv = _mm256_set1_ps(w);
+                let row = rows.add(i * d + c);
+                for (k, reg) in o.iter_mut().enumerate() {
+                    *reg = _mm256_fmadd_ps(wv, _mm256_loadu_ps(row.add(8 * k)), *reg);
+                }
+            }
+            for (k, reg) in o.iter().enumerate() {
+                _mm256_storeu_ps(out.add(c + 8 * k), *reg);
             }
         }
     }
