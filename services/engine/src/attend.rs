@@ -46,28 +46,30 @@ impl Heads {
 /// Positions widened per block.
 const BLOCK: usize = 64;
 
-/// Output of query heads `heads` (indices within the group) of key/value head `kvh` for
-/// `q`'s rows (positions `start..`, `q_width` floats each) over the keys and values
-/// (`kv_width` f16 per position) each row sees: rows × heads × head_dim floats, row by
-/// row, then head by head.
-pub fn attend(
-    c: Heads,
-    q: &[f32],
-    kvh: usize,
-    heads: std::ops::Range<usize>,
-    k: &[f16],
-    v: &[f16],
-    start: usize,
-) -> Vec<f32> {
-    let rows = q.len() / c.q_width();
-    assert!(kvh < c.n_kv_head && heads.end <= c.group());
-    assert!(k.len().min(v.len()) >= (start + rows) * c.kv_width());
+/// One work item: query heads `heads` (indices within the group) of key/value head `kvh`
+/// for `q`'s rows (positions `start..`, `q_width` floats each), over a sequence's keys and
+/// values (`kv_width` f16 per position).
+pub struct Item<'a> {
+    pub q: &'a [f32],
+    pub kvh: usize,
+    pub heads: std::ops::Range<usize>,
+    pub k: &'a [f16],
+    pub v: &'a [f16],
+    pub start: usize,
+}
+
+/// The item's output over the positions each row sees: rows × heads × head_dim floats, row
+/// by row, then head by head.
+pub fn attend(c: Heads, item: &Item<'_>) -> Vec<f32> {
+    let rows = item.q.len() / c.q_width();
+    assert!(item.kvh < c.n_kv_head && item.heads.end <= c.group());
+    assert!(item.k.len().min(item.v.len()) >= (item.start + rows) * c.kv_width());
     #[cfg(target_arch = "x86_64")]
     if has_simd() && c.head_dim.is_multiple_of(8) {
         // SAFETY: the CPU has the features; the slices were checked above.
-        return unsafe { x86::attend(c, q, kvh, heads, k, v, start) };
+        return unsafe { x86::attend(c, item) };
     }
-    body::<Portable>(c, q, kvh, heads, k, v, start)
+    body::<Portable>(c, item)
 }
 
 /// The three inner loops, per instruction set.
@@ -102,15 +104,15 @@ impl Ops for Portable {
 }
 
 #[inline(always)]
-fn body<O: Ops>(
-    c: Heads,
-    q: &[f32],
-    kvh: usize,
-    heads: std::ops::Range<usize>,
-    k: &[f16],
-    v: &[f16],
-    start: usize,
-) -> Vec<f32> {
+fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
+    let Item {
+        q,
+        kvh,
+        ref heads,
+        k,
+        v,
+        start,
+    } = *item;
     let (d, group, per_row) = (c.head_dim, c.group(), heads.len());
     let rows = q.len() / c.q_width();
     let m_count = rows * per_row;
@@ -191,22 +193,14 @@ fn has_simd() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Heads, Ops, body};
+    use super::{Heads, Item, Ops, body};
     use half::f16;
     use std::arch::x86_64::*;
 
     /// `attend` with the loops below inlined; head_dim a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend(
-        c: Heads,
-        q: &[f32],
-        kvh: usize,
-        heads: std::ops::Range<usize>,
-        k: &[f16],
-        v: &[f16],
-        start: usize,
-    ) -> Vec<f32> {
-        body::<Avx2>(c, q, kvh, heads, k, v, start)
+    pub unsafe fn attend(c: Heads, item: &Item<'_>) -> Vec<f32> {
+        body::<Avx2>(c, item)
     }
 
     struct Avx2;
@@ -372,9 +366,17 @@ mod tests {
                 .map(|_| r.random_range(-2.0..2.0))
                 .collect();
             for kvh in 0..c.n_kv_head {
-                let got = attend(c, &q, kvh, 0..group, &k, &v, start);
+                let item = |heads| Item {
+                    q: &q,
+                    kvh,
+                    heads,
+                    k: &k,
+                    v: &v,
+                    start,
+                };
+                let got = attend(c, &item(0..group));
                 // One head of the group on its own gives that head's part.
-                let last = attend(c, &q, kvh, group - 1..group, &k, &v, start);
+                let last = attend(c, &item(group - 1..group));
                 for t in 0..rows {
                     assert_eq!(
                         last[t * head_dim..][..head_dim],
@@ -412,7 +414,17 @@ mod tests {
             .map(|i| f16::from_f32(1.0 - i as f32 / 32.0))
             .collect();
         let q = vec![0.5f32; 128];
-        let out = attend(c, &q, 0, 0..2, &k, &v, 0);
+        let out = attend(
+            c,
+            &Item {
+                q: &q,
+                kvh: 0,
+                heads: 0..2,
+                k: &k,
+                v: &v,
+                start: 0,
+            },
+        );
         let want: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
         assert_eq!(out[..64], want[..]);
         assert_eq!(out[64..], want[..]);
@@ -434,7 +446,17 @@ mod tests {
             .collect();
         let q = vec![0.25f32; 64];
         // The query at position 2 returns position 2's value exactly.
-        let out = attend(c, &q, 0, 0..1, &k, &v, 2);
+        let out = attend(
+            c,
+            &Item {
+                q: &q,
+                kvh: 0,
+                heads: 0..1,
+                k: &k,
+                v: &v,
+                start: 2,
+            },
+        );
         let want: Vec<f32> = v[128..].iter().map(|x| x.to_f32()).collect();
         assert_eq!(out, want);
     }

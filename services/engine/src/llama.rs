@@ -490,12 +490,14 @@ impl Llama {
                     let cache = &batch_ref[*seq].cache;
                     attend::attend(
                         heads,
-                        &q[at * q_width..(at + take) * q_width],
-                        *kvh,
-                        gs.clone(),
-                        &cache.k[li],
-                        &cache.v[li],
-                        *first,
+                        &attend::Item {
+                            q: &q[at * q_width..(at + take) * q_width],
+                            kvh: *kvh,
+                            heads: gs.clone(),
+                            k: &cache.k[li],
+                            v: &cache.v[li],
+                            start: *first,
+                        },
                     )
                 })
                 .collect();

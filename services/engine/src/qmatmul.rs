@@ -915,6 +915,17 @@ mod x86 {
         s
     }
 
+    /// The first `len` blocks of each of the N activation rows, as an array the kernels'
+    /// unrolled loops index without bounds checks.
+    #[inline(always)]
+    fn tile_rows<'a, const N: usize>(acts: &[&'a [BlockQ8]], len: usize) -> [&'a [BlockQ8]; N] {
+        let mut rows: [&[BlockQ8]; N] = [&[]; N];
+        for (row, act) in rows.iter_mut().zip(acts) {
+            *row = &act[..len];
+        }
+        rows
+    }
+
     // One body per instruction set and tile height, so each loop is compiled with its
     // features enabled, unrolled over the N activation rows, and the dot products inline.
     macro_rules! kernels {
@@ -925,10 +936,7 @@ mod x86 {
                 acts: &[&[BlockQ8]],
                 out: &mut [[f32; PANEL]],
             ) {
-                let mut rows: [&[BlockQ8]; N] = [&[]; N];
-                for t in 0..N {
-                    rows[t] = &acts[t][..w.len()];
-                }
+                let rows = tile_rows::<N>(acts, w.len());
                 let mut acc = [_mm256_setzero_ps(); N];
                 let mut offsets = [_mm256_setzero_ps(); N];
                 // A row's sums must not depend on the tile it lands in (a batch changes no
@@ -974,10 +982,7 @@ mod x86 {
                 acts: &[&[BlockQ8]],
                 out: &mut [[f32; PANEL]],
             ) {
-                let mut rows: [&[BlockQ8]; N] = [&[]; N];
-                for t in 0..N {
-                    rows[t] = &acts[t][..w.len()];
-                }
+                let rows = tile_rows::<N>(acts, w.len());
                 let mut acc = [_mm256_setzero_ps(); N];
                 for (b, p) in w.iter().enumerate() {
                     let wq = load_q8(p);
