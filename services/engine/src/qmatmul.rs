@@ -240,21 +240,36 @@ impl QWeight {
             }
             Data::Q4_1(w) => {
                 let acts = quantize_rows(x, self.cols);
-                Ok(self.run(w, &acts, n, k.tile(), |p, a, o| k.q4_1(p, a, o)))
+                Ok(
+                    self.run(w, &acts, n, (k.tile(), k.pairs()), |p, two, a, o| {
+                        if two == 2 {
+                            k.q4_1_pair(p, a, o)
+                        } else {
+                            k.q4_1(p, a, o)
+                        }
+                    }),
+                )
             }
             Data::Q8_0(w) => {
                 let acts = k.q8_0_activations(quantize_rows(x, self.cols));
-                Ok(self.run(w, &acts, n, k.tile(), |p, a, o| k.q8_0(p, a, o)))
+                Ok(self.run(w, &acts, n, (k.tile(), false), |p, _, a, o| k.q8_0(p, a, o)))
             }
         }
     }
 
     /// Splits the output panels across the pool; `dot` gets one panel's blocks and up to
     /// `tile` activation rows.
-    fn run<P, F>(&self, panels: &[P], acts: &[BlockQ8], n: usize, tile: usize, dot: F) -> Vec<f32>
+    fn run<P, F>(
+        &self,
+        panels: &[P],
+        acts: &[BlockQ8],
+        n: usize,
+        (tile, pair): (usize, bool),
+        dot: F,
+    ) -> Vec<f32>
     where
         P: Sync,
-        F: Fn(&[P], &[&[BlockQ8]], &mut [[f32; PANEL]]) + Sync,
+        F: Fn(&[P], usize, &[&[BlockQ8]], &mut [[f32; PANEL]]) + Sync,
     {
         let per_row = self.cols / QK;
         let rows = self.rows;
@@ -279,7 +294,7 @@ impl QWeight {
             let out_ptr = &out_ptr;
             let lo = piece * chunk;
             let hi = (lo + chunk).min(n_panels);
-            let mut tile_out = [[0f32; PANEL]; TILE];
+            let mut tile_out = [[0f32; PANEL]; 2 * TILE];
             let mut rows_in: [&[BlockQ8]; TILE] = [&[]; TILE];
             // Panels in runs that stay in L1 (≈32 KB) while every activation tile passes
             // over them: each weight byte comes from memory once per product.
@@ -291,26 +306,42 @@ impl QWeight {
                     for (i, slot) in rows_in[..t].iter_mut().enumerate() {
                         *slot = &acts[(t0 + i) * per_row..(t0 + i + 1) * per_row];
                     }
-                    for j in run_lo..run_hi {
+                    let mut j = run_lo;
+                    while j < run_hi {
+                        // Two panels per call where the kernels take them and the tile has
+                        // rows to share them (out[t·2 + i] is panel j + i for row t), else
+                        // one (out[t]); single-row decode measured slower with pairs.
+                        let k = if pair && t > 1 && j + 1 < run_hi {
+                            2
+                        } else {
+                            1
+                        };
                         dot(
-                            &panels[j * per_row..(j + 1) * per_row],
+                            &panels[j * per_row..(j + k) * per_row],
+                            k,
                             &rows_in[..t],
-                            &mut tile_out[..t],
+                            &mut tile_out[..t * k],
                         );
-                        let width = PANEL.min(rows - j * PANEL);
-                        for (i, values) in tile_out[..t].iter().enumerate() {
-                            let at = (t0 + i) * rows + j * PANEL;
-                            // SAFETY: each task writes only the columns of its own panels
-                            // lo..hi of each output row, and the ranges of different tasks
-                            // do not overlap; `width` keeps the last panel inside the row.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    values.as_ptr(),
-                                    out_ptr.0.add(at),
-                                    width,
-                                )
-                            };
+                        for i in 0..k {
+                            let panel = j + i;
+                            let width = PANEL.min(rows - panel * PANEL);
+                            for r in 0..t {
+                                let values = &tile_out[r * k + i];
+                                let at = (t0 + r) * rows + panel * PANEL;
+                                // SAFETY: each task writes only the columns of its own
+                                // panels lo..hi of each output row, and the ranges of
+                                // different tasks do not overlap; `width` keeps the last
+                                // panel inside the row.
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(
+                                        values.as_ptr(),
+                                        out_ptr.0.add(at),
+                                        width,
+                                    )
+                                };
+                            }
                         }
+                        j += k;
                     }
                 }
             }
@@ -624,6 +655,43 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512Vnni => TILE,
             _ => 4,
+        }
+    }
+
+    /// Whether two Q4_1 panels go through one call (in 512-bit registers).
+    pub fn pairs(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self == Kernels::Avx512Vnni {
+            static ZMM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            return *ZMM.get_or_init(|| {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && std::env::var("LLMESH_ZMM").map_or(true, |v| v != "0")
+            });
+        }
+        false
+    }
+
+    /// Two consecutive Q4_1 panels (`w` holds the first panel's blocks, then the
+    /// second's): `out[2t + i]` is panel i times activation row t. Same bits as two
+    /// calls of `q4_1`.
+    pub fn q4_1_pair(self, w: &[PanelQ4_1], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
+        assert!(acts.len() <= TILE && out.len() >= 2 * acts.len());
+        let per_row = w.len() / 2;
+        assert!(acts.iter().all(|a| a.len() >= per_row));
+        #[cfg(target_arch = "x86_64")]
+        if self.pairs() {
+            // SAFETY: pairs() checked the features; the slices were checked above.
+            unsafe { by_rows!(x86::q4_1_zmm, w, acts, out) };
+            return;
+        }
+        let (w0, w1) = w.split_at(per_row);
+        let mut one = vec![[0f32; PANEL]; acts.len()];
+        for (i, wi) in [w0, w1].into_iter().enumerate() {
+            self.q4_1(wi, acts, &mut one);
+            for (t, v) in one.iter().enumerate() {
+                out[2 * t + i] = *v;
+            }
         }
     }
 
@@ -1008,6 +1076,106 @@ mod x86 {
         };
     }
 
+    /// Two Q4_1 panels at once in 512-bit registers: lanes 0–7 are the first panel's rows,
+    /// 8–15 the second's; lane by lane the same operations, in the same order, as
+    /// `q4_1_vnni`, so the same bits.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+    pub fn q4_1_zmm<const N: usize>(
+        w: &[PanelQ4_1],
+        acts: &[&[BlockQ8]],
+        out: &mut [[f32; PANEL]],
+    ) {
+        let per_row = w.len() / 2;
+        let (w0, w1) = w.split_at(per_row);
+        let rows = tile_rows::<N>(acts, per_row);
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut offsets = [_mm512_setzero_ps(); N];
+        let join = |a: __m256, b: __m256| {
+            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                _mm512_castpd256_pd512(_mm256_castps_pd(a)),
+                _mm256_castps_pd(b),
+            ))
+        };
+        for b in 0..per_row {
+            let (p0, p1) = (&w0[b], &w1[b]);
+            let mut wq = [_mm512_setzero_si512(); 8];
+            for i in 0..4 {
+                // SAFETY: bytes 32i..32i+32 of each panel's 128-byte `qs`.
+                let l = unsafe {
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(load(p0.qs.as_ptr().add(32 * i))),
+                        load(p1.qs.as_ptr().add(32 * i)),
+                    )
+                };
+                wq[i] = _mm512_and_si512(l, mask);
+                wq[i + 4] = _mm512_and_si512(_mm512_srli_epi16::<4>(l), mask);
+            }
+            // SAFETY: `d` and `m` are 8 floats at each 32-byte aligned panel start.
+            let (d, m) = unsafe {
+                (
+                    join(_mm256_load_ps(p0.d.as_ptr()), _mm256_load_ps(p1.d.as_ptr())),
+                    join(_mm256_load_ps(p0.m.as_ptr()), _mm256_load_ps(p1.m.as_ptr())),
+                )
+            };
+            for t in 0..N {
+                let ab = &rows[t][b];
+                let word = |g: usize| {
+                    _mm512_set1_epi32(i32::from_le_bytes([
+                        ab.qs[4 * g] as u8,
+                        ab.qs[4 * g + 1] as u8,
+                        ab.qs[4 * g + 2] as u8,
+                        ab.qs[4 * g + 3] as u8,
+                    ]))
+                };
+                let sum = if N <= 4 {
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for g in (0..8).step_by(2) {
+                        s0 = _mm512_dpbusd_epi32(s0, wq[g], word(g));
+                        s1 = _mm512_dpbusd_epi32(s1, wq[g + 1], word(g + 1));
+                    }
+                    _mm512_add_epi32(s0, s1)
+                } else {
+                    let mut s = _mm512_setzero_si512();
+                    for (g, wg) in wq.iter().enumerate() {
+                        s = _mm512_dpbusd_epi32(s, *wg, word(g));
+                    }
+                    s
+                };
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(ab.d));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
+                if N <= 4 {
+                    offsets[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(ab.s), offsets[t]);
+                }
+            }
+        }
+        if N > 4 {
+            for b in 0..per_row {
+                // SAFETY: as above.
+                let m = unsafe {
+                    join(
+                        _mm256_load_ps(w0[b].m.as_ptr()),
+                        _mm256_load_ps(w1[b].m.as_ptr()),
+                    )
+                };
+                for t in 0..N {
+                    offsets[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(rows[t][b].s), offsets[t]);
+                }
+            }
+        }
+        for t in 0..N {
+            let v = _mm512_add_ps(acc[t], offsets[t]);
+            // SAFETY: out[2t] and out[2t + 1] are 8 floats each.
+            unsafe {
+                _mm256_storeu_ps(out[2 * t].as_mut_ptr(), _mm512_castps512_ps256(v));
+                _mm256_storeu_ps(
+                    out[2 * t + 1].as_mut_ptr(),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+                );
+            }
+        }
+    }
+
     kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma", dot_u8_avx2, dot_i8_avx2);
     kernels!(
         q4_1_vnni,
@@ -1174,6 +1342,38 @@ mod tests {
                     }
                     let bits = out[0].map(f32::to_bits);
                     assert_eq!(*first.get_or_insert(bits), bits, "{k:?} {dtype:?} n={n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_panel_pair_gives_the_bits_of_two_single_panels() {
+        let mut r = rng();
+        let blocks = 18;
+        let w = weight(&mut r, GgmlDType::Q4_1, 2 * PANEL, blocks * QK);
+        let Data::Q4_1(p) = &w.data else {
+            unreachable!()
+        };
+        let x: Vec<f32> = (0..TILE * blocks * QK)
+            .map(|_| r.random_range(-3.0..3.0))
+            .collect();
+        let acts = quantize_rows(&x, blocks * QK);
+        let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
+        for k in Kernels::available() {
+            for n in 1..=TILE {
+                let mut pair = vec![[0f32; PANEL]; 2 * n];
+                k.q4_1_pair(p, &tile[..n], &mut pair);
+                for i in 0..2 {
+                    let mut one = vec![[0f32; PANEL]; n];
+                    k.q4_1(&p[i * blocks..(i + 1) * blocks], &tile[..n], &mut one);
+                    for t in 0..n {
+                        assert_eq!(
+                            pair[2 * t + i].map(f32::to_bits),
+                            one[t].map(f32::to_bits),
+                            "{k:?} n={n} panel {i}"
+                        );
+                    }
                 }
             }
         }
