@@ -13,8 +13,9 @@
 //! float multiply-add per block applies the eight rows' scales together. A panel block is
 //! unpacked once and multiplied against up to [`TILE`] (8) activation rows while it sits in
 //! registers (prefill and batched decode reuse it; single-token decode still issues a
-//! third of the instructions a row-at-a-time kernel needs). Output panels are split across
-//! the compute pool (rayon, sized to the cores). The multiply-add is AVX512-VNNI
+//! third of the instructions a row-at-a-time kernel needs); with AVX-512, tiles of two rows
+//! or more take two Q4_1 panels per call in 512-bit registers. Output panels are split
+//! across the compute pool (rayon, sized to the cores), walked in L1-sized runs. The multiply-add is AVX512-VNNI
 //! `vpdpbusd` where the CPU has it, AVX2 `vpmaddubsw` elsewhere on x86, chosen at run time,
 //! with a portable scalar path on other CPUs.
 
