@@ -1,5 +1,6 @@
-//! The llama-family forward pass, owned by llmesh so that sequences of different lengths
-//! and positions run together in one step: the weight matrix products run once over the
+//! The llama-family forward pass (llama, and Gemma 3 with its extra norms, GELU and
+//! sliding windows), owned by llmesh so that sequences of different lengths and positions
+//! run together in one step: the weight matrix products run once over the
 //! rows of every sequence in the batch (llmesh's quantized matmul in `qmatmul`, which
 //! quantizes each activation row to 8 bits as llama.cpp does), while attention runs per
 //! sequence against that sequence's own KV cache. No row's arithmetic depends on what else
