@@ -8,7 +8,7 @@ use candle_core::Device;
 use crate::error::Result;
 use crate::gguf::GgufFile;
 use crate::llama::Llama;
-use crate::scheduler::{Backend, Request, Scheduler, SchedulerConfig};
+use crate::scheduler::{Request, Scheduler, SchedulerConfig};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::GgufTokenizer;
 
@@ -75,7 +75,7 @@ impl ChatModel {
             text(tokenizer.bos_id),
             text(tokenizer.eos_id),
         )?;
-        let backend: Backend = Llama::load(&mut file, &device())?;
+        let backend = Llama::load(&mut file, &device())?;
         let scheduler = Scheduler::start(name, Arc::new(backend), tokenizer.clone(), config)?;
         Ok(ChatModel {
             info,

@@ -153,9 +153,9 @@ impl QWeight {
             ));
         }
         let data = if four_bit {
-            Data::Q4_1(pack_q4(dtype, raw, rows, cols))
+            Data::Q4_1(pack(dtype, raw, (rows, cols), PanelQ4_1::ZERO, place_q4))
         } else {
-            Data::Q8_0(pack_q8(dtype, raw, rows, cols))
+            Data::Q8_0(pack(dtype, raw, (rows, cols), PanelQ8_0::ZERO, place_q8))
         };
         Ok(Some(QWeight { rows, cols, data }))
     }
@@ -174,27 +174,20 @@ impl QWeight {
             return None;
         }
         let rows = parts.iter().map(|p| p.rows).sum();
+        // Every part's panels of one format, back to back; None if a format differs.
+        fn joined<P: Copy>(parts: &[&QWeight], pick: fn(&Data) -> Option<&[P]>) -> Option<Vec<P>> {
+            let slices: Option<Vec<&[P]>> = parts.iter().map(|p| pick(&p.data)).collect();
+            Some(slices?.concat())
+        }
         let data = match &first.data {
-            Data::Q4_1(_) => Data::Q4_1(
-                parts
-                    .iter()
-                    .map(|p| match &p.data {
-                        Data::Q4_1(v) => Some(v.as_slice()),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()?
-                    .concat(),
-            ),
-            Data::Q8_0(_) => Data::Q8_0(
-                parts
-                    .iter()
-                    .map(|p| match &p.data {
-                        Data::Q8_0(v) => Some(v.as_slice()),
-                        _ => None,
-                    })
-                    .collect::<Option<Vec<_>>>()?
-                    .concat(),
-            ),
+            Data::Q4_1(_) => Data::Q4_1(joined(parts, |d| match d {
+                Data::Q4_1(v) => Some(v),
+                _ => None,
+            })?),
+            Data::Q8_0(_) => Data::Q8_0(joined(parts, |d| match d {
+                Data::Q8_0(v) => Some(v),
+                _ => None,
+            })?),
             Data::Candle(..) => return None,
         };
         Some(QWeight { rows, cols, data })
@@ -519,37 +512,42 @@ fn for_each_block(
     }
 }
 
-fn pack_q4(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ4_1> {
+/// Places every 32-element block of a row-major (rows, cols) GGUF matrix into panels of
+/// type P (zeroed, rows rounded up to whole panels) with `place(panel, row in panel, sub)`.
+fn pack<P: Copy>(
+    dtype: GgmlDType,
+    raw: &[u8],
+    (rows, cols): (usize, usize),
+    zero: P,
+    place: impl Fn(&mut P, usize, &Sub),
+) -> Vec<P> {
     let per_row = cols / QK;
-    let mut panels = vec![PanelQ4_1::ZERO; rows.div_ceil(PANEL) * per_row];
+    let mut panels = vec![zero; rows.div_ceil(PANEL) * per_row];
     for_each_block(dtype, raw, cols, |row, block, sub| {
-        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
-        p.d[r] = sub.d;
-        p.m[r] = sub.m;
-        for g in 0..4 {
-            for e in 0..4 {
-                let (lo, hi) = (sub.q[4 * g + e] as u8, sub.q[16 + 4 * g + e] as u8);
-                p.qs[32 * g + 4 * r + e] = lo | (hi << 4);
-            }
-        }
+        place(&mut panels[row / PANEL * per_row + block], row % PANEL, sub)
     });
     panels
 }
 
-fn pack_q8(dtype: GgmlDType, raw: &[u8], rows: usize, cols: usize) -> Vec<PanelQ8_0> {
-    let per_row = cols / QK;
-    let mut panels = vec![PanelQ8_0::ZERO; rows.div_ceil(PANEL) * per_row];
-    for_each_block(dtype, raw, cols, |row, block, sub| {
-        let (r, p) = (row % PANEL, &mut panels[row / PANEL * per_row + block]);
-        p.d[r] = sub.d;
-        p.wsum[r] = 128 * sub.q.iter().map(|&v| v as i32).sum::<i32>();
-        for g in 0..8 {
-            for e in 0..4 {
-                p.qs[32 * g + 4 * r + e] = sub.q[4 * g + e];
-            }
+fn place_q4(p: &mut PanelQ4_1, r: usize, sub: &Sub) {
+    p.d[r] = sub.d;
+    p.m[r] = sub.m;
+    for g in 0..4 {
+        for e in 0..4 {
+            let (lo, hi) = (sub.q[4 * g + e] as u8, sub.q[16 + 4 * g + e] as u8);
+            p.qs[32 * g + 4 * r + e] = lo | (hi << 4);
         }
-    });
-    panels
+    }
+}
+
+fn place_q8(p: &mut PanelQ8_0, r: usize, sub: &Sub) {
+    p.d[r] = sub.d;
+    p.wsum[r] = 128 * sub.q.iter().map(|&v| v as i32).sum::<i32>();
+    for g in 0..8 {
+        for e in 0..4 {
+            p.qs[32 * g + 4 * r + e] = sub.q[4 * g + e];
+        }
+    }
 }
 
 /// Quantizes rows of `cols` floats to 8-bit blocks, as llama.cpp's `quantize_row_q8_1`

@@ -18,23 +18,6 @@ use crate::sampler::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::GgufTokenizer;
 
-/// The forward pass a scheduler drives: llmesh's own batched forward (llama and Gemma 3).
-pub type Backend = Llama;
-
-/// What one sequence keeps between steps: its KV cache.
-pub type SeqState = KvCache;
-
-/// Runs one step for the given sequences (their new tokens and caches); returns the
-/// logits after each sequence's last token.
-fn forward(model: &Llama, feeds: &[&[u32]], states: &mut [&mut SeqState]) -> Result<Vec<Vec<f32>>> {
-    let mut inputs: Vec<SeqInput<'_>> = feeds
-        .iter()
-        .zip(states.iter_mut())
-        .map(|(tokens, cache)| SeqInput { tokens, cache })
-        .collect();
-    model.forward(&mut inputs)
-}
-
 /// Limits of the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -200,7 +183,7 @@ impl Scheduler {
     /// Starts the actor thread for `model`.
     pub fn start(
         name: &str,
-        model: Arc<Backend>,
+        model: Arc<Llama>,
         tokenizer: Arc<GgufTokenizer>,
         config: SchedulerConfig,
     ) -> Result<Scheduler> {
@@ -266,7 +249,8 @@ struct Sequence {
     submitted: Instant,
     admitted: Instant,
     first_token: Option<Instant>,
-    state: SeqState,
+    /// The sequence's KV cache.
+    state: KvCache,
     /// Prompt tokens already in the cache.
     prefilled: usize,
     /// Every token so far (prompt and output), for the repeat penalty.
@@ -279,7 +263,7 @@ struct Sequence {
 }
 
 struct Worker {
-    model: Arc<Backend>,
+    model: Arc<Llama>,
     tokenizer: Arc<GgufTokenizer>,
     config: SchedulerConfig,
     counters: Arc<Counters>,
@@ -384,12 +368,13 @@ impl Worker {
             }
         }
         let mut members = Vec::new();
-        let mut member_feeds: Vec<&[u32]> = Vec::new();
-        let mut states: Vec<&mut SeqState> = Vec::new();
+        let mut inputs: Vec<SeqInput<'_>> = Vec::new();
         for (i, (seq, feed)) in self.running.iter_mut().zip(&feeds).enumerate() {
             if !feed.is_empty() {
-                member_feeds.push(feed);
-                states.push(&mut seq.state);
+                inputs.push(SeqInput {
+                    tokens: feed,
+                    cache: &mut seq.state,
+                });
                 members.push(i);
             }
         }
@@ -399,8 +384,8 @@ impl Worker {
         // The step runs inside the compute pool, so the pool's threads are the only ones
         // computing (no third thread competing with them for two cores).
         let model = &self.model;
-        let result = rayon::scope(|_| forward(model, &member_feeds, &mut states));
-        drop(states);
+        let result = rayon::scope(|_| model.forward(&mut inputs));
+        drop(inputs);
         self.counters.steps.fetch_add(1, Ordering::SeqCst);
         self.update_kv_bytes();
         let logits = match result {
