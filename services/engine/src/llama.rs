@@ -456,25 +456,6 @@ impl Llama {
                 .map(|s| s.tokens.len().div_ceil(ATTN_ROWS) * c.n_kv_head)
                 .sum();
             let split = grouped_items < 4 * rayon::current_num_threads();
-            let mut items = Vec::new();
-            let mut row = 0;
-            for (seq, s) in batch.iter().enumerate() {
-                let n = s.tokens.len();
-                for done in (0..n).step_by(ATTN_ROWS) {
-                    let take = ATTN_ROWS.min(n - done);
-                    for kvh in 0..c.n_kv_head {
-                        let first = s.cache.len + done;
-                        if split {
-                            for g in 0..group {
-                                items.push((seq, first, row + done, take, kvh, g..g + 1));
-                            }
-                        } else {
-                            items.push((seq, first, row + done, take, kvh, 0..group));
-                        }
-                    }
-                }
-                row += n;
-            }
             let heads = attend::Heads {
                 n_head: c.n_head,
                 n_kv_head: c.n_kv_head,
@@ -484,31 +465,44 @@ impl Llama {
                     _ => usize::MAX,
                 },
             };
-            let batch_ref = &*batch;
+            // (first row of the item in the batch, the item)
+            let mut items: Vec<(usize, attend::Item<'_>)> = Vec::new();
+            let mut row = 0;
+            for s in batch.iter() {
+                let n = s.tokens.len();
+                for done in (0..n).step_by(ATTN_ROWS) {
+                    let at = row + done;
+                    let take = ATTN_ROWS.min(n - done);
+                    for kvh in 0..c.n_kv_head {
+                        let item = |heads| attend::Item {
+                            q: &q[at * q_width..(at + take) * q_width],
+                            kvh,
+                            heads,
+                            k: &s.cache.k[li],
+                            v: &s.cache.v[li],
+                            start: s.cache.len + done,
+                        };
+                        if split {
+                            items.extend((0..group).map(|g| (at, item(g..g + 1))));
+                        } else {
+                            items.push((at, item(0..group)));
+                        }
+                    }
+                }
+                row += n;
+            }
             let outputs: Vec<Vec<f32>> = items
                 .par_iter()
-                .map(|(seq, first, at, take, kvh, gs)| {
-                    let cache = &batch_ref[*seq].cache;
-                    attend::attend(
-                        heads,
-                        &attend::Item {
-                            q: &q[at * q_width..(at + take) * q_width],
-                            kvh: *kvh,
-                            heads: gs.clone(),
-                            k: &cache.k[li],
-                            v: &cache.v[li],
-                            start: *first,
-                        },
-                    )
-                })
+                .map(|(_, item)| attend::attend(heads, item))
                 .collect();
             let d = c.head_dim;
             let mut attn = vec![0f32; rows * q_width];
-            for ((_, _, at, take, kvh, gs), o) in items.iter().zip(&outputs) {
-                let width = gs.len() * d;
-                for r in 0..*take {
+            for ((at, item), o) in items.iter().zip(&outputs) {
+                let width = item.heads.len() * d;
+                let first_col = (item.kvh * group + item.heads.start) * d;
+                for r in 0..item.q.len() / q_width {
                     // Row r's heads of this item are contiguous in both.
-                    attn[(at + r) * q_width + (kvh * group + gs.start) * d..][..width]
+                    attn[(at + r) * q_width + first_col..][..width]
                         .copy_from_slice(&o[r * width..(r + 1) * width]);
                 }
             }
