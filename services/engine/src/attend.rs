@@ -72,11 +72,17 @@ pub fn attend(c: Heads, item: &Item<'_>) -> Vec<f32> {
     body::<Portable>(c, item)
 }
 
-/// The three inner loops, per instruction set.
+/// The inner loops, per instruction set. Each result depends only on its own inputs and
+/// positions, never on where a row sits in its item, so a row gets the same bits in
+/// whatever batch it runs.
 trait Ops {
     /// f16 to f32, `src.len()` values.
     fn widen(src: &[f16], dst: &mut [f32]);
-    fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `out[j] = scale · (q · keys[j])`, keys of `q.len()` floats one after another.
+    fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]);
+    /// Softmax in place over the scores one query sees, the weights rounded to f16
+    /// (llama.cpp multiplies the f16 values by f16 weights).
+    fn softmax(s: &mut [f32]);
     /// out += Σ_i weights[i]·rows[i], rows of out.len() floats, in order of i, skipping
     /// zero weights.
     fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]);
@@ -89,8 +95,22 @@ impl Ops for Portable {
         dst.iter_mut().zip(src).for_each(|(d, s)| *d = s.to_f32());
     }
 
-    fn dot(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+        for (o, key) in out.iter_mut().zip(keys.chunks_exact(q.len())) {
+            *o = q.iter().zip(key).map(|(x, y)| x * y).sum::<f32>() * scale;
+        }
+    }
+
+    fn softmax(s: &mut [f32]) {
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0.0;
+        for x in s.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        for x in s.iter_mut() {
+            *x = f16::from_f32(*x / sum).to_f32();
+        }
     }
 
     fn weighted_sum(weights: &[f32], rows: &[f32], out: &mut [f32]) {
@@ -133,8 +153,9 @@ fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
     let scale = 1.0 / (d as f32).sqrt();
     let kv_at = |j: usize| j * c.kv_width() + kvh * d;
 
-    // Scores of every query vector over the span; positions a row does not see stay −∞.
-    let mut scores = vec![f32::NEG_INFINITY; m_count * width];
+    // Scores of every query vector over the span; positions a row does not see keep a
+    // weight of 0.
+    let mut scores = vec![0f32; m_count * width];
     let mut block = vec![0f32; BLOCK.min(width) * d];
     for b0 in span.clone().step_by(BLOCK) {
         let b1 = (b0 + BLOCK).min(span.end);
@@ -144,27 +165,25 @@ fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
         for t in 0..rows {
             let seen = c.visible(start + t);
             let (lo, hi) = (seen.start.max(b0), seen.end.min(b1));
+            if lo >= hi {
+                continue;
+            }
             for i in 0..per_row {
                 let m = t * per_row + i;
-                let qm = &queries[m * d..][..d];
-                let row = &mut scores[m * width..][..width];
-                for j in lo..hi {
-                    row[j - span.start] = O::dot(qm, &block[(j - b0) * d..][..d]) * scale;
-                }
+                O::scores(
+                    &queries[m * d..][..d],
+                    &block[(lo - b0) * d..(hi - b0) * d],
+                    scale,
+                    &mut scores[m * width + lo - span.start..][..hi - lo],
+                );
             }
         }
     }
-    // Softmax per query vector; the weights rounded to f16 (llama.cpp multiplies the f16
-    // values by f16 weights).
-    for row in scores.chunks_mut(width) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0.0;
-        for s in row.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in row.iter_mut() {
-            *s = f16::from_f32(*s / sum).to_f32();
+    for t in 0..rows {
+        let seen = c.visible(start + t);
+        for i in 0..per_row {
+            let row = &mut scores[(t * per_row + i) * width..][..width];
+            O::softmax(&mut row[seen.start - span.start..seen.end - span.start]);
         }
     }
     let mut out = vec![0f32; m_count * d];
@@ -221,28 +240,88 @@ mod x86 {
             }
         }
 
+        /// Eight keys at a time, one accumulator each, summed across lanes by one tree
+        /// that treats every key alike (a key's bits do not depend on its neighbours).
         #[inline(always)]
-        fn dot(a: &[f32], b: &[f32]) -> f32 {
-            let n = a.len().min(b.len()) / 8;
-            let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]) {
+            let d = q.len();
+            let n = out.len().min(keys.len() / d.max(1));
+            let (pq, pk, po) = (q.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
+            let mut j0 = 0;
+            while j0 < n {
+                let count = (n - j0).min(8);
+                // Missing keys of the last group repeat its first; their sums are dropped.
+                let key: [*const f32; 8] = std::array::from_fn(|j| {
+                    let j = if j < count { j0 + j } else { j0 };
+                    // SAFETY: key j of the n in `keys`.
+                    unsafe { pk.add(j * d) }
+                });
+                unsafe {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    let mut c = 0;
+                    while c + 8 <= d {
+                        let qv = _mm256_loadu_ps(pq.add(c));
+                        for (a, kp) in acc.iter_mut().zip(key) {
+                            *a = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp.add(c)), *a);
+                        }
+                        c += 8;
+                    }
+                    let s = _mm256_mul_ps(sum8(acc), _mm256_set1_ps(scale));
+                    if count == 8 {
+                        _mm256_storeu_ps(po.add(j0), s);
+                    } else {
+                        let mut tmp = [0f32; 8];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), s);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr(), po.add(j0), count);
+                    }
+                }
+                j0 += count;
+            }
+        }
+
+        /// Eight scores at a time with a polynomial exp.
+        #[inline(always)]
+        fn softmax(s: &mut [f32]) {
+            let n = s.len();
+            if n == 0 {
+                return;
+            }
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             unsafe {
-                let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                let maxv = _mm256_set1_ps(max);
+                let mut sum = _mm256_setzero_ps();
+                // Groups of 8 from the row's first visible position (the same groups in
+                // any item); the last one padded with −∞, whose exp is 0.
+                let mut lo = 0;
+                while lo < n {
+                    let hi = (lo + 8).min(n);
+                    if hi - lo == 8 {
+                        let p = s.as_mut_ptr().add(lo);
+                        let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p), maxv));
+                        sum = _mm256_add_ps(sum, e);
+                        _mm256_storeu_ps(p, e);
+                    } else {
+                        let mut tmp = [f32::NEG_INFINITY; 8];
+                        tmp[..hi - lo].copy_from_slice(&s[lo..hi]);
+                        let e = exp(_mm256_sub_ps(_mm256_loadu_ps(tmp.as_ptr()), maxv));
+                        sum = _mm256_add_ps(sum, e);
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), e);
+                        s[lo..hi].copy_from_slice(&tmp[..hi - lo]);
+                    }
+                    lo = hi;
+                }
+                let total = _mm256_set1_ps(hsum(sum));
                 let mut i = 0;
-                while i + 1 < n {
-                    let x0 = _mm256_loadu_ps(pa.add(8 * i));
-                    let x1 = _mm256_loadu_ps(pa.add(8 * i + 8));
-                    s0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb.add(8 * i)), s0);
-                    s1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(pb.add(8 * i + 8)), s1);
-                    i += 2;
+                while i + 8 <= n {
+                    let w = _mm256_div_ps(_mm256_loadu_ps(s.as_ptr().add(i)), total);
+                    let w = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(w));
+                    _mm256_storeu_ps(s.as_mut_ptr().add(i), w);
+                    i += 8;
                 }
-                if i < n {
-                    let x0 = _mm256_loadu_ps(pa.add(8 * i));
-                    s0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(pb.add(8 * i)), s0);
+                let total = _mm256_cvtss_f32(total);
+                for x in &mut s[i..] {
+                    *x = f16::from_f32(*x / total).to_f32();
                 }
-                let v = _mm256_add_ps(s0, s1);
-                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
             }
         }
 
@@ -264,6 +343,67 @@ mod x86 {
                     }
                 }
             }
+        }
+    }
+
+    /// Lane sums of eight vectors: lane j is the sum of `v[j]`'s lanes.
+    #[inline(always)]
+    unsafe fn sum8(v: [__m256; 8]) -> __m256 {
+        // SAFETY: register arithmetic only; callers have the features.
+        unsafe {
+            let a = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+            let b = _mm256_hadd_ps(_mm256_hadd_ps(v[4], v[5]), _mm256_hadd_ps(v[6], v[7]));
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(a, b),
+                _mm256_permute2f128_ps::<0x31>(a, b),
+            )
+        }
+    }
+
+    /// The sum of the eight lanes, in a fixed order.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        // SAFETY: register arithmetic only; callers have the features.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+        }
+    }
+
+    /// e^x for x ≤ 0 (−∞ gives 0), within about one unit in the last place: 2^n times a
+    /// degree-6 polynomial on the remainder (Cephes' expf coefficients).
+    #[inline(always)]
+    unsafe fn exp(x: __m256) -> __m256 {
+        // SAFETY: register arithmetic only; callers have the features.
+        unsafe {
+            let none = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(f32::NEG_INFINITY));
+            let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+            );
+            // x − n·ln 2, ln 2 split into 355/512 and a small rest so n·355/512 is exact.
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+            let mut p = _mm256_set1_ps(1.987_569_1e-4);
+            for c in [
+                1.398_199_9e-3,
+                8.333_345e-3,
+                4.166_579_6e-2,
+                0.166_666_65,
+                0.5,
+            ] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let y = _mm256_add_ps(
+                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
+                _mm256_set1_ps(1.0),
+            );
+            let pow = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(n),
+                _mm256_set1_epi32(127),
+            ));
+            _mm256_andnot_ps(none, _mm256_mul_ps(y, _mm256_castsi256_ps(pow)))
         }
     }
 
@@ -396,6 +536,61 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_gets_the_same_bits_alone_and_in_a_longer_item() {
+        // The scores, the softmax sums and the weighted sums of a query row must not
+        // depend on the other rows of its item (a batch changes no row), windowed or not.
+        let mut r = rand::rngs::StdRng::seed_from_u64(9);
+        for (window, start, rows) in [(usize::MAX, 13, 21), (7, 30, 19), (40, 3, 70)] {
+            let c = Heads {
+                n_head: 6,
+                n_kv_head: 2,
+                head_dim: 64,
+                window,
+            };
+            let n = (start + rows) * c.kv_width();
+            let k: Vec<f16> = (0..n)
+                .map(|_| f16::from_f32(r.random_range(-1.0..1.0)))
+                .collect();
+            let v: Vec<f16> = (0..n)
+                .map(|_| f16::from_f32(r.random_range(-1.0..1.0)))
+                .collect();
+            let q: Vec<f32> = (0..rows * c.q_width())
+                .map(|_| r.random_range(-3.0..3.0))
+                .collect();
+            let all = attend(
+                c,
+                &Item {
+                    q: &q,
+                    kvh: 1,
+                    heads: 0..3,
+                    k: &k,
+                    v: &v,
+                    start,
+                },
+            );
+            let each = 3 * c.head_dim;
+            for t in 0..rows {
+                let alone = attend(
+                    c,
+                    &Item {
+                        q: &q[t * c.q_width()..][..c.q_width()],
+                        kvh: 1,
+                        heads: 0..3,
+                        k: &k,
+                        v: &v,
+                        start: start + t,
+                    },
+                );
+                assert_eq!(
+                    alone[..],
+                    all[t * each..][..each],
+                    "window {window} row {t}"
+                );
             }
         }
     }
