@@ -28,6 +28,8 @@ pub struct Options {
     pub peer: Option<PathBuf>,
     pub single_only: bool,
     pub streams_only: bool,
+    /// Concurrent stream counts for the aggregate rows.
+    pub streams: Vec<usize>,
 }
 
 const SENTENCE: &str =
@@ -188,7 +190,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let mut decode = Vec::new();
     run_one(&model, ids[..32].to_vec(), 8).await?; // warm-up
     if o.streams_only {
-        for (streams, tps, p50, p99) in aggregate_streams(&model, &ids).await? {
+        for (streams, tps, p50, p99) in aggregate_streams(&model, &ids, &o.streams).await? {
             println!("{streams} streams: {tps:.1} tok/s, TTFT p50 {p50:.0} ms, p99 {p99:.0} ms");
         }
         return Ok(());
@@ -212,7 +214,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     let grpc_decode = grpc_single(&o, &text).await?;
 
     // 3. Aggregate decode and time to first token with 1, 4 and 16 streams.
-    let aggregate = aggregate_streams(&model, &ids).await?;
+    let aggregate = aggregate_streams(&model, &ids, &o.streams).await?;
 
     // 4. Time to first token on the 5th turn of a conversation, with and without reuse of
     // the KV cache of the turns before.
@@ -315,10 +317,11 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
 async fn aggregate_streams(
     model: &Arc<ChatModel>,
     ids: &[u32],
+    counts: &[usize],
 ) -> anyhow::Result<Vec<(usize, f64, f64, f64)>> {
     let short = &ids[..64.min(ids.len())];
     let mut aggregate = Vec::new();
-    for streams in [1usize, 4, 16] {
+    for &streams in counts {
         let started = Instant::now();
         let mut tasks = Vec::new();
         for s in 0..streams {

@@ -55,6 +55,9 @@ enum Command {
         /// Measure only the 1/4/16 concurrent streams in process (for profiling).
         #[arg(long)]
         streams_only: bool,
+        /// The concurrent stream counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
+        streams: Vec<usize>,
     },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
@@ -88,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             peer,
             single_only,
             streams_only,
+            streams,
         } => {
             engine::run(engine::Options {
                 models_dir,
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
                 peer,
                 single_only,
                 streams_only,
+                streams,
             })
             .await
         }

@@ -213,6 +213,7 @@ fn has_simd() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Heads, Item, Ops, body};
+    use crate::vmath::x86::exp;
     use half::f16;
     use std::arch::x86_64::*;
 
@@ -368,42 +369,6 @@ mod x86 {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
-        }
-    }
-
-    /// e^x for x ≤ 0 (−∞ gives 0), within about one unit in the last place: 2^n times a
-    /// degree-6 polynomial on the remainder (Cephes' expf coefficients).
-    #[inline(always)]
-    unsafe fn exp(x: __m256) -> __m256 {
-        // SAFETY: register arithmetic only; callers have the features.
-        unsafe {
-            let none = _mm256_cmp_ps::<_CMP_EQ_OQ>(x, _mm256_set1_ps(f32::NEG_INFINITY));
-            let x = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
-            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-            );
-            // x − n·ln 2, ln 2 split into 355/512 and a small rest so n·355/512 is exact.
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
-            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-            let mut p = _mm256_set1_ps(1.987_569_1e-4);
-            for c in [
-                1.398_199_9e-3,
-                8.333_345e-3,
-                4.166_579_6e-2,
-                0.166_666_65,
-                0.5,
-            ] {
-                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
-            }
-            let y = _mm256_add_ps(
-                _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r),
-                _mm256_set1_ps(1.0),
-            );
-            let pow = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(n),
-                _mm256_set1_epi32(127),
-            ));
-            _mm256_andnot_ps(none, _mm256_mul_ps(y, _mm256_castsi256_ps(pow)))
         }
     }
 

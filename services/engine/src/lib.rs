@@ -15,6 +15,7 @@ pub mod scheduler;
 pub mod stream;
 pub mod template;
 pub mod tokenizer;
+pub mod vmath;
 
 pub use error::{EngineError, Result};
 pub use model::{ChatModel, ModelInfo};

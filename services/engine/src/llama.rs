@@ -14,8 +14,8 @@ use half::f16;
 use rayon::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 
-use crate::attend;
 use crate::qmatmul::{self, QWeight};
+use crate::{attend, vmath};
 
 use crate::error::{EngineError, Result};
 use crate::gguf::GgufFile;
@@ -585,17 +585,14 @@ fn rope_table(c: &LlamaConfig, base: f32, positions: &[usize]) -> (Vec<f32>, Vec
 /// The gated feed-forward activation, act(gate)·up (GELU for Gemma, SiLU for llama),
 /// split across the pool for prompt-sized inputs.
 fn gated(gate: &[f32], up: &[f32], use_gelu: bool) -> Vec<f32> {
-    let one = |g: f32, u: f32| {
-        if use_gelu {
-            gelu(g) * u
-        } else {
-            g / (1.0 + (-g).exp()) * u
-        }
-    };
     let mut out = vec![0f32; gate.len()];
     let fill = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
-        for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
-            *o = one(g, u);
+        if use_gelu {
+            for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
+                *o = gelu(g) * u;
+            }
+        } else {
+            vmath::silu_mul(g, u, o);
         }
     };
     const PIECE: usize = 1 << 13;
