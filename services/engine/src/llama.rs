@@ -92,21 +92,7 @@ impl Fused {
     fn forward(&self, x: &[f32], n: usize) -> Result<Vec<Vec<f32>>> {
         match self {
             Fused::Each(ws) => ws.iter().map(|w| w.forward(x, n)).collect(),
-            Fused::Stacked(w, sizes) => {
-                let y = w.forward(x, n)?;
-                let mut at = 0;
-                Ok(sizes
-                    .iter()
-                    .map(|&size| {
-                        let mut part = Vec::with_capacity(n * size);
-                        for row in y.chunks(w.rows) {
-                            part.extend_from_slice(&row[at..at + size]);
-                        }
-                        at += size;
-                        part
-                    })
-                    .collect())
-            }
+            Fused::Stacked(w, sizes) => w.forward_parts(x, n, sizes),
         }
     }
 }

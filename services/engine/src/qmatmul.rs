@@ -225,17 +225,48 @@ impl QWeight {
 
     /// `x` (n × cols, row-major) times the transposed weight: n × rows.
     pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let mut parts = self.forward_parts(x, n, &[self.rows])?;
+        Ok(parts.pop().unwrap_or_default())
+    }
+
+    /// The product split by output rows into parts of the given sizes (a [`stack`]ed
+    /// weight's projections), each n × its size, written there directly.
+    ///
+    /// [`stack`]: QWeight::stack
+    pub fn forward_parts(&self, x: &[f32], n: usize, sizes: &[usize]) -> Result<Vec<Vec<f32>>> {
         debug_assert_eq!(x.len(), n * self.cols);
+        if sizes.iter().sum::<usize>() != self.rows
+            || sizes[..sizes.len().saturating_sub(1)]
+                .iter()
+                .any(|s| !s.is_multiple_of(PANEL))
+        {
+            return Err(EngineError::Compute(
+                "output parts must cover the rows in whole panels".into(),
+            ));
+        }
         let k = kernels();
         match &self.data {
             Data::Candle(m, device) => {
                 let t = Tensor::from_slice(x, (n, self.cols), device)?;
-                Ok(m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?)
+                let y = m.forward(&t)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut at = 0;
+                Ok(sizes
+                    .iter()
+                    .map(|&size| {
+                        let part = y
+                            .chunks(self.rows)
+                            .flat_map(|row| &row[at..at + size])
+                            .copied()
+                            .collect();
+                        at += size;
+                        part
+                    })
+                    .collect())
             }
             Data::Q4_1(w) => {
                 let acts = quantize_rows(x, self.cols);
                 Ok(
-                    self.run(w, &acts, n, (k.tile(), k.pairs()), |p, two, a, o| {
+                    self.run(w, &acts, n, sizes, (k.tile(), k.pairs()), |p, two, a, o| {
                         if two == 2 {
                             k.q4_1_pair(p, a, o)
                         } else {
@@ -246,21 +277,27 @@ impl QWeight {
             }
             Data::Q8_0(w) => {
                 let acts = k.q8_0_activations(quantize_rows(x, self.cols));
-                Ok(self.run(w, &acts, n, (k.tile(), false), |p, _, a, o| k.q8_0(p, a, o)))
+                Ok(
+                    self.run(w, &acts, n, sizes, (k.tile(), false), |p, _, a, o| {
+                        k.q8_0(p, a, o)
+                    }),
+                )
             }
         }
     }
 
     /// Splits the output panels across the pool; `dot` gets one panel's blocks and up to
-    /// `tile` activation rows.
+    /// `tile` activation rows. Outputs go to parts of `sizes` rows (whole panels but the
+    /// last).
     fn run<P, F>(
         &self,
         panels: &[P],
         acts: &[BlockQ8],
         n: usize,
+        sizes: &[usize],
         (tile, pair): (usize, bool),
         dot: F,
-    ) -> Vec<f32>
+    ) -> Vec<Vec<f32>>
     where
         P: Sync,
         F: Fn(&[P], usize, &[&[BlockQ8]], &mut [[f32; PANEL]]) + Sync,
@@ -268,7 +305,18 @@ impl QWeight {
         let per_row = self.cols / QK;
         let rows = self.rows;
         let n_panels = rows.div_ceil(PANEL);
-        let mut out = vec![0f32; n * rows];
+        let mut outs: Vec<Vec<f32>> = sizes.iter().map(|&size| vec![0f32; n * size]).collect();
+        // (first panel, rows, data) of each part.
+        let mut first = 0;
+        let targets: Vec<(usize, usize, SharedOut)> = outs
+            .iter_mut()
+            .zip(sizes)
+            .map(|(o, &size)| {
+                let t = (first, size, SharedOut(o.as_mut_ptr()));
+                first += size / PANEL;
+                t
+            })
+            .collect();
         // Enough pieces to balance the pool; each big enough to be worth a task.
         let threads = rayon::current_num_threads().max(1);
         let work = rows * n * per_row;
@@ -283,9 +331,10 @@ impl QWeight {
         .min(n_panels)
         .max(1);
         let chunk = n_panels.div_ceil(pieces);
-        let out_ptr = SharedOut(out.as_mut_ptr());
+        // Pieces of whole pairs where panels go in pairs.
+        let chunk = if pair { chunk + chunk % 2 } else { chunk };
         let task = |piece: usize| {
-            let out_ptr = &out_ptr;
+            let targets = &targets;
             let lo = piece * chunk;
             let hi = (lo + chunk).min(n_panels);
             let mut tile_out = [[0f32; PANEL]; 2 * TILE];
@@ -293,6 +342,8 @@ impl QWeight {
             // Panels in runs that stay in L1 (≈32 KB) while every activation tile passes
             // over them: each weight byte comes from memory once per product.
             let run = (32 * 1024 / (per_row * std::mem::size_of::<P>()).max(1)).max(1);
+            // An even run when panels go in pairs, or its last panel goes alone.
+            let run = if pair { (run & !1).max(2) } else { run };
             for run_lo in (lo..hi).step_by(run) {
                 let run_hi = (run_lo + run).min(hi);
                 for t0 in (0..n).step_by(tile) {
@@ -318,20 +369,35 @@ impl QWeight {
                         );
                         for i in 0..k {
                             let panel = j + i;
-                            let width = PANEL.min(rows - panel * PANEL);
+                            let (at_panel, part_rows, out_ptr) = targets
+                                .iter()
+                                .rev()
+                                .find(|t| t.0 <= panel)
+                                .expect("the first part starts at panel 0");
+                            let col = (panel - at_panel) * PANEL;
+                            let width = PANEL.min(part_rows - col);
                             for r in 0..t {
                                 let values = &tile_out[r * k + i];
-                                let at = (t0 + r) * rows + panel * PANEL;
+                                let at = (t0 + r) * part_rows + col;
                                 // SAFETY: each task writes only the columns of its own
                                 // panels lo..hi of each output row, and the ranges of
                                 // different tasks do not overlap; `width` keeps the last
-                                // panel inside the row.
+                                // panel inside the part's row.
                                 unsafe {
-                                    std::ptr::copy_nonoverlapping(
-                                        values.as_ptr(),
-                                        out_ptr.0.add(at),
-                                        width,
-                                    )
+                                    if width == PANEL {
+                                        // (A fixed size: a register move, not a call.)
+                                        out_ptr
+                                            .0
+                                            .add(at)
+                                            .cast::<[f32; PANEL]>()
+                                            .write_unaligned(*values);
+                                    } else {
+                                        std::ptr::copy_nonoverlapping(
+                                            values.as_ptr(),
+                                            out_ptr.0.add(at),
+                                            width,
+                                        )
+                                    }
                                 };
                             }
                         }
@@ -345,7 +411,8 @@ impl QWeight {
         } else {
             (0..pieces).into_par_iter().for_each(task);
         }
-        out
+        drop(targets);
+        outs
     }
 }
 
@@ -1537,6 +1604,32 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_stacked_product_splits_into_each_projections_own() {
+        // Parts of 64, 24 and 40 rows (uneven piece boundaries, an odd panel count in the
+        // middle): each part gets exactly the bits of its own weight's product.
+        let mut r = rng();
+        let (blocks, n) = (18usize, 11usize);
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let parts: Vec<QWeight> = [64usize, 24, 40]
+                .iter()
+                .map(|&rows| weight(&mut r, dtype, rows, blocks * QK))
+                .collect();
+            let refs: Vec<&QWeight> = parts.iter().collect();
+            let stacked = QWeight::stack(&refs).expect("same format, whole panels");
+            let x: Vec<f32> = (0..n * blocks * QK)
+                .map(|_| r.random_range(-1.0..1.0))
+                .collect();
+            let got = stacked
+                .forward_parts(&x, n, &[64, 24, 40])
+                .expect("forward_parts");
+            for (part, w) in got.iter().zip(&parts) {
+                assert_eq!(*part, w.forward(&x, n).expect("forward"), "{dtype:?}");
+            }
+            assert!(stacked.forward_parts(&x, n, &[60, 68]).is_err());
         }
     }
 
