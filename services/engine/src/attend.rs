@@ -45,6 +45,8 @@ impl Heads {
 
 /// Positions widened per block.
 const BLOCK: usize = 64;
+/// How many positions ahead keys are prefetched.
+const AHEAD: usize = 12;
 
 /// One work item: query heads `heads` (indices within the group) of key/value head `kvh`
 /// for `q`'s rows (positions `start..`, `q_width` floats each), over a sequence's keys and
@@ -78,6 +80,8 @@ pub fn attend(c: Heads, item: &Item<'_>) -> Vec<f32> {
 trait Ops {
     /// f16 to f32, `src.len()` values.
     fn widen(src: &[f16], dst: &mut [f32]);
+    /// Asks for `row` to be brought into the cache ahead of its use.
+    fn prefetch(_row: &[f16]) {}
     /// `out[j] = scale · (q · keys[j])`, keys of `q.len()` floats one after another.
     fn scores(q: &[f32], keys: &[f32], scale: f32, out: &mut [f32]);
     /// Softmax in place over the scores one query sees, the weights rounded to f16
@@ -160,6 +164,12 @@ fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
     for b0 in span.clone().step_by(BLOCK) {
         let b1 = (b0 + BLOCK).min(span.end);
         for j in b0..b1 {
+            // The cache of a batch of sequences is far larger than the CPU's caches: fetch
+            // keys a few positions ahead, and the values at this position for later.
+            if j + AHEAD < span.end {
+                O::prefetch(&k[kv_at(j + AHEAD)..][..d]);
+            }
+            O::prefetch(&v[kv_at(j)..][..d]);
             O::widen(&k[kv_at(j)..][..d], &mut block[(j - b0) * d..][..d]);
         }
         for t in 0..rows {
@@ -238,6 +248,22 @@ mod x86 {
                     let h = _mm_loadu_si128(ps.add(8 * i).cast());
                     _mm256_storeu_ps(pd.add(8 * i), _mm256_cvtph_ps(h));
                 }
+            }
+        }
+
+        #[inline(always)]
+        fn prefetch(row: &[f16]) {
+            let bytes = std::mem::size_of_val(row);
+            let p = row.as_ptr().cast::<i8>();
+            let mut off = 0;
+            while off < bytes {
+                // SAFETY: an address inside `row`; a prefetch reads nothing.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+                off += 64;
+            }
+            if bytes > 0 {
+                // SAFETY: as above (the last byte, in case the row straddles a line more).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(bytes - 1)) };
             }
         }
 
