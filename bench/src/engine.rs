@@ -127,7 +127,11 @@ async fn run_one(
     let submitted = Instant::now();
     model.generate(Request {
         prompt,
-        sampling: SamplingParams::default(),
+        // Exactly max_tokens, as the llama.cpp side decodes.
+        sampling: SamplingParams {
+            ignore_eos: true,
+            ..SamplingParams::default()
+        },
         max_tokens,
         stop: Vec::new(),
         emit_tokens: true,
@@ -345,7 +349,7 @@ async fn aggregate_streams(
             pct(&mut ttft, 0.99),
         ));
         eprintln!(
-            "{streams} streams: {:.1} tok/s aggregate",
+            "{streams} streams: {:.1} tok/s aggregate ({tokens} tokens in {secs:.2} s)",
             tokens as f64 / secs
         );
     }
@@ -390,6 +394,7 @@ async fn stream_decode(
         sampling: Some(llm_pb::SamplingParams {
             temperature: Some(0.0),
             max_tokens: Some(max_tokens),
+            ignore_eos: Some(true),
             ..Default::default()
         }),
     });

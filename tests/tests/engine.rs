@@ -283,6 +283,35 @@ async fn stop_sequences_end_the_text() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_eos_generates_the_full_length() {
+    let model = model(SchedulerConfig::default());
+    let prompt = model
+        .chat_tokens(&[llmesh_engine::template::Message {
+            role: "user".into(),
+            content: "Say hi.".into(),
+        }])
+        .expect("template");
+    let (req, rx) = request(prompt.clone(), 200, SamplingParams::default());
+    model.generate(req).expect("submit");
+    let (short, _, done) = collect(rx).await;
+    // The reply ends on its own: the end-of-sequence token is the last one streamed.
+    assert_eq!(done.finish, FinishReason::Stop, "{} tokens", short.len());
+    assert!(short.len() < 200);
+    let sampling = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let (req, rx) = request(prompt, 200, sampling);
+    model.generate(req).expect("submit");
+    let (long, _, done) = collect(rx).await;
+    assert_eq!(done.finish, FinishReason::Length);
+    assert_eq!(long.len(), 200);
+    assert_eq!(done.completion_tokens, 200);
+    // The same tokens up to and including the end-of-sequence token, then more.
+    assert_eq!(long[..short.len()], short[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_sequences_leave_and_free_their_cache() {
     let model = model(SchedulerConfig::default());
     let counters = model.scheduler().counters().clone();

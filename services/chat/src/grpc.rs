@@ -186,6 +186,8 @@ pub fn sampling_pb(s: &Sampling) -> llm_pb::SamplingParams {
         seed: s.seed,
         max_tokens: s.max_tokens,
         stop: s.stop.clone(),
+        // Chat replies always end where the model ends them.
+        ignore_eos: None,
     }
 }
 

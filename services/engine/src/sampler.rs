@@ -18,6 +18,8 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     pub repeat_last_n: usize,
     pub seed: u64,
+    /// Generate through end-of-sequence tokens until the length limit.
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -30,6 +32,7 @@ impl Default for SamplingParams {
             repeat_penalty: 1.0,
             repeat_last_n: 64,
             seed: 0,
+            ignore_eos: false,
         }
     }
 }

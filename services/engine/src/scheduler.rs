@@ -421,7 +421,7 @@ impl Worker {
             if seq.request.emit_tokens {
                 let _ = seq.request.events.send(Event::Token(token));
             }
-            if self.tokenizer.stop_ids.contains(&token) {
+            if !seq.request.sampling.ignore_eos && self.tokenizer.stop_ids.contains(&token) {
                 finished.push((i, FinishReason::Stop));
                 continue;
             }

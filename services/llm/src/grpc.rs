@@ -322,6 +322,7 @@ pub fn sampling_params(
         repeat_penalty,
         repeat_last_n: repeat_last_n as usize,
         seed: s.seed.unwrap_or_else(rand_seed),
+        ignore_eos: s.ignore_eos.unwrap_or(false),
     };
     Ok((params, s.max_tokens, s.stop.clone()))
 }
