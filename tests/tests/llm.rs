@@ -120,6 +120,46 @@ async fn generate_streams_text_then_usage_and_timings() {
     assert!(!text.contains('5'), "{text:?}");
     assert_eq!(done.finish_reason, pb::FinishReason::Stop as i32);
 
+    // A short reply ends on its own; with ignore_eos it runs to max_tokens.
+    let say_hi = |sampling| pb::GenerateRequest {
+        model: CHAT.into(),
+        input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
+            messages: vec![pb::ChatMessage {
+                role: pb::ChatRole::User as i32,
+                content: "Say hi.".into(),
+            }],
+        })),
+        sampling: Some(sampling),
+    };
+    for (ignore_eos, finish) in [
+        (None, pb::FinishReason::Stop),
+        (Some(true), pb::FinishReason::Length),
+    ] {
+        let (_, _, done) = read_all(
+            llm.generate(bearer(
+                &token,
+                say_hi(pb::SamplingParams {
+                    ignore_eos,
+                    ..greedy(120)
+                }),
+            ))
+            .await
+            .expect("generate")
+            .into_inner(),
+        )
+        .await;
+        assert_eq!(
+            done.finish_reason, finish as i32,
+            "ignore_eos {ignore_eos:?}"
+        );
+        let completion = done.usage.expect("usage").completion_tokens;
+        assert_eq!(
+            completion == 120,
+            ignore_eos.is_some(),
+            "{completion} tokens"
+        );
+    }
+
     let counted = llm
         .count_tokens(bearer(
             &token,
