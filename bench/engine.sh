@@ -35,7 +35,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$BIN/llmesh-bench" engine --models-dir "$MODELS" --model "$MODEL" --write-prompt-ids "$work/ids.json"
 echo "==> llama.cpp: same file, same prompt, $THREADS threads"
-"$VENV/bin/python" bench/peer/llamacpp_bench.py "$MODELS/$MODEL/$GGUF" "$work/ids.json" 128 "$THREADS" 3 > "$work/single.json"
+"$VENV/bin/python" bench/peer/llamacpp_bench.py "$MODELS/$MODEL/$GGUF" "$work/ids.json" 128 "$THREADS" 5 > "$work/single.json"
 echo "==> llama.cpp: 1, 4 and 16 parallel sequences in one context"
 "$VENV/bin/python" bench/peer/llamacpp_parallel.py "$MODELS/$MODEL/$GGUF" "$work/ids.json" "$THREADS" 1 4 16 > "$work/parallel.json"
 python3 -c "import json,sys; s=json.load(open(sys.argv[1])); s['parallel']=json.load(open(sys.argv[2])); print(json.dumps(s))" \

@@ -189,7 +189,6 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    // 1. Single stream, in process.
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     run_one(&model, ids[..32].to_vec(), 8).await?; // warm-up
@@ -199,6 +198,14 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // 1 and 2. Single stream in process and over gRPC through a real server on 127.0.0.1,
+    // one run of each in turn, so that both meet the same phases of a noisy machine.
+    let grpc = if o.single_only {
+        None
+    } else {
+        Some(GrpcBench::start(&o).await?)
+    };
+    let mut grpc_runs = Vec::new();
     for r in 0..o.runs {
         let (p, d, _, n) = run_one(&model, ids.clone(), o.decode_tokens).await?;
         eprintln!(
@@ -207,15 +214,19 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         );
         prefill.push(p);
         decode.push(d);
+        if let Some(g) = &grpc {
+            let (tps, n) = g.decode(&o, &text).await?;
+            eprintln!("gRPC run {}: decode {tps:.1} tok/s ({n} tokens)", r + 1);
+            grpc_runs.push(tps);
+        }
     }
     let (in_prefill, in_decode) = (median(prefill), median(decode));
-    if o.single_only {
+    let Some(grpc) = grpc else {
         println!("prefill {in_prefill:.1} tok/s, decode {in_decode:.1} tok/s (in process, median)");
         return Ok(());
-    }
-
-    // 2. Single stream over gRPC, through a real server on 127.0.0.1.
-    let grpc_decode = grpc_single(&o, &text).await?;
+    };
+    grpc.stop().await?;
+    let grpc_decode = median(grpc_runs);
 
     // 3. Aggregate decode and time to first token with 1, 4 and 16 streams.
     let aggregate = aggregate_streams(&model, &ids, &o.streams).await?;
@@ -425,42 +436,67 @@ async fn stream_decode(
     anyhow::bail!("the stream ended without a final message")
 }
 
-async fn grpc_single(o: &Options, text: &str) -> anyhow::Result<f64> {
-    let scratch =
-        std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch)?;
-    let mut config = llmesh::Config::default();
-    config.server.bind = "127.0.0.1:0".into();
-    config.database.url = format!("sqlite://{}/bench.db", scratch.display());
-    config.llm.models_dir = o.models_dir.display().to_string();
-    config.llm.pull_defaults = false;
-    config.llm.load_at_start = Some(vec![o.model.clone()]);
-    config.llm.prefill_chunk = 512;
-    let services: Vec<String> = ["auth", "llm"].iter().map(|s| s.to_string()).collect();
-    let app = llmesh::start(
-        config,
-        &services,
-        Arc::new(llmesh_kit::SystemClock),
-        &|_, _| {},
-        std::future::pending(),
-    )
-    .await?;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
-            .connect()
-            .await?;
-    let token = login(&channel).await?;
-    stream_decode(&channel, &token, &o.model, "Hello", 4).await?;
-    let mut runs = Vec::new();
-    for r in 0..o.runs {
-        let (tps, n) =
-            stream_decode(&channel, &token, &o.model, text, o.decode_tokens as u32).await?;
-        eprintln!("gRPC run {}: decode {tps:.1} tok/s ({n} tokens)", r + 1);
-        runs.push(tps);
+/// A real server (auth and llm services, SQLite in a scratch directory) on 127.0.0.1 and
+/// a logged-in client channel to it.
+struct GrpcBench {
+    app: llmesh::App,
+    channel: tonic::transport::Channel,
+    token: String,
+    scratch: PathBuf,
+}
+
+impl GrpcBench {
+    async fn start(o: &Options) -> anyhow::Result<GrpcBench> {
+        let scratch =
+            std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&scratch)?;
+        let mut config = llmesh::Config::default();
+        config.server.bind = "127.0.0.1:0".into();
+        config.database.url = format!("sqlite://{}/bench.db", scratch.display());
+        config.llm.models_dir = o.models_dir.display().to_string();
+        config.llm.pull_defaults = false;
+        config.llm.load_at_start = Some(vec![o.model.clone()]);
+        config.llm.prefill_chunk = 512;
+        let services: Vec<String> = ["auth", "llm"].iter().map(|s| s.to_string()).collect();
+        let app = llmesh::start(
+            config,
+            &services,
+            Arc::new(llmesh_kit::SystemClock),
+            &|_, _| {},
+            std::future::pending(),
+        )
+        .await?;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
+                .connect()
+                .await?;
+        let token = login(&channel).await?;
+        stream_decode(&channel, &token, &o.model, "Hello", 4).await?; // warm-up
+        Ok(GrpcBench {
+            app,
+            channel,
+            token,
+            scratch,
+        })
     }
-    app.server.shutdown().await?;
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(median(runs))
+
+    /// One Generate stream's decode speed as the client sees it, and its token count.
+    async fn decode(&self, o: &Options, text: &str) -> anyhow::Result<(f64, u32)> {
+        stream_decode(
+            &self.channel,
+            &self.token,
+            &o.model,
+            text,
+            o.decode_tokens as u32,
+        )
+        .await
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.app.server.shutdown().await?;
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        Ok(())
+    }
 }
 
 fn status_kb(pid: u32, field: &str) -> u64 {

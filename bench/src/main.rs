@@ -41,7 +41,7 @@ enum Command {
         prompt_tokens: usize,
         #[arg(long, default_value_t = 128)]
         decode_tokens: usize,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Only write the prompt's token ids (JSON) for the llama.cpp side, then exit.
         #[arg(long)]
