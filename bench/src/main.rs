@@ -5,12 +5,10 @@
 
 mod engine;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use llmesh_kit::SystemClock;
 use llmesh_kit::db::exec;
 use llmesh_proto::auth::v1 as auth_pb;
 use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -157,22 +155,7 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
     config.chat.uploads_dir = scratch.join("uploads").display().to_string();
-    let services: Vec<String> = ["auth", "llm", "billing", "chat"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let app = llmesh::start(
-        config,
-        &services,
-        Arc::new(SystemClock),
-        &|_, _| {},
-        std::future::pending(),
-    )
-    .await?;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
-            .connect()
-            .await?;
+    let (app, channel) = engine::start_local(config, &["auth", "llm", "billing", "chat"]).await?;
 
     let mut auth = AuthServiceClient::new(channel.clone());
     let password = "benchmark password";
