@@ -235,9 +235,9 @@ mod x86 {
 
     struct Avx2;
 
-    // SAFETY (all three): only reached through `attend` above, on a CPU with the
-    // features; every load and store covers 8 values below the slices' common length,
-    // a multiple of 8.
+    // SAFETY (all of them): only reached through `attend` above, on a CPU with the
+    // features; every load and store covers 8 values inside the slices (head_dim is a
+    // multiple of 8; the last group of keys or scores goes through a buffer of 8).
     impl Ops for Avx2 {
         #[inline(always)]
         fn widen(src: &[f16], dst: &mut [f32]) {
@@ -262,7 +262,8 @@ mod x86 {
                 off += 64;
             }
             if bytes > 0 {
-                // SAFETY: as above (the last byte, in case the row straddles a line more).
+                // SAFETY: as above (the last byte: a row that starts inside a line ends
+                // in one more).
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(bytes - 1)) };
             }
         }
