@@ -278,8 +278,12 @@ impl QWeight {
             Data::Q8_0(w) => {
                 let acts = k.q8_0_activations(quantize_rows(x, self.cols));
                 Ok(
-                    self.run(w, &acts, n, sizes, (k.tile(), false), |p, _, a, o| {
-                        k.q8_0(p, a, o)
+                    self.run(w, &acts, n, sizes, (k.tile(), k.pairs()), |p, two, a, o| {
+                        if two == 2 {
+                            k.q8_0_pair(p, a, o)
+                        } else {
+                            k.q8_0(p, a, o)
+                        }
                     }),
                 )
             }
@@ -755,6 +759,28 @@ impl Kernels {
         let mut one = vec![[0f32; PANEL]; acts.len()];
         for (i, wi) in [w0, w1].into_iter().enumerate() {
             self.q4_1(wi, acts, &mut one);
+            for (t, v) in one.iter().enumerate() {
+                out[2 * t + i] = *v;
+            }
+        }
+    }
+
+    /// Two consecutive Q8_0 panels, as [`Kernels::q4_1_pair`], with activations
+    /// prepared by [`Kernels::q8_0_activations`].
+    pub fn q8_0_pair(self, w: &[PanelQ8_0], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
+        assert!(acts.len() <= TILE && out.len() >= 2 * acts.len());
+        let per_row = w.len() / 2;
+        assert!(acts.iter().all(|a| a.len() >= per_row));
+        #[cfg(target_arch = "x86_64")]
+        if self.pairs() {
+            // SAFETY: pairs() checked the features; the slices were checked above.
+            unsafe { by_rows!(x86::q8_0_zmm, w, acts, out) };
+            return;
+        }
+        let (w0, w1) = w.split_at(per_row);
+        let mut one = vec![[0f32; PANEL]; acts.len()];
+        for (i, wi) in [w0, w1].into_iter().enumerate() {
+            self.q8_0(wi, acts, &mut one);
             for (t, v) in one.iter().enumerate() {
                 out[2 * t + i] = *v;
             }
@@ -1242,6 +1268,83 @@ mod x86 {
         }
     }
 
+    /// Two Q8_0 panels at once in 512-bit registers, as `q4_1_zmm`: lane by lane the
+    /// operations of `q8_0_vnni` in its order, so the same bits.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+    pub fn q8_0_zmm<const N: usize>(
+        w: &[PanelQ8_0],
+        acts: &[&[BlockQ8]],
+        out: &mut [[f32; PANEL]],
+    ) {
+        let per_row = w.len() / 2;
+        let (w0, w1) = w.split_at(per_row);
+        let rows = tile_rows::<N>(acts, per_row);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..per_row {
+            let (p0, p1) = (&w0[b], &w1[b]);
+            let mut wq = [_mm512_setzero_si512(); 8];
+            for (g, reg) in wq.iter_mut().enumerate() {
+                // SAFETY: bytes 32g..32g+32 of each panel's 256-byte `qs`.
+                *reg = unsafe {
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(load(p0.qs.as_ptr().add(32 * g).cast())),
+                        load(p1.qs.as_ptr().add(32 * g).cast()),
+                    )
+                };
+            }
+            // SAFETY: `d` and `wsum` are 8 values each at each 32-byte aligned panel start.
+            let (d, wsum) = unsafe {
+                (
+                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                        _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(p0.d.as_ptr()))),
+                        _mm256_castps_pd(_mm256_load_ps(p1.d.as_ptr())),
+                    )),
+                    _mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(_mm256_load_si256(p0.wsum.as_ptr().cast())),
+                        _mm256_load_si256(p1.wsum.as_ptr().cast()),
+                    ),
+                )
+            };
+            for t in 0..N {
+                let ab = &rows[t][b];
+                let word = |g: usize| {
+                    _mm512_set1_epi32(i32::from_le_bytes([
+                        ab.qs[4 * g] as u8,
+                        ab.qs[4 * g + 1] as u8,
+                        ab.qs[4 * g + 2] as u8,
+                        ab.qs[4 * g + 3] as u8,
+                    ]))
+                };
+                let sum = if N <= 4 {
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for g in (0..8).step_by(2) {
+                        s0 = _mm512_dpbusd_epi32(s0, word(g), wq[g]);
+                        s1 = _mm512_dpbusd_epi32(s1, word(g + 1), wq[g + 1]);
+                    }
+                    _mm512_sub_epi32(_mm512_add_epi32(s0, s1), wsum)
+                } else {
+                    let mut s = _mm512_setzero_si512();
+                    for (g, wg) in wq.iter().enumerate() {
+                        s = _mm512_dpbusd_epi32(s, word(g), *wg);
+                    }
+                    _mm512_sub_epi32(s, wsum)
+                };
+                let scale = _mm512_mul_ps(d, _mm512_set1_ps(ab.d));
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc[t]);
+            }
+        }
+        for t in 0..N {
+            // SAFETY: out[2t] and out[2t + 1] are 8 floats each.
+            unsafe {
+                _mm256_storeu_ps(out[2 * t].as_mut_ptr(), _mm512_castps512_ps256(acc[t]));
+                _mm256_storeu_ps(
+                    out[2 * t + 1].as_mut_ptr(),
+                    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[t]))),
+                );
+            }
+        }
+    }
+
     kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma", dot_u8_avx2, dot_i8_avx2);
     kernels!(
         q4_1_vnni,
@@ -1417,8 +1520,9 @@ mod tests {
     fn a_panel_pair_gives_the_bits_of_two_single_panels() {
         let mut r = rng();
         let blocks = 18;
-        let w = weight(&mut r, GgmlDType::Q4_1, 2 * PANEL, blocks * QK);
-        let Data::Q4_1(p) = &w.data else {
+        let w4 = weight(&mut r, GgmlDType::Q4_1, 2 * PANEL, blocks * QK);
+        let w8 = weight(&mut r, GgmlDType::Q8_0, 2 * PANEL, blocks * QK);
+        let (Data::Q4_1(p4), Data::Q8_0(p8)) = (&w4.data, &w8.data) else {
             unreachable!()
         };
         let x: Vec<f32> = (0..TILE * blocks * QK)
@@ -1427,12 +1531,26 @@ mod tests {
         let acts = quantize_rows(&x, blocks * QK);
         let tile: Vec<&[BlockQ8]> = acts.chunks(blocks).collect();
         for k in Kernels::available() {
+            let acts8 = k.q8_0_activations(acts.clone());
+            let tile8: Vec<&[BlockQ8]> = acts8.chunks(blocks).collect();
             for n in 1..=TILE {
                 let mut pair = vec![[0f32; PANEL]; 2 * n];
-                k.q4_1_pair(p, &tile[..n], &mut pair);
+                let mut pair8 = vec![[0f32; PANEL]; 2 * n];
+                k.q4_1_pair(p4, &tile[..n], &mut pair);
+                k.q8_0_pair(p8, &tile8[..n], &mut pair8);
                 for i in 0..2 {
                     let mut one = vec![[0f32; PANEL]; n];
-                    k.q4_1(&p[i * blocks..(i + 1) * blocks], &tile[..n], &mut one);
+                    let mut one8 = vec![[0f32; PANEL]; n];
+                    let own = i * blocks..(i + 1) * blocks;
+                    k.q4_1(&p4[own.clone()], &tile[..n], &mut one);
+                    k.q8_0(&p8[own], &tile8[..n], &mut one8);
+                    for t in 0..n {
+                        assert_eq!(
+                            pair8[2 * t + i].map(f32::to_bits),
+                            one8[t].map(f32::to_bits),
+                            "Q8_0 {k:?} n={n} panel {i}"
+                        );
+                    }
                     for t in 0..n {
                         assert_eq!(
                             pair[2 * t + i].map(f32::to_bits),
