@@ -80,6 +80,12 @@ pub fn attend(c: Heads, item: &Item<'_>) -> Vec<f32> {
 trait Ops {
     /// f16 to f32, `src.len()` values.
     fn widen(src: &[f16], dst: &mut [f32]);
+    /// `src` rounded to f16 and back, into `dst`.
+    fn round_f16(src: &[f32], dst: &mut [f32]) {
+        for (o, &x) in dst.iter_mut().zip(src) {
+            *o = f16::from_f32(x).to_f32();
+        }
+    }
     /// Asks for `row` to be brought into the cache ahead of its use.
     fn prefetch(_row: &[f16]) {}
     /// `out[j] = scale · (q · keys[j])`, keys of `q.len()` floats one after another.
@@ -140,6 +146,15 @@ fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
     let (d, group, per_row) = (c.head_dim, c.group(), heads.len());
     let rows = q.len() / c.q_width();
     let m_count = rows * per_row;
+    let span = c.visible(start).start..start + rows;
+    let width = span.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    let kv_at = |j: usize| j * c.kv_width() + kvh * d;
+
+    // The first keys are on their way while the queries are prepared.
+    for j in span.clone().take(AHEAD) {
+        O::prefetch(&k[kv_at(j)..][..d]);
+    }
     // The query vectors, rounded to f16 as llama.cpp multiplies them: m = row·heads + g.
     let mut queries = vec![0f32; m_count * d];
     for t in 0..rows {
@@ -147,16 +162,9 @@ fn body<O: Ops>(c: Heads, item: &Item<'_>) -> Vec<f32> {
             let h = kvh * group + g;
             let src = &q[t * c.q_width() + h * d..][..d];
             let dst = &mut queries[(t * per_row + i) * d..][..d];
-            for (o, &x) in dst.iter_mut().zip(src) {
-                *o = f16::from_f32(x).to_f32();
-            }
+            O::round_f16(src, dst);
         }
     }
-    let span = c.visible(start).start..start + rows;
-    let width = span.len();
-    let scale = 1.0 / (d as f32).sqrt();
-    let kv_at = |j: usize| j * c.kv_width() + kvh * d;
-
     // Scores of every query vector over the span; positions a row does not see keep a
     // weight of 0.
     let mut scores = vec![0f32; m_count * width];
@@ -248,6 +256,23 @@ mod x86 {
                     let h = _mm_loadu_si128(ps.add(8 * i).cast());
                     _mm256_storeu_ps(pd.add(8 * i), _mm256_cvtph_ps(h));
                 }
+            }
+        }
+
+        #[inline(always)]
+        fn round_f16(src: &[f32], dst: &mut [f32]) {
+            let n = src.len().min(dst.len());
+            let mut i = 0;
+            while i + 8 <= n {
+                unsafe {
+                    let x = _mm256_loadu_ps(src.as_ptr().add(i));
+                    let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                    _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+                }
+                i += 8;
+            }
+            for (o, &x) in dst[i..n].iter_mut().zip(&src[i..n]) {
+                *o = f16::from_f32(x).to_f32();
             }
         }
 
