@@ -11,6 +11,7 @@ use std::sync::Arc;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 use std::io::{Read, Seek, SeekFrom};
 
@@ -427,8 +428,11 @@ impl Llama {
             for s in batch.iter_mut() {
                 let n = s.tokens.len();
                 let span = row * kv_width..(row + n) * kv_width;
-                s.cache.k[li].extend(k[span.clone()].iter().map(|&x| f16::from_f32(x)));
-                s.cache.v[li].extend(v[span].iter().map(|&x| f16::from_f32(x)));
+                for (cache, new) in [(&mut s.cache.k[li], &k), (&mut s.cache.v[li], &v)] {
+                    let at = cache.len();
+                    cache.resize(at + span.len(), f16::ZERO);
+                    cache[at..].convert_from_f32_slice(&new[span.clone()]);
+                }
                 row += n;
             }
             // Work items: one key/value head (with the query heads that share it) for a
@@ -601,7 +605,7 @@ fn gelu(x: f32) -> f32 {
 fn rms_norm(x: &[f32], weight: &[f32], width: usize, eps: f32) -> Vec<f32> {
     let mut out = Vec::with_capacity(x.len());
     for row in x.chunks(width) {
-        let mean = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / width as f64;
+        let mean = vmath::sum_squares(row) / width as f64;
         let scale = 1.0 / ((mean as f32) + eps).sqrt();
         out.extend(row.iter().zip(weight).map(|(v, w)| v * scale * w));
     }

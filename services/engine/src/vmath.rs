@@ -1,6 +1,6 @@
-//! Element-wise math eight lanes at a time: the exponential the attention softmax and the
-//! SiLU activation need, with a portable fallback that gives the same results to within
-//! float rounding.
+//! Vector math for the forward pass: the exponential the attention softmax and the SiLU
+//! activation need, and the f64 sum of squares of the RMS norm, each with a portable
+//! fallback that gives the same results to within float rounding.
 
 // SIMD intrinsics are unsafe to call; the public functions check the CPU features once
 // and every load and store stays inside the slices. That is all the unsafe code here.
@@ -19,6 +19,18 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let g = gate[i];
         out[i] = g / (1.0 + (-g).exp()) * up[i];
     }
+}
+
+/// Σ x² accumulated in f64 (as llama.cpp's RMS norm sums), four lanes at a time where
+/// the CPU has AVX2; the lanes are added in a fixed order, so a row always gives the same
+/// bits on one machine.
+pub fn sum_squares(x: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU has the features.
+        return unsafe { x86::sum_squares(x) };
+    }
+    x.iter().map(|&v| f64::from(v) * f64::from(v)).sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -72,6 +84,31 @@ pub(crate) mod x86 {
         }
     }
 
+    /// `sum_squares`: two f64 accumulators of four lanes, then the tail one by one.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sum_squares(x: &[f32]) -> f64 {
+        let n = x.len() / 8 * 8;
+        let (mut a, mut b) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i < n {
+            // SAFETY: elements i..i+8 exist.
+            let v = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            a = _mm256_fmadd_pd(lo, lo, a);
+            b = _mm256_fmadd_pd(hi, hi, b);
+            i += 8;
+        }
+        let mut lanes = [0f64; 4];
+        // SAFETY: four doubles.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(a, b)) };
+        let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        for &v in &x[n..] {
+            sum += f64::from(v) * f64::from(v);
+        }
+        sum
+    }
+
     /// `silu_mul` over whole groups of eight; returns how many elements it did.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
@@ -109,6 +146,21 @@ mod tests {
             assert!(
                 (o - want).abs() <= 2e-6 * want.abs().max(1e-30) + 1e-37,
                 "silu({g})·{u}: {o} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn sum_of_squares_matches_the_plain_sum() {
+        for n in [0usize, 1, 7, 8, 9, 576, 1003] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.31)
+                .collect();
+            let want: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let got = sum_squares(&x);
+            assert!(
+                (got - want).abs() <= 1e-12 * want.max(1.0),
+                "n {n}: {got} vs {want}"
             );
         }
     }
