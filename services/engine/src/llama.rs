@@ -578,9 +578,7 @@ fn gated(gate: &[f32], up: &[f32], use_gelu: bool) -> Vec<f32> {
     let mut out = vec![0f32; gate.len()];
     let fill = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
         if use_gelu {
-            for (o, (&g, &u)) in o.iter_mut().zip(g.iter().zip(u)) {
-                *o = gelu(g) * u;
-            }
+            vmath::gelu_mul(g, u, o);
         } else {
             vmath::silu_mul(g, u, o);
         }
@@ -594,12 +592,6 @@ fn gated(gate: &[f32], up: &[f32], use_gelu: bool) -> Vec<f32> {
         fill((&mut out, (gate, up)));
     }
     out
-}
-
-/// GELU, tanh form (Gemma's `gelu_pytorch_tanh`).
-fn gelu(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], width: usize, eps: f32) -> Vec<f32> {

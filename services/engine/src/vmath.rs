@@ -21,6 +21,29 @@ pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[i] = gelu(gate[i]) · up[i]` with GELU's tanh form (Gemma's `gelu_pytorch_tanh`):
+/// 0.5·x·(1 + tanh(y)) = x / (1 + e^(−2y)), y = √(2/π)·(x + 0.044715·x³).
+pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let n = out.len().min(gate.len()).min(up.len());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU has the features; the function stays below n.
+        done = unsafe { x86::gelu_mul(&gate[..n], &up[..n], &mut out[..n]) };
+    }
+    for i in done..n {
+        out[i] = gelu(gate[i]) * up[i];
+    }
+}
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// GELU, tanh form, one value.
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh())
+}
+
 /// Σ x² accumulated in f64 (as llama.cpp's RMS norm sums), four lanes at a time where
 /// the CPU has AVX2; the lanes are added in a fixed order, so a row always gives the same
 /// bits on one machine.
@@ -109,6 +132,29 @@ pub(crate) mod x86 {
         sum
     }
 
+    /// `gelu_mul` over whole groups of eight; returns how many elements it did.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+        let n = out.len().min(gate.len()).min(up.len()) / 8 * 8;
+        let one = _mm256_set1_ps(1.0);
+        let k = _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI);
+        let c = _mm256_set1_ps(super::GELU_CUBIC);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: elements i..i+8 of all three slices exist.
+            unsafe {
+                let x = _mm256_loadu_ps(gate.as_ptr().add(i));
+                let inner = _mm256_fmadd_ps(_mm256_mul_ps(c, x), _mm256_mul_ps(x, x), x);
+                let e = exp(_mm256_mul_ps(k, inner));
+                let g = _mm256_div_ps(x, _mm256_add_ps(one, e));
+                let u = _mm256_loadu_ps(up.as_ptr().add(i));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(g, u));
+            }
+            i += 8;
+        }
+        n
+    }
+
     /// `silu_mul` over whole groups of eight; returns how many elements it did.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
@@ -146,6 +192,23 @@ mod tests {
             assert!(
                 (o - want).abs() <= 2e-6 * want.abs().max(1e-30) + 1e-37,
                 "silu({g})·{u}: {o} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_formula() {
+        let gate: Vec<f32> = (0..2003).map(|i| (i as f32 - 1000.0) * 0.011).collect();
+        let up: Vec<f32> = (0..2003).map(|i| 0.5 + (i % 5) as f32 * 0.5).collect();
+        let mut out = vec![0f32; gate.len()];
+        gelu_mul(&gate, &up, &mut out);
+        for ((&g, &u), &o) in gate.iter().zip(&up).zip(&out) {
+            let x = f64::from(g);
+            let want = 0.5 * x * (1.0 + (0.797_884_560_8 * (x + 0.044_715 * x * x * x)).tanh());
+            let want = (want * f64::from(u)) as f32;
+            assert!(
+                (o - want).abs() <= 4e-6 * want.abs() + 1e-7,
+                "gelu({g})·{u}: {o} vs {want}"
             );
         }
     }
