@@ -746,45 +746,27 @@ impl Kernels {
     /// second's): `out[2t + i]` is panel i times activation row t. Same bits as two
     /// calls of `q4_1`.
     pub fn q4_1_pair(self, w: &[PanelQ4_1], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
-        assert!(acts.len() <= TILE && out.len() >= 2 * acts.len());
-        let per_row = w.len() / 2;
-        assert!(acts.iter().all(|a| a.len() >= per_row));
+        check_pair(w, acts, out);
         #[cfg(target_arch = "x86_64")]
         if self.pairs() {
-            // SAFETY: pairs() checked the features; the slices were checked above.
+            // SAFETY: pairs() checked the features; check_pair the slices.
             unsafe { by_rows!(x86::q4_1_zmm, w, acts, out) };
             return;
         }
-        let (w0, w1) = w.split_at(per_row);
-        let mut one = vec![[0f32; PANEL]; acts.len()];
-        for (i, wi) in [w0, w1].into_iter().enumerate() {
-            self.q4_1(wi, acts, &mut one);
-            for (t, v) in one.iter().enumerate() {
-                out[2 * t + i] = *v;
-            }
-        }
+        pair_by_singles(w, acts, out, |p, a, o| self.q4_1(p, a, o));
     }
 
     /// Two consecutive Q8_0 panels, as [`Kernels::q4_1_pair`], with activations
     /// prepared by [`Kernels::q8_0_activations`].
     pub fn q8_0_pair(self, w: &[PanelQ8_0], acts: &[&[BlockQ8]], out: &mut [[f32; PANEL]]) {
-        assert!(acts.len() <= TILE && out.len() >= 2 * acts.len());
-        let per_row = w.len() / 2;
-        assert!(acts.iter().all(|a| a.len() >= per_row));
+        check_pair(w, acts, out);
         #[cfg(target_arch = "x86_64")]
         if self.pairs() {
-            // SAFETY: pairs() checked the features; the slices were checked above.
+            // SAFETY: as above.
             unsafe { by_rows!(x86::q8_0_zmm, w, acts, out) };
             return;
         }
-        let (w0, w1) = w.split_at(per_row);
-        let mut one = vec![[0f32; PANEL]; acts.len()];
-        for (i, wi) in [w0, w1].into_iter().enumerate() {
-            self.q8_0(wi, acts, &mut one);
-            for (t, v) in one.iter().enumerate() {
-                out[2 * t + i] = *v;
-            }
-        }
+        pair_by_singles(w, acts, out, |p, a, o| self.q8_0(p, a, o));
     }
 
     /// Every set this CPU can run, from the portable one up.
@@ -844,6 +826,30 @@ impl Kernels {
             Kernels::Avx2 => unsafe { by_rows!(x86::q8_0_avx2, w, acts, out) },
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx512Vnni => unsafe { by_rows!(x86::q8_0_vnni, w, acts, out) },
+        }
+    }
+}
+
+/// What a panel-pair call needs: at most TILE rows, two outputs per row, and every row
+/// as long as one panel.
+fn check_pair<P>(w: &[P], acts: &[&[BlockQ8]], out: &[[f32; PANEL]]) {
+    assert!(acts.len() <= TILE && out.len() >= 2 * acts.len());
+    assert!(acts.iter().all(|a| a.len() >= w.len() / 2));
+}
+
+/// A panel pair through the single-panel kernel `one`, for sets without pair kernels.
+fn pair_by_singles<P>(
+    w: &[P],
+    acts: &[&[BlockQ8]],
+    out: &mut [[f32; PANEL]],
+    one: impl Fn(&[P], &[&[BlockQ8]], &mut [[f32; PANEL]]),
+) {
+    let (w0, w1) = w.split_at(w.len() / 2);
+    let mut single = vec![[0f32; PANEL]; acts.len()];
+    for (i, wi) in [w0, w1].into_iter().enumerate() {
+        one(wi, acts, &mut single);
+        for (t, v) in single.iter().enumerate() {
+            out[2 * t + i] = *v;
         }
     }
 }
@@ -970,13 +976,18 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn broadcast(qs: &[i8; 32], g: usize) -> __m256i {
-        let word = i32::from_le_bytes([
+        _mm256_set1_epi32(group(qs, g))
+    }
+
+    /// Activation bytes 4g..4g+4 of a block as one 32-bit word.
+    #[inline(always)]
+    fn group(qs: &[i8; 32], g: usize) -> i32 {
+        i32::from_le_bytes([
             qs[4 * g] as u8,
             qs[4 * g + 1] as u8,
             qs[4 * g + 2] as u8,
             qs[4 * g + 3] as u8,
-        ]);
-        _mm256_set1_epi32(word)
+        ])
     }
 
     /// A Q4_1 panel block as eight registers of unsigned 4-bit values; register g holds
@@ -1168,6 +1179,30 @@ mod x86 {
         };
     }
 
+    /// Activation bytes 4g..4g+4 of a block, in every 32-bit lane of a 512-bit register.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+    fn broadcast512(qs: &[i8; 32], g: usize) -> __m512i {
+        _mm512_set1_epi32(group(qs, g))
+    }
+
+    /// `a` in the low half of a 512-bit register, `b` in the high half.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+    fn join(a: __m256, b: __m256) -> __m512 {
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+            _mm512_castpd256_pd512(_mm256_castps_pd(a)),
+            _mm256_castps_pd(b),
+        ))
+    }
+
+    /// The same for integer registers.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+    fn join_si(a: __m256i, b: __m256i) -> __m512i {
+        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b)
+    }
+
     /// Two Q4_1 panels at once in 512-bit registers: lanes 0–7 are the first panel's rows,
     /// 8–15 the second's; lane by lane the same operations, in the same order, as
     /// `q4_1_vnni`, so the same bits.
@@ -1183,20 +1218,14 @@ mod x86 {
         let mask = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); N];
         let mut offsets = [_mm512_setzero_ps(); N];
-        let join = |a: __m256, b: __m256| {
-            _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                _mm512_castpd256_pd512(_mm256_castps_pd(a)),
-                _mm256_castps_pd(b),
-            ))
-        };
         for b in 0..per_row {
             let (p0, p1) = (&w0[b], &w1[b]);
             let mut wq = [_mm512_setzero_si512(); 8];
             for i in 0..4 {
                 // SAFETY: bytes 32i..32i+32 of each panel's 128-byte `qs`.
                 let l = unsafe {
-                    _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(load(p0.qs.as_ptr().add(32 * i))),
+                    join_si(
+                        load(p0.qs.as_ptr().add(32 * i)),
                         load(p1.qs.as_ptr().add(32 * i)),
                     )
                 };
@@ -1212,14 +1241,7 @@ mod x86 {
             };
             for t in 0..N {
                 let ab = &rows[t][b];
-                let word = |g: usize| {
-                    _mm512_set1_epi32(i32::from_le_bytes([
-                        ab.qs[4 * g] as u8,
-                        ab.qs[4 * g + 1] as u8,
-                        ab.qs[4 * g + 2] as u8,
-                        ab.qs[4 * g + 3] as u8,
-                    ]))
-                };
+                let word = |g: usize| broadcast512(&ab.qs, g);
                 let sum = if N <= 4 {
                     let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                     for g in (0..8).step_by(2) {
@@ -1286,8 +1308,8 @@ mod x86 {
             for (g, reg) in wq.iter_mut().enumerate() {
                 // SAFETY: bytes 32g..32g+32 of each panel's 256-byte `qs`.
                 *reg = unsafe {
-                    _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(load(p0.qs.as_ptr().add(32 * g).cast())),
+                    join_si(
+                        load(p0.qs.as_ptr().add(32 * g).cast()),
                         load(p1.qs.as_ptr().add(32 * g).cast()),
                     )
                 };
@@ -1295,26 +1317,16 @@ mod x86 {
             // SAFETY: `d` and `wsum` are 8 values each at each 32-byte aligned panel start.
             let (d, wsum) = unsafe {
                 (
-                    _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                        _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_load_ps(p0.d.as_ptr()))),
-                        _mm256_castps_pd(_mm256_load_ps(p1.d.as_ptr())),
-                    )),
-                    _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(_mm256_load_si256(p0.wsum.as_ptr().cast())),
+                    join(_mm256_load_ps(p0.d.as_ptr()), _mm256_load_ps(p1.d.as_ptr())),
+                    join_si(
+                        _mm256_load_si256(p0.wsum.as_ptr().cast()),
                         _mm256_load_si256(p1.wsum.as_ptr().cast()),
                     ),
                 )
             };
             for t in 0..N {
                 let ab = &rows[t][b];
-                let word = |g: usize| {
-                    _mm512_set1_epi32(i32::from_le_bytes([
-                        ab.qs[4 * g] as u8,
-                        ab.qs[4 * g + 1] as u8,
-                        ab.qs[4 * g + 2] as u8,
-                        ab.qs[4 * g + 3] as u8,
-                    ]))
-                };
+                let word = |g: usize| broadcast512(&ab.qs, g);
                 let sum = if N <= 4 {
                     let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                     for g in (0..8).step_by(2) {

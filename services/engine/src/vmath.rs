@@ -8,31 +8,35 @@
 
 /// `out[i] = silu(gate[i]) · up[i]`, SiLU(x) = x / (1 + e^−x).
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    let n = out.len().min(gate.len()).min(up.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: the CPU has the features; the function stays below n.
-        done = unsafe { x86::silu_mul(&gate[..n], &up[..n], &mut out[..n]) };
-    }
-    for i in done..n {
-        let g = gate[i];
-        out[i] = g / (1.0 + (-g).exp()) * up[i];
-    }
+    act_mul(Act::Silu, gate, up, out);
 }
 
 /// `out[i] = gelu(gate[i]) · up[i]` with GELU's tanh form (Gemma's `gelu_pytorch_tanh`):
 /// 0.5·x·(1 + tanh(y)) = x / (1 + e^(−2y)), y = √(2/π)·(x + 0.044715·x³).
 pub fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    act_mul(Act::Gelu, gate, up, out);
+}
+
+#[derive(Clone, Copy)]
+enum Act {
+    Silu,
+    Gelu,
+}
+
+fn act_mul(act: Act, gate: &[f32], up: &[f32], out: &mut [f32]) {
     let n = out.len().min(gate.len()).min(up.len());
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU has the features; the function stays below n.
-        done = unsafe { x86::gelu_mul(&gate[..n], &up[..n], &mut out[..n]) };
+        done = unsafe { x86::act_mul(act, &gate[..n], &up[..n], &mut out[..n]) };
     }
     for i in done..n {
-        out[i] = gelu(gate[i]) * up[i];
+        let g = gate[i];
+        out[i] = match act {
+            Act::Silu => g / (1.0 + (-g).exp()),
+            Act::Gelu => gelu(g),
+        } * up[i];
     }
 }
 
@@ -132,44 +136,38 @@ pub(crate) mod x86 {
         sum
     }
 
-    /// `gelu_mul` over whole groups of eight; returns how many elements it did.
+    /// `act_mul` over whole groups of eight; returns how many elements it did.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn gelu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
+    pub(super) unsafe fn act_mul(
+        act: super::Act,
+        gate: &[f32],
+        up: &[f32],
+        out: &mut [f32],
+    ) -> usize {
         let n = out.len().min(gate.len()).min(up.len()) / 8 * 8;
         let one = _mm256_set1_ps(1.0);
-        let k = _mm256_set1_ps(-2.0 * super::SQRT_2_OVER_PI);
-        let c = _mm256_set1_ps(super::GELU_CUBIC);
+        // x / (1 + e^(k·t)): SiLU with t = x, k = −1; GELU with t = x + 0.044715·x³ and
+        // k = −2·√(2/π).
+        let (k, cubic) = match act {
+            super::Act::Silu => (-1.0, 0.0),
+            super::Act::Gelu => (-2.0 * super::SQRT_2_OVER_PI, super::GELU_CUBIC),
+        };
+        let (k, c) = (_mm256_set1_ps(k), _mm256_set1_ps(cubic));
         let mut i = 0;
         while i < n {
             // SAFETY: elements i..i+8 of all three slices exist.
             unsafe {
                 let x = _mm256_loadu_ps(gate.as_ptr().add(i));
-                let inner = _mm256_fmadd_ps(_mm256_mul_ps(c, x), _mm256_mul_ps(x, x), x);
-                let e = exp(_mm256_mul_ps(k, inner));
+                let t = match act {
+                    super::Act::Silu => x,
+                    super::Act::Gelu => {
+                        _mm256_fmadd_ps(_mm256_mul_ps(c, x), _mm256_mul_ps(x, x), x)
+                    }
+                };
+                let e = exp(_mm256_mul_ps(k, t));
                 let g = _mm256_div_ps(x, _mm256_add_ps(one, e));
                 let u = _mm256_loadu_ps(up.as_ptr().add(i));
                 _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(g, u));
-            }
-            i += 8;
-        }
-        n
-    }
-
-    /// `silu_mul` over whole groups of eight; returns how many elements it did.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) -> usize {
-        let n = out.len().min(gate.len()).min(up.len()) / 8 * 8;
-        let one = _mm256_set1_ps(1.0);
-        let sign = _mm256_set1_ps(-0.0);
-        let mut i = 0;
-        while i < n {
-            // SAFETY: elements i..i+8 of all three slices exist.
-            unsafe {
-                let g = _mm256_loadu_ps(gate.as_ptr().add(i));
-                let e = exp(_mm256_xor_ps(g, sign));
-                let s = _mm256_div_ps(g, _mm256_add_ps(one, e));
-                let u = _mm256_loadu_ps(up.as_ptr().add(i));
-                _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(s, u));
             }
             i += 8;
         }
