@@ -1,6 +1,6 @@
 //! Vector math for the forward pass: the exponential the attention softmax and the SiLU
-//! activation need, and the f64 sum of squares of the RMS norm, each with a portable
-//! fallback that gives the same results to within float rounding.
+//! and GELU activations need, and the f64 sum of squares of the RMS norm, each with a
+//! portable fallback that gives the same results to within float rounding.
 
 // SIMD intrinsics are unsafe to call; the public functions check the CPU features once
 // and every load and store stays inside the slices. That is all the unsafe code here.
@@ -44,7 +44,7 @@ const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
 /// GELU, tanh form, one value.
-pub fn gelu(x: f32) -> f32 {
+fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_CUBIC * x * x * x)).tanh())
 }
 
