@@ -437,28 +437,6 @@ async fn stream_decode(
     anyhow::bail!("the stream ended without a final message")
 }
 
-/// Starts `services` of llmesh in this process with `config` (bound to a local port) and
-/// connects a channel to it.
-pub async fn start_local(
-    config: llmesh::Config,
-    services: &[&str],
-) -> anyhow::Result<(llmesh::App, tonic::transport::Channel)> {
-    let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-    let app = llmesh::start(
-        config,
-        &services,
-        Arc::new(llmesh_kit::SystemClock),
-        &|_, _| {},
-        std::future::pending(),
-    )
-    .await?;
-    let channel =
-        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
-            .connect()
-            .await?;
-    Ok((app, channel))
-}
-
 /// A real server (auth and llm services, SQLite in a scratch directory) on 127.0.0.1 and
 /// a logged-in client channel to it.
 struct GrpcBench {
@@ -480,7 +458,7 @@ impl GrpcBench {
         config.llm.pull_defaults = false;
         config.llm.load_at_start = Some(vec![o.model.clone()]);
         config.llm.prefill_chunk = 512;
-        let (app, channel) = start_local(config, &["auth", "llm"]).await?;
+        let (app, channel) = crate::start_local(config, &["auth", "llm"]).await?;
         let token = login(&channel).await?;
         stream_decode(&channel, &token, &o.model, "Hello", 4).await?; // warm-up
         Ok(GrpcBench {

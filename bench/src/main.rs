@@ -50,7 +50,7 @@ enum Command {
         /// Measure only single-stream prefill and decode in process (for profiling).
         #[arg(long)]
         single_only: bool,
-        /// Measure only the 1/4/16 concurrent streams in process (for profiling).
+        /// Measure only the concurrent-stream rows (`--streams`) in process (for profiling).
         #[arg(long)]
         streams_only: bool,
         /// The concurrent stream counts to measure.
@@ -155,7 +155,7 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
     config.chat.uploads_dir = scratch.join("uploads").display().to_string();
-    let (app, channel) = engine::start_local(config, &["auth", "llm", "billing", "chat"]).await?;
+    let (app, channel) = start_local(config, &["auth", "llm", "billing", "chat"]).await?;
 
     let mut auth = AuthServiceClient::new(channel.clone());
     let password = "benchmark password";
@@ -307,4 +307,26 @@ fn chrono_now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Starts `services` of llmesh in this process with `config` (bound to a local port) and
+/// connects a channel to it.
+async fn start_local(
+    config: llmesh::Config,
+    services: &[&str],
+) -> anyhow::Result<(llmesh::App, tonic::transport::Channel)> {
+    let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+    let app = llmesh::start(
+        config,
+        &services,
+        std::sync::Arc::new(llmesh_kit::SystemClock),
+        &|_, _| {},
+        std::future::pending(),
+    )
+    .await?;
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.server.local_addr))?
+            .connect()
+            .await?;
+    Ok((app, channel))
 }
