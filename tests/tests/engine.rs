@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use llmesh_engine::ChatModel;
 use llmesh_engine::sampler::SamplingParams;
-use llmesh_engine::scheduler::{Event, FinishReason, Request, SchedulerConfig};
+use llmesh_engine::scheduler::{Done, Event, FinishReason, Request, SchedulerConfig};
 use serde_json::Value;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -79,9 +79,7 @@ fn request(
     )
 }
 
-async fn collect(
-    mut rx: UnboundedReceiver<Event>,
-) -> (Vec<u32>, String, llmesh_engine::scheduler::Done) {
+async fn collect(mut rx: UnboundedReceiver<Event>) -> (Vec<u32>, String, Done) {
     let mut ids = Vec::new();
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
@@ -408,4 +406,42 @@ async fn a_reused_prefix_changes_no_token() {
     // Everything the first turn fed: its prompt and all but the last reply token.
     assert_eq!(reused(&reusing), (first.len() + reply.len() - 1) as u64);
     assert_eq!(reused(&computing), 0);
+}
+
+/// SmolLM2's token for a space and the first two bytes of a four-byte emoji (" ðŁ").
+const SPACE_AND_EMOJI_LEAD: u32 = 15107;
+
+/// Generates from a fixed prompt with one token forced by logit_bias on every step.
+async fn forced(model: &ChatModel, token: u32, max_tokens: usize) -> (Vec<u32>, String, Done) {
+    let sampling = SamplingParams {
+        logit_bias: vec![(token, 100.0)],
+        ..SamplingParams::default()
+    };
+    let prompt = model.text_tokens("Trees:").expect("tokens");
+    let (req, rx) = request(prompt, max_tokens, sampling);
+    model.generate(req).expect("submit");
+    collect(rx).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_inside_a_character_is_dropped_and_invalid_bytes_are_replaced() {
+    let model = model(SchedulerConfig::default());
+    assert_eq!(
+        model.tokenizer.piece(SPACE_AND_EMOJI_LEAD),
+        b" \xF0\x9F",
+        "the scripted token is a space and the start of an emoji"
+    );
+    // One token: the space is text, the two bytes of an unfinished emoji are dropped.
+    let (ids, text, done) = forced(&model, SPACE_AND_EMOJI_LEAD, 1).await;
+    assert_eq!(ids, [SPACE_AND_EMOJI_LEAD]);
+    assert_eq!(text, " ");
+    assert_eq!(done.finish, FinishReason::Length);
+    assert_eq!(done.completion_tokens, 1, "the cut token is still counted");
+
+    // Three: each earlier lead is followed by a space, so it can never complete and is
+    // shown as one U+FFFD; only the last, cut by max_tokens, is dropped.
+    let (ids, text, done) = forced(&model, SPACE_AND_EMOJI_LEAD, 3).await;
+    assert_eq!(ids, [SPACE_AND_EMOJI_LEAD; 3]);
+    assert_eq!(text, " \u{FFFD} \u{FFFD} ");
+    assert_eq!(done.completion_tokens, 3);
 }

@@ -177,6 +177,74 @@ async fn generate_streams_text_then_usage_and_timings() {
     assert_eq!(counted.context_length, 8192);
 }
 
+/// SmolLM2's token for a space and the first two bytes of a four-byte emoji (the engine
+/// tests check its bytes).
+const SPACE_AND_EMOJI_LEAD: u32 = 15107;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_character_cut_by_max_tokens_is_not_sent() {
+    let (s, token) = server(|_| {}).await;
+    let mut llm = client(&s);
+    let forced = |max_tokens| {
+        prompt_request(
+            "Trees:",
+            pb::SamplingParams {
+                logit_bias: [(SPACE_AND_EMOJI_LEAD, 100.0)].into(),
+                ..greedy(max_tokens)
+            },
+        )
+    };
+    let stream = llm
+        .generate(bearer(&token, forced(1)))
+        .await
+        .expect("generate")
+        .into_inner();
+    let (text, deltas, done) = read_all(stream).await;
+    assert_eq!(text, " ", "{deltas:?}");
+    assert!(
+        deltas
+            .iter()
+            .all(|d| !d.is_empty() && !d.contains('\u{FFFD}'))
+    );
+    assert_eq!(done.finish_reason, pb::FinishReason::Length as i32);
+    assert_eq!(done.usage.expect("usage").completion_tokens, 1);
+
+    // Leads that can never complete are replaced; the one cut at the end is dropped.
+    let stream = llm
+        .generate(bearer(&token, forced(4)))
+        .await
+        .expect("generate")
+        .into_inner();
+    let (text, _, done) = read_all(stream).await;
+    assert_eq!(text, " \u{FFFD} \u{FFFD} \u{FFFD} ");
+    assert_eq!(done.usage.expect("usage").completion_tokens, 4);
+
+    // The report's own case: default temperature, seeds whose 24th token began an emoji.
+    for seed in [2, 22] {
+        let request = pb::GenerateRequest {
+            model: CHAT.into(),
+            input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
+                messages: vec![pb::ChatMessage {
+                    role: pb::ChatRole::User as i32,
+                    content: "Say hello.".into(),
+                }],
+            })),
+            sampling: Some(pb::SamplingParams {
+                seed: Some(seed),
+                max_tokens: Some(24),
+                ..Default::default()
+            }),
+        };
+        let stream = llm
+            .generate(bearer(&token, request))
+            .await
+            .expect("generate")
+            .into_inner();
+        let (text, _, _) = read_all(stream).await;
+        assert!(!text.contains('\u{FFFD}'), "seed {seed}: {text:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_are_validated() {
     let (s, token) = server(|_| {}).await;
@@ -236,6 +304,50 @@ async fn requests_are_validated() {
             ),
             Code::InvalidArgument,
             "8192",
+        ),
+        (
+            prompt_request(
+                "hi",
+                pb::SamplingParams {
+                    logit_bias: [(7, 101.0)].into(),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "sampling.logit_bias[7]",
+        ),
+        (
+            prompt_request(
+                "hi",
+                pb::SamplingParams {
+                    logit_bias: [(7, f32::INFINITY)].into(),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "sampling.logit_bias[7]",
+        ),
+        (
+            prompt_request(
+                "hi",
+                pb::SamplingParams {
+                    logit_bias: (0..1025).map(|i| (i, 1.0)).collect(),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "1024",
+        ),
+        (
+            prompt_request(
+                "hi",
+                pb::SamplingParams {
+                    logit_bias: [(49_152, 1.0)].into(),
+                    ..Default::default()
+                },
+            ),
+            Code::InvalidArgument,
+            "vocabulary of 49152",
         ),
         (
             pb::GenerateRequest {

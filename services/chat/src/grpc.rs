@@ -172,6 +172,7 @@ pub fn sampling_from_pb(s: Option<llm_pb::SamplingParams>) -> Sampling {
         seed: s.seed,
         max_tokens: s.max_tokens,
         stop: s.stop,
+        logit_bias: s.logit_bias.into_iter().collect(),
     }
 }
 
@@ -188,6 +189,7 @@ pub fn sampling_pb(s: &Sampling) -> llm_pb::SamplingParams {
         stop: s.stop.clone(),
         // Chat replies always end where the model ends them.
         ignore_eos: None,
+        logit_bias: s.logit_bias.iter().map(|(&k, &v)| (k, v)).collect(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Chat persistence in plain SQL, the same on SQLite and Postgres. Every query that takes
 //! an id also takes the owner, so another user's rows are simply not found.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use llmesh_kit::db::{all, exec, one};
 pub use llmesh_kit::db::{from_micros, micros};
@@ -20,6 +22,8 @@ pub struct Sampling {
     pub max_tokens: Option<u32>,
     #[serde(default)]
     pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logit_bias: BTreeMap<u32, f32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -20,6 +20,9 @@ pub struct SamplingParams {
     pub seed: u64,
     /// Generate through end-of-sequence tokens until the length limit.
     pub ignore_eos: bool,
+    /// (token id, bias) added to those logits before anything else; ids past the
+    /// vocabulary are ignored (the service refuses them before they get here).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -33,6 +36,7 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: 0,
             ignore_eos: false,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -52,6 +56,13 @@ impl Sampler {
     /// Picks the next token; `history` is every token so far (prompt and output).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;
+        // Bias first, as llama.cpp's sampler chain does, so penalties and temperature see
+        // the biased logits.
+        for &(id, bias) in &p.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         if p.repeat_penalty != 1.0 && p.repeat_last_n > 0 {
             let start = history.len().saturating_sub(p.repeat_last_n);
             let mut seen = std::collections::HashSet::new();
@@ -183,6 +194,23 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&mut [0.1, 2.0, 1.5], &[1]), 2);
+    }
+
+    #[test]
+    fn logit_bias_comes_before_the_penalty() {
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, 5.0), (7, 100.0)],
+            ..Default::default()
+        });
+        // Token 0 wins on its bias; 7 is past this vocabulary and changes nothing.
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.5], &[]), 0);
+        // With token 0 penalised after the bias (5.1 / 2 = 2.55), it still beats 2.0.
+        let mut s = Sampler::new(SamplingParams {
+            logit_bias: vec![(0, 5.0)],
+            repeat_penalty: 2.0,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&mut [0.1, 2.0, 1.5], &[0]), 0);
     }
 
     #[test]

@@ -448,11 +448,11 @@ impl Worker {
     }
 
     fn finish(&mut self, mut seq: Sequence, finish: FinishReason, error: Option<String>) {
-        if finish != FinishReason::Stop {
-            let rest = seq.text.finish();
-            if !rest.is_empty() && finish == FinishReason::Length {
-                let _ = seq.request.events.send(Event::Delta(rest));
-            }
+        // Text held back as a possible stop sequence is released (after a matched stop
+        // there is none); a character cut before its last byte is dropped.
+        let rest = seq.text.finish();
+        if !rest.is_empty() && finish != FinishReason::Cancelled {
+            let _ = seq.request.events.send(Event::Delta(rest));
         }
         let now = Instant::now();
         let prompt_tokens = seq.request.prompt.len();

@@ -1,5 +1,14 @@
 //! Turns token bytes into text deltas: never half a UTF-8 character, and never any part of
 //! a stop sequence, even when one arrives split across tokens.
+//!
+//! Two kinds of bad bytes are told apart:
+//! - bytes that can never become valid UTF-8 (a lead byte followed by one that does not
+//!   continue it, a stray continuation byte: the model really produced them) become one
+//!   U+FFFD per maximal invalid run, as WHATWG's decoder and Python's `errors="replace"`
+//!   do, so the reader sees that something unreadable was there;
+//! - a character still incomplete when generation ends (a length cut, end of sequence, a
+//!   stop, a cancel between the bytes of one character) is dropped: the text ends at the
+//!   last whole character. Its tokens were computed and still count in usage.
 
 /// What one pushed token produced.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -32,11 +41,28 @@ impl TextStream {
     /// Adds the bytes of one token.
     pub fn push(&mut self, bytes: &[u8]) -> Step {
         self.partial.extend_from_slice(bytes);
+        // Everything but an incomplete last character is decoded now, invalid runs as
+        // U+FFFD wherever they are.
         let valid = match std::str::from_utf8(&self.partial) {
             Ok(s) => s.len(),
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            // An invalid sequence (not merely incomplete): replace it and move on.
-            Err(e) => e.valid_up_to() + e.error_len().unwrap_or(1),
+            Err(e) => {
+                let mut end = e.valid_up_to();
+                let mut error = e.error_len();
+                while let Some(len) = error {
+                    end += len;
+                    match std::str::from_utf8(&self.partial[end..]) {
+                        Ok(rest) => {
+                            end += rest.len();
+                            error = None;
+                        }
+                        Err(e) => {
+                            end += e.valid_up_to();
+                            error = e.error_len();
+                        }
+                    }
+                }
+                end
+            }
         };
         let ready: Vec<u8> = self.partial.drain(..valid).collect();
         self.held.push_str(&String::from_utf8_lossy(&ready));
@@ -65,14 +91,11 @@ impl TextStream {
         }
     }
 
-    /// Returns what is still held back when generation ends for another reason.
+    /// Returns what is still held back when generation ends for another reason than a
+    /// stop sequence. A character whose last bytes never came is dropped, not replaced.
     pub fn finish(&mut self) -> String {
-        let mut out = std::mem::take(&mut self.held);
-        if !self.partial.is_empty() {
-            out.push_str(&String::from_utf8_lossy(&self.partial));
-            self.partial.clear();
-        }
-        out
+        self.partial.clear();
+        std::mem::take(&mut self.held)
     }
 
     /// Length in bytes of the longest end of `held` that begins some stop sequence.
@@ -145,6 +168,49 @@ mod tests {
     #[test]
     fn invalid_bytes_become_replacement_characters() {
         assert_eq!(run(&[], &[&[0xff], b"a"]), ("\u{FFFD}a".into(), false));
+        // An emoji's first two bytes followed by a space can never be completed: one
+        // replacement for the run, then the text goes on.
+        let emoji = "🌳".as_bytes();
+        assert_eq!(
+            run(&[], &[b"a", &emoji[..2], b" b"]),
+            ("a\u{FFFD} b".into(), false)
+        );
+        // All in one token: the text after an invalid run is not held back.
+        assert_eq!(
+            run(&[], &[b"a\xF0\x9F b\xF0\x9F"]),
+            ("a\u{FFFD} b".into(), false)
+        );
+        // A stray continuation byte.
+        assert_eq!(
+            run(&[], &[b"x", &[0x9f], b"y"]),
+            ("x\u{FFFD}y".into(), false)
+        );
+    }
+
+    #[test]
+    fn a_character_cut_at_the_end_is_dropped() {
+        let emoji = "🌳".as_bytes();
+        for cut in 1..emoji.len() {
+            assert_eq!(
+                run(&[], &[b"haha! ", "😄".as_bytes(), &emoji[..cut]]),
+                ("haha! 😄".into(), false),
+                "cut after {cut} bytes"
+            );
+        }
+        // Held stop-sequence text is released, the cut character is not.
+        assert_eq!(
+            run(&["STOP"], &[b"ok ST", &emoji[..3]]),
+            ("ok ST".into(), false)
+        );
+        // Invalid bytes before the cut stay replaced; only the incomplete tail goes.
+        assert_eq!(
+            run(&[], &[b" ", &emoji[..2], b" ", &emoji[..2]]),
+            (" \u{FFFD} ".into(), false)
+        );
+        let mut s = TextStream::new(vec![]);
+        assert_eq!(s.push(&emoji[..3]).text, "");
+        assert_eq!(s.finish(), "");
+        assert_eq!(s.finish(), "", "finishing twice sends nothing more");
     }
 
     #[test]

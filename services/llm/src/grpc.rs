@@ -40,6 +40,8 @@ const MAX_MESSAGES: usize = 512;
 /// Most stop sequences, and their longest length in bytes.
 const MAX_STOPS: usize = 4;
 const MAX_STOP_BYTES: usize = 64;
+/// Most logit_bias entries in one request.
+const MAX_LOGIT_BIASES: usize = 1024;
 
 pub struct GrpcLlmAdapter {
     service: Arc<LlmService>,
@@ -314,6 +316,23 @@ pub fn sampling_params(
             bad.len()
         )));
     }
+    if s.logit_bias.len() > MAX_LOGIT_BIASES {
+        return Err(ApiError::invalid(format!(
+            "sampling.logit_bias has {} entries; the limit is {MAX_LOGIT_BIASES}",
+            s.logit_bias.len()
+        )));
+    }
+    if let Some((id, bias)) = s
+        .logit_bias
+        .iter()
+        .find(|(_, b)| !(b.is_finite() && (-100.0..=100.0).contains(*b)))
+    {
+        return Err(ApiError::invalid(format!(
+            "sampling.logit_bias[{id}] must be in [-100, 100] (got {bias})"
+        )));
+    }
+    let mut logit_bias: Vec<(u32, f32)> = s.logit_bias.iter().map(|(&i, &b)| (i, b)).collect();
+    logit_bias.sort_unstable_by_key(|&(i, _)| i);
     let params = SamplingParams {
         temperature,
         top_p,
@@ -323,6 +342,7 @@ pub fn sampling_params(
         repeat_last_n: repeat_last_n as usize,
         seed: s.seed.unwrap_or_else(rand_seed),
         ignore_eos: s.ignore_eos.unwrap_or(false),
+        logit_bias,
     };
     Ok((params, s.max_tokens, s.stop.clone()))
 }

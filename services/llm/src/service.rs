@@ -491,6 +491,18 @@ impl LlmService {
         request: Generation,
     ) -> Result<mpsc::Receiver<GenEvent>> {
         let model = self.chat_model(&request.model).await?;
+        let vocab = model.tokenizer.vocab_size();
+        if let Some((id, _)) = request
+            .sampling
+            .logit_bias
+            .iter()
+            .find(|(id, _)| *id as usize >= vocab)
+        {
+            return Err(LlmError::Invalid(format!(
+                "sampling.logit_bias names token {id}, outside {}'s vocabulary of {vocab} tokens",
+                request.model
+            )));
+        }
         let prompt = self.tokens(&model, request.input).await?;
         if prompt.is_empty() {
             return Err(LlmError::Invalid(
