@@ -409,6 +409,7 @@ async fn stream_decode(
             ignore_eos: Some(true),
             ..Default::default()
         }),
+        ..Default::default()
     });
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

@@ -7,6 +7,7 @@ mod m20261122_000001_auth;
 mod m20261122_000002_billing;
 mod m20261122_000003_chat;
 mod m20261122_000004_chat_archive;
+mod m20261129_000005_mesh;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_billing::Migration),
             Box::new(m20261122_000003_chat::Migration),
             Box::new(m20261122_000004_chat_archive::Migration),
+            Box::new(m20261129_000005_mesh::Migration),
         ]
     }
 }

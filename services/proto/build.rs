@@ -20,12 +20,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build does not write the set itself when given one, so reflection gets
     // its own copy here.
     std::fs::write(out_dir.join("llmesh_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("llmesh_retry_safe.rs"),
+        retry_safe_methods(&fds),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// A Rust slice of every method whose `idempotency_level` is NO_SIDE_EFFECTS or
+/// IDEMPOTENT, as "/package.Service/Method" paths, sorted for binary search.
+fn retry_safe_methods(fds: &prost_types::FileDescriptorSet) -> String {
+    use prost_types::method_options::IdempotencyLevel;
+    let mut paths = Vec::new();
+    for file in &fds.file {
+        let package = file.package();
+        for service in &file.service {
+            for method in &service.method {
+                let level = method
+                    .options
+                    .as_ref()
+                    .map_or(IdempotencyLevel::IdempotencyUnknown, |o| {
+                        o.idempotency_level()
+                    });
+                if level != IdempotencyLevel::IdempotencyUnknown {
+                    paths.push(format!("/{package}.{}/{}", service.name(), method.name()));
+                }
+            }
+        }
+    }
+    paths.sort();
+    let mut out = String::from("&[\n");
+    for p in paths {
+        out.push_str(&format!("    {p:?},\n"));
+    }
+    out.push(']');
+    out
 }
 
 fn collect_protos(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

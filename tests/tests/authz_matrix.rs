@@ -314,11 +314,21 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
                 llm::GenerateRequest {
                     model: "no-such-model".into(),
                     input: Some(llm::generate_request::Input::Prompt("hi".into())),
-                    sampling: None,
+                    ..Default::default()
                 }
                 .encode_to_vec()
             }),
             [UA, PD, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "StopGeneration",
+            Box::new(|_| {
+                llm::StopGenerationRequest {
+                    generation_id: "no-such-generation".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, OK, OK, OK, OK, UA, UA, UA],
         ),
         (
             "Embed",
@@ -421,6 +431,11 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
         (
             "Release",
             Box::new(|_| billing::ReleaseRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+        (
+            "MarkUserDeleted",
+            Box::new(|_| billing::MarkUserDeletedRequest::default().encode_to_vec()),
             [UA, PD, PD, PD, PD, PD, UA, UA, UA],
         ),
         (

@@ -42,6 +42,7 @@ fn prompt_request(prompt: &str, sampling: pb::SamplingParams) -> pb::GenerateReq
         model: CHAT.into(),
         input: Some(pb::generate_request::Input::Prompt(prompt.into())),
         sampling: Some(sampling),
+        ..Default::default()
     }
 }
 
@@ -109,6 +110,7 @@ async fn generate_streams_text_then_usage_and_timings() {
             stop: vec!["5".into()],
             ..greedy(64)
         }),
+        ..Default::default()
     };
     let (text, _, done) = read_all(
         llm.generate(bearer(&token, chat))
@@ -130,6 +132,7 @@ async fn generate_streams_text_then_usage_and_timings() {
             }],
         })),
         sampling: Some(sampling),
+        ..Default::default()
     };
     for (ignore_eos, finish) in [
         (None, pb::FinishReason::Stop),
@@ -234,6 +237,7 @@ async fn a_character_cut_by_max_tokens_is_not_sent() {
                 max_tokens: Some(24),
                 ..Default::default()
             }),
+            ..Default::default()
         };
         let stream = llm
             .generate(bearer(&token, request))
@@ -354,6 +358,7 @@ async fn requests_are_validated() {
                 model: CHAT.into(),
                 input: None,
                 sampling: None,
+                ..Default::default()
             },
             Code::InvalidArgument,
             "input",
@@ -363,6 +368,7 @@ async fn requests_are_validated() {
                 model: "no-such-model".into(),
                 input: Some(pb::generate_request::Input::Prompt("hi".into())),
                 sampling: None,
+                ..Default::default()
             },
             Code::NotFound,
             "no-such-model",
@@ -372,6 +378,7 @@ async fn requests_are_validated() {
                 model: EMBED.into(),
                 input: Some(pb::generate_request::Input::Prompt("hi".into())),
                 sampling: None,
+                ..Default::default()
             },
             Code::InvalidArgument,
             "embedding",

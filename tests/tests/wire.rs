@@ -237,7 +237,8 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
     let (user, tokens) = s.signup("m@example.com").await;
     let mut auth = s.auth();
 
-    let keys = std::sync::Arc::new(RemoteKeySource::new(s.channel.clone()));
+    let peer = || llmesh_kit::peer::Peer::remote("auth", "peers.auth_url", &s.url).expect("url");
+    let keys = std::sync::Arc::new(RemoteKeySource::new(peer()));
     let verifier = TokenVerifier::new(keys, s.clock.clone());
     let principal = verifier
         .verify(&tokens.access_token)
@@ -246,13 +247,8 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
     assert_eq!(principal.user_id, user.id);
 
     let created = s.api_key(&tokens.access_token, "k").await;
-    let no_cache =
-        RemoteApiKeyResolver::new(s.channel.clone(), SERVICE_TOKEN.into(), Duration::ZERO);
-    let cached = RemoteApiKeyResolver::new(
-        s.channel.clone(),
-        SERVICE_TOKEN.into(),
-        Duration::from_secs(60),
-    );
+    let no_cache = RemoteApiKeyResolver::new(peer(), SERVICE_TOKEN.into(), Duration::ZERO);
+    let cached = RemoteApiKeyResolver::new(peer(), SERVICE_TOKEN.into(), Duration::from_secs(60));
     let p = no_cache.resolve(&created.secret).await.expect("resolves");
     assert_eq!(p.user_id, user.id);
     cached.resolve(&created.secret).await.expect("resolves");
@@ -281,7 +277,7 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
         "cache expired"
     );
 
-    let wrong = RemoteApiKeyResolver::new(s.channel.clone(), "wrong".into(), Duration::ZERO);
+    let wrong = RemoteApiKeyResolver::new(peer(), "wrong".into(), Duration::ZERO);
     assert!(wrong.resolve("lmk_whatever").await.is_err());
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod keys;
+pub mod notices;
 pub mod remote;
 pub mod service;
 pub mod store;
@@ -14,18 +15,23 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use llmesh_kit::Clock;
+use llmesh_kit::outbox::{Deliver, Outbox};
+use llmesh_kit::peer::Peer;
+use llmesh_kit::serve::ServiceSet;
+use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use sea_orm::DatabaseConnection;
 
 pub use config::AuthConfig;
 pub use grpc::{ACCESS, GrpcAuthAdapter, SERVICE_NAME};
-pub use service::{AuthService, UserListener};
+pub use service::AuthService;
 
 /// Builds the auth service over a migrated database: loads (or creates) the signing keys.
+/// `outbox` (if any) is woken when an account change leaves a notice for another service.
 pub async fn build(
     db: DatabaseConnection,
     config: AuthConfig,
     clock: Arc<dyn Clock>,
-    listeners: Vec<Arc<dyn UserListener>>,
+    outbox: Option<Arc<Outbox>>,
 ) -> Result<Arc<AuthService>, error::AuthError> {
     let store = store::AuthStore::new(db);
     let seed = match &config.signing_key_file {
@@ -41,6 +47,45 @@ pub async fn build(
     )
     .await?;
     Ok(Arc::new(
-        AuthService::new(store, Arc::new(keyring), config, clock)?.with_listeners(listeners),
+        AuthService::new(store, Arc::new(keyring), config, clock)?.with_outbox(outbox),
     ))
+}
+
+/// Starts auth in this process: the service, the delivery of its notices to billing
+/// (`billing`: where billing runs; without it notices wait in the outbox), and its RPCs.
+pub async fn mount(
+    set: &mut ServiceSet,
+    db: DatabaseConnection,
+    config: AuthConfig,
+    clock: Arc<dyn Clock>,
+    billing: Option<Peer>,
+    service_token: &str,
+) -> Result<Arc<AuthService>, error::AuthError> {
+    let mut sinks: std::collections::HashMap<&'static str, Arc<dyn Deliver>> =
+        std::collections::HashMap::new();
+    match billing {
+        Some(peer) => {
+            sinks.insert(
+                service::USER_DELETED,
+                Arc::new(notices::UserDeletedToBilling::new(
+                    peer,
+                    service_token.to_owned(),
+                )),
+            );
+        }
+        None => tracing::warn!(
+            "billing runs in no known process (set peers.billing_url): deleted-user notices wait in the outbox"
+        ),
+    }
+    let outbox = Outbox::new(db.clone(), clock.clone(), sinks);
+    outbox.spawn();
+    let service = build(db, config, clock, Some(outbox)).await?;
+    let max = set.max_message_bytes();
+    set.add(
+        ACCESS,
+        AuthServiceServer::from_arc(Arc::new(GrpcAuthAdapter::new(service.clone())))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    Ok(service)
 }

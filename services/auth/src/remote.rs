@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use llmesh_kit::authn::{ApiKeyResolver, SERVICE_TOKEN_HEADER};
 use llmesh_kit::convert::from_timestamp;
 use llmesh_kit::jwt::{KeySet, KeySource, VerifyingKey};
+use llmesh_kit::peer::{Peer, Transport};
 use llmesh_kit::principal::CredentialKind;
 use llmesh_kit::{ApiError, Principal, Role};
 use llmesh_proto::auth::v1 as pb;
 use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 
 /// The longest an API key answer may be reused; revocations reach other processes within it.
 pub const MAX_API_KEY_CACHE: Duration = Duration::from_secs(5);
@@ -22,28 +22,30 @@ const KEY_REFETCH_GAP: Duration = Duration::from_secs(5);
 
 /// Fetches auth's public keys and keeps them until a token names a key it lacks.
 pub struct RemoteKeySource {
-    client: AuthServiceClient<Channel>,
+    peer: Peer,
+    client: AuthServiceClient<Transport>,
     cached: Mutex<Option<(Arc<KeySet>, Instant)>>,
 }
 
 impl RemoteKeySource {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(peer: Peer) -> Self {
         RemoteKeySource {
-            client: AuthServiceClient::new(channel),
+            client: AuthServiceClient::new(peer.transport()),
+            peer,
             cached: Mutex::new(None),
         }
     }
 
     async fn fetch(&self) -> Result<Arc<KeySet>, ApiError> {
         let reply = self
-            .client
-            .clone()
-            .get_public_keys(pb::GetPublicKeysRequest {})
+            .peer
+            .unary("/llmesh.auth.v1.AuthService/GetPublicKeys", || {
+                let mut client = self.client.clone();
+                let req = self.peer.request(pb::GetPublicKeysRequest {});
+                async move { client.get_public_keys(req).await }
+            })
             .await
-            .map_err(|s| {
-                ApiError::unavailable(format!("auth service unreachable: {}", s.message()))
-            })?
-            .into_inner();
+            .map_err(|s| ApiError::unavailable(s.message().to_owned()))?;
         let mut set = KeySet {
             issuer: reply.issuer,
             keys: HashMap::new(),
@@ -93,7 +95,8 @@ impl KeySource for RemoteKeySource {
 
 /// Resolves API keys through auth's ResolveApiKey, caching answers briefly.
 pub struct RemoteApiKeyResolver {
-    client: AuthServiceClient<Channel>,
+    peer: Peer,
+    client: AuthServiceClient<Transport>,
     service_token: String,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
@@ -101,9 +104,10 @@ pub struct RemoteApiKeyResolver {
 
 impl RemoteApiKeyResolver {
     /// `ttl` is capped at [`MAX_API_KEY_CACHE`].
-    pub fn new(channel: Channel, service_token: String, ttl: Duration) -> Self {
+    pub fn new(peer: Peer, service_token: String, ttl: Duration) -> Self {
         RemoteApiKeyResolver {
-            client: AuthServiceClient::new(channel),
+            client: AuthServiceClient::new(peer.transport()),
+            peer,
             service_token,
             ttl: ttl.min(MAX_API_KEY_CACHE),
             cache: Mutex::new(HashMap::new()),
@@ -122,26 +126,26 @@ impl ApiKeyResolver for RemoteApiKeyResolver {
                 return Ok(p.clone());
             }
         }
-        let mut req = tonic::Request::new(pb::ResolveApiKeyRequest {
-            secret: secret.to_owned(),
-        });
-        let token = self
+        let token: tonic::metadata::MetadataValue<_> = self
             .service_token
             .parse()
             .map_err(|_| ApiError::internal("service token is not valid metadata"))?;
-        req.metadata_mut().insert(SERVICE_TOKEN_HEADER, token);
-        let reply = match self.client.clone().resolve_api_key(req).await {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unauthenticated => {
-                return Err(ApiError::unauthenticated(s.message().to_owned()));
-            }
-            Err(s) => {
-                return Err(ApiError::unavailable(format!(
-                    "auth service unreachable: {}",
-                    s.message()
-                )));
-            }
-        };
+        let reply = self
+            .peer
+            .unary("/llmesh.auth.v1.AuthService/ResolveApiKey", || {
+                let mut req = self.peer.request(pb::ResolveApiKeyRequest {
+                    secret: secret.to_owned(),
+                });
+                req.metadata_mut()
+                    .insert(SERVICE_TOKEN_HEADER, token.clone());
+                let mut client = self.client.clone();
+                async move { client.resolve_api_key(req).await }
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::Unauthenticated => ApiError::unauthenticated(s.message().to_owned()),
+                _ => ApiError::unavailable(s.message().to_owned()),
+            })?;
         let role = Role::from_proto(reply.role)
             .ok_or_else(|| ApiError::internal("auth returned an unknown role"))?;
         let principal = Principal {

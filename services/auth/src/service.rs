@@ -9,6 +9,7 @@ use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
 use llmesh_kit::authn::{API_KEY_PREFIX, ApiKeyResolver};
 use llmesh_kit::jwt::Claims;
+use llmesh_kit::outbox::Outbox;
 use llmesh_kit::principal::CredentialKind;
 use llmesh_kit::{ApiError, Clock, Principal, Role};
 use sha2::{Digest, Sha256};
@@ -57,16 +58,14 @@ pub struct NewApiKey {
     pub role_ceiling: Option<Role>,
 }
 
-/// Other services that need to know about account changes (billing keeps a deleted
-/// user's ledger and marks the account).
-#[async_trait::async_trait]
-pub trait UserListener: Send + Sync {
-    async fn user_deleted(&self, user_id: &str);
-}
+/// The outbox topic of "this user was deleted": billing keeps the ledger and marks the
+/// account. The payload is the user id.
+pub const USER_DELETED: &str = "billing.user_deleted";
 
 /// The auth service.
 pub struct AuthService {
-    listeners: Vec<Arc<dyn UserListener>>,
+    /// Delivers the notices account changes leave in the outbox, when this process does.
+    outbox: Option<Arc<Outbox>>,
     store: AuthStore,
     keyring: Arc<Keyring>,
     config: AuthConfig,
@@ -104,7 +103,7 @@ impl AuthService {
             clock.clone(),
         );
         Ok(AuthService {
-            listeners: Vec::new(),
+            outbox: None,
             store,
             keyring,
             config,
@@ -115,9 +114,9 @@ impl AuthService {
         })
     }
 
-    /// Adds services to notify of account changes.
-    pub fn with_listeners(mut self, listeners: Vec<Arc<dyn UserListener>>) -> Self {
-        self.listeners = listeners;
+    /// Wakes `outbox` whenever an account change leaves a notice in it.
+    pub fn with_outbox(mut self, outbox: Option<Arc<Outbox>>) -> Self {
+        self.outbox = outbox;
         self
     }
 
@@ -500,12 +499,13 @@ impl AuthService {
     pub async fn delete_user(&self, user_id: &str) -> Result<()> {
         let target = self.target(user_id).await?;
         self.keep_an_admin(&target).await?;
-        if !self.store.delete_user(user_id).await? {
+        // The notice to billing is written with the deletion, so neither happens alone.
+        if !self.store.delete_user(user_id, self.clock.now()).await? {
             return Err(AuthError::NotFound("user"));
         }
         tracing::info!(user_id = %user_id, "user deleted");
-        for listener in &self.listeners {
-            listener.user_deleted(user_id).await;
+        if let Some(outbox) = &self.outbox {
+            outbox.wake();
         }
         Ok(())
     }

@@ -39,6 +39,10 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.billing.v1.BillingService/Reserve", Access::Service),
     ("/llmesh.billing.v1.BillingService/Settle", Access::Service),
     ("/llmesh.billing.v1.BillingService/Release", Access::Service),
+    (
+        "/llmesh.billing.v1.BillingService/MarkUserDeleted",
+        Access::Service,
+    ),
     ("/llmesh.billing.v1.BillingService/SetQuota", Access::Admin),
     ("/llmesh.billing.v1.BillingService/GetQuota", Access::Viewer),
     (
@@ -377,6 +381,16 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
                 .map(|csv_chunk| Ok(pb::ExportUsageResponse { csv_chunk })),
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn mark_user_deleted(
+        &self,
+        req: Request<pb::MarkUserDeletedRequest>,
+    ) -> Reply<pb::MarkUserDeletedResponse> {
+        let user_id = req.into_inner().user_id;
+        llmesh_kit::validate::id("user_id", &user_id)?;
+        self.service.user_deleted(&user_id).await?;
+        Ok(Response::new(pb::MarkUserDeletedResponse {}))
     }
 
     async fn reconcile(&self, _req: Request<pb::ReconcileRequest>) -> Reply<pb::ReconcileResponse> {

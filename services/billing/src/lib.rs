@@ -11,3 +11,34 @@ pub mod store;
 pub use config::BillingConfig;
 pub use grpc::{ACCESS, GrpcBillingAdapter, SERVICE_NAME};
 pub use service::BillingService;
+
+use std::sync::Arc;
+
+use llmesh_kit::Clock;
+use llmesh_kit::serve::ServiceSet;
+use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
+use sea_orm::DatabaseConnection;
+
+/// Starts billing in this process: the service, its sweeper of expired reservations (which
+/// also releases what a previous run left open), and its RPCs.
+pub fn mount(
+    set: &mut ServiceSet,
+    db: DatabaseConnection,
+    config: BillingConfig,
+    clock: Arc<dyn Clock>,
+) -> Arc<BillingService> {
+    let service = Arc::new(BillingService::new(
+        store::BillingStore::new(db),
+        config,
+        clock,
+    ));
+    service.spawn_sweeper();
+    let max = set.max_message_bytes();
+    set.add(
+        ACCESS,
+        BillingServiceServer::from_arc(Arc::new(GrpcBillingAdapter::new(service.clone())))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    service
+}

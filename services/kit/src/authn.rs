@@ -262,7 +262,8 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
-        let id = request_id::new_id();
+        let id = request_id::from_headers(req.headers()).unwrap_or_else(request_id::new_id);
+        let deadline = crate::deadline::from_headers(req.headers());
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!(
             "rpc",
@@ -271,6 +272,7 @@ where
             user_id = tracing::field::Empty,
             via = tracing::field::Empty,
         );
+        let header = http::HeaderValue::from_str(&id).ok();
         let fut = async move {
             let started = Instant::now();
             if OPEN_PREFIXES.iter().any(|p| path.starts_with(p)) {
@@ -307,7 +309,15 @@ where
             );
             result
         };
-        Box::pin(request_id::scope(id, fut.instrument(span)))
+        let fut = request_id::scope(id, crate::deadline::scope(deadline, fut.instrument(span)));
+        Box::pin(async move {
+            let mut response = fut.await?;
+            // Every answer names its request id, which the logs and internal errors carry.
+            if let Some(value) = header {
+                response.headers_mut().insert(request_id::HEADER, value);
+            }
+            Ok(response)
+        })
     }
 }
 

@@ -1,7 +1,29 @@
 //! Request deadlines: the `grpc-timeout` a client sends, as an instant. tonic enforces it
 //! for the unary part of a call; streaming handlers use this to stop their streams.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    static DEADLINE: Option<Instant>;
+}
+
+/// Runs `fut` with `deadline` as the deadline of the request being served, so calls to
+/// other services made inside it inherit what is left of it.
+pub async fn scope<F: Future>(deadline: Option<Instant>, fut: F) -> F::Output {
+    DEADLINE.scope(deadline, fut).await
+}
+
+/// The deadline of the request being served, if it has one (and outside any request, none).
+pub fn current() -> Option<Instant> {
+    DEADLINE.try_with(|d| *d).ok().flatten()
+}
+
+/// Reads the deadline from HTTP headers (`grpc-timeout`), as the middleware sees them.
+pub fn from_headers(headers: &http::HeaderMap) -> Option<Instant> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    parse(value).map(|d| Instant::now() + d)
+}
 
 /// Returns when the request's deadline passes, if it has one.
 pub fn from_metadata(metadata: &tonic::metadata::MetadataMap) -> Option<Instant> {

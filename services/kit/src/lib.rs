@@ -10,6 +10,8 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod jwt;
+pub mod outbox;
+pub mod peer;
 pub mod principal;
 pub mod request_id;
 pub mod serve;

@@ -17,6 +17,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::authn::{API_KEY_HEADER, AuthLayer, Authenticator, SERVICE_TOKEN_HEADER};
 use crate::config::ServerConfig;
+use crate::principal::AccessTable;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,88 @@ pub async fn bind(config: &ServerConfig) -> Result<TcpListener, ServeError> {
             }
         }
     })
+}
+
+/// The services one process runs, as each registers itself: their routes, names (for
+/// health and reflection) and access tables (for the authentication layer).
+pub struct ServiceSet {
+    routes: tonic::service::RoutesBuilder,
+    names: Vec<&'static str>,
+    tables: Vec<AccessTable>,
+    max_message_bytes: usize,
+}
+
+impl ServiceSet {
+    pub fn new(max_message_bytes: usize) -> Self {
+        ServiceSet {
+            routes: tonic::service::RoutesBuilder::default(),
+            names: Vec::new(),
+            tables: Vec::new(),
+            max_message_bytes,
+        }
+    }
+
+    /// The largest message a service may decode or encode (`server.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// Adds a generated server (already given its message limits) with its access table.
+    pub fn add<S>(&mut self, table: AccessTable, service: S)
+    where
+        S: tower::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = std::convert::Infallible,
+            > + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.tables.push(table);
+        self.routes.add_service(service);
+    }
+
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
+    pub fn tables(&self) -> &[AccessTable] {
+        &self.tables
+    }
+
+    /// The routes as one service behind `authenticator`, as peers in this process call
+    /// them (see [`crate::peer::LocalRoutes`]).
+    pub fn local_transport(
+        routes: &Routes,
+        authenticator: &Arc<Authenticator>,
+    ) -> crate::peer::Transport {
+        let svc = tower::ServiceBuilder::new()
+            .layer(AuthLayer::new(authenticator.clone()))
+            .service(routes.clone());
+        tower::util::BoxCloneSyncService::new(
+            tower::ServiceExt::<http::Request<tonic::body::Body>>::map_err(
+                svc,
+                |e: std::convert::Infallible| -> crate::peer::TransportError { match e {} },
+            ),
+        )
+    }
+
+    /// Finishes the set: the routes, names and the authenticator built from the tables.
+    pub fn into_services(
+        self,
+        authenticator: impl FnOnce(&[AccessTable]) -> Arc<Authenticator>,
+    ) -> Services {
+        let authenticator = authenticator(&self.tables);
+        Services {
+            routes: self.routes.routes(),
+            names: self.names,
+            authenticator,
+        }
+    }
 }
 
 /// What the composed services hand to [`serve`].
@@ -246,6 +329,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         "x-grpc-web",
         "x-user-agent",
         "grpc-timeout",
+        crate::request_id::HEADER,
         API_KEY_HEADER,
         SERVICE_TOKEN_HEADER,
     ];
@@ -255,6 +339,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         "grpc-status-details-bin",
         "retry-after",
         "retry-after-ms",
+        crate::request_id::HEADER,
     ];
     CorsLayer::new()
         .allow_origin(allow_origin)

@@ -28,6 +28,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.llm.v1.LlmService/GetModel", Access::Viewer),
     ("/llmesh.llm.v1.LlmService/CountTokens", Access::Viewer),
     ("/llmesh.llm.v1.LlmService/Generate", Access::Member),
+    ("/llmesh.llm.v1.LlmService/StopGeneration", Access::Member),
     ("/llmesh.llm.v1.LlmService/Embed", Access::Member),
     ("/llmesh.llm.v1.LlmService/PullModel", Access::Admin),
     ("/llmesh.llm.v1.LlmService/DeleteModel", Access::Admin),
@@ -160,12 +161,23 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                     max_tokens,
                     stop,
                     deadline,
-                    stop_signal: None,
+                    id: (!r.generation_id.is_empty()).then_some(r.generation_id),
                 },
             )
             .await?;
         let stream = ReceiverStream::new(rx).map(move |event| generate_event(event, &currency));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn stop_generation(
+        &self,
+        req: Request<pb::StopGenerationRequest>,
+    ) -> Reply<pb::StopGenerationResponse> {
+        let p = principal(&req)?;
+        let stopped = self
+            .service
+            .stop_generation(&p, &req.into_inner().generation_id)?;
+        Ok(Response::new(pb::StopGenerationResponse { stopped }))
     }
 
     async fn embed(&self, req: Request<pb::EmbedRequest>) -> Reply<pb::EmbedResponse> {

@@ -13,3 +13,28 @@ pub mod spend;
 pub use config::LlmConfig;
 pub use grpc::{ACCESS, GrpcLlmAdapter, SERVICE_NAME};
 pub use service::LlmService;
+
+use std::sync::Arc;
+
+use llmesh_kit::serve::ServiceSet;
+use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
+
+/// Starts llm in this process: the service spending through `spend`, its default models
+/// pulled (progress to `on_progress`) and loaded, and its RPCs.
+pub async fn mount(
+    set: &mut ServiceSet,
+    config: LlmConfig,
+    spend: Arc<dyn spend::SpendHook>,
+    on_progress: &(dyn Fn(&str, &pull::Progress) + Sync),
+) -> error::Result<Arc<LlmService>> {
+    let service = Arc::new(LlmService::new(config, spend)?);
+    service.prepare(on_progress).await?;
+    let max = set.max_message_bytes();
+    set.add(
+        ACCESS,
+        LlmServiceServer::from_arc(Arc::new(GrpcLlmAdapter::new(service.clone())))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    Ok(service)
+}

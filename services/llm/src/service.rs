@@ -89,9 +89,9 @@ pub struct Generation {
     pub stop: Vec<String>,
     /// When the client stops waiting.
     pub deadline: Option<Instant>,
-    /// Fires when the caller wants the generation stopped but still wants the final
-    /// message (with the settled cost), as chat's Stop does.
-    pub stop_signal: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// The caller's name for it, so [`LlmService::stop_generation`] can stop it and the
+    /// stream still ends with the final message (with the settled cost).
+    pub id: Option<String>,
 }
 
 /// The end of a generation as the client sees it.
@@ -132,6 +132,8 @@ pub struct LlmService {
     pulling: Mutex<HashSet<String>>,
     load_lock: tokio::sync::Mutex<()>,
     spend: Arc<dyn SpendHook>,
+    /// Named generations running here, by (user, id): StopGeneration rings them.
+    named: NamedMap,
 }
 
 impl LlmService {
@@ -147,6 +149,7 @@ impl LlmService {
             pulling: Mutex::new(HashSet::new()),
             load_lock: tokio::sync::Mutex::new(()),
             spend,
+            named: Arc::default(),
         })
     }
 
@@ -483,6 +486,43 @@ impl LlmService {
         Ok((tokens.len() as u32, m.info.context_length))
     }
 
+    /// Stops a generation `principal` started under `id` in this process; false when none
+    /// runs here.
+    pub fn stop_generation(&self, principal: &Principal, id: &str) -> Result<bool> {
+        check_generation_id(id)?;
+        let key = (principal.user_id.clone(), id.to_owned());
+        // The entry stays until the generation ends, so its id is not reused meanwhile.
+        Ok(match lock(&self.named).get_mut(&key) {
+            Some(bell) => {
+                if let Some(bell) = bell.take() {
+                    let _ = bell.send(());
+                }
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// Claims `id` for a new generation of `principal`: the receiver fires on
+    /// StopGeneration, and the guard gives the name back when dropped.
+    fn name_generation(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<(tokio::sync::oneshot::Receiver<()>, Named)> {
+        check_generation_id(id)?;
+        let key = (principal.user_id.clone(), id.to_owned());
+        let mut named = lock(&self.named);
+        if named.contains_key(&key) {
+            return Err(LlmError::Invalid(format!(
+                "generation_id {id:?} names a generation of yours that is still running"
+            )));
+        }
+        let (bell, rx) = tokio::sync::oneshot::channel();
+        named.insert(key.clone(), Some(bell));
+        Ok((rx, Named(self.named.clone(), key)))
+    }
+
     /// Starts a generation. Spend is reserved before any work and settled on every path;
     /// the last event carries the settled cost.
     pub async fn generate(
@@ -490,6 +530,10 @@ impl LlmService {
         principal: &Principal,
         request: Generation,
     ) -> Result<mpsc::Receiver<GenEvent>> {
+        let named = match &request.id {
+            Some(id) => Some(self.name_generation(principal, id)?),
+            None => None,
+        };
         let model = self.chat_model(&request.model).await?;
         let vocab = model.tokenizer.vocab_size();
         if let Some((id, _)) = request
@@ -560,8 +604,12 @@ impl LlmService {
         let (client_tx, client_rx) = mpsc::channel(64);
         let spend = self.spend.clone();
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
-        let stop_signal = request.stop_signal;
         tokio::spawn(async move {
+            // The name is released when the generation ends, however it ends.
+            let (stop_signal, _named) = match named {
+                Some((rx, named)) => (Some(rx), Some(named)),
+                None => (None, None),
+            };
             let stop = async {
                 match stop_signal {
                     Some(rx) => {
@@ -803,6 +851,33 @@ fn describe(
         chat_template: None,
         created_at: now,
     })
+}
+
+type NamedMap = Arc<Mutex<HashMap<(String, String), Option<tokio::sync::oneshot::Sender<()>>>>>;
+
+/// A generation's claim on its name; dropping it frees the name.
+struct Named(NamedMap, (String, String));
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        lock(&self.0).remove(&self.1);
+    }
+}
+
+/// Generation ids are the caller's: 1-64 characters of letters, digits, '-' and '_'.
+fn check_generation_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(LlmError::Invalid(
+            "generation_id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'".into(),
+        ))
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,6 +7,15 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/llmesh_descriptor.bin"));
 
+/// Every method marked `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT` in proto/,
+/// as "/package.Service/Method", sorted: the calls a client may retry after UNAVAILABLE.
+pub const RETRY_SAFE_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/llmesh_retry_safe.rs"));
+
+/// Whether a method path is marked safe to retry in proto/.
+pub fn retry_safe(path: &str) -> bool {
+    RETRY_SAFE_METHODS.binary_search(&path).is_ok()
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("llmesh.common.v1");

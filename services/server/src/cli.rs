@@ -263,18 +263,11 @@ fn billing_service(
     ))
 }
 
+/// Auth for the operator commands. Notices an account change leaves for other services
+/// wait in the outbox until a running server delivers them.
 async fn auth_service(config: &Config) -> anyhow::Result<Arc<llmesh_auth::AuthService>> {
     let conn = open_database(&config.database).await?;
-    let billing = billing_service(config, conn.clone());
-    let listener: Arc<dyn llmesh_auth::UserListener> =
-        Arc::new(crate::BillingUserListener(billing));
-    Ok(llmesh_auth::build(
-        conn,
-        config.auth.clone(),
-        Arc::new(SystemClock),
-        vec![listener],
-    )
-    .await?)
+    Ok(llmesh_auth::build(conn, config.auth.clone(), Arc::new(SystemClock), None).await?)
 }
 
 async fn users(config: Config, cmd: UsersCommand) -> anyhow::Result<()> {

@@ -1,9 +1,7 @@
 //! The `llmesh` binary as a library: configuration, composition of the services into one
 //! server, and the operator commands. Tests start servers through [`start`].
 
-pub mod chat_llm;
 pub mod cli;
-pub mod spend;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,16 +15,11 @@ use llmesh_chat::ChatConfig;
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
-use llmesh_kit::principal::AccessTable;
-use llmesh_kit::serve::{RunningServer, Services};
+use llmesh_kit::peer::{LocalRoutes, Peer};
+use llmesh_kit::serve::{RunningServer, ServiceSet};
 use llmesh_kit::{Clock, db};
 use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
-use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
-use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
-use llmesh_proto::chat::v1::chat_archive_service_server::ChatArchiveServiceServer;
-use llmesh_proto::chat::v1::chat_service_server::ChatServiceServer;
-use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 
@@ -59,8 +52,11 @@ pub struct Config {
 pub struct PeersConfig {
     /// URL of the auth service when it runs in another process, e.g. http://auth:7700.
     pub auth_url: Option<String>,
-    /// URL of the billing service when llm runs without it in its process.
+    /// URL of the billing service when it runs in another process (llm reserves and
+    /// settles there; auth delivers its notices there).
     pub billing_url: Option<String>,
+    /// URL of the llm service when chat runs without it in its process.
+    pub llm_url: Option<String>,
     /// Shared secret that llmesh services present to each other's internal RPCs. Required
     /// when services run in separate processes; generated per start otherwise.
     pub service_token: Option<String>,
@@ -73,6 +69,7 @@ impl Default for PeersConfig {
         PeersConfig {
             auth_url: None,
             billing_url: None,
+            llm_url: None,
             service_token: None,
             api_key_cache_secs: 2,
         }
@@ -173,7 +170,44 @@ pub async fn open_database(config: &DatabaseConfig) -> anyhow::Result<DatabaseCo
     Ok(conn)
 }
 
-/// Starts the given services on one port and returns once it is listening.
+/// Where each peer of this process runs: here (in memory, through the same routes and
+/// authentication layer a remote caller meets) or at a configured URL.
+struct Peers<'a> {
+    config: &'a PeersConfig,
+    here: &'a [String],
+    local: LocalRoutes,
+}
+
+impl Peers<'_> {
+    /// The peer `name`: local when it runs here, remote when its URL is set, else none.
+    fn find(&self, name: &'static str) -> anyhow::Result<Option<Peer>> {
+        if self.here.iter().any(|s| s == name) {
+            return Ok(Some(Peer::local(name, &self.local)));
+        }
+        let (key, url) = match name {
+            "auth" => ("peers.auth_url", &self.config.auth_url),
+            "billing" => ("peers.billing_url", &self.config.billing_url),
+            "llm" => ("peers.llm_url", &self.config.llm_url),
+            _ => return Ok(None),
+        };
+        match url {
+            Some(url) => Ok(Some(Peer::remote(name, key, url)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The peer `name`, which `who` cannot run without.
+    fn require(&self, name: &'static str, who: &str) -> anyhow::Result<Peer> {
+        self.find(name)?.with_context(|| {
+            format!(
+                "the {who} service needs {name}: run it in this process (--services {who},{name}) or set peers.{name}_url"
+            )
+        })
+    }
+}
+
+/// Starts the given services on one port and returns once it is listening. Each service
+/// mounts itself from its config and its peers, local or remote.
 pub async fn start(
     config: Config,
     services: &[String],
@@ -184,178 +218,112 @@ pub async fn start(
     config.validate()?;
     let listener = llmesh_kit::serve::bind(&config.server).await?;
     let conn = open_database(&config.database).await?;
-
-    if config.peers.billing_url.is_some() && config.peers.service_token.is_none() {
-        bail!(
-            "peers.billing_url needs peers.service_token: the same secret in every llmesh process"
-        );
-    }
-    let service_token = match &config.peers.service_token {
-        Some(token) => token.clone(),
-        None => {
+    let runs = |name: &str| services.iter().any(|s| s == name);
+    let peers = Peers {
+        config: &config.peers,
+        here: services,
+        local: LocalRoutes::default(),
+    };
+    let remote = ["auth", "billing", "llm"]
+        .into_iter()
+        .any(|name| !runs(name) && peers.find(name).ok().flatten().is_some());
+    let service_token = match (&config.peers.service_token, remote) {
+        (Some(token), _) => token.clone(),
+        (None, true) => bail!(
+            "peers.service_token is required when services run in separate processes: the same secret of at least 32 characters in every llmesh process"
+        ),
+        (None, false) => {
             let random: [u8; 32] = rand::random();
             random.iter().map(|b| format!("{b:02x}")).collect()
         }
     };
 
-    let mut routes = tonic::service::RoutesBuilder::default();
-    let mut names = Vec::new();
-    let mut tables: Vec<AccessTable> = Vec::new();
-    let max = config.server.max_message_bytes;
-    let mut billing = None;
-    if services.iter().any(|s| s == "billing") {
-        let service = Arc::new(llmesh_billing::BillingService::new(
-            llmesh_billing::store::BillingStore::new(conn.clone()),
+    let mut set = ServiceSet::new(config.server.max_message_bytes);
+    let billing = runs("billing").then(|| {
+        llmesh_billing::mount(
+            &mut set,
+            conn.clone(),
             config.billing.clone(),
             clock.clone(),
-        ));
-        // Reservations a previous run left open are released once expired, now and later.
-        service.spawn_sweeper();
-        routes.add_service(
-            BillingServiceServer::from_arc(Arc::new(llmesh_billing::GrpcBillingAdapter::new(
-                service.clone(),
-            )))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-        );
-        names.push(llmesh_billing::SERVICE_NAME);
-        tables.push(llmesh_billing::ACCESS);
-        billing = Some(service);
-    }
-
-    let mut auth = None;
-    let (keys, api_keys): (Arc<dyn KeySource>, Arc<dyn ApiKeyResolver>) =
-        if services.iter().any(|s| s == "auth") {
-            let listeners: Vec<Arc<dyn llmesh_auth::UserListener>> = billing
-                .iter()
-                .map(|b| {
-                    Arc::new(BillingUserListener(b.clone())) as Arc<dyn llmesh_auth::UserListener>
-                })
-                .collect();
-            let service =
-                llmesh_auth::build(conn.clone(), config.auth.clone(), clock.clone(), listeners)
+        )
+    });
+    let auth = match runs("auth") {
+        true => Some(
+            llmesh_auth::mount(
+                &mut set,
+                conn.clone(),
+                config.auth.clone(),
+                clock.clone(),
+                peers.find("billing")?,
+                &service_token,
+            )
+            .await
+            .context("starting the auth service")?,
+        ),
+        false => None,
+    };
+    let llm = match runs("llm") {
+        true => {
+            // Generation spends through billing wherever it runs, and is free (logged
+            // once) when it runs nowhere.
+            let spend: Arc<dyn llmesh_llm::spend::SpendHook> = match peers.find("billing")? {
+                Some(peer) => Arc::new(llmesh_llm::spend::BillingPeer::new(
+                    peer,
+                    service_token.clone(),
+                    config.billing.currency.clone(),
+                )),
+                None => Arc::new(llmesh_llm::spend::NoBilling),
+            };
+            Some(
+                llmesh_llm::mount(&mut set, config.llm.clone(), spend, progress)
                     .await
-                    .context("starting the auth service")?;
-            routes.add_service(
-                AuthServiceServer::from_arc(Arc::new(llmesh_auth::GrpcAuthAdapter::new(
-                    service.clone(),
-                )))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            );
-            names.push(llmesh_auth::SERVICE_NAME);
-            tables.push(llmesh_auth::ACCESS);
-            auth = Some(service.clone());
-            (service.keyring().clone(), service)
-        } else {
-            let url =
-                config.peers.auth_url.clone().with_context(
-                    || "peers.auth_url is required when auth runs in another process",
-                )?;
-            let token = config.peers.service_token.clone().with_context(
-                || "peers.service_token is required when services run in separate processes",
-            )?;
-            let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                .with_context(|| format!("peers.auth_url {url:?} is not a URL"))?
-                .connect_lazy();
+                    .context("preparing the models")?,
+            )
+        }
+        false => None,
+    };
+    let chat = match runs("chat") {
+        true => Some(llmesh_chat::mount(
+            &mut set,
+            conn.clone(),
+            config.chat.clone(),
+            clock.clone(),
+            peers.require("llm", "chat")?,
+            &service_token,
+            config.billing.currency.clone(),
+        )),
+        false => None,
+    };
+
+    // Tokens are verified here with auth's keys, fetched from it when it runs elsewhere.
+    let (keys, api_keys): (Arc<dyn KeySource>, Arc<dyn ApiKeyResolver>) = match &auth {
+        Some(service) => (service.keyring().clone(), service.clone()),
+        None => {
+            let peer = peers.require("auth", services.join(",").as_str())?;
             (
-                Arc::new(RemoteKeySource::new(channel.clone())),
+                Arc::new(RemoteKeySource::new(peer.clone())),
                 Arc::new(RemoteApiKeyResolver::new(
-                    channel,
-                    token,
+                    peer,
+                    service_token.clone(),
                     Duration::from_secs(config.peers.api_key_cache_secs),
                 )),
             )
-        };
-
-    let mut llm = None;
-    if services.iter().any(|s| s == "llm") {
-        // Generation spends through billing: in memory when it runs here, over gRPC when
-        // peers.billing_url names it, and not at all (free, logged once) otherwise.
-        let spend: Arc<dyn llmesh_llm::spend::SpendHook> =
-            match (&billing, &config.peers.billing_url) {
-                (Some(b), _) => Arc::new(spend::InProcessBilling(b.clone())),
-                (None, Some(url)) => {
-                    let channel = tonic::transport::Endpoint::from_shared(url.clone())
-                        .with_context(|| format!("peers.billing_url {url:?} is not a URL"))?
-                        .connect_lazy();
-                    Arc::new(spend::RemoteBilling::new(
-                        channel,
-                        service_token.clone(),
-                        config.billing.currency.clone(),
-                    ))
-                }
-                (None, None) => Arc::new(llmesh_llm::spend::NoBilling),
-            };
-        let service = Arc::new(llmesh_llm::LlmService::new(config.llm.clone(), spend)?);
-        service
-            .prepare(progress)
-            .await
-            .context("preparing the models")?;
-        routes.add_service(
-            LlmServiceServer::from_arc(Arc::new(llmesh_llm::GrpcLlmAdapter::new(service.clone())))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        );
-        names.push(llmesh_llm::SERVICE_NAME);
-        tables.push(llmesh_llm::ACCESS);
-        llm = Some(service);
-    }
-
-    let mut chat = None;
-    if services.iter().any(|s| s == "chat") {
-        // Chat reaches llm in memory; a split deployment needs llm in the same process for
-        // now (a gRPC LlmClient is future work).
-        let Some(llm_service) = &llm else {
-            bail!(
-                "the chat service needs the llm service in the same process: run `--services chat,llm` (with billing)"
-            );
-        };
-        let service = Arc::new(llmesh_chat::ChatService::new(
-            llmesh_chat::store::ChatStore::new(conn.clone()),
-            Arc::new(chat_llm::InProcessLlm(llm_service.clone())),
-            config.chat.clone(),
-            clock.clone(),
-        ));
-        routes.add_service(
-            ChatServiceServer::from_arc(Arc::new(llmesh_chat::GrpcChatAdapter::new(
-                service.clone(),
-                llm_service.spend_currency(),
-            )))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-        );
-        names.push(llmesh_chat::SERVICE_NAME);
-        tables.push(llmesh_chat::ACCESS);
-        routes.add_service(
-            ChatArchiveServiceServer::from_arc(Arc::new(llmesh_chat::GrpcChatArchiveAdapter::new(
-                service.clone(),
-            )))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
-        );
-        names.push(llmesh_chat::ARCHIVE_SERVICE_NAME);
-        tables.push(llmesh_chat::ARCHIVE_ACCESS);
-        chat = Some(service);
-    }
-
+        }
+    };
     let verifier = TokenVerifier::new(keys, clock.clone());
-    let authenticator = Arc::new(Authenticator::new(
-        verifier,
-        api_keys,
-        &service_token,
-        &tables,
+    let services = set.into_services(|tables| {
+        Arc::new(Authenticator::new(
+            verifier,
+            api_keys,
+            &service_token,
+            tables,
+        ))
+    });
+    peers.local.set(ServiceSet::local_transport(
+        &services.routes,
+        &services.authenticator,
     ));
-    let server = llmesh_kit::serve::serve(
-        listener,
-        &config.server,
-        Services {
-            routes: routes.routes(),
-            names,
-            authenticator,
-        },
-        signal,
-    )?;
+    let server = llmesh_kit::serve::serve(listener, &config.server, services, signal)?;
     Ok(App {
         server,
         db: conn,
@@ -364,18 +332,6 @@ pub async fn start(
         billing,
         chat,
     })
-}
-
-/// Tells billing when auth deletes a user, so the account is kept but marked deleted.
-pub struct BillingUserListener(pub Arc<llmesh_billing::BillingService>);
-
-#[async_trait::async_trait]
-impl llmesh_auth::UserListener for BillingUserListener {
-    async fn user_deleted(&self, user_id: &str) {
-        if let Err(e) = self.0.user_deleted(user_id).await {
-            tracing::error!(user_id, error = %e, "marking a deleted user's account failed");
-        }
-    }
 }
 
 /// Resolves on ctrl-c or SIGTERM.

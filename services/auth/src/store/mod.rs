@@ -4,6 +4,7 @@
 pub mod entities;
 
 use chrono::{DateTime, Utc};
+use llmesh_kit::outbox::Outbox;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
@@ -101,7 +102,9 @@ impl AuthStore {
 
     /// Deletes a user; sessions and keys go with them (foreign keys cascade, and are
     /// deleted explicitly too for databases that do not enforce them).
-    pub async fn delete_user(&self, id: &str) -> Result<bool, DbErr> {
+    /// Deletes a user with their sessions and keys, and leaves the notice for billing in
+    /// the outbox in the same transaction.
+    pub async fn delete_user(&self, id: &str, now: DateTime<Utc>) -> Result<bool, DbErr> {
         let txn = self.db.begin().await?;
         refresh_token::Entity::delete_many()
             .filter(refresh_token::Column::UserId.eq(id))
@@ -116,6 +119,9 @@ impl AuthStore {
             .await?
             .rows_affected
             == 1;
+        if deleted {
+            Outbox::add(&txn, crate::service::USER_DELETED, id, now).await?;
+        }
         txn.commit().await?;
         Ok(deleted)
     }
