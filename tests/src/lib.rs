@@ -247,6 +247,13 @@ impl TestServer {
         }
     }
 
+    /// Stops this server, keeping its database and clock for [`StoppedServer::start`].
+    pub async fn stop(self) -> StoppedServer {
+        let TestServer { app, clock, db, .. } = self;
+        app.server.shutdown().await.expect("shutdown");
+        StoppedServer { clock, db }
+    }
+
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         AuthServiceClient::new(self.channel.clone())
     }
@@ -291,6 +298,44 @@ impl TestServer {
             .expect("login")
             .into_inner();
         (reply.user.expect("user"), reply.tokens.expect("tokens"))
+    }
+}
+
+/// A server that was stopped: its database and clock, to start it again.
+pub struct StoppedServer {
+    pub clock: Arc<ManualClock>,
+    pub db: TestDb,
+}
+
+impl StoppedServer {
+    /// Starts `services` again on the same database and clock.
+    pub async fn start(self, services: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let StoppedServer { clock, db } = self;
+        let mut config = test_config(&db);
+        tweak(&mut config);
+        let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
+        let app = llmesh::start(
+            config,
+            &services,
+            clock.clone(),
+            &|_, _| {},
+            std::future::pending(),
+        )
+        .await
+        .expect("server restarts");
+        let url = format!("http://{}", app.server.local_addr);
+        let channel = Channel::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        TestServer {
+            app,
+            clock,
+            channel,
+            url,
+            db,
+        }
     }
 }
 
