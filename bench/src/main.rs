@@ -154,7 +154,6 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     config.llm.models_dir = scratch.join("models").display().to_string();
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
-    config.chat.uploads_dir = scratch.join("uploads").display().to_string();
     let (app, channel) = start_local(config, &["auth", "llm", "billing", "chat"]).await?;
 
     let mut auth = AuthServiceClient::new(channel.clone());

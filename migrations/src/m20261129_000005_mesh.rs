@@ -43,6 +43,7 @@ impl MigrationTrait for Migration {
             "CREATE TABLE chat_running_replies (
                 conversation_id TEXT PRIMARY KEY,
                 user_id TEXT NOT NULL,
+                reply_id TEXT NOT NULL,
                 started_at BIGINT NOT NULL
             )",
         )

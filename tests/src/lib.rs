@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
 use llmesh::{App, Config};
-use llmesh_kit::ManualClock;
+use llmesh_kit::{Clock, ManualClock};
 use llmesh_proto::auth::v1 as pb;
 use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use sea_orm::{ConnectionTrait, Database};
@@ -84,6 +84,16 @@ impl TestDb {
     pub fn scratch(&self) -> &std::path::Path {
         &self.dir.path
     }
+
+    /// The same database for another process of the test; the original still owns it.
+    pub fn shared(&self) -> TestDb {
+        TestDb {
+            url: self.url.clone(),
+            backend: self.backend,
+            dir: TempDir::new("llmesh-test"),
+            pg_name: None,
+        }
+    }
 }
 
 impl Drop for TestDb {
@@ -152,7 +162,6 @@ pub fn test_config(db: &TestDb) -> Config {
     config.llm.models_dir = format!("{}/models", db.scratch().display());
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
-    config.chat.uploads_dir = format!("{}/uploads", db.scratch().display());
     config
 }
 
@@ -245,6 +254,18 @@ impl TestServer {
             url,
             db,
         }
+    }
+
+    /// Starts another process running `services` on this server's database (with its own
+    /// clock), as a second copy or another part of a split deployment.
+    pub async fn another(&self, services: &[&str], tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let clock = Arc::new(ManualClock::new(self.clock.now()));
+        StoppedServer {
+            clock,
+            db: self.db.shared(),
+        }
+        .start(services, tweak)
+        .await
     }
 
     /// Stops this server, keeping its database and clock for [`StoppedServer::start`].

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use llmesh_migration::MigratorTrait;
 use llmesh_proto::auth::v1 as apb;
 use llmesh_proto::billing::v1 as bpb;
 use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
@@ -410,4 +411,217 @@ async fn a_deleted_user_notice_waits_for_billing() {
         .expect("account");
     let marked: bool = row.try_get("", "user_deleted").expect("column");
     assert!(marked, "billing marked the account");
+}
+
+/// An llmesh JSON export of one conversation with one exchange.
+fn export_of_one() -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "format": "llmesh.conversations.v1",
+        "conversations": [{
+            "id": "00000000-0000-7000-8000-000000000001",
+            "title": "Moved in",
+            "model": CHAT_MODEL,
+            "system_prompt": "",
+            "pinned": false,
+            "archived": false,
+            "tags": [],
+            "created_at": "2026-11-01T12:00:00Z",
+            "updated_at": "2026-11-01T12:00:00Z",
+            "active_leaf_id": "00000000-0000-7000-8000-000000000003",
+            "messages": [
+                {"id": "00000000-0000-7000-8000-000000000002", "parent_id": null, "role": "user",
+                 "content": "hello there", "state": "complete", "created_at": "2026-11-01T12:00:00Z"},
+                {"id": "00000000-0000-7000-8000-000000000003", "parent_id": "00000000-0000-7000-8000-000000000002",
+                 "role": "assistant", "content": "hi", "state": "complete", "created_at": "2026-11-01T12:00:01Z"}
+            ]
+        }]
+    }))
+    .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_chat_copies_share_stops_and_uploads() {
+    use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+    use sha2::{Digest, Sha256};
+
+    // One Postgres database; A runs auth, billing and llm; B1 and B2 are two copies of chat.
+    let models = llmesh_tests::models::models_dir();
+    let Some(a) = TestServer::start_services(Backend::Postgres, &["auth", "billing", "llm"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+        c.llm.models_dir = models.display().to_string();
+    })
+    .await
+    else {
+        return;
+    };
+    let a_url = a.url.clone();
+    let chat_copy = move |c: &mut llmesh::Config| {
+        c.peers.service_token = Some(TOKEN.into());
+        c.peers.auth_url = Some(a_url.clone());
+        c.peers.llm_url = Some(a_url.clone());
+        c.chat.auto_title = false;
+    };
+    let b1 = a.another(&["chat"], chat_copy.clone()).await;
+    let b2 = a.another(&["chat"], chat_copy).await;
+    let (_, tokens) = a.signup("user@example.com").await;
+    let user = tokens.access_token;
+
+    // The reply streams from B1; StopReply reaches it through B2.
+    let mut c1 = ChatServiceClient::new(b1.channel.clone());
+    let mut c2 = ChatServiceClient::new(b2.channel.clone());
+    let conv = conversation(&mut c1, &user).await;
+    let mut stream = c1
+        .send_message(bearer(
+            &user,
+            pb::SendMessageRequest {
+                conversation_id: conv.clone(),
+                content: "Count from 1 to 1000.".into(),
+                sampling: endless(2000),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("send on B1")
+        .into_inner();
+    let mut deltas = 0;
+    let mut last = None;
+    while let Some(m) = stream.message().await.expect("event") {
+        match m.event.and_then(|e| e.event) {
+            Some(pb::reply_event::Event::Delta(_)) => {
+                deltas += 1;
+                if deltas == 3 {
+                    let stopped = c2
+                        .stop_reply(bearer(
+                            &user,
+                            pb::StopReplyRequest {
+                                conversation_id: conv.clone(),
+                            },
+                        ))
+                        .await
+                        .expect("stop on B2")
+                        .into_inner()
+                        .stopped;
+                    assert!(stopped, "B2 knows a reply runs on B1");
+                }
+            }
+            Some(pb::reply_event::Event::AssistantMessage(m)) => last = Some(m),
+            _ => {}
+        }
+    }
+    let reply = last.expect("stored");
+    assert_eq!(reply.state, pb::MessageState::Stopped as i32);
+    assert!(reply.usage.expect("usage").completion_tokens < 2000);
+    let idle = c2
+        .stop_reply(bearer(
+            &user,
+            pb::StopReplyRequest {
+                conversation_id: conv.clone(),
+            },
+        ))
+        .await
+        .expect("stop")
+        .into_inner();
+    assert!(!idle.stopped, "nothing runs any more");
+
+    // An upload whose chunks go to either copy, finished on one and imported on the other.
+    let bytes = export_of_one();
+    let mut a1 = ChatArchiveServiceClient::new(b1.channel.clone());
+    let mut a2 = ChatArchiveServiceClient::new(b2.channel.clone());
+    let begun = a1
+        .begin_upload(bearer(
+            &user,
+            pb::BeginUploadRequest {
+                file_name: "conversations.json".into(),
+                size_bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(&bytes)),
+            },
+        ))
+        .await
+        .expect("begin on B1")
+        .into_inner();
+    let mut offset = 0;
+    for (i, chunk) in bytes.chunks(100).enumerate() {
+        let client = if i % 2 == 0 { &mut a2 } else { &mut a1 };
+        let request = || {
+            bearer(
+                &user,
+                pb::AppendUploadChunkRequest {
+                    upload_id: begun.upload_id.clone(),
+                    offset,
+                    data: chunk.to_vec(),
+                },
+            )
+        };
+        client.append_upload_chunk(request()).await.expect("chunk");
+        // A retried chunk (its answer lost) is accepted again, not doubled.
+        let again = client
+            .append_upload_chunk(request())
+            .await
+            .expect("the same chunk again")
+            .into_inner();
+        offset += chunk.len() as u64;
+        assert_eq!(again.received_bytes, offset);
+    }
+    a2.finish_upload(bearer(
+        &user,
+        pb::FinishUploadRequest {
+            upload_id: begun.upload_id.clone(),
+        },
+    ))
+    .await
+    .expect("finish on B2");
+    let mut stream = a1
+        .import_conversations(bearer(
+            &user,
+            pb::ImportConversationsRequest {
+                upload_id: begun.upload_id.clone(),
+                source: pb::ImportSource::LlmeshJson as i32,
+            },
+        ))
+        .await
+        .expect("import on B1")
+        .into_inner();
+    let mut imported = None;
+    while let Some(m) = stream.message().await.expect("event") {
+        if let Some(pb::import_conversations_response::Event::Report(r)) = m.event {
+            imported = Some(r.imported);
+        }
+    }
+    assert_eq!(imported, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_starting_together_migrate_once() {
+    let Some(db) = llmesh_tests::TestDb::create(Backend::Postgres).await else {
+        return;
+    };
+    let clock = || std::sync::Arc::new(llmesh_kit::ManualClock::new(chrono::Utc::now()));
+    let start = |services: &'static [&'static str]| {
+        llmesh_tests::StoppedServer {
+            clock: clock(),
+            db: db.shared(),
+        }
+        .start(services, |c| c.peers.service_token = Some(TOKEN.into()))
+    };
+    // Three processes against one empty database at once: one migrates, two wait.
+    let (a, b, c) = tokio::join!(
+        start(&["auth", "billing"]),
+        start(&["auth", "billing"]),
+        start(&["auth", "billing"])
+    );
+    let applied = a
+        .app
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            a.app.db.get_database_backend(),
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await
+        .expect("migrations table")
+        .len();
+    assert_eq!(applied, llmesh_migration::Migrator::migrations().len());
+    for s in [&a, &b, &c] {
+        s.signup(&format!("{}@example.com", s.app.server.local_addr.port()))
+            .await;
+    }
 }

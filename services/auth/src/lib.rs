@@ -17,7 +17,7 @@ use chrono::Duration;
 use llmesh_kit::Clock;
 use llmesh_kit::outbox::{Deliver, Outbox};
 use llmesh_kit::peer::Peer;
-use llmesh_kit::serve::ServiceSet;
+use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::auth::v1::auth_service_server::AuthServiceServer;
 use sea_orm::DatabaseConnection;
 
@@ -55,11 +55,9 @@ pub async fn build(
 /// (`billing`: where billing runs; without it notices wait in the outbox), and its RPCs.
 pub async fn mount(
     set: &mut ServiceSet,
-    db: DatabaseConnection,
+    process: &Process,
     config: AuthConfig,
-    clock: Arc<dyn Clock>,
     billing: Option<Peer>,
-    service_token: &str,
 ) -> Result<Arc<AuthService>, error::AuthError> {
     let mut sinks: std::collections::HashMap<&'static str, Arc<dyn Deliver>> =
         std::collections::HashMap::new();
@@ -69,7 +67,7 @@ pub async fn mount(
                 service::USER_DELETED,
                 Arc::new(notices::UserDeletedToBilling::new(
                     peer,
-                    service_token.to_owned(),
+                    process.service_token.clone(),
                 )),
             );
         }
@@ -77,9 +75,15 @@ pub async fn mount(
             "billing runs in no known process (set peers.billing_url): deleted-user notices wait in the outbox"
         ),
     }
-    let outbox = Outbox::new(db.clone(), clock.clone(), sinks);
+    let outbox = Outbox::new(process.db.clone(), process.clock.clone(), sinks);
     outbox.spawn();
-    let service = build(db, config, clock, Some(outbox)).await?;
+    let service = build(
+        process.db.clone(),
+        config,
+        process.clock.clone(),
+        Some(outbox),
+    )
+    .await?;
     let max = set.max_message_bytes();
     set.add(
         ACCESS,

@@ -14,23 +14,20 @@ pub use service::BillingService;
 
 use std::sync::Arc;
 
-use llmesh_kit::Clock;
-use llmesh_kit::serve::ServiceSet;
+use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::billing::v1::billing_service_server::BillingServiceServer;
-use sea_orm::DatabaseConnection;
 
 /// Starts billing in this process: the service, its sweeper of expired reservations (which
 /// also releases what a previous run left open), and its RPCs.
 pub fn mount(
     set: &mut ServiceSet,
-    db: DatabaseConnection,
+    process: &Process,
     config: BillingConfig,
-    clock: Arc<dyn Clock>,
 ) -> Arc<BillingService> {
     let service = Arc::new(BillingService::new(
-        store::BillingStore::new(db),
+        store::BillingStore::new(process.db.clone()),
         config,
-        clock,
+        process.clock.clone(),
     ));
     service.spawn_sweeper();
     let max = set.max_message_bytes();

@@ -1,12 +1,11 @@
 //! Search, export, chunked uploads and import of a user's conversations.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::Principal;
-use llmesh_kit::db::{exec, one};
+use llmesh_kit::db::{all, exec, one};
+use sea_orm::TransactionTrait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -227,8 +226,21 @@ impl ChatService {
 
     // ---- uploads ----
 
-    fn upload_path(&self, id: &str) -> PathBuf {
-        PathBuf::from(&self.config.uploads_dir).join(id)
+    /// The bytes received so far, in order: uploads live in the database, so every copy
+    /// of chat sees every chunk whichever copy took it.
+    async fn upload_bytes(&self, id: &str) -> Result<Vec<u8>> {
+        let rows = all(
+            &self.store.db,
+            "SELECT data FROM upload_chunks WHERE upload_id = ? ORDER BY offset_bytes",
+            vec![id.into()],
+        )
+        .await?;
+        let mut bytes = Vec::new();
+        for row in rows {
+            let data: Vec<u8> = row.try_get("", "data")?;
+            bytes.extend_from_slice(&data);
+        }
+        Ok(bytes)
     }
 
     pub async fn begin_upload(
@@ -251,10 +263,6 @@ impl ChatService {
             ));
         }
         let id = new_id();
-        std::fs::create_dir_all(&self.config.uploads_dir)
-            .map_err(|e| ChatError::Internal(format!("uploads dir: {e}")))?;
-        std::fs::File::create(self.upload_path(&id))
-            .map_err(|e| ChatError::Internal(format!("upload file: {e}")))?;
         exec(
             &self.store.db,
             "INSERT INTO uploads (id, user_id, file_name, size_bytes, sha256, received_bytes, finished, created_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?)",
@@ -300,6 +308,21 @@ impl ChatService {
                 self.config.max_chunk_bytes
             )));
         }
+        if offset < u.received {
+            // A retry of a chunk that was stored (its answer was lost) succeeds again.
+            let stored = one(
+                &self.store.db,
+                "SELECT data FROM upload_chunks WHERE upload_id = ? AND offset_bytes = ?",
+                vec![id.into(), (offset as i64).into()],
+            )
+            .await?;
+            if let Some(row) = stored {
+                let data_then: Vec<u8> = row.try_get("", "data")?;
+                if data_then == data {
+                    return Ok(u.received);
+                }
+            }
+        }
         if offset != u.received {
             return Err(ChatError::Invalid(format!(
                 "offset {offset} does not continue the upload at {}",
@@ -312,9 +335,11 @@ impl ChatService {
                 u.size
             )));
         }
-        // The conditional update makes a concurrent duplicate chunk fail instead of doubling.
+        // The conditional update makes a concurrent duplicate chunk fail instead of doubling;
+        // the chunk is stored in the same transaction.
+        let txn = self.store.db.begin().await?;
         let moved = exec(
-            &self.store.db,
+            &txn,
             "UPDATE uploads SET received_bytes = ? WHERE id = ? AND received_bytes = ?",
             vec![
                 ((u.received + data.len() as u64) as i64).into(),
@@ -328,12 +353,13 @@ impl ChatService {
                 "another chunk arrived at this offset first".into(),
             ));
         }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(self.upload_path(id))
-            .map_err(|e| ChatError::Internal(format!("upload file: {e}")))?;
-        f.write_all(data)
-            .map_err(|e| ChatError::Internal(format!("writing the upload: {e}")))?;
+        exec(
+            &txn,
+            "INSERT INTO upload_chunks (upload_id, offset_bytes, data) VALUES (?, ?, ?)",
+            vec![id.into(), (offset as i64).into(), data.to_vec().into()],
+        )
+        .await?;
+        txn.commit().await?;
         Ok(u.received + data.len() as u64)
     }
 
@@ -345,8 +371,7 @@ impl ChatService {
                 u.received, u.size
             )));
         }
-        let bytes = std::fs::read(self.upload_path(id))
-            .map_err(|e| ChatError::Internal(format!("reading the upload: {e}")))?;
+        let bytes = self.upload_bytes(id).await?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if digest != u.sha256 {
             return Err(ChatError::Precondition(format!(
@@ -380,8 +405,7 @@ impl ChatService {
                 "finish the upload before importing it".into(),
             ));
         }
-        let bytes = std::fs::read(self.upload_path(upload_id))
-            .map_err(|e| ChatError::Internal(format!("reading the upload: {e}")))?;
+        let bytes = self.upload_bytes(upload_id).await?;
         let conversations = match source {
             ImportSource::Llmesh => crate::import::parse_llmesh(&bytes)?,
             ImportSource::ChatGpt => crate::import::parse_chatgpt(&bytes)?,

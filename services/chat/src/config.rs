@@ -16,8 +16,6 @@ pub struct ChatConfig {
     pub reply_reserve_tokens: u32,
     /// Generate a short title after the first exchange.
     pub auto_title: bool,
-    /// Where chunked uploads are assembled.
-    pub uploads_dir: String,
     /// Largest upload (an import file), in bytes.
     pub max_upload_bytes: u64,
     /// Largest chunk of an upload, in bytes; keep it below server.max_message_bytes.
@@ -32,7 +30,6 @@ impl Default for ChatConfig {
             max_system_prompt_chars: 20_000,
             reply_reserve_tokens: 512,
             auto_title: true,
-            uploads_dir: "data/uploads".into(),
             max_upload_bytes: 256 * 1024 * 1024,
             max_chunk_bytes: 1024 * 1024,
         }

@@ -21,36 +21,38 @@ pub use service::ChatService;
 
 use std::sync::Arc;
 
-use llmesh_kit::Clock;
 use llmesh_kit::peer::Peer;
-use llmesh_kit::serve::ServiceSet;
+use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::chat::v1::chat_archive_service_server::ChatArchiveServiceServer;
 use llmesh_proto::chat::v1::chat_service_server::ChatServiceServer;
-use sea_orm::DatabaseConnection;
 
 /// Starts chat in this process: the service reaching llm through `llm` (with the service
-/// credential), amounts shown in `currency`, and both of its RPC services.
+/// credential), StopReply reaching other chat processes by signal, and both of its RPC
+/// services.
 pub fn mount(
     set: &mut ServiceSet,
-    db: DatabaseConnection,
+    process: &Process,
     config: ChatConfig,
-    clock: Arc<dyn Clock>,
     llm: Peer,
-    service_token: &str,
-    currency: String,
 ) -> Arc<ChatService> {
-    let service = Arc::new(ChatService::new(
-        store::ChatStore::new(db),
-        Arc::new(llm_client::LlmPeer::new(llm, service_token.to_owned())),
-        config,
-        clock,
-    ));
+    let service = Arc::new(
+        ChatService::new(
+            store::ChatStore::new(process.db.clone()),
+            Arc::new(llm_client::LlmPeer::new(llm, process.service_token.clone())),
+            config,
+            process.clock.clone(),
+        )
+        .with_signals(process.signals.clone()),
+    );
     let max = set.max_message_bytes();
     set.add(
         ACCESS,
-        ChatServiceServer::from_arc(Arc::new(GrpcChatAdapter::new(service.clone(), currency)))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+        ChatServiceServer::from_arc(Arc::new(GrpcChatAdapter::new(
+            service.clone(),
+            process.currency.clone(),
+        )))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     set.add(
         ARCHIVE_ACCESS,

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use llmesh_kit::signal::Signals;
 use llmesh_kit::{Clock, Principal};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ChatConfig;
 use crate::error::{ChatError, Result};
@@ -65,8 +66,8 @@ pub struct ChatService {
     llm: Arc<dyn LlmClient>,
     pub(crate) config: ChatConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    /// Replies being generated, by conversation: StopReply rings the bell.
-    running: Arc<std::sync::Mutex<HashMap<String, Arc<Notify>>>>,
+    /// How StopReply reaches the copy of chat that streams the reply.
+    signals: Arc<Signals>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -113,8 +114,14 @@ impl ChatService {
             llm,
             config,
             clock,
-            running: Arc::default(),
+            signals: Signals::local(),
         }
+    }
+
+    /// Lets StopReply reach replies streamed by every chat process sharing `signals`.
+    pub fn with_signals(mut self, signals: Arc<Signals>) -> Self {
+        self.signals = signals;
+        self
     }
 
     // ---- folders ----
@@ -489,14 +496,12 @@ impl ChatService {
     /// text so far is kept, marked stopped and billed. False when nothing was running.
     pub async fn stop_reply(&self, p: &Principal, conversation_id: &str) -> Result<bool> {
         let c = self.conversation(p, conversation_id).await?;
-        let bell = lock(&self.running).get(&c.id).cloned();
-        Ok(match bell {
-            Some(bell) => {
-                bell.notify_one();
-                true
-            }
-            None => false,
-        })
+        // Whichever copy of chat streams it listens for this signal.
+        if !self.store.reply_running(&c.id).await? {
+            return Ok(false);
+        }
+        self.signals.send(&stop_key(&p.user_id, &c.id)).await;
+        Ok(true)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -533,11 +538,24 @@ impl ChatService {
             .await?;
         let first_exchange = !c.titled && path.len() == 1;
 
+        // StopReply, from whichever copy of chat receives it, reaches this one by signal.
+        let mut stop_bell = self.signals.subscribe(&stop_key(&p.user_id, &c.id));
+        let reply_id = new_id();
+        self.store
+            .reply_started(&c.id, &p.user_id, &reply_id, self.clock.now())
+            .await?;
         let (stop_tx, stop_rx) = oneshot::channel();
-        let mut pieces = self
+        let mut pieces = match self
             .llm
             .generate(p, &model, turns, &sampling, stop_rx)
-            .await?;
+            .await
+        {
+            Ok(pieces) => pieces,
+            Err(e) => {
+                self.store.reply_ended(&c.id, &reply_id).await?;
+                return Err(e);
+            }
+        };
 
         if let Some(u) = &new_user {
             ChatStore::insert_message(&self.store.db, u).await?;
@@ -553,8 +571,6 @@ impl ChatService {
         }
         let this = self.clone();
         let principal = p.clone();
-        let stop_bell = Arc::new(Notify::new());
-        lock(&self.running).insert(c.id.clone(), stop_bell.clone());
         tokio::spawn(async move {
             let mut text = String::new();
             let mut stop_tx = Some(stop_tx);
@@ -581,21 +597,16 @@ impl ChatService {
                     }
                     // StopReply: the same, for clients behind proxies that do not pass a
                     // cancelled request on.
-                    _ = stop_bell.notified(), if stop_tx.is_some() => {
+                    _ = stop_bell.recv(), if stop_tx.is_some() => {
                         if let Some(s) = stop_tx.take() {
                             let _ = s.send(());
                         }
                     }
                 }
             }
-            {
-                let mut running = lock(&this.running);
-                if running
-                    .get(&c.id)
-                    .is_some_and(|b| Arc::ptr_eq(b, &stop_bell))
-                {
-                    running.remove(&c.id);
-                }
+            drop(stop_bell);
+            if let Err(e) = this.store.reply_ended(&c.id, &reply_id).await {
+                tracing::warn!(conversation = %c.id, error = %e, "clearing a finished reply's marker failed");
             }
             let done = done.unwrap_or(ReplyDone {
                 finish: Finish::Error,
@@ -823,6 +834,7 @@ fn view(messages: &[Message], m: &Message) -> MessageView {
     }
 }
 
-fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+/// The signal that stops the reply streaming in `conversation`.
+fn stop_key(user_id: &str, conversation: &str) -> String {
+    format!("chat.stop/{user_id}/{conversation}")
 }

@@ -221,6 +221,46 @@ pub struct ChatStore {
 }
 
 impl ChatStore {
+    /// Marks reply `reply_id` as streaming in `conversation`, for StopReply in any copy.
+    pub async fn reply_started(
+        &self,
+        conversation: &str,
+        user_id: &str,
+        reply_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "INSERT INTO chat_running_replies (conversation_id, user_id, reply_id, started_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (conversation_id) DO UPDATE SET user_id = excluded.user_id, reply_id = excluded.reply_id, started_at = excluded.started_at",
+            vec![conversation.into(), user_id.into(), reply_id.into(), micros(at).into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Clears the marker of reply `reply_id` (a newer reply keeps its own).
+    pub async fn reply_ended(&self, conversation: &str, reply_id: &str) -> Result<(), DbErr> {
+        exec(
+            &self.db,
+            "DELETE FROM chat_running_replies WHERE conversation_id = ? AND reply_id = ?",
+            vec![conversation.into(), reply_id.into()],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a reply is streaming in `conversation`.
+    pub async fn reply_running(&self, conversation: &str) -> Result<bool, DbErr> {
+        Ok(one(
+            &self.db,
+            "SELECT conversation_id FROM chat_running_replies WHERE conversation_id = ?",
+            vec![conversation.into()],
+        )
+        .await?
+        .is_some())
+    }
+
     pub fn new(db: DatabaseConnection) -> Self {
         ChatStore { db }
     }

@@ -79,11 +79,43 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbOp
     Ok(db)
 }
 
-/// Applies every pending migration.
+/// The Postgres advisory lock that lets one process migrate at a time ("llmesh" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6c6c_6d65_7368;
+
+/// Applies every pending migration. On Postgres, processes that start together against
+/// one database take turns under an advisory lock: the first migrates, the others wait
+/// for it and then find nothing left to do.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbOpenError> {
-    llmesh_migration::Migrator::up(db, None)
+    let failed = |e: &dyn std::fmt::Display| DbOpenError::Migrate(e.to_string());
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return llmesh_migration::Migrator::up(db, None)
+            .await
+            .map_err(|e| failed(&e));
+    }
+    // The lock belongs to one session, so one pooled connection holds it throughout.
+    let pool = db.get_postgres_connection_pool();
+    let mut holder = pool.acquire().await.map_err(|e| failed(&e))?;
+    let started = std::time::Instant::now();
+    sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *holder)
         .await
-        .map_err(|e| DbOpenError::Migrate(e.to_string()))
+        .map_err(|e| failed(&e))?;
+    let waited = started.elapsed();
+    if waited > std::time::Duration::from_millis(500) {
+        tracing::info!(
+            waited_ms = waited.as_millis() as u64,
+            "another process was migrating the database; waited for it"
+        );
+    }
+    let result = llmesh_migration::Migrator::up(db, None).await;
+    let unlocked = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *holder)
+        .await;
+    result.map_err(|e| failed(&e))?;
+    unlocked.map_err(|e| failed(&e))?;
+    Ok(())
 }
 
 /// Hides a password in a database URL for messages and logs.

@@ -15,6 +15,7 @@ pub mod peer;
 pub mod principal;
 pub mod request_id;
 pub mod serve;
+pub mod signal;
 pub mod telemetry;
 pub mod validate;
 pub mod web;

@@ -57,6 +57,19 @@ pub async fn bind(config: &ServerConfig) -> Result<TcpListener, ServeError> {
     })
 }
 
+/// What every service mounted in one process shares.
+#[derive(Clone)]
+pub struct Process {
+    pub db: sea_orm::DatabaseConnection,
+    pub clock: Arc<dyn crate::Clock>,
+    /// Signals between processes (stops, registry changes).
+    pub signals: Arc<crate::signal::Signals>,
+    /// The credential services present to each other (`peers.service_token`).
+    pub service_token: String,
+    /// The currency amounts are in (`billing.currency`).
+    pub currency: String,
+}
+
 /// The services one process runs, as each registers itself: their routes, names (for
 /// health and reflection) and access tables (for the authentication layer).
 pub struct ServiceSet {

@@ -176,7 +176,8 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         let p = principal(&req)?;
         let stopped = self
             .service
-            .stop_generation(&p, &req.into_inner().generation_id)?;
+            .stop_generation(&p, &req.into_inner().generation_id)
+            .await?;
         Ok(Response::new(pb::StopGenerationResponse { stopped }))
     }
 

@@ -16,18 +16,29 @@ pub use service::LlmService;
 
 use std::sync::Arc;
 
-use llmesh_kit::serve::ServiceSet;
+use llmesh_kit::peer::Peer;
+use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 
-/// Starts llm in this process: the service spending through `spend`, its default models
-/// pulled (progress to `on_progress`) and loaded, and its RPCs.
+/// Starts llm in this process: the service spending through billing (`billing`: where it
+/// runs; free, logged once, when it runs nowhere), its default models pulled (progress to
+/// `on_progress`) and loaded, and its RPCs.
 pub async fn mount(
     set: &mut ServiceSet,
+    process: &Process,
     config: LlmConfig,
-    spend: Arc<dyn spend::SpendHook>,
+    billing: Option<Peer>,
     on_progress: &(dyn Fn(&str, &pull::Progress) + Sync),
 ) -> error::Result<Arc<LlmService>> {
-    let service = Arc::new(LlmService::new(config, spend)?);
+    let spend: Arc<dyn spend::SpendHook> = match billing {
+        Some(peer) => Arc::new(spend::BillingPeer::new(
+            peer,
+            process.service_token.clone(),
+            process.currency.clone(),
+        )),
+        None => Arc::new(spend::NoBilling),
+    };
+    let service = Arc::new(LlmService::new(config, spend)?.with_signals(process.signals.clone()));
     service.prepare(on_progress).await?;
     let max = set.max_message_bytes();
     set.add(

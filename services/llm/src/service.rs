@@ -12,6 +12,7 @@ use llmesh_engine::scheduler::{Event, FinishReason, Request, SchedulerConfig, Ti
 use llmesh_engine::template::Message;
 use llmesh_engine::{ChatModel, ModelInfo};
 use llmesh_kit::Principal;
+use llmesh_kit::signal::Signals;
 use tokio::sync::mpsc;
 
 use crate::config::LlmConfig;
@@ -132,8 +133,8 @@ pub struct LlmService {
     pulling: Mutex<HashSet<String>>,
     load_lock: tokio::sync::Mutex<()>,
     spend: Arc<dyn SpendHook>,
-    /// Named generations running here, by (user, id): StopGeneration rings them.
-    named: NamedMap,
+    /// How StopGeneration reaches a named generation, in this process or another.
+    signals: Arc<Signals>,
 }
 
 impl LlmService {
@@ -149,8 +150,14 @@ impl LlmService {
             pulling: Mutex::new(HashSet::new()),
             load_lock: tokio::sync::Mutex::new(()),
             spend,
-            named: Arc::default(),
+            signals: Signals::local(),
         })
+    }
+
+    /// Lets StopGeneration reach generations in every process that shares `signals`.
+    pub fn with_signals(mut self, signals: Arc<Signals>) -> Self {
+        self.signals = signals;
+        self
     }
 
     pub fn config(&self) -> &LlmConfig {
@@ -486,41 +493,11 @@ impl LlmService {
         Ok((tokens.len() as u32, m.info.context_length))
     }
 
-    /// Stops a generation `principal` started under `id` in this process; false when none
-    /// runs here.
-    pub fn stop_generation(&self, principal: &Principal, id: &str) -> Result<bool> {
+    /// Stops every running generation `principal` started under `id`, in this process or
+    /// any other sharing the signals; true when one ran here.
+    pub async fn stop_generation(&self, principal: &Principal, id: &str) -> Result<bool> {
         check_generation_id(id)?;
-        let key = (principal.user_id.clone(), id.to_owned());
-        // The entry stays until the generation ends, so its id is not reused meanwhile.
-        Ok(match lock(&self.named).get_mut(&key) {
-            Some(bell) => {
-                if let Some(bell) = bell.take() {
-                    let _ = bell.send(());
-                }
-                true
-            }
-            None => false,
-        })
-    }
-
-    /// Claims `id` for a new generation of `principal`: the receiver fires on
-    /// StopGeneration, and the guard gives the name back when dropped.
-    fn name_generation(
-        &self,
-        principal: &Principal,
-        id: &str,
-    ) -> Result<(tokio::sync::oneshot::Receiver<()>, Named)> {
-        check_generation_id(id)?;
-        let key = (principal.user_id.clone(), id.to_owned());
-        let mut named = lock(&self.named);
-        if named.contains_key(&key) {
-            return Err(LlmError::Invalid(format!(
-                "generation_id {id:?} names a generation of yours that is still running"
-            )));
-        }
-        let (bell, rx) = tokio::sync::oneshot::channel();
-        named.insert(key.clone(), Some(bell));
-        Ok((rx, Named(self.named.clone(), key)))
+        Ok(self.signals.send(&stop_key(principal, id)).await > 0)
     }
 
     /// Starts a generation. Spend is reserved before any work and settled on every path;
@@ -530,8 +507,12 @@ impl LlmService {
         principal: &Principal,
         request: Generation,
     ) -> Result<mpsc::Receiver<GenEvent>> {
-        let named = match &request.id {
-            Some(id) => Some(self.name_generation(principal, id)?),
+        // Subscribed before any work, so a stop sent from now on is heard.
+        let stop_signal = match &request.id {
+            Some(id) => {
+                check_generation_id(id)?;
+                Some(self.signals.subscribe(&stop_key(principal, id)))
+            }
             None => None,
         };
         let model = self.chat_model(&request.model).await?;
@@ -605,19 +586,9 @@ impl LlmService {
         let spend = self.spend.clone();
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         tokio::spawn(async move {
-            // The name is released when the generation ends, however it ends.
-            let (stop_signal, _named) = match named {
-                Some((rx, named)) => (Some(rx), Some(named)),
-                None => (None, None),
-            };
             let stop = async {
                 match stop_signal {
-                    Some(rx) => {
-                        // A dropped sender is not a stop request.
-                        if rx.await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
+                    Some(mut subscription) => subscription.recv().await,
                     None => std::future::pending().await,
                 }
             };
@@ -853,15 +824,9 @@ fn describe(
     })
 }
 
-type NamedMap = Arc<Mutex<HashMap<(String, String), Option<tokio::sync::oneshot::Sender<()>>>>>;
-
-/// A generation's claim on its name; dropping it frees the name.
-struct Named(NamedMap, (String, String));
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        lock(&self.0).remove(&self.1);
-    }
+/// The signal that stops `principal`'s generations named `id`.
+fn stop_key(principal: &Principal, id: &str) -> String {
+    format!("llm.stop/{}/{id}", principal.user_id)
 }
 
 /// Generation ids are the caller's: 1-64 characters of letters, digits, '-' and '_'.

@@ -16,7 +16,8 @@ use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
 use llmesh_kit::peer::{LocalRoutes, Peer};
-use llmesh_kit::serve::{RunningServer, ServiceSet};
+use llmesh_kit::serve::{Process, RunningServer, ServiceSet};
+use llmesh_kit::signal::Signals;
 use llmesh_kit::{Clock, db};
 use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
@@ -238,24 +239,23 @@ pub async fn start(
         }
     };
 
+    let process = Process {
+        db: conn.clone(),
+        clock: clock.clone(),
+        signals: Signals::new(&conn).await,
+        service_token: service_token.clone(),
+        currency: config.billing.currency.clone(),
+    };
     let mut set = ServiceSet::new(config.server.max_message_bytes);
-    let billing = runs("billing").then(|| {
-        llmesh_billing::mount(
-            &mut set,
-            conn.clone(),
-            config.billing.clone(),
-            clock.clone(),
-        )
-    });
+    let billing =
+        runs("billing").then(|| llmesh_billing::mount(&mut set, &process, config.billing.clone()));
     let auth = match runs("auth") {
         true => Some(
             llmesh_auth::mount(
                 &mut set,
-                conn.clone(),
+                &process,
                 config.auth.clone(),
-                clock.clone(),
                 peers.find("billing")?,
-                &service_token,
             )
             .await
             .context("starting the auth service")?,
@@ -263,34 +263,25 @@ pub async fn start(
         false => None,
     };
     let llm = match runs("llm") {
-        true => {
-            // Generation spends through billing wherever it runs, and is free (logged
-            // once) when it runs nowhere.
-            let spend: Arc<dyn llmesh_llm::spend::SpendHook> = match peers.find("billing")? {
-                Some(peer) => Arc::new(llmesh_llm::spend::BillingPeer::new(
-                    peer,
-                    service_token.clone(),
-                    config.billing.currency.clone(),
-                )),
-                None => Arc::new(llmesh_llm::spend::NoBilling),
-            };
-            Some(
-                llmesh_llm::mount(&mut set, config.llm.clone(), spend, progress)
-                    .await
-                    .context("preparing the models")?,
+        true => Some(
+            llmesh_llm::mount(
+                &mut set,
+                &process,
+                config.llm.clone(),
+                peers.find("billing")?,
+                progress,
             )
-        }
+            .await
+            .context("preparing the models")?,
+        ),
         false => None,
     };
     let chat = match runs("chat") {
         true => Some(llmesh_chat::mount(
             &mut set,
-            conn.clone(),
+            &process,
             config.chat.clone(),
-            clock.clone(),
             peers.require("llm", "chat")?,
-            &service_token,
-            config.billing.currency.clone(),
         )),
         false => None,
     };
