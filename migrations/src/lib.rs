@@ -8,6 +8,7 @@ mod m20261122_000002_billing;
 mod m20261122_000003_chat;
 mod m20261122_000004_chat_archive;
 mod m20261129_000005_mesh;
+mod m20261129_000006_llm_catalog;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000003_chat::Migration),
             Box::new(m20261122_000004_chat_archive::Migration),
             Box::new(m20261129_000005_mesh::Migration),
+            Box::new(m20261129_000006_llm_catalog::Migration),
         ]
     }
 }

@@ -96,6 +96,7 @@ pub fn gemma_model_path() -> PathBuf {
                     Some(ID.into()),
                     Some(llmesh_llm::config::GEMMA3_270M_SHA256.into()),
                 )
+                .await
                 .expect("start the pull");
             while let Some(event) = rx.recv().await {
                 if let llmesh_llm::service::PullEvent::Done(_) =

@@ -625,3 +625,137 @@ async fn processes_starting_together_migrate_once() {
             .await;
     }
 }
+
+/// Waits (up to 30 s) until `check` holds for the model list `s` answers.
+async fn until_models(
+    s: &TestServer,
+    token: &str,
+    what: &str,
+    check: impl Fn(&[llmesh_proto::llm::v1::Model]) -> bool,
+) -> Vec<llmesh_proto::llm::v1::Model> {
+    use llmesh_proto::llm::v1 as lpb;
+    let mut llm = lpb::llm_service_client::LlmServiceClient::new(s.channel.clone());
+    let mut last = Vec::new();
+    for _ in 0..300 {
+        last = llm
+            .list_models(bearer(token, lpb::ListModelsRequest {}))
+            .await
+            .expect("list")
+            .into_inner()
+            .models;
+        if check(&last) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}: {last:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_llm_processes_follow_one_catalog() {
+    use llmesh_proto::llm::v1 as lpb;
+    let gguf = llmesh_tests::models::chat_model_path();
+    // A: auth, billing and llm; B: a second llm. One Postgres, a models directory each.
+    let Some(a) = TestServer::start_services(Backend::Postgres, &["auth", "billing", "llm"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+    })
+    .await
+    else {
+        return;
+    };
+    let a_url = a.url.clone();
+    let b = a
+        .another(&["llm"], move |c| {
+            c.peers.service_token = Some(TOKEN.into());
+            c.peers.auth_url = Some(a_url.clone());
+            c.peers.billing_url = Some(a_url.clone());
+        })
+        .await;
+    let b_replica = b.app.llm.as_ref().expect("llm").replica().to_owned();
+    let a_replica = a.app.llm.as_ref().expect("llm").replica().to_owned();
+    let (_, admin) = a.signup("admin@example.com").await;
+    let admin = admin.access_token;
+    let state_on = |m: &lpb::Model, replica: &str| {
+        m.replicas
+            .iter()
+            .find(|r| r.replica == replica)
+            .map(|r| r.state)
+    };
+
+    // Pulled through A: B fetches the same bytes from the same source by itself.
+    let mut llm_a = lpb::llm_service_client::LlmServiceClient::new(a.channel.clone());
+    let mut pull = llm_a
+        .pull_model(bearer(
+            &admin,
+            lpb::PullModelRequest {
+                source: format!("file:{}", gguf.display()),
+                id: "copy".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("pull on A")
+        .into_inner();
+    while pull.message().await.expect("progress").is_some() {}
+    let models = until_models(&b, &admin, "B has its own copy", |ms| {
+        ms.iter().any(|m| {
+            m.id == "copy" && state_on(m, &b_replica) == Some(lpb::ModelState::Available as i32)
+        })
+    })
+    .await;
+    let copy = models.iter().find(|m| m.id == "copy").expect("listed");
+    assert_eq!(copy.architecture, "llama");
+    assert!(b.db.scratch().join("models/copy/manifest.json").is_file());
+
+    // LoadModel through A loads it in B too; UnloadModel through B unloads it in A.
+    llm_a
+        .load_model(bearer(&admin, lpb::LoadModelRequest { id: "copy".into() }))
+        .await
+        .expect("load on A");
+    until_models(&a, &admin, "both processes loaded it", |ms| {
+        ms.iter().any(|m| {
+            m.id == "copy"
+                && state_on(m, &a_replica) == Some(lpb::ModelState::Loaded as i32)
+                && state_on(m, &b_replica) == Some(lpb::ModelState::Loaded as i32)
+        })
+    })
+    .await;
+    let mut llm_b = lpb::llm_service_client::LlmServiceClient::new(b.channel.clone());
+    llm_b
+        .unload_model(bearer(
+            &admin,
+            lpb::UnloadModelRequest { id: "copy".into() },
+        ))
+        .await
+        .expect("unload on B");
+    until_models(&a, &admin, "both processes unloaded it", |ms| {
+        ms.iter().any(|m| {
+            m.id == "copy"
+                && state_on(m, &a_replica) == Some(lpb::ModelState::Available as i32)
+                && state_on(m, &b_replica) == Some(lpb::ModelState::Available as i32)
+        })
+    })
+    .await;
+
+    // DeleteModel through B removes A's copy too.
+    llm_b
+        .delete_model(bearer(
+            &admin,
+            lpb::DeleteModelRequest { id: "copy".into() },
+        ))
+        .await
+        .expect("delete on B");
+    until_models(&a, &admin, "the model is gone", |ms| {
+        !ms.iter().any(|m| m.id == "copy")
+    })
+    .await;
+    let mut gone = false;
+    for _ in 0..100 {
+        if !a.db.scratch().join("models/copy").exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "A deleted its copy");
+}

@@ -63,14 +63,14 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         &self,
         _req: Request<pb::ListModelsRequest>,
     ) -> Reply<pb::ListModelsResponse> {
-        let models = self.service.list()?;
+        let models = self.service.list().await?;
         Ok(Response::new(pb::ListModelsResponse {
             models: models.iter().map(model_pb).collect(),
         }))
     }
 
     async fn get_model(&self, req: Request<pb::GetModelRequest>) -> Reply<pb::GetModelResponse> {
-        let view = self.service.get(&req.into_inner().id)?;
+        let view = self.service.get(&req.into_inner().id).await?;
         Ok(Response::new(pb::GetModelResponse {
             model: Some(model_pb(&view)),
         }))
@@ -80,11 +80,14 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
 
     async fn pull_model(&self, req: Request<pb::PullModelRequest>) -> Reply<Self::PullModelStream> {
         let r = req.into_inner();
-        let rx = self.service.pull(
-            &r.source,
-            Some(r.id).filter(|s| !s.is_empty()),
-            Some(r.sha256).filter(|s| !s.is_empty()),
-        )?;
+        let rx = self
+            .service
+            .pull(
+                &r.source,
+                Some(r.id).filter(|s| !s.is_empty()),
+                Some(r.sha256).filter(|s| !s.is_empty()),
+            )
+            .await?;
         let stream = UnboundedReceiverStream::new(rx).map(|event| match event {
             Ok(PullEvent::Progress(p)) => Ok(pb::PullModelResponse {
                 phase: phase_pb(p.phase) as i32,
@@ -101,6 +104,7 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                     state: State::Available,
                     memory_bytes: 0,
                     last_used: None,
+                    replicas: Vec::new(),
                 })),
             }),
             Err(e) => Err(Status::from(e)),
@@ -118,8 +122,8 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
 
     async fn load_model(&self, req: Request<pb::LoadModelRequest>) -> Reply<pb::LoadModelResponse> {
         let id = req.into_inner().id;
-        let evicted_ids = self.service.load(&id).await?;
-        let view = self.service.get(&id)?;
+        let evicted_ids = self.service.load_model(&id).await?;
+        let view = self.service.get(&id).await?;
         Ok(Response::new(pb::LoadModelResponse {
             model: Some(model_pb(&view)),
             evicted_ids,
@@ -405,6 +409,7 @@ fn rand_seed() -> u64 {
 fn model_pb(v: &ModelView) -> pb::Model {
     let m = &v.manifest;
     let (state, failure_reason) = match &v.state {
+        State::Pulling => (pb::ModelState::Pulling, String::new()),
         State::Available => (pb::ModelState::Available, String::new()),
         State::Loading => (pb::ModelState::Loading, String::new()),
         State::Loaded => (pb::ModelState::Loaded, String::new()),
@@ -429,6 +434,24 @@ fn model_pb(v: &ModelView) -> pb::Model {
         created_at: Some(timestamp(m.created_at)),
         last_used_at: opt_timestamp(v.last_used),
         chat_template: m.chat_template.clone().unwrap_or_default(),
+        replicas: v
+            .replicas
+            .iter()
+            .map(|r| pb::ModelReplica {
+                replica: r.replica.clone(),
+                state: match r.state.as_str() {
+                    "pulling" => pb::ModelState::Pulling,
+                    "available" => pb::ModelState::Available,
+                    "loading" => pb::ModelState::Loading,
+                    "loaded" => pb::ModelState::Loaded,
+                    "failed" => pb::ModelState::Failed,
+                    _ => pb::ModelState::Unspecified,
+                } as i32,
+                detail: r.detail.clone(),
+                memory_bytes: r.memory_bytes,
+                updated_at: Some(timestamp(r.updated_at)),
+            })
+            .collect(),
     }
 }
 

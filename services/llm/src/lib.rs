@@ -2,8 +2,10 @@
 //! memory budget, and served through the engine: streamed generation (the one place that
 //! spends), embeddings and token counts.
 
+pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod pull;
 pub mod registry;
@@ -38,8 +40,13 @@ pub async fn mount(
         )),
         None => Arc::new(spend::NoBilling),
     };
-    let service = Arc::new(LlmService::new(config, spend)?.with_signals(process.signals.clone()));
+    let service = Arc::new(
+        LlmService::new(config, spend)?
+            .with_signals(process.signals.clone())
+            .with_catalog(catalog::Catalog::new(process.db.clone())),
+    );
     service.prepare(on_progress).await?;
+    service.spawn_reconciler();
     let max = set.max_message_bytes();
     set.add(
         ACCESS,

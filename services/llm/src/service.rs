@@ -24,6 +24,8 @@ use crate::spend::{SpendHook, SpendRequest, Usage};
 /// Where a model is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
+    /// Being pulled (its first pull, or this process's copy).
+    Pulling,
     Available,
     Loading,
     Loaded,
@@ -37,6 +39,8 @@ pub struct ModelView {
     pub state: State,
     pub memory_bytes: u64,
     pub last_used: Option<chrono::DateTime<Utc>>,
+    /// What every llm process of the deployment reports about it (empty without a catalog).
+    pub replicas: Vec<crate::catalog::ReplicaReport>,
 }
 
 #[derive(Clone)]
@@ -45,22 +49,24 @@ enum Runtime {
     Embedding(Arc<EmbeddingModel>),
 }
 
-struct Slot {
+pub(crate) struct Slot {
     runtime: Runtime,
-    weight_bytes: u64,
+    pub(crate) weight_bytes: u64,
     last_used: Instant,
     last_used_at: chrono::DateTime<Utc>,
+    /// When it was loaded, to tell an unload request that came later from one before.
+    pub(crate) loaded_at: chrono::DateTime<Utc>,
 }
 
 impl Slot {
-    fn idle(&self) -> bool {
+    pub(crate) fn idle(&self) -> bool {
         match &self.runtime {
             Runtime::Chat(m) => !m.scheduler().busy() && Arc::strong_count(m) == 1,
             Runtime::Embedding(m) => Arc::strong_count(m) == 1,
         }
     }
 
-    fn memory(&self) -> u64 {
+    pub(crate) fn memory(&self) -> u64 {
         let kv = match &self.runtime {
             Runtime::Chat(m) => m
                 .scheduler()
@@ -125,16 +131,25 @@ pub enum PullEvent {
 
 /// The llm service.
 pub struct LlmService {
-    config: LlmConfig,
-    registry: Registry,
-    slots: Mutex<HashMap<String, Slot>>,
-    loading: Mutex<HashSet<String>>,
-    failed: Mutex<HashMap<String, String>>,
-    pulling: Mutex<HashSet<String>>,
-    load_lock: tokio::sync::Mutex<()>,
+    pub(crate) config: LlmConfig,
+    pub(crate) registry: Registry,
+    pub(crate) slots: Mutex<HashMap<String, Slot>>,
+    pub(crate) loading: Mutex<HashSet<String>>,
+    pub(crate) failed: Mutex<HashMap<String, String>>,
+    pub(crate) pulling: Mutex<HashSet<String>>,
+    /// Progress of this process's pulls, for its reports.
+    pub(crate) pull_progress: Mutex<HashMap<String, Progress>>,
+    /// Pulls the reconciler started that failed, and when: retried after a pause.
+    pub(crate) pull_failures: Mutex<HashMap<String, Instant>>,
+    pub(crate) load_lock: tokio::sync::Mutex<()>,
     spend: Arc<dyn SpendHook>,
-    /// How StopGeneration reaches a named generation, in this process or another.
-    signals: Arc<Signals>,
+    /// How StopGeneration and catalog changes reach other processes.
+    pub(crate) signals: Arc<Signals>,
+    /// The deployment's catalog of models; None keeps everything in this process.
+    pub(crate) catalog: Option<crate::catalog::Catalog>,
+    /// This process's name in the catalog's reports.
+    pub(crate) replica: String,
+    pub(crate) started: chrono::DateTime<Utc>,
 }
 
 impl LlmService {
@@ -148,16 +163,33 @@ impl LlmService {
             loading: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashMap::new()),
             pulling: Mutex::new(HashSet::new()),
+            pull_progress: Mutex::new(HashMap::new()),
+            pull_failures: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             spend,
             signals: Signals::local(),
+            catalog: None,
+            replica: crate::fleet::replica_name(),
+            started: Utc::now(),
         })
     }
 
-    /// Lets StopGeneration reach generations in every process that shares `signals`.
+    /// Lets StopGeneration and catalog changes reach every process sharing `signals`.
     pub fn with_signals(mut self, signals: Arc<Signals>) -> Self {
         self.signals = signals;
         self
+    }
+
+    /// Keeps the models in the deployment's catalog, which every llm process reconciles
+    /// with (see [`LlmService::reconcile`]).
+    pub fn with_catalog(mut self, catalog: crate::catalog::Catalog) -> Self {
+        self.catalog = Some(catalog);
+        self
+    }
+
+    /// This process's name in the catalog's reports.
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     pub fn config(&self) -> &LlmConfig {
@@ -169,22 +201,20 @@ impl LlmService {
         self.spend.currency()
     }
 
-    /// Every registered model with its state.
-    pub fn list(&self) -> Result<Vec<ModelView>> {
+    /// Every model on this process's disk with its state here.
+    pub(crate) fn list_local(&self) -> Result<Vec<ModelView>> {
         let manifests = self.registry.list()?;
         Ok(manifests.into_iter().map(|m| self.view(m)).collect())
     }
 
-    pub fn get(&self, id: &str) -> Result<ModelView> {
-        Ok(self.view(self.registry.get(id)?))
-    }
-
-    fn view(&self, manifest: Manifest) -> ModelView {
+    pub(crate) fn view(&self, manifest: Manifest) -> ModelView {
         let slots = lock(&self.slots);
         let (state, memory_bytes, last_used) = if let Some(slot) = slots.get(&manifest.id) {
             (State::Loaded, slot.memory(), Some(slot.last_used_at))
         } else if lock(&self.loading).contains(&manifest.id) {
             (State::Loading, 0, None)
+        } else if lock(&self.pulling).contains(&manifest.id) {
+            (State::Pulling, 0, None)
         } else if let Some(reason) = lock(&self.failed).get(&manifest.id) {
             (State::Failed(reason.clone()), 0, None)
         } else {
@@ -195,12 +225,13 @@ impl LlmService {
             state,
             memory_bytes,
             last_used,
+            replicas: Vec::new(),
         }
     }
 
-    /// Pulls a model, streaming progress; the model is registered only when whole and
-    /// verified.
-    pub fn pull(
+    /// Pulls a model onto this process's disk, streaming progress; the model is registered
+    /// there only when whole and verified.
+    pub(crate) fn pull_local(
         self: &Arc<Self>,
         source: &str,
         id: Option<String>,
@@ -232,6 +263,7 @@ impl LlmService {
         tokio::task::spawn_blocking(move || {
             let result = this.pull_blocking(&parsed, &source_text, &id, expected_sha256, &tx);
             lock(&this.pulling).remove(&id);
+            lock(&this.pull_progress).remove(&id);
             match result {
                 Ok(manifest) => {
                     tracing::info!(model = %id, source = %source_text, "model pulled");
@@ -272,6 +304,7 @@ impl LlmService {
                     || p.completed == p.total;
                 if due && (last.0 != p.phase || last.2 != p.completed || p.total == 0) {
                     *last = (p.phase, Instant::now(), p.completed);
+                    lock(&self.pull_progress).insert(id.to_owned(), p);
                     let _ = tx.send(Ok(PullEvent::Progress(p)));
                 }
             };
@@ -299,8 +332,8 @@ impl LlmService {
         result
     }
 
-    /// Deletes a model that is not generating.
-    pub async fn delete(&self, id: &str) -> Result<()> {
+    /// Deletes this process's copy of a model that is not generating.
+    pub(crate) async fn delete_local(&self, id: &str) -> Result<()> {
         let _guard = self.load_lock.lock().await;
         self.registry.get(id)?;
         {
@@ -369,6 +402,7 @@ impl LlmService {
                         weight_bytes: manifest.size_bytes,
                         last_used: Instant::now(),
                         last_used_at: Utc::now(),
+                        loaded_at: Utc::now(),
                     },
                 );
                 tracing::info!(model = %id, ms = started.elapsed().as_millis() as u64, "model loaded");
@@ -417,8 +451,8 @@ impl LlmService {
         }
     }
 
-    /// Unloads an idle model.
-    pub async fn unload(&self, id: &str) -> Result<()> {
+    /// Unloads an idle model from this process.
+    pub(crate) async fn unload_local(&self, id: &str) -> Result<()> {
         let _guard = self.load_lock.lock().await;
         self.registry.get(id)?;
         let mut slots = lock(&self.slots);
@@ -729,16 +763,23 @@ impl LlmService {
                 ),
             ];
             for (id, source) in defaults {
-                if self.registry.contains(id) {
-                    continue;
-                }
-                tracing::info!(model = %id, source = %source, "pulling a default model");
-                let mut rx = self.pull(source, Some(id.clone()), None)?;
-                while let Some(event) = rx.recv().await {
-                    match event? {
-                        PullEvent::Progress(p) => on_progress(id, &p),
-                        PullEvent::Done(_) => break,
+                if !self.registry.contains(id) {
+                    tracing::info!(model = %id, source = %source, "pulling a default model");
+                    let mut rx = self.pull_local(source, Some(id.clone()), None)?;
+                    while let Some(event) = rx.recv().await {
+                        match event? {
+                            PullEvent::Progress(p) => on_progress(id, &p),
+                            PullEvent::Done(_) => break,
+                        }
                     }
+                }
+                // The defaults are part of the catalog, even after an admin deleted them.
+                if let Some(catalog) = &self.catalog {
+                    let manifest = self.registry.get(id)?;
+                    catalog
+                        .adopt(&manifest, Utc::now(), true)
+                        .await
+                        .map_err(|e| LlmError::Internal(format!("model catalog: {e}")))?;
                 }
             }
         }

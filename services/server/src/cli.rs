@@ -416,15 +416,18 @@ fn uuid_key() -> String {
 }
 
 async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
-    let service = Arc::new(llmesh_llm::LlmService::new(
-        config.llm.clone(),
-        Arc::new(llmesh_llm::spend::NoBilling),
-    )?);
+    // The commands change the deployment's catalog; running llm processes follow it.
+    let conn = open_database(&config.database).await?;
+    let service = Arc::new(
+        llmesh_llm::LlmService::new(config.llm.clone(), Arc::new(llmesh_llm::spend::NoBilling))?
+            .with_signals(llmesh_kit::signal::Signals::new(&conn).await)
+            .with_catalog(llmesh_llm::catalog::Catalog::new(conn)),
+    );
     match cmd {
         ModelsCommand::Pull { source, id, sha256 } => {
             let bars = ProgressBars::default();
             let label = id.clone().unwrap_or_else(|| "model".into());
-            let mut rx = service.pull(&source, id, sha256)?;
+            let mut rx = service.pull(&source, id, sha256).await?;
             while let Some(event) = rx.recv().await {
                 match event? {
                     PullEvent::Progress(p) => bars.show(&label, &p),
@@ -447,7 +450,7 @@ async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
                 "{:<28} {:<10} {:<8} {:<8} {:>8} {:>9}  source",
                 "id", "kind", "arch", "quant", "ctx", "size MiB"
             );
-            for view in service.list()? {
+            for view in service.list().await? {
                 let m = view.manifest;
                 println!(
                     "{:<28} {:<10} {:<8} {:<8} {:>8} {:>9}  {}",
