@@ -308,6 +308,26 @@ async fn a_peer_that_is_down_is_unavailable_by_name() {
     };
     assert!(messages.is_empty(), "nothing half-written");
 
+    // B's health says chat is not ready while the llm it needs is down.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(b.channel.clone());
+    let mut not_serving = false;
+    for _ in 0..50 {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "llmesh.chat.v1.ChatService".into(),
+            })
+            .await
+            .expect("check")
+            .into_inner()
+            .status;
+        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+            not_serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(not_serving, "chat on B reports its missing peer");
+
     // A process whose auth is down refuses with UNAVAILABLE naming auth, not INTERNAL: an
     // API key B has never seen can only be resolved by auth.
     let key = a.api_key(&tokens.access_token, "k").await.secret;
@@ -758,4 +778,113 @@ async fn two_llm_processes_follow_one_catalog() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(gone, "A deleted its copy");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_is_not_serving_until_its_default_model_is_ready() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let models = llmesh_tests::models::models_dir();
+    let registry = llmesh_llm::registry::Registry::open(&models).expect("registry");
+    let embedding = registry
+        .path_of(&registry.get("all-minilm-l6-v2").expect("embedding model"))
+        .display()
+        .to_string();
+    let gguf = llmesh_tests::models::chat_model_path();
+    // The default chat model comes through a named pipe, so its pull waits for the test.
+    let db = llmesh_tests::TestDb::create(Backend::Sqlite)
+        .await
+        .expect("sqlite");
+    let pipe = db.scratch().join("model.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&pipe)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let port = free_port();
+    let mut config = llmesh_tests::test_config(&db);
+    config.server.bind = format!("127.0.0.1:{port}");
+    config.llm.pull_defaults = true;
+    config.llm.default_chat_source = format!("file:{}", pipe.display());
+    config.llm.default_embedding_source = format!("file:{embedding}");
+    config.llm.load_at_start = None;
+    let starting = tokio::spawn(async move {
+        llmesh::start(
+            config,
+            &llmesh::default_services(),
+            std::sync::Arc::new(llmesh_kit::SystemClock),
+            &|_, _| {},
+            std::future::pending(),
+        )
+        .await
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let mut health = None;
+    for _ in 0..200 {
+        if let Ok(channel) = tonic::transport::Channel::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+        {
+            health = Some(HealthClient::new(channel));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = health.expect("the server answers while it prepares");
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .expect("check")
+                .into_inner()
+                .status
+        }
+    };
+    let mut settled = false;
+    for _ in 0..50 {
+        if status(llmesh_auth::SERVICE_NAME).await == ServingStatus::Serving as i32 {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(settled, "auth needs nothing and is ready");
+    assert_eq!(
+        status(llmesh_llm::SERVICE_NAME).await,
+        ServingStatus::NotServing as i32,
+        "llm waits for its model"
+    );
+    assert_eq!(status("").await, ServingStatus::NotServing as i32);
+
+    // The model arrives; llm loads it and reports SERVING, and so does the process.
+    let writer = std::thread::spawn(move || {
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pipe)
+            .expect("open the pipe");
+        let mut input = std::fs::File::open(gguf).expect("model");
+        std::io::copy(&mut input, &mut out).expect("feed the pipe");
+    });
+    let app = starting.await.expect("task").expect("server starts");
+    writer.join().expect("writer");
+    let mut serving = false;
+    for _ in 0..50 {
+        if status(llmesh_llm::SERVICE_NAME).await == ServingStatus::Serving as i32
+            && status("").await == ServingStatus::Serving as i32
+        {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        serving,
+        "llm and the process are ready once the model is loaded"
+    );
+    app.server.shutdown().await.expect("shutdown");
+    drop(db);
 }

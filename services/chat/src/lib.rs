@@ -35,6 +35,8 @@ pub fn mount(
     config: ChatConfig,
     llm: Peer,
 ) -> Arc<ChatService> {
+    set.readiness
+        .require(SERVICE_NAME, &llm, "llmesh.llm.v1.LlmService");
     let service = Arc::new(
         ChatService::new(
             store::ChatStore::new(process.db.clone()),

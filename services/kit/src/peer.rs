@@ -120,6 +120,11 @@ impl Peer {
         }
     }
 
+    /// Whether the peer runs in this process.
+    pub fn is_local(&self) -> bool {
+        self.url.is_none()
+    }
+
     /// Where the peer runs, for messages and health reports.
     pub fn location(&self) -> &str {
         self.url.as_deref().unwrap_or("this process")

@@ -77,6 +77,8 @@ pub struct ServiceSet {
     names: Vec<&'static str>,
     tables: Vec<AccessTable>,
     max_message_bytes: usize,
+    /// What each service waits for before health reports it SERVING.
+    pub readiness: crate::health::Readiness,
 }
 
 impl ServiceSet {
@@ -86,6 +88,7 @@ impl ServiceSet {
             names: Vec::new(),
             tables: Vec::new(),
             max_message_bytes,
+            readiness: crate::health::Readiness::default(),
         }
     }
 
@@ -148,6 +151,7 @@ impl ServiceSet {
             routes: self.routes.routes(),
             names: self.names,
             authenticator,
+            readiness: self.readiness,
         }
     }
 }
@@ -156,9 +160,11 @@ impl ServiceSet {
 pub struct Services {
     /// The gRPC routes of every registered service.
     pub routes: Routes,
-    /// Fully-qualified names of the registered services, reported SERVING by health.
+    /// Fully-qualified names of the registered services, for health and reflection.
     pub names: Vec<&'static str>,
     pub authenticator: Arc<Authenticator>,
+    /// When health reports each of them SERVING.
+    pub readiness: crate::health::Readiness,
 }
 
 /// A running server: its bound address and the means to stop it.
@@ -212,18 +218,12 @@ pub fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let names = services.names.clone();
+    let draining_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readiness = services.readiness;
+    let ready_names = services.names.clone();
     let reporter = health_reporter.clone();
-    let status_ready = async move {
-        for name in &names {
-            reporter
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-    };
+    let ready_flag = draining_flag.clone();
+    let status_ready = async move { readiness.spawn(reporter, ready_names, ready_flag) };
 
     let routes = services
         .routes
@@ -258,6 +258,7 @@ pub fn serve(
             _ = rx => {},
         }
         tracing::info!("shutting down: draining in-flight requests");
+        draining_flag.store(true, std::sync::atomic::Ordering::SeqCst);
         draining_tx.notify_one();
         for name in &names {
             health_reporter

@@ -23,21 +23,30 @@ use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::llm::v1::llm_service_server::LlmServiceServer;
 
 /// Starts llm in this process: the service spending through billing (`billing`: where it
-/// runs; free, logged once, when it runs nowhere), its default models pulled (progress to
-/// `on_progress`) and loaded, and its RPCs.
-pub async fn mount(
+/// runs, and then required for readiness; free, logged once, when it runs nowhere) and its
+/// RPCs. Returns the service and its preparation (the default models pulled, progress to
+/// `on_progress`, and loaded), which the caller runs once the server answers health
+/// checks: llm reports NOT_SERVING until it is done.
+pub fn mount<'a>(
     set: &mut ServiceSet,
     process: &Process,
     config: LlmConfig,
     billing: Option<Peer>,
-    on_progress: &(dyn Fn(&str, &pull::Progress) + Sync),
-) -> error::Result<Arc<LlmService>> {
+    on_progress: &'a (dyn Fn(&str, &pull::Progress) + Sync),
+) -> error::Result<(
+    Arc<LlmService>,
+    impl std::future::Future<Output = error::Result<()>> + 'a,
+)> {
     let spend: Arc<dyn spend::SpendHook> = match billing {
-        Some(peer) => Arc::new(spend::BillingPeer::new(
-            peer,
-            process.service_token.clone(),
-            process.currency.clone(),
-        )),
+        Some(peer) => {
+            set.readiness
+                .require(SERVICE_NAME, &peer, "llmesh.billing.v1.BillingService");
+            Arc::new(spend::BillingPeer::new(
+                peer,
+                process.service_token.clone(),
+                process.currency.clone(),
+            ))
+        }
         None => Arc::new(spend::NoBilling),
     };
     let service = Arc::new(
@@ -45,8 +54,6 @@ pub async fn mount(
             .with_signals(process.signals.clone())
             .with_catalog(catalog::Catalog::new(process.db.clone())),
     );
-    service.prepare(on_progress).await?;
-    service.spawn_reconciler();
     let max = set.max_message_bytes();
     set.add(
         ACCESS,
@@ -54,5 +61,22 @@ pub async fn mount(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    Ok(service)
+    let gate = set
+        .readiness
+        .gate(SERVICE_NAME, "pulling and loading the default models");
+    let prepared = service.clone();
+    let preparation = async move {
+        match prepared.prepare(on_progress).await {
+            Ok(()) => {
+                prepared.spawn_reconciler();
+                gate.open();
+                Ok(())
+            }
+            Err(e) => {
+                gate.close(format!("preparing the models failed: {e}"));
+                Err(e)
+            }
+        }
+    };
+    Ok((service, preparation))
 }

@@ -417,7 +417,8 @@ fn copy_with_progress(
 
 fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
     let meta = std::fs::metadata(path).map_err(io("reading the source"))?;
-    if meta.is_file() {
+    // Anything but a directory is read as one file (a pipe or device streams its bytes).
+    if !meta.is_dir() {
         return Ok(vec![(path.to_path_buf(), meta.len())]);
     }
     let mut out = Vec::new();

@@ -262,19 +262,18 @@ pub async fn start(
         ),
         false => None,
     };
-    let llm = match runs("llm") {
-        true => Some(
-            llmesh_llm::mount(
+    let (llm, preparation) = match runs("llm") {
+        true => {
+            let (service, preparation) = llmesh_llm::mount(
                 &mut set,
                 &process,
                 config.llm.clone(),
                 peers.find("billing")?,
                 progress,
-            )
-            .await
-            .context("preparing the models")?,
-        ),
-        false => None,
+            )?;
+            (Some(service), Some(preparation))
+        }
+        false => (None, None),
     };
     let chat = match runs("chat") {
         true => Some(llmesh_chat::mount(
@@ -286,11 +285,16 @@ pub async fn start(
         false => None,
     };
 
-    // Tokens are verified here with auth's keys, fetched from it when it runs elsewhere.
+    // Tokens are verified here with auth's keys, fetched from it when it runs elsewhere
+    // (then every service here needs auth to be ready).
     let (keys, api_keys): (Arc<dyn KeySource>, Arc<dyn ApiKeyResolver>) = match &auth {
         Some(service) => (service.keyring().clone(), service.clone()),
         None => {
             let peer = peers.require("auth", services.join(",").as_str())?;
+            for name in set.names().to_vec() {
+                set.readiness
+                    .require(name, &peer, llmesh_auth::SERVICE_NAME);
+            }
             (
                 Arc::new(RemoteKeySource::new(peer.clone())),
                 Arc::new(RemoteApiKeyResolver::new(
@@ -315,6 +319,13 @@ pub async fn start(
         &services.authenticator,
     ));
     let server = llmesh_kit::serve::serve(listener, &config.server, services, signal)?;
+    // The server answers health checks (llm NOT_SERVING) while the models are prepared.
+    if let Some(preparation) = preparation
+        && let Err(e) = preparation.await
+    {
+        let _ = server.shutdown().await;
+        return Err(anyhow::Error::new(e).context("preparing the models"));
+    }
     Ok(App {
         server,
         db: conn,
