@@ -30,6 +30,9 @@ pub fn mount(
         process.clock.clone(),
     ));
     service.spawn_sweeper();
+    process
+        .metrics
+        .register(Box::new(service.reservations.clone()));
     let max = set.max_message_bytes();
     set.add(
         ACCESS,

@@ -73,6 +73,8 @@ pub struct BillingService {
     config: BillingConfig,
     clock: Arc<dyn Clock>,
     limiters: Mutex<HashMap<String, (u32, Arc<DefaultDirectRateLimiter>)>>,
+    /// Reservations by outcome, for Prometheus.
+    pub reservations: prometheus::IntCounterVec,
 }
 
 /// Cost of tokens at a price, rounded up to a whole micro-unit.
@@ -105,6 +107,14 @@ impl BillingService {
             config,
             clock,
             limiters: Mutex::new(HashMap::new()),
+            reservations: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "llmesh_billing_reservations_total",
+                    "Spend reservations by outcome: held, refused_balance, refused_limit, settled, released, expired.",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -227,6 +237,20 @@ impl BillingService {
 
     /// Holds the most a generation can cost for the principal.
     pub async fn reserve(&self, principal: &Principal, r: ReserveRequest) -> Result<Reservation> {
+        let result = self.reserve_inner(principal, r).await;
+        let outcome = match &result {
+            Ok(_) => Some("held"),
+            Err(BillingError::Precondition(_)) => Some("refused_balance"),
+            Err(BillingError::Exhausted(..)) => Some("refused_limit"),
+            Err(_) => None,
+        };
+        if let Some(outcome) = outcome {
+            self.reservations.with_label_values(&[outcome]).inc();
+        }
+        result
+    }
+
+    async fn reserve_inner(&self, principal: &Principal, r: ReserveRequest) -> Result<Reservation> {
         if r.idempotency_key.is_empty() || r.idempotency_key.len() > 128 {
             return Err(BillingError::Invalid(
                 "idempotency_key must be 1 to 128 characters".into(),
@@ -524,6 +548,7 @@ impl BillingService {
         )
         .await?;
         txn.commit().await?;
+        self.reservations.with_label_values(&["settled"]).inc();
         Ok(Settlement { charged, released })
     }
 
@@ -584,6 +609,7 @@ impl BillingService {
         )
         .await?;
         txn.commit().await?;
+        self.reservations.with_label_values(&[status]).inc();
         Ok(r.held_micros)
     }
 

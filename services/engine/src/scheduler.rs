@@ -104,6 +104,10 @@ pub struct Counters {
     pub kv_cache_bytes: AtomicUsize,
     /// The most sequences seen in one step.
     pub max_batch: AtomicUsize,
+    /// Sequences in the latest step, and summed over every step (mean batch size =
+    /// batched_rows / steps).
+    pub last_batch: AtomicUsize,
+    pub batched_rows: AtomicU64,
     pub generated_tokens: AtomicU64,
     /// Prompt tokens taken from the prefix cache instead of being computed.
     pub reused_prompt_tokens: AtomicU64,
@@ -381,6 +385,12 @@ impl Worker {
         self.counters
             .max_batch
             .fetch_max(members.len(), Ordering::SeqCst);
+        self.counters
+            .last_batch
+            .store(members.len(), Ordering::Relaxed);
+        self.counters
+            .batched_rows
+            .fetch_add(members.len() as u64, Ordering::Relaxed);
         // The step runs inside the compute pool, so the pool's threads are the only ones
         // computing (no third thread competing with them for two cores).
         let model = &self.model;

@@ -111,6 +111,10 @@ pub struct ServerConfig {
     /// The built web UI to serve at `/`: a directory, `"none"` to serve RPCs only, or
     /// empty to look for `web/dist` (see `llmesh_kit::web::WebUi::resolve`).
     pub web_dir: String,
+    /// Where `GET /metrics` (Prometheus text format) is served: empty for this port, an
+    /// address such as `0.0.0.0:9100` for a port of its own (and not this one), or
+    /// `"none"` for nowhere.
+    pub metrics_bind: String,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +126,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             cors_allowed_origins: Vec::new(),
             web_dir: String::new(),
+            metrics_bind: String::new(),
         }
     }
 }
@@ -143,6 +148,16 @@ impl ServerConfig {
         }
         if self.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be positive"));
+        }
+        let metrics = self.metrics_bind.trim();
+        if !metrics.is_empty()
+            && metrics != "none"
+            && metrics.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "server.metrics_bind",
+                format!("{metrics:?} is not an address like 0.0.0.0:9100, \"none\" or empty"),
+            ));
         }
         Ok(())
     }

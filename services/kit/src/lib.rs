@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod error;
 pub mod health;
 pub mod jwt;
+pub mod metrics;
 pub mod outbox;
 pub mod peer;
 pub mod principal;

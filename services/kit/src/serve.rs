@@ -68,6 +68,8 @@ pub struct Process {
     pub service_token: String,
     /// The currency amounts are in (`billing.currency`).
     pub currency: String,
+    /// The process's metrics, which services add theirs to.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The services one process runs, as each registers itself: their routes, names (for
@@ -79,16 +81,18 @@ pub struct ServiceSet {
     max_message_bytes: usize,
     /// What each service waits for before health reports it SERVING.
     pub readiness: crate::health::Readiness,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ServiceSet {
-    pub fn new(max_message_bytes: usize) -> Self {
+    pub fn new(max_message_bytes: usize, metrics: Arc<crate::metrics::Metrics>) -> Self {
         ServiceSet {
             routes: tonic::service::RoutesBuilder::default(),
             names: Vec::new(),
             tables: Vec::new(),
             max_message_bytes,
             readiness: crate::health::Readiness::default(),
+            metrics,
         }
     }
 
@@ -124,15 +128,13 @@ impl ServiceSet {
         &self.tables
     }
 
-    /// The routes as one service behind `authenticator`, as peers in this process call
-    /// them (see [`crate::peer::LocalRoutes`]).
-    pub fn local_transport(
-        routes: &Routes,
-        authenticator: &Arc<Authenticator>,
-    ) -> crate::peer::Transport {
+    /// The routes as peers in this process call them (see [`crate::peer::LocalRoutes`]):
+    /// measured and authenticated as remote calls are.
+    pub fn local_transport(services: &Services) -> crate::peer::Transport {
         let svc = tower::ServiceBuilder::new()
-            .layer(AuthLayer::new(authenticator.clone()))
-            .service(routes.clone());
+            .layer(crate::metrics::MetricsLayer(services.metrics.clone()))
+            .layer(AuthLayer::new(services.authenticator.clone()))
+            .service(services.routes.clone());
         tower::util::BoxCloneSyncService::new(
             tower::ServiceExt::<http::Request<tonic::body::Body>>::map_err(
                 svc,
@@ -152,6 +154,7 @@ impl ServiceSet {
             names: self.names,
             authenticator,
             readiness: self.readiness,
+            metrics: self.metrics,
         }
     }
 }
@@ -165,6 +168,7 @@ pub struct Services {
     pub authenticator: Arc<Authenticator>,
     /// When health reports each of them SERVING.
     pub readiness: crate::health::Readiness,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A running server: its bound address and the means to stop it.
@@ -239,11 +243,20 @@ pub fn serve(
         crate::web::WebUi::Disabled => {}
     }
 
+    let metrics_here = match config.metrics_bind.trim() {
+        "" => Some(services.metrics.clone()),
+        "none" => None,
+        addr => {
+            spawn_metrics_listener(addr, services.metrics.clone())?;
+            None
+        }
+    };
     let cors = cors_layer(&config.cors_allowed_origins);
     let layers = tower::ServiceBuilder::new()
         .layer(cors)
-        .layer(crate::web::UiLayer::new(&ui))
+        .layer(crate::web::UiLayer::new(&ui, metrics_here))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(crate::metrics::MetricsLayer(services.metrics.clone()))
         .layer(AuthLayer::new(services.authenticator))
         .into_inner();
 
@@ -299,6 +312,61 @@ pub fn serve(
         shutdown: Some(tx),
         task,
     })
+}
+
+/// Serves `GET /metrics` (and nothing else) on a port of its own.
+fn spawn_metrics_listener(
+    addr: &str,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<(), ServeError> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| ServeError::BadAddr(addr.to_owned()))?;
+    let std_listener = std::net::TcpListener::bind(parsed).map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let listener = TcpListener::from_std(std_listener).map_err(|source| ServeError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    tracing::info!(addr, "serving /metrics on its own port");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let metrics = metrics.clone();
+                        async move {
+                            let resp =
+                                if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                                    crate::web::metrics_response(&metrics)
+                                } else {
+                                    let mut r = http::Response::new(tonic::body::Body::empty());
+                                    *r.status_mut() = http::StatusCode::NOT_FOUND;
+                                    r
+                                };
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
 }
 
 /// Resolves `grace` after shutdown began. Until then it never resolves, so it only cuts

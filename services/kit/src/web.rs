@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -12,6 +13,8 @@ use tower::ServiceExt;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::set_header::SetResponseHeaderLayer;
+
+use crate::metrics::Metrics;
 
 /// Where the UI comes from: a directory of built files, or nothing (a page that says how
 /// to build it).
@@ -75,17 +78,33 @@ type StaticService = tower::util::BoxCloneSyncService<
 #[derive(Clone)]
 pub struct UiLayer {
     files: Option<StaticService>,
+    /// `GET /metrics`, answered ahead of the UI's fallback when served on this port.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl UiLayer {
-    pub fn new(ui: &WebUi) -> UiLayer {
+    pub fn new(ui: &WebUi, metrics: Option<Arc<Metrics>>) -> UiLayer {
         let files = match ui {
             WebUi::Disabled => None,
             WebUi::Dir(dir) => Some(static_files(Some(dir))),
             WebUi::Missing => Some(static_files(None)),
         };
-        UiLayer { files }
+        UiLayer { files, metrics }
     }
+}
+
+/// The Prometheus text format of `metrics`, as a response.
+pub fn metrics_response(metrics: &Metrics) -> Response<tonic::body::Body> {
+    let mut resp = Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        bytes::Bytes::from(metrics.render()),
+    )));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 impl<S> tower::Layer<S> for UiLayer {
@@ -95,6 +114,7 @@ impl<S> tower::Layer<S> for UiLayer {
         UiService {
             inner,
             files: self.files.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -103,6 +123,7 @@ impl<S> tower::Layer<S> for UiLayer {
 pub struct UiService<S> {
     inner: S,
     files: Option<StaticService>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S, RB> tower::Service<Request<tonic::body::Body>> for UiService<S>
@@ -127,6 +148,13 @@ where
     fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
         let page_request = (req.method() == Method::GET || req.method() == Method::HEAD)
             && !is_grpc(req.headers());
+        if page_request
+            && req.uri().path() == "/metrics"
+            && let Some(metrics) = &self.metrics
+        {
+            let resp = metrics_response(metrics);
+            return Box::pin(async move { Ok(resp) });
+        }
         if let (true, Some(files)) = (page_request, self.files.clone()) {
             return Box::pin(async move {
                 match files.oneshot(req).await {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod fleet;
 pub mod grpc;
+pub mod metrics;
 pub mod pull;
 pub mod registry;
 pub mod service;
@@ -54,6 +55,14 @@ pub fn mount<'a>(
             .with_signals(process.signals.clone())
             .with_catalog(catalog::Catalog::new(process.db.clone())),
     );
+    for collector in service.metrics.collectors() {
+        process.metrics.register(collector);
+    }
+    process
+        .metrics
+        .register(Box::new(metrics::ModelStateCollector::new(Arc::downgrade(
+            &service,
+        ))));
     let max = set.max_message_bytes();
     set.add(
         ACCESS,

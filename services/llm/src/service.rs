@@ -150,6 +150,8 @@ pub struct LlmService {
     /// This process's name in the catalog's reports.
     pub(crate) replica: String,
     pub(crate) started: chrono::DateTime<Utc>,
+    /// Recorded as generations run.
+    pub metrics: crate::metrics::GenerationMetrics,
 }
 
 impl LlmService {
@@ -171,6 +173,7 @@ impl LlmService {
             catalog: None,
             replica: crate::fleet::replica_name(),
             started: Utc::now(),
+            metrics: crate::metrics::GenerationMetrics::default(),
         })
     }
 
@@ -541,6 +544,7 @@ impl LlmService {
         principal: &Principal,
         request: Generation,
     ) -> Result<mpsc::Receiver<GenEvent>> {
+        let submitted_at = Instant::now();
         // Subscribed before any work, so a stop sent from now on is heard.
         let stop_signal = match &request.id {
             Some(id) => {
@@ -619,7 +623,16 @@ impl LlmService {
         let (client_tx, client_rx) = mpsc::channel(64);
         let spend = self.spend.clone();
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
+        let metrics = self.metrics.clone();
+        let model_id = request.model.clone();
         tokio::spawn(async move {
+            let ttft = metrics
+                .time_to_first_token
+                .with_label_values(&[model_id.as_str()]);
+            let itl = metrics
+                .inter_token_latency
+                .with_label_values(&[model_id.as_str()]);
+            let mut last_token: Option<Instant> = None;
             let stop = async {
                 match stop_signal {
                     Some(mut subscription) => subscription.recv().await,
@@ -645,7 +658,15 @@ impl LlmService {
                     }
                     _ = &mut stop => break,
                     event = engine_rx.recv() => match event {
-                        Some(Event::Token(_)) => produced += 1,
+                        Some(Event::Token(_)) => {
+                            produced += 1;
+                            let now = Instant::now();
+                            match last_token {
+                                None => ttft.observe((now - submitted_at).as_secs_f64()),
+                                Some(at) => itl.observe((now - at).as_secs_f64()),
+                            }
+                            last_token = Some(now);
+                        }
                         Some(Event::Delta(text)) => {
                             if client_tx.send(GenEvent::Delta(text)).await.is_err() {
                                 break;
@@ -682,6 +703,29 @@ impl LlmService {
                     None,
                 ),
             };
+            let labels = [model_id.as_str()];
+            metrics
+                .prompt_tokens
+                .with_label_values(&labels)
+                .inc_by(u64::from(usage.prompt_tokens));
+            metrics
+                .generated_tokens
+                .with_label_values(&labels)
+                .inc_by(u64::from(usage.completion_tokens));
+            let ended = if expired {
+                "deadline"
+            } else {
+                match finish {
+                    FinishReason::Stop => "stop",
+                    FinishReason::Length => "length",
+                    FinishReason::Cancelled => "cancelled",
+                    FinishReason::Error => "error",
+                }
+            };
+            metrics
+                .generations
+                .with_label_values(&[model_id.as_str(), ended])
+                .inc();
             let cost = match spend.settle(&reservation, usage).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -791,6 +835,22 @@ impl LlmService {
             }
         }
         Ok(())
+    }
+
+    /// Every loaded model: its id, resident memory and (chat models) scheduler counters.
+    pub fn loaded_models(
+        &self,
+    ) -> Vec<(String, u64, Option<Arc<llmesh_engine::scheduler::Counters>>)> {
+        lock(&self.slots)
+            .iter()
+            .map(|(id, slot)| {
+                let counters = match &slot.runtime {
+                    Runtime::Chat(m) => Some(m.scheduler().counters().clone()),
+                    Runtime::Embedding(_) => None,
+                };
+                (id.clone(), slot.memory(), counters)
+            })
+            .collect()
     }
 
     /// The scheduler counters of a loaded chat model, for tests and metrics.

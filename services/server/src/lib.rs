@@ -15,6 +15,7 @@ use llmesh_chat::ChatConfig;
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
 use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
+use llmesh_kit::metrics::Metrics;
 use llmesh_kit::peer::{LocalRoutes, Peer};
 use llmesh_kit::serve::{Process, RunningServer, ServiceSet};
 use llmesh_kit::signal::Signals;
@@ -245,8 +246,9 @@ pub async fn start(
         signals: Signals::new(&conn).await,
         service_token: service_token.clone(),
         currency: config.billing.currency.clone(),
+        metrics: Metrics::new(),
     };
-    let mut set = ServiceSet::new(config.server.max_message_bytes);
+    let mut set = ServiceSet::new(config.server.max_message_bytes, process.metrics.clone());
     let billing =
         runs("billing").then(|| llmesh_billing::mount(&mut set, &process, config.billing.clone()));
     let auth = match runs("auth") {
@@ -314,10 +316,7 @@ pub async fn start(
             tables,
         ))
     });
-    peers.local.set(ServiceSet::local_transport(
-        &services.routes,
-        &services.authenticator,
-    ));
+    peers.local.set(ServiceSet::local_transport(&services));
     let server = llmesh_kit::serve::serve(listener, &config.server, services, signal)?;
     // The server answers health checks (llm NOT_SERVING) while the models are prepared.
     if let Some(preparation) = preparation
