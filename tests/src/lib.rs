@@ -1,6 +1,7 @@
 //! Shared harness of the end-to-end tests: real servers on 127.0.0.1:0 over real sockets,
 //! fresh SQLite files or fresh Postgres databases, a manual clock, and helpers to call RPCs.
 
+pub mod mesh;
 pub mod models;
 pub mod raw;
 
@@ -14,11 +15,14 @@ use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use sea_orm::{ConnectionTrait, Database};
 use tonic::transport::Channel;
 
-/// Which database a test runs against.
+/// Which database a test runs against, and in which shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Every service in processes of its own (llm and chat twice) on one Postgres,
+    /// reached through an nginx edge (see [`mesh::Mesh`]).
+    Mesh,
 }
 
 /// The admin URL of the test Postgres; each test gets its own database on it.
@@ -51,7 +55,7 @@ impl TestDb {
                     pg_name: None,
                 })
             }
-            Backend::Postgres => {
+            Backend::Postgres | Backend::Mesh => {
                 let admin = postgres_admin_url();
                 let conn = match Database::connect(admin.as_str()).await {
                     Ok(c) => c,
@@ -70,7 +74,7 @@ impl TestDb {
                 let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
                 Some(TestDb {
                     url: format!("{base}/{name}"),
-                    backend,
+                    backend: Backend::Postgres,
                     dir: TempDir::new("llmesh-test"),
                     pg_name: Some(name),
                 })
@@ -144,10 +148,13 @@ impl Drop for TempDir {
 
 /// A running llmesh server with a manual clock.
 pub struct TestServer {
-    pub app: App,
-    pub clock: Arc<ManualClock>,
+    app: Option<App>,
+    /// The server's clock; a mesh's processes keep real time instead (see [`Self::clock`]).
+    clock: Arc<ManualClock>,
     pub channel: Channel,
     pub url: String,
+    /// Declared before `db`: the mesh's processes stop before their database goes.
+    pub mesh: Option<mesh::Mesh>,
     pub db: TestDb,
 }
 
@@ -191,6 +198,9 @@ impl TestServer {
         let db = TestDb::create(backend).await?;
         let mut config = test_config(&db);
         tweak(&mut config);
+        if backend == Backend::Mesh {
+            return Self::start_mesh(db, config).await;
+        }
         let clock = Arc::new(ManualClock::new(
             Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
                 .single()
@@ -212,12 +222,65 @@ impl TestServer {
             .await
             .expect("connect");
         Some(TestServer {
-            app,
+            app: Some(app),
             clock,
             channel,
             url,
+            mesh: None,
             db,
         })
+    }
+
+    /// The whole product as a mesh on `db`, reached through its edge.
+    async fn start_mesh(db: TestDb, config: Config) -> Option<TestServer> {
+        let mesh = mesh::Mesh::start(&db, &config).await?;
+        let url = mesh.grpc_url.clone();
+        let channel = Channel::from_shared(url.clone())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to the edge");
+        Some(TestServer {
+            app: None,
+            clock: Arc::new(ManualClock::new(Utc::now())),
+            channel,
+            url,
+            mesh: Some(mesh),
+            db,
+        })
+    }
+
+    /// The in-process handles of the server; a test that uses them does not run against
+    /// a mesh (its services live in other processes there).
+    pub fn app(&self) -> &App {
+        self.app
+            .as_ref()
+            .expect("this test uses the server's in-process handles, which a mesh does not have")
+    }
+
+    /// The server's manual clock; a test that moves it does not run against a mesh.
+    pub fn clock(&self) -> &Arc<ManualClock> {
+        assert!(
+            self.mesh.is_none(),
+            "this test moves the server's clock, which a mesh's processes do not share"
+        );
+        &self.clock
+    }
+
+    /// Lets time pass between two steps so their timestamps differ: the manual clock
+    /// moves by `by`, or, in a mesh (real clocks), a few milliseconds go by.
+    pub async fn pass_time(&self, by: chrono::Duration) {
+        if self.mesh.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        } else {
+            self.clock.advance(by);
+        }
+    }
+
+    /// The in-process handles, owned (to shut the server down).
+    pub fn into_app(self) -> App {
+        self.app
+            .expect("this test uses the server's in-process handles, which a mesh does not have")
     }
 
     /// Stops this server and starts another on the same database, with the clock moved
@@ -227,8 +290,17 @@ impl TestServer {
         advance: chrono::Duration,
         tweak: impl FnOnce(&mut Config),
     ) -> TestServer {
-        let TestServer { app, clock, db, .. } = self;
-        app.server.shutdown().await.expect("shutdown");
+        let TestServer {
+            app,
+            clock,
+            db,
+            mesh,
+            ..
+        } = self;
+        assert!(mesh.is_none(), "restart is for single-process servers");
+        if let Some(app) = app {
+            app.server.shutdown().await.expect("shutdown");
+        }
         clock.advance(advance);
         let mut config = test_config(&db);
         tweak(&mut config);
@@ -248,10 +320,11 @@ impl TestServer {
             .await
             .expect("connect");
         TestServer {
-            app,
+            app: Some(app),
             clock,
             channel,
             url,
+            mesh: None,
             db,
         }
     }
@@ -270,8 +343,17 @@ impl TestServer {
 
     /// Stops this server, keeping its database and clock for [`StoppedServer::start`].
     pub async fn stop(self) -> StoppedServer {
-        let TestServer { app, clock, db, .. } = self;
-        app.server.shutdown().await.expect("shutdown");
+        let TestServer {
+            app,
+            clock,
+            db,
+            mesh,
+            ..
+        } = self;
+        assert!(mesh.is_none(), "stop is for single-process servers");
+        if let Some(app) = app {
+            app.server.shutdown().await.expect("shutdown");
+        }
         StoppedServer { clock, db }
     }
 
@@ -351,10 +433,11 @@ impl StoppedServer {
             .await
             .expect("connect");
         TestServer {
-            app,
+            app: Some(app),
             clock,
             channel,
             url,
+            mesh: None,
             db,
         }
     }
@@ -371,6 +454,33 @@ pub fn bearer<T>(token: &str, message: T) -> tonic::Request<T> {
         format!("Bearer {token}").parse().expect("ascii token"),
     );
     req
+}
+
+/// Runs a test body against SQLite, against Postgres, and through the mesh (every
+/// service in processes of its own behind an nginx edge, on Postgres). For tests that talk
+/// to the server only over sockets and never move its clock.
+#[macro_export]
+macro_rules! every_shape {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                ($body)($crate::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                ($body)($crate::Backend::Postgres).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mesh() {
+                ($body)($crate::Backend::Mesh).await;
+            }
+        }
+    };
 }
 
 /// Runs a test body against SQLite and against Postgres.
@@ -391,6 +501,17 @@ macro_rules! both_backends {
             }
         }
     };
+}
+
+/// A free port below Linux's ephemeral range (32768 and up), so the ports the kernel hands
+/// to other tests' `127.0.0.1:0` servers meanwhile never collide with it.
+pub fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// GETs `url` over HTTP/1.1; returns the status, headers and body text.

@@ -3,7 +3,7 @@
 use chrono::Duration;
 use llmesh_proto::auth::v1 as pb;
 use llmesh_proto::common::v1::{PageRequest, Role};
-use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, both_backends};
+use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, both_backends, every_shape};
 use tonic::Code;
 
 fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
@@ -25,7 +25,7 @@ async fn sign_up_info(s: &TestServer) -> pb::GetSignUpInfoResponse {
         .into_inner()
 }
 
-both_backends!(register_login_and_me, |backend| async move {
+every_shape!(register_login_and_me, |backend| async move {
     let Some(s) = server(backend).await else {
         return;
     };
@@ -115,7 +115,7 @@ both_backends!(register_login_and_me, |backend| async move {
     }
 });
 
-both_backends!(
+every_shape!(
     refresh_rotates_and_reuse_revokes_the_family,
     |backend| async move {
         let Some(s) = server(backend).await else {
@@ -169,11 +169,11 @@ both_backends!(tokens_expire_by_the_clock, |backend| async move {
     };
     let (_, tokens) = s.signup("ada@example.com").await;
     let mut auth = s.auth();
-    s.clock.advance(Duration::minutes(14));
+    s.clock().advance(Duration::minutes(14));
     auth.get_me(bearer(&tokens.access_token, pb::GetMeRequest {}))
         .await
         .expect("still valid at 14 minutes");
-    s.clock.advance(Duration::minutes(2));
+    s.clock().advance(Duration::minutes(2));
     let expired = auth
         .get_me(bearer(&tokens.access_token, pb::GetMeRequest {}))
         .await
@@ -196,7 +196,7 @@ both_backends!(tokens_expire_by_the_clock, |backend| async move {
         .tokens
         .expect("tokens");
     // ... but not its own 30 days.
-    s.clock.advance(Duration::days(31));
+    s.clock().advance(Duration::days(31));
     let late = auth
         .refresh(pb::RefreshRequest {
             refresh_token: fresh.refresh_token,
@@ -205,7 +205,7 @@ both_backends!(tokens_expire_by_the_clock, |backend| async move {
     assert_eq!(code(late), Code::Unauthenticated);
 });
 
-both_backends!(logout_profile_and_password, |backend| async move {
+every_shape!(logout_profile_and_password, |backend| async move {
     let Some(s) = server(backend).await else {
         return;
     };
@@ -423,7 +423,7 @@ both_backends!(api_keys, |backend| async move {
     auth.get_me(bearer(&expiring, pb::GetMeRequest {}))
         .await
         .expect("valid before expiry");
-    s.clock.advance(Duration::hours(2));
+    s.clock().advance(Duration::hours(2));
     let r = auth.get_me(bearer(&expiring, pb::GetMeRequest {})).await;
     assert_eq!(code(r), Code::Unauthenticated);
 
@@ -670,7 +670,7 @@ both_backends!(admin_operations, |backend| async move {
     auth.get_me(bearer(&victim.access_token, pb::GetMeRequest {}))
         .await
         .expect("access tokens live out their lifetime");
-    s.clock.advance(Duration::minutes(16));
+    s.clock().advance(Duration::minutes(16));
     assert_eq!(
         code(
             auth.get_me(bearer(&victim.access_token, pb::GetMeRequest {}))
@@ -809,7 +809,7 @@ both_backends!(closed_registration, |backend| async move {
     assert_eq!(code(r), Code::PermissionDenied);
     assert!(!sign_up_info(&s).await.registration_open);
     let admin = s
-        .app
+        .app()
         .auth
         .as_ref()
         .expect("auth runs here")
@@ -867,13 +867,13 @@ both_backends!(login_throttling, |backend| async move {
             .and_then(|v| v.to_str().ok()),
         Some("2")
     );
-    s.clock.advance(Duration::seconds(3));
+    s.clock().advance(Duration::seconds(3));
     auth.login(attempt(PASSWORD))
         .await
         .expect("allowed again after the delay");
 });
 
-both_backends!(first_admin_race, |backend| async move {
+every_shape!(first_admin_race, |backend| async move {
     let Some(s) = server(backend).await else {
         return;
     };
@@ -918,7 +918,7 @@ both_backends!(signing_keys_rotate, |backend| async move {
     assert_eq!(keys.keys[0].public_key.len(), 32);
     assert_eq!(keys.issuer, "llmesh");
 
-    let service = s.app.auth.as_ref().expect("auth runs here");
+    let service = s.app().auth.as_ref().expect("auth runs here");
     service.keyring().rotate().await.expect("rotate");
     let keys = auth
         .get_public_keys(pb::GetPublicKeysRequest {})
@@ -937,7 +937,7 @@ both_backends!(signing_keys_rotate, |backend| async move {
         header_kid(&old.access_token),
         "new tokens use the new key"
     );
-    s.clock.advance(Duration::minutes(16));
+    s.clock().advance(Duration::minutes(16));
     let r = auth
         .get_me(bearer(&old.access_token, pb::GetMeRequest {}))
         .await;
@@ -961,6 +961,6 @@ trait ClockNow {
 impl ClockNow for TestServer {
     fn clock_now(&self) -> chrono::DateTime<chrono::Utc> {
         use llmesh_kit::Clock;
-        self.clock.now()
+        self.clock().now()
     }
 }

@@ -70,7 +70,7 @@ async fn fixture(s: &TestServer) -> Fixture {
         .expect("key")
         .id;
     let expired = s.login("member@example.com").await.1.access_token;
-    s.clock.advance(Duration::minutes(20));
+    s.clock().advance(Duration::minutes(20));
 
     // Fresh sessions after the clock moved.
     let token = |email: &'static str| async move { s.login(email).await.1 };

@@ -6,7 +6,7 @@ use llmesh_proto::auth::v1 as auth_pb;
 use llmesh_proto::billing::v1 as pb;
 use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 use llmesh_proto::common::v1::TokenUsage;
-use llmesh_tests::{Backend, TestServer, bearer, both_backends};
+use llmesh_tests::{Backend, TestServer, bearer, both_backends, every_shape};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -121,7 +121,7 @@ async fn reconciled(b: &mut BillingServiceClient<Channel>, admin: &str) {
     );
 }
 
-both_backends!(two_hundred_racing_reservations, |backend| async move {
+every_shape!(two_hundred_racing_reservations, |backend| async move {
     let Some(Setup {
         s,
         admin,
@@ -166,7 +166,7 @@ both_backends!(two_hundred_racing_reservations, |backend| async move {
     reconciled(&mut b, &admin).await;
 });
 
-both_backends!(
+every_shape!(
     retries_with_the_same_key_charge_once,
     |backend| async move {
         let Some(Setup {
@@ -403,7 +403,7 @@ both_backends!(quotas_rates_usage_and_deleted_users, |backend| async move {
     assert_eq!(q.month_spend_micros, 120);
     assert_eq!(q.month_tokens, 120);
     // A new calendar month starts from zero.
-    s.clock.advance(Duration::days(31));
+    s.clock().advance(Duration::days(31));
     let user = s.login("user@example.com").await.1.access_token;
     let admin = s.login("admin@example.com").await.1.access_token;
     b.reserve(internal(&user, reserve("next-month")))
@@ -521,7 +521,7 @@ both_backends!(quotas_rates_usage_and_deleted_users, |backend| async move {
     assert!(still.balance.expect("balance").micros > 0);
 });
 
-both_backends!(unpriced_models_can_be_refused, |backend| async move {
+every_shape!(unpriced_models_can_be_refused, |backend| async move {
     let Some(Setup { s, user, .. }) = setup(backend, |c| c.billing.unpriced = "deny".into()).await
     else {
         return;

@@ -11,7 +11,7 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::common::v1::PageRequest;
 use llmesh_proto::llm::v1::SamplingParams;
-use llmesh_tests::{Backend, TestServer, bearer, both_backends};
+use llmesh_tests::{Backend, TestServer, bearer, every_shape};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -140,7 +140,7 @@ async fn path(
     (r.conversation.expect("conversation"), r.messages)
 }
 
-both_backends!(messages_form_a_tree_with_branches, |backend| async move {
+every_shape!(messages_form_a_tree_with_branches, |backend| async move {
     let Some(Setup { s, user, .. }) = setup(backend).await else {
         return;
     };
@@ -359,7 +359,7 @@ both_backends!(messages_form_a_tree_with_branches, |backend| async move {
     assert_ne!(title, "New chat", "auto-title");
 });
 
-both_backends!(
+every_shape!(
     stop_keeps_the_partial_reply_and_bills_what_it_produced,
     |backend| async move {
         let Some(Setup {
@@ -474,7 +474,7 @@ both_backends!(
     }
 );
 
-both_backends!(
+every_shape!(
     folders_listing_assistants_templates_and_ownership,
     |backend| async move {
         let Some(Setup { s, admin, user, .. }) = setup(backend).await else {
@@ -533,7 +533,7 @@ both_backends!(
                 .into_inner()
                 .conversation
                 .expect("c");
-            s.clock.advance(chrono::Duration::seconds(1));
+            s.pass_time(chrono::Duration::seconds(1)).await;
             ids.push(conv.id);
         }
         c.update_conversation(bearer(
@@ -934,7 +934,7 @@ both_backends!(
     }
 );
 
-both_backends!(
+every_shape!(
     stop_reply_stops_a_stream_the_client_keeps_reading,
     |backend| async move {
         let Some(Setup { s, user, .. }) = setup(backend).await else {

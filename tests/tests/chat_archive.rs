@@ -5,7 +5,7 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::common::v1::PageRequest;
-use llmesh_tests::{TestServer, bearer, both_backends};
+use llmesh_tests::{TestServer, bearer, every_shape};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -138,7 +138,7 @@ fn normalized(bytes: &[u8]) -> serde_json::Value {
     v
 }
 
-both_backends!(
+every_shape!(
     chatgpt_import_export_round_trip_and_search,
     |backend| async move {
         let Some(s) = TestServer::start(backend).await else {
@@ -330,7 +330,7 @@ both_backends!(
     }
 );
 
-both_backends!(malformed_imports_and_uploads, |backend| async move {
+every_shape!(malformed_imports_and_uploads, |backend| async move {
     let Some(s) = TestServer::start(backend).await else {
         return;
     };

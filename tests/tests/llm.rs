@@ -440,7 +440,7 @@ async fn unloaded_models_are_refused_without_auto_load() {
 /// Waits (bounded) until the model's scheduler has counted a cancellation.
 async fn wait_cancelled(s: &TestServer) -> std::sync::Arc<llmesh_engine::scheduler::Counters> {
     let counters = s
-        .app
+        .app()
         .llm
         .as_ref()
         .expect("llm runs here")
@@ -868,7 +868,7 @@ async fn generation_is_billed_for_what_it_produced(backend: Backend) {
         status.message()
     );
     let counters = s
-        .app
+        .app()
         .llm
         .as_ref()
         .expect("llm")

@@ -122,11 +122,7 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
 
 #[tokio::test]
 async fn metrics_can_have_a_port_of_their_own() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = llmesh_tests::free_port();
     let s = TestServer::start_with(Backend::Sqlite, |c| {
         c.server.metrics_bind = format!("127.0.0.1:{port}");
         c.server.web_dir = "none".into();

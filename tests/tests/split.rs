@@ -11,18 +11,12 @@ use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::llm::v1::SamplingParams;
-use llmesh_tests::{Backend, TestServer, bearer};
+use llmesh_tests::{Backend, TestServer, bearer, free_port};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef-split";
 const CHAT_MODEL: &str = "smollm2-135m-instruct";
-
-/// A loopback port nothing listens on (bound, then released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 fn greedy(max_tokens: u32) -> Option<SamplingParams> {
     Some(SamplingParams {
@@ -191,7 +185,7 @@ async fn chat_reaches_llm_in_another_process() {
     // The caller's deadline travels to llm: a reply that would run for 2000 tokens stops
     // on A when the client's two seconds are up.
     let counters = || {
-        a.app
+        a.app()
             .llm
             .as_ref()
             .expect("llm on A")
@@ -393,10 +387,10 @@ async fn a_deleted_user_notice_waits_for_billing() {
         .await
         .expect("deleting does not wait for billing");
     let pending = || async {
-        a.app
+        a.app()
             .db
             .query_all_raw(sea_orm::Statement::from_string(
-                a.app.db.get_database_backend(),
+                a.app().db.get_database_backend(),
                 "SELECT id FROM outbox",
             ))
             .await
@@ -408,7 +402,7 @@ async fn a_deleted_user_notice_waits_for_billing() {
 
     // Billing comes back on its database; the next attempt delivers the notice.
     let b = b.start(&["billing"], billing_config).await;
-    a.clock.advance(chrono::Duration::minutes(10));
+    a.clock().advance(chrono::Duration::minutes(10));
     let mut delivered = false;
     for _ in 0..100 {
         if pending().await == 0 {
@@ -419,10 +413,10 @@ async fn a_deleted_user_notice_waits_for_billing() {
     }
     assert!(delivered, "delivered once billing answered");
     let row = b
-        .app
+        .app()
         .db
         .query_one_raw(sea_orm::Statement::from_sql_and_values(
-            b.app.db.get_database_backend(),
+            b.app().db.get_database_backend(),
             "SELECT user_deleted FROM accounts WHERE user_id = ?",
             [user.id.clone().into()],
         ))
@@ -630,10 +624,10 @@ async fn processes_starting_together_migrate_once() {
         start(&["auth", "billing"])
     );
     let applied = a
-        .app
+        .app()
         .db
         .query_all_raw(sea_orm::Statement::from_string(
-            a.app.db.get_database_backend(),
+            a.app().db.get_database_backend(),
             "SELECT version FROM seaql_migrations",
         ))
         .await
@@ -641,7 +635,7 @@ async fn processes_starting_together_migrate_once() {
         .len();
     assert_eq!(applied, llmesh_migration::Migrator::migrations().len());
     for s in [&a, &b, &c] {
-        s.signup(&format!("{}@example.com", s.app.server.local_addr.port()))
+        s.signup(&format!("{}@example.com", s.app().server.local_addr.port()))
             .await;
     }
 }
@@ -691,8 +685,8 @@ async fn two_llm_processes_follow_one_catalog() {
             c.peers.billing_url = Some(a_url.clone());
         })
         .await;
-    let b_replica = b.app.llm.as_ref().expect("llm").replica().to_owned();
-    let a_replica = a.app.llm.as_ref().expect("llm").replica().to_owned();
+    let b_replica = b.app().llm.as_ref().expect("llm").replica().to_owned();
+    let a_replica = a.app().llm.as_ref().expect("llm").replica().to_owned();
     let (_, admin) = a.signup("admin@example.com").await;
     let admin = admin.access_token;
     let state_on = |m: &lpb::Model, replica: &str| {

@@ -179,8 +179,8 @@ async fn health_reports_each_service_and_shutdown_drains() {
         .expect_err("not served here");
     assert_eq!(status.code(), Code::NotFound);
 
-    let addr = s.app.server.local_addr;
-    tokio::time::timeout(Duration::from_secs(20), s.app.server.shutdown())
+    let addr = s.app().server.local_addr;
+    tokio::time::timeout(Duration::from_secs(20), s.into_app().server.shutdown())
         .await
         .expect("shutdown finishes within the grace period")
         .expect("clean shutdown");
@@ -239,7 +239,7 @@ async fn other_processes_verify_tokens_and_keys_through_auth() {
 
     let peer = || llmesh_kit::peer::Peer::remote("auth", "peers.auth_url", &s.url).expect("url");
     let keys = std::sync::Arc::new(RemoteKeySource::new(peer()));
-    let verifier = TokenVerifier::new(keys, s.clock.clone());
+    let verifier = TokenVerifier::new(keys, s.clock().clone());
     let principal = verifier
         .verify(&tokens.access_token)
         .await

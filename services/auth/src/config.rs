@@ -1,9 +1,9 @@
 //! Auth's configuration section (`[auth]`).
 
 use llmesh_kit::config::{ConfigError, invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// "open": anyone may register; "closed": only admins create accounts.

@@ -1,9 +1,9 @@
 //! Billing's configuration section (`[billing]`).
 
 use llmesh_kit::config::{ConfigError, invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BillingConfig {
     /// ISO 4217 code every amount is in (micro-units of it).

@@ -1,9 +1,9 @@
 //! Chat's configuration section (`[chat]`).
 
 use llmesh_kit::config::{ConfigError, invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChatConfig {
     /// The model new conversations use when they name none.

@@ -267,11 +267,18 @@ where
         let path = req.uri().path().to_owned();
         let span = tracing::info_span!(
             "rpc",
+            otel.name = %path.trim_start_matches('/'),
             method = %path,
             request_id = %id,
+            trace_id = tracing::field::Empty,
             user_id = tracing::field::Empty,
             via = tracing::field::Empty,
         );
+        // The caller's trace (W3C traceparent) continues here; logs carry its id.
+        crate::trace::continue_from(req.headers(), &span);
+        if let Some(trace) = crate::trace::trace_id(&span) {
+            span.record("trace_id", trace.as_str());
+        }
         let header = http::HeaderValue::from_str(&id).ok();
         let fut = async move {
             let started = Instant::now();

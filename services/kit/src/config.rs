@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Prefix of environment overrides; `LLMESH__SERVER__BIND=…` sets `server.bind`.
 pub const ENV_PREFIX: &str = "LLMESH__";
@@ -94,7 +94,7 @@ fn apply_env(table: &mut toml::Table, var: &str, raw: &str) -> Result<(), Config
 }
 
 /// Where the server listens and how it treats requests.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to bind; port 0 picks a free port. Binding beyond loopback is a deliberate
@@ -115,6 +115,9 @@ pub struct ServerConfig {
     /// address such as `0.0.0.0:9100` for a port of its own (and not this one), or
     /// `"none"` for nowhere.
     pub metrics_bind: String,
+    /// What server reflection lists: `"served"` (the services of this process) or `"all"`
+    /// (every llmesh service, for the process an edge sends reflection to).
+    pub reflection: String,
 }
 
 impl Default for ServerConfig {
@@ -127,6 +130,7 @@ impl Default for ServerConfig {
             cors_allowed_origins: Vec::new(),
             web_dir: String::new(),
             metrics_bind: String::new(),
+            reflection: "served".into(),
         }
     }
 }
@@ -149,6 +153,12 @@ impl ServerConfig {
         if self.request_timeout_secs == 0 {
             return Err(invalid("server.request_timeout_secs", "must be positive"));
         }
+        if !matches!(self.reflection.as_str(), "served" | "all") {
+            return Err(invalid(
+                "server.reflection",
+                format!("{:?} is not one of \"served\", \"all\"", self.reflection),
+            ));
+        }
         let metrics = self.metrics_bind.trim();
         if !metrics.is_empty()
             && metrics != "none"
@@ -164,7 +174,7 @@ impl ServerConfig {
 }
 
 /// Which database to use.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://path/to/file.db` (created on first start) or `postgres://user@host/db`.
@@ -185,7 +195,7 @@ impl Default for DatabaseConfig {
 }
 
 /// How logs are written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// "pretty" (human-readable) or "json".
@@ -212,6 +222,47 @@ impl LogConfig {
                 format!("{other:?} is not one of \"pretty\", \"json\""),
             )),
         }
+    }
+}
+
+/// Where traces go (`[telemetry]`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector such as `http://otel-collector:4317`; empty exports nothing
+    /// (trace context is still passed between services).
+    pub otlp_endpoint: String,
+    /// The `service.name` of exported spans; empty: `llmesh-` and the services this
+    /// process runs (`llmesh-chat`, `llmesh-auth+billing`).
+    pub service_name: String,
+    /// Share of new traces recorded, 0 to 1; a request that arrives inside a trace
+    /// follows its caller's decision.
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: String::new(),
+            service_name: String::new(),
+            sample_ratio: 1.0,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(invalid("telemetry.sample_ratio", "must be between 0 and 1"));
+        }
+        let e = self.otlp_endpoint.trim();
+        if !(e.is_empty() || e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                format!("{e:?} is not a URL like http://otel-collector:4317"),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -156,6 +156,19 @@ async fn probe(check: PeerCheck) {
                 async move { client.check(req).await }
             })
             .await;
+        // Behind an edge, health may be answered by another process that does not serve
+        // the peer ("not registered"): then whether the peer's own path answers decides.
+        let answer = match answer {
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                reachable(&check.peer, check.peer_service).await.map(|()| {
+                    tonic_health::pb::HealthCheckResponse {
+                        status: tonic_health::pb::health_check_response::ServingStatus::Serving
+                            as i32,
+                    }
+                })
+            }
+            other => other,
+        };
         let serving = matches!(&answer, Ok(r) if r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
         if serving {
             check.gate.open();
@@ -175,5 +188,24 @@ async fn probe(check: PeerCheck) {
         }
         was = Some(serving);
         tokio::time::sleep(PEER_PROBE).await;
+    }
+}
+
+/// Whether the process serving `service` answers at all: a call to a method no service
+/// has, under the service's own path, so an edge routes it there; the answer is
+/// UNIMPLEMENTED from that process, or UNAVAILABLE when nothing is there.
+async fn reachable(peer: &Peer, service: &str) -> Result<(), tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(peer.transport());
+    grpc.ready()
+        .await
+        .map_err(|e| peer.error(tonic::Status::unavailable(e.to_string())))?;
+    let path: http::uri::PathAndQuery = format!("/{service}/Llmesh.Probe")
+        .parse()
+        .map_err(|_| tonic::Status::internal("probe path"))?;
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.unary(peer.request(()), path, codec).await {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+        Err(s) => Err(peer.error(s)),
     }
 }

@@ -19,6 +19,7 @@ pub mod request_id;
 pub mod serve;
 pub mod signal;
 pub mod telemetry;
+pub mod trace;
 pub mod validate;
 pub mod web;
 

@@ -222,6 +222,7 @@ pub fn outgoing<T>(message: T, default: Option<Duration>) -> tonic::Request<T> {
     if let Ok(value) = request_id::current().parse() {
         req.metadata_mut().insert(request_id::HEADER, value);
     }
+    crate::trace::inject(req.metadata_mut());
     req
 }
 

@@ -155,6 +155,7 @@ impl ServiceSet {
             authenticator,
             readiness: self.readiness,
             metrics: self.metrics,
+            reflect: Vec::new(),
         }
     }
 }
@@ -169,6 +170,9 @@ pub struct Services {
     /// When health reports each of them SERVING.
     pub readiness: crate::health::Readiness,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The services reflection lists, when not just `names` (a process behind an edge
+    /// that answers reflection for the whole mesh).
+    pub reflect: Vec<&'static str>,
 }
 
 /// A running server: its bound address and the means to stop it.
@@ -215,10 +219,15 @@ pub fn serve(
         source,
     })?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = reflection(&services.names)
+    let reflected = if services.reflect.is_empty() {
+        &services.names
+    } else {
+        &services.reflect
+    };
+    let reflection_v1 = reflection(reflected)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = reflection(&services.names)
+    let reflection_v1alpha = reflection(reflected)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 

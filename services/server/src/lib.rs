@@ -13,7 +13,9 @@ use llmesh_auth::remote::{RemoteApiKeyResolver, RemoteKeySource};
 use llmesh_billing::BillingConfig;
 use llmesh_chat::ChatConfig;
 use llmesh_kit::authn::{ApiKeyResolver, Authenticator};
-use llmesh_kit::config::{ConfigError, DatabaseConfig, LogConfig, ServerConfig, invalid};
+use llmesh_kit::config::{
+    ConfigError, DatabaseConfig, LogConfig, ServerConfig, TelemetryConfig, invalid,
+};
 use llmesh_kit::jwt::{KeySource, TokenVerifier};
 use llmesh_kit::metrics::Metrics;
 use llmesh_kit::peer::{LocalRoutes, Peer};
@@ -23,7 +25,7 @@ use llmesh_kit::{Clock, db};
 use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
 use sea_orm::DatabaseConnection;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Every service llmesh defines, and whether this build implements it.
 pub const ALL_SERVICES: &[(&str, bool)] = &[
@@ -34,13 +36,24 @@ pub const ALL_SERVICES: &[(&str, bool)] = &[
     ("sandbox", false),
 ];
 
+/// The gRPC services of every implemented llmesh service, for reflection that lists the
+/// whole mesh (`server.reflection = "all"`).
+pub const ALL_SERVICE_NAMES: &[&str] = &[
+    llmesh_auth::SERVICE_NAME,
+    llmesh_billing::SERVICE_NAME,
+    llmesh_llm::SERVICE_NAME,
+    llmesh_chat::SERVICE_NAME,
+    llmesh_chat::ARCHIVE_SERVICE_NAME,
+];
+
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub llm: LlmConfig,
     pub billing: BillingConfig,
@@ -49,7 +62,7 @@ pub struct Config {
 }
 
 /// How services in separate processes find and trust each other.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PeersConfig {
     /// URL of the auth service when it runs in another process, e.g. http://auth:7700.
@@ -90,6 +103,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.log.validate()?;
+        self.telemetry.validate()?;
         self.auth.validate()?;
         self.llm.validate()?;
         self.billing.validate()?;
@@ -308,7 +322,7 @@ pub async fn start(
         }
     };
     let verifier = TokenVerifier::new(keys, clock.clone());
-    let services = set.into_services(|tables| {
+    let mut services = set.into_services(|tables| {
         Arc::new(Authenticator::new(
             verifier,
             api_keys,
@@ -316,6 +330,9 @@ pub async fn start(
             tables,
         ))
     });
+    if config.server.reflection == "all" {
+        services.reflect = ALL_SERVICE_NAMES.to_vec();
+    }
     peers.local.set(ServiceSet::local_transport(&services));
     let server = llmesh_kit::serve::serve(listener, &config.server, services, signal)?;
     // The server answers health checks (llm NOT_SERVING) while the models are prepared.
