@@ -514,6 +514,35 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Lists the llmesh services a server (or an edge) names through server reflection.
+pub async fn reflected_services(channel: &Channel) -> std::collections::BTreeSet<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let reply = stream.message().await.expect("reply").expect("one reply");
+    match reply.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with("llmesh."))
+            .collect(),
+        other => panic!("unexpected reflection reply {other:?}"),
+    }
+}
+
 /// GETs `url` over HTTP/1.1; returns the status, headers and body text.
 pub async fn http_get(url: &str) -> (http::StatusCode, http::HeaderMap, String) {
     use http_body_util::BodyExt;

@@ -272,6 +272,8 @@ fn spawn(p: &Proc) -> Child {
         .args(["--config", &p.config.display().to_string()])
         .args(["serve", "--services", p.services])
         .env("RUST_LOG", "info")
+        // Spans reach the test's OTLP receiver promptly.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env_remove("LLMESH__SERVER__BIND")
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log"))

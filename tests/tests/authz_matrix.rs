@@ -718,35 +718,6 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
     ]
 }
 
-/// Lists the llmesh services the server registers, through server reflection.
-async fn registered_services(s: &TestServer) -> BTreeSet<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-    let mut client = ServerReflectionClient::new(s.channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let reply = stream.message().await.expect("reply").expect("one reply");
-    match reply.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => list
-            .service
-            .into_iter()
-            .map(|s| s.name)
-            .filter(|n| n.starts_with("llmesh."))
-            .collect(),
-        other => panic!("unexpected reflection reply {other:?}"),
-    }
-}
-
 /// Every (service, method, server-streaming) of the registered llmesh services, from the
 /// descriptor set.
 fn registered_methods(services: &BTreeSet<String>) -> Vec<(String, String, bool)> {
@@ -775,7 +746,7 @@ async fn matrix(backend: Backend) {
     let Some(s) = TestServer::start(backend).await else {
         return;
     };
-    let services = registered_services(&s).await;
+    let services = llmesh_tests::reflected_services(&s.channel).await;
     assert!(
         services.contains("llmesh.auth.v1.AuthService"),
         "{services:?}"

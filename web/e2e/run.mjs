@@ -12,7 +12,10 @@
 //
 // Environment: LLMESH_BIN (default $CARGO_TARGET_DIR/debug/llmesh or target/debug/llmesh),
 // LLMESH_TEST_MODELS_DIR (default ~/.cache/llmesh-test-models), CHROMIUM (default
-// /usr/bin/chromium).
+// /usr/bin/chromium). LLMESH_E2E_URL runs against a server someone else started (the mesh
+// test's nginx edge) instead: it must be fresh (no accounts yet) and configured as below
+// (the test models, llm.default_max_tokens = 400, chat.auto_title = false, the built UI).
+// LLMESH_E2E_OUT moves the screenshots and metrics (default web/e2e/out).
 
 import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, createWriteStream } from "node:fs";
@@ -25,7 +28,7 @@ import { createClients } from "@llmesh/client";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, "../..");
-const out = join(here, "out");
+const out = process.env.LLMESH_E2E_OUT ?? join(here, "out");
 const dist = join(repo, "web/dist");
 const bin =
   process.env.LLMESH_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(repo, "target"), "debug/llmesh");
@@ -39,8 +42,9 @@ const MAX_TOKENS = 400;
 const PRICE_IN = 1; // currency units per million tokens
 const PRICE_OUT = 2;
 
+const external = process.env.LLMESH_E2E_URL;
 for (const [what, path, fix] of [
-  ["the llmesh binary", bin, "build it with `cargo build -p llmesh` or set LLMESH_BIN"],
+  ...(external ? [] : [["the llmesh binary", bin, "build it with `cargo build -p llmesh` or set LLMESH_BIN"]]),
   ["the built UI", join(dist, "index.html"), "run `npm run build` at the repository root"],
   ["Chromium", chromiumPath, "install it with `apt-get install chromium` or set CHROMIUM"],
 ]) {
@@ -61,6 +65,7 @@ function fail(message) {
 }
 
 async function startServer() {
+  if (external) return { child: null, url: external.replace(/\/$/, "") };
   const log = createWriteStream(join(out, "server.log"));
   const child = spawn(bin, ["serve", "--bind", "127.0.0.1:0"], {
     cwd: scratch,
@@ -69,7 +74,6 @@ async function startServer() {
       LLMESH__DATABASE__URL: `sqlite://${join(scratch, "llmesh.db")}`,
       LLMESH__LLM__MODELS_DIR: modelsDir,
       LLMESH__LLM__DEFAULT_MAX_TOKENS: String(MAX_TOKENS),
-      LLMESH__CHAT__UPLOADS_DIR: join(scratch, "uploads"),
       // Titles are written by the model and billed; without them every billed token is
       // one the chat shows, so the spend check below can be exact.
       LLMESH__CHAT__AUTO_TITLE: "false",
@@ -157,7 +161,7 @@ async function usageOf(page, locator) {
 async function main() {
   const js = initialJsBytes();
   step(`initial JavaScript: ${js.files.length} file(s), ${(js.raw / 1024).toFixed(1)} kB, ${(js.gz / 1024).toFixed(1)} kB gzipped`);
-  step(`starting ${bin} serve (models from ${modelsDir})`);
+  step(external ? `using the server at ${external}` : `starting ${bin} serve (models from ${modelsDir})`);
   const { child, url } = await startServer();
   step(`server at ${url}`);
   const browser = await chromium.launch({
@@ -495,7 +499,7 @@ async function main() {
     step(`passed; screenshots and metrics in ${out}`);
   } finally {
     await browser.close().catch(() => undefined);
-    child.kill("SIGTERM");
+    child?.kill("SIGTERM");
     rmSync(scratch, { recursive: true, force: true });
   }
 }

@@ -189,6 +189,22 @@ fn failed(error: String) -> ReplyPiece {
     })
 }
 
+/// The end of a reply whose llm stream broke: stopped when text had streamed, else failed.
+fn lost(streamed: bool, error: String) -> ReplyPiece {
+    tracing::warn!(error = %error, streamed, "the llm stream of a reply broke");
+    if streamed {
+        ReplyPiece::Done(ReplyDone {
+            finish: Finish::Cancelled,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_micros: 0,
+            error: Some(error),
+        })
+    } else {
+        failed(error)
+    }
+}
+
 #[async_trait::async_trait]
 impl LlmClient for LlmPeer {
     async fn generate(
@@ -225,6 +241,7 @@ impl LlmClient for LlmPeer {
         let principal = principal.clone();
         tokio::spawn(async move {
             let mut stopping = false;
+            let mut streamed = false;
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
@@ -239,7 +256,10 @@ impl LlmClient for LlmPeer {
                 };
                 let piece = match message {
                     Ok(Some(m)) => match m.event {
-                        Some(pb::generate_response::Event::Delta(d)) => ReplyPiece::Delta(d),
+                        Some(pb::generate_response::Event::Delta(d)) => {
+                            streamed = true;
+                            ReplyPiece::Delta(d)
+                        }
                         Some(pb::generate_response::Event::Done(d)) => {
                             let usage = d.usage.unwrap_or_default();
                             ReplyPiece::Done(ReplyDone {
@@ -252,10 +272,13 @@ impl LlmClient for LlmPeer {
                         }
                         None => continue,
                     },
-                    Ok(None) => {
-                        failed("the llm service ended the reply without a final message".into())
-                    }
-                    Err(s) => failed(this.peer.error(s).message().to_owned()),
+                    // llm went away mid-reply (its hold is released by billing's sweeper):
+                    // what streamed is kept as a stopped reply; before any text, it failed.
+                    Ok(None) => lost(
+                        streamed,
+                        "the llm service ended the reply without a final message".into(),
+                    ),
+                    Err(s) => lost(streamed, this.peer.error(s).message().to_owned()),
                 };
                 let last = matches!(piece, ReplyPiece::Done(_));
                 // Keep reading even if chat stopped listening: the final message settles.

@@ -625,138 +625,142 @@ impl LlmService {
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let metrics = self.metrics.clone();
         let model_id = request.model.clone();
-        // The engine's work is recorded under the RPC that asked for it.
+        // The engine's work, and the settlement, belong to the RPC that asked for them.
         let rpc_span = tracing::Span::current();
-        tokio::spawn(async move {
-            let ttft = metrics
-                .time_to_first_token
-                .with_label_values(&[model_id.as_str()]);
-            let itl = metrics
-                .inter_token_latency
-                .with_label_values(&[model_id.as_str()]);
-            let mut last_token: Option<Instant> = None;
-            let mut first_token: Option<Instant> = None;
-            let stop = async {
-                match stop_signal {
-                    Some(mut subscription) => subscription.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(stop);
-            let mut produced = 0u32;
-            let mut outcome: Option<llmesh_engine::scheduler::Done> = None;
-            let mut expired = false;
-            let expiry = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::pin!(expiry);
-            loop {
-                tokio::select! {
-                    _ = &mut expiry => {
-                        expired = true;
-                        break;
+        let task_span = rpc_span.clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let ttft = metrics
+                    .time_to_first_token
+                    .with_label_values(&[model_id.as_str()]);
+                let itl = metrics
+                    .inter_token_latency
+                    .with_label_values(&[model_id.as_str()]);
+                let mut last_token: Option<Instant> = None;
+                let mut first_token: Option<Instant> = None;
+                let stop = async {
+                    match stop_signal {
+                        Some(mut subscription) => subscription.recv().await,
+                        None => std::future::pending().await,
                     }
-                    _ = &mut stop => break,
-                    event = engine_rx.recv() => match event {
-                        Some(Event::Token(_)) => {
-                            produced += 1;
-                            let now = Instant::now();
-                            match last_token {
-                                None => {
-                                    ttft.observe((now - submitted_at).as_secs_f64());
-                                    first_token = Some(now);
-                                }
-                                Some(at) => itl.observe((now - at).as_secs_f64()),
-                            }
-                            last_token = Some(now);
-                        }
-                        Some(Event::Delta(text)) => {
-                            if client_tx.send(GenEvent::Delta(text)).await.is_err() {
-                                break;
-                            }
-                        }
-                        Some(Event::Done(done)) => {
-                            outcome = Some(done);
+                };
+                tokio::pin!(stop);
+                let mut produced = 0u32;
+                let mut outcome: Option<llmesh_engine::scheduler::Done> = None;
+                let mut expired = false;
+                let expiry = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(expiry);
+                loop {
+                    tokio::select! {
+                        _ = &mut expiry => {
+                            expired = true;
                             break;
                         }
-                        None => break,
-                    },
-                    _ = client_tx.closed() => break,
+                        _ = &mut stop => break,
+                        event = engine_rx.recv() => match event {
+                            Some(Event::Token(_)) => {
+                                produced += 1;
+                                let now = Instant::now();
+                                match last_token {
+                                    None => {
+                                        ttft.observe((now - submitted_at).as_secs_f64());
+                                        first_token = Some(now);
+                                    }
+                                    Some(at) => itl.observe((now - at).as_secs_f64()),
+                                }
+                                last_token = Some(now);
+                            }
+                            Some(Event::Delta(text)) => {
+                                if client_tx.send(GenEvent::Delta(text)).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Some(Event::Done(done)) => {
+                                outcome = Some(done);
+                                break;
+                            }
+                            None => break,
+                        },
+                        _ = client_tx.closed() => break,
+                    }
                 }
-            }
-            // Dropping the engine receiver makes the scheduler drop the sequence.
-            drop(engine_rx);
-            let (finish, usage, timings, error) = match outcome {
-                Some(done) => (
-                    done.finish,
-                    Usage {
-                        prompt_tokens: done.prompt_tokens,
-                        completion_tokens: done.completion_tokens,
-                    },
-                    done.timings,
-                    done.error,
-                ),
-                None => (
-                    FinishReason::Cancelled,
-                    Usage {
-                        prompt_tokens: prompt_len,
-                        completion_tokens: produced,
-                    },
-                    Timings::default(),
-                    None,
-                ),
-            };
-            let labels = [model_id.as_str()];
-            metrics
-                .prompt_tokens
-                .with_label_values(&labels)
-                .inc_by(u64::from(usage.prompt_tokens));
-            metrics
-                .generated_tokens
-                .with_label_values(&labels)
-                .inc_by(u64::from(usage.completion_tokens));
-            let ended = if expired {
-                "deadline"
-            } else {
-                match finish {
-                    FinishReason::Stop => "stop",
-                    FinishReason::Length => "length",
-                    FinishReason::Cancelled => "cancelled",
-                    FinishReason::Error => "error",
+                // Dropping the engine receiver makes the scheduler drop the sequence.
+                drop(engine_rx);
+                let (finish, usage, timings, error) = match outcome {
+                    Some(done) => (
+                        done.finish,
+                        Usage {
+                            prompt_tokens: done.prompt_tokens,
+                            completion_tokens: done.completion_tokens,
+                        },
+                        done.timings,
+                        done.error,
+                    ),
+                    None => (
+                        FinishReason::Cancelled,
+                        Usage {
+                            prompt_tokens: prompt_len,
+                            completion_tokens: produced,
+                        },
+                        Timings::default(),
+                        None,
+                    ),
+                };
+                let labels = [model_id.as_str()];
+                metrics
+                    .prompt_tokens
+                    .with_label_values(&labels)
+                    .inc_by(u64::from(usage.prompt_tokens));
+                metrics
+                    .generated_tokens
+                    .with_label_values(&labels)
+                    .inc_by(u64::from(usage.completion_tokens));
+                let ended = if expired {
+                    "deadline"
+                } else {
+                    match finish {
+                        FinishReason::Stop => "stop",
+                        FinishReason::Length => "length",
+                        FinishReason::Cancelled => "cancelled",
+                        FinishReason::Error => "error",
+                    }
+                };
+                metrics
+                    .generations
+                    .with_label_values(&[model_id.as_str(), ended])
+                    .inc();
+                if let (Some(first), false) = (first_token, expired) {
+                    engine_spans(&rpc_span, &model_id, first, &timings, usage);
                 }
-            };
-            metrics
-                .generations
-                .with_label_values(&[model_id.as_str(), ended])
-                .inc();
-            if let (Some(first), false) = (first_token, expired) {
-                engine_spans(&rpc_span, &model_id, first, &timings, usage);
-            }
-            let cost = match spend.settle(&reservation, usage).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(reservation = %reservation.id, error = %e, "settling spend failed");
-                    0
-                }
-            };
-            let last = if expired {
-                GenEvent::DeadlineExceeded {
-                    completion_tokens: usage.completion_tokens,
-                }
-            } else {
-                GenEvent::Done(Finished {
-                    finish,
-                    usage,
-                    timings,
-                    cost_micros: cost,
-                    error,
-                })
-            };
-            let _ = client_tx.send(last).await;
-        });
+                let cost = match spend.settle(&reservation, usage).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(reservation = %reservation.id, error = %e, "settling spend failed");
+                        0
+                    }
+                };
+                let last = if expired {
+                    GenEvent::DeadlineExceeded {
+                        completion_tokens: usage.completion_tokens,
+                    }
+                } else {
+                    GenEvent::Done(Finished {
+                        finish,
+                        usage,
+                        timings,
+                        cost_micros: cost,
+                        error,
+                    })
+                };
+                let _ = client_tx.send(last).await;
+            },
+            task_span,
+        ));
         Ok(client_rx)
     }
 
