@@ -1,9 +1,11 @@
 //! llmesh benchmarks. `llmesh-bench search` measures chat search latency over real gRPC
 //! against a store holding many messages (100,000 by default), on SQLite or Postgres;
 //! `llmesh-bench engine` measures inference (see `bench/engine.sh` for the full run with
-//! llama.cpp beside it).
+//! llama.cpp beside it); `llmesh-bench mesh` measures what splitting the services into
+//! processes behind nginx costs (see `bench/mesh.sh`).
 
 mod engine;
+mod mesh;
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +59,26 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
         streams: Vec<usize>,
     },
+    /// The split's overhead: a chat reply's TTFT and decode speed and GetMe throughput and
+    /// p99, one process against chat | llm | auth+billing behind nginx, on Postgres.
+    Mesh {
+        /// The llmesh binary to run (a release build for figures).
+        #[arg(long, default_value = "target/release/llmesh")]
+        binary: std::path::PathBuf,
+        /// Models directory holding the default chat model.
+        #[arg(long)]
+        models_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Tokens per chat reply.
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
+        /// GetMe calls per round, and the clients sharing them.
+        #[arg(long, default_value_t = 4000)]
+        requests: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
         /// Messages to store before measuring.
@@ -79,6 +101,24 @@ async fn main() -> anyhow::Result<()> {
             queries,
             postgres,
         } => search(messages, queries, postgres).await,
+        Command::Mesh {
+            binary,
+            models_dir,
+            rounds,
+            tokens,
+            requests,
+            clients,
+        } => {
+            mesh::run(mesh::Options {
+                binary,
+                models_dir,
+                rounds,
+                tokens,
+                requests,
+                clients,
+            })
+            .await
+        }
         Command::Engine {
             models_dir,
             model,

@@ -19,6 +19,7 @@ pub const SERVICE_TOKEN: &str = "mesh-test-service-token-0123456789abcdef";
 struct Proc {
     name: &'static str,
     services: &'static str,
+    binary: PathBuf,
     port: u16,
     config: PathBuf,
     log: PathBuf,
@@ -36,8 +37,8 @@ pub struct Mesh {
     dir: TempDir,
 }
 
-/// The processes of the mesh: name, services, and whether they sit behind the edge.
-const LAYOUT: &[(&str, &str)] = &[
+/// The processes of the test mesh: name and `--services`.
+pub const LAYOUT: &[(&str, &str)] = &[
     ("auth", "auth"),
     ("billing", "billing"),
     ("llm-1", "llm"),
@@ -72,31 +73,47 @@ fn nginx() -> Option<PathBuf> {
 }
 
 impl Mesh {
-    /// Starts a mesh on `db` (Postgres), each process configured by `base` and then given
-    /// its port and peers. Returns None, saying why, when nginx is missing outside CI.
+    /// Starts the test mesh on `db` (Postgres), each process configured by `base` and then
+    /// given its port and peers. Returns None, saying why, when nginx is missing outside CI.
     pub async fn start(db: &TestDb, base: &Config) -> Option<Mesh> {
+        Self::start_with(db, base, &binary(), LAYOUT, true).await
+    }
+
+    /// Starts `layout` (process name, its `--services`) of `binary` on `db`, behind the
+    /// nginx edge when `edge` is set. Peers are found by the services each process runs;
+    /// with an edge, chat reaches llm through it (which spreads calls over the copies).
+    pub async fn start_with(
+        db: &TestDb,
+        base: &Config,
+        binary: &Path,
+        layout: &[(&'static str, &'static str)],
+        edge: bool,
+    ) -> Option<Mesh> {
         assert_eq!(db.backend, Backend::Postgres, "a mesh shares one Postgres");
-        let Some(nginx_bin) = nginx() else {
-            if std::env::var_os("CI").is_some() {
-                panic!("nginx is required in CI (apt-get install nginx)");
+        let nginx_bin = match (edge, nginx()) {
+            (false, _) => None,
+            (true, Some(bin)) => Some(bin),
+            (true, None) => {
+                if std::env::var_os("CI").is_some() {
+                    panic!("nginx is required in CI (apt-get install nginx)");
+                }
+                eprintln!("skipping the mesh variant: nginx is not installed");
+                return None;
             }
-            eprintln!("skipping the mesh variant: nginx is not installed");
-            return None;
         };
         let dir = TempDir::new("llmesh-mesh");
         let grpc_port = free_port();
         let http_port = free_port();
-        let edge = format!("http://127.0.0.1:{grpc_port}");
-        let ports: Vec<u16> = LAYOUT.iter().map(|_| free_port()).collect();
-        let url_of = |name: &str| {
-            let i = LAYOUT
+        let edge_url = format!("http://127.0.0.1:{grpc_port}");
+        let ports: Vec<u16> = layout.iter().map(|_| free_port()).collect();
+        let url_of = |service: &str| {
+            layout
                 .iter()
-                .position(|(n, _)| *n == name)
-                .expect("process");
-            format!("http://127.0.0.1:{}", ports[i])
+                .position(|(_, s)| s.split(',').any(|s| s == service))
+                .map(|i| format!("http://127.0.0.1:{}", ports[i]))
         };
         let mut procs = Vec::new();
-        for ((name, services), port) in LAYOUT.iter().zip(&ports) {
+        for ((name, services), port) in layout.iter().zip(&ports) {
             let mut config = base.clone();
             config.server.bind = format!("127.0.0.1:{port}");
             config.database.url = db.url.clone();
@@ -105,11 +122,14 @@ impl Mesh {
                 .service_token
                 .clone()
                 .or_else(|| Some(SERVICE_TOKEN.into()));
-            config.peers.auth_url = Some(url_of("auth"));
-            config.peers.billing_url = Some(url_of("billing"));
-            // Chat reaches llm through the edge, which spreads calls over both copies.
-            config.peers.llm_url = Some(edge.clone());
-            if *name == "auth" {
+            config.peers.auth_url = url_of("auth");
+            config.peers.billing_url = url_of("billing");
+            config.peers.llm_url = if nginx_bin.is_some() {
+                Some(edge_url.clone())
+            } else {
+                url_of("llm")
+            };
+            if services.split(',').any(|s| s == "auth") {
                 config.server.reflection = "all".into();
             }
             let path = dir.path.join(format!("{name}.toml"));
@@ -118,6 +138,7 @@ impl Mesh {
             procs.push(Proc {
                 name,
                 services,
+                binary: binary.to_path_buf(),
                 port: *port,
                 config: path,
                 log: dir.path.join(format!("{name}.log")),
@@ -127,53 +148,25 @@ impl Mesh {
         for p in &mut procs {
             p.child = Some(spawn(p));
         }
-
-        // The edge, from the route table.
-        let upstream = |service: &str| {
-            let servers: Vec<String> = procs
-                .iter()
-                .filter(|p| p.services == service)
-                .map(|p| format!("127.0.0.1:{}", p.port))
-                .collect();
-            format!("{service}={}", servers.join(","))
+        let (nginx, grpc_url, http_url) = match nginx_bin {
+            Some(bin) => (
+                Some(start_edge(&procs, &dir.path, &bin, grpc_port, http_port)),
+                edge_url,
+                format!("http://127.0.0.1:{http_port}"),
+            ),
+            None => {
+                let direct = format!("http://127.0.0.1:{}", ports[0]);
+                (None, direct.clone(), direct)
+            }
         };
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/edge-nginx");
-        let prefix = dir.path.join("nginx");
-        let rendered = Command::new("python3")
-            .arg(&scripts)
-            .args(["--prefix", &prefix.display().to_string()])
-            .args(["--grpc-port", &grpc_port.to_string()])
-            .args(["--http-port", &http_port.to_string()])
-            .args(["--upstream", &upstream("auth")])
-            .args(["--upstream", &upstream("billing")])
-            .args(["--upstream", &upstream("llm")])
-            .args(["--upstream", &upstream("chat")])
-            .output()
-            .expect("run scripts/edge-nginx");
-        assert!(
-            rendered.status.success(),
-            "edge-nginx: {}",
-            String::from_utf8_lossy(&rendered.stderr)
-        );
-        let conf = prefix.join("nginx.conf");
-        std::fs::write(&conf, &rendered.stdout).expect("write nginx.conf");
-        let nginx = Command::new(nginx_bin)
-            .args(["-p", &prefix.display().to_string()])
-            .args(["-c", &conf.display().to_string()])
-            .args(["-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-
         let mesh = Mesh {
             procs: Mutex::new(procs),
-            nginx: Some(nginx),
-            grpc_url: edge,
-            http_url: format!("http://127.0.0.1:{http_port}"),
+            nginx,
+            grpc_url,
+            http_url,
             dir,
         };
-        for (name, _) in LAYOUT {
+        for (name, _) in layout {
             mesh.wait_ready(name).await;
         }
         Some(mesh)
@@ -262,13 +255,59 @@ impl Mesh {
     }
 }
 
+/// Renders the edge's configuration from the route table and starts nginx.
+fn start_edge(
+    procs: &[Proc],
+    dir: &Path,
+    nginx_bin: &Path,
+    grpc_port: u16,
+    http_port: u16,
+) -> Child {
+    let upstream = |service: &str| {
+        let servers: Vec<String> = procs
+            .iter()
+            .filter(|p| p.services.split(',').any(|s| s == service))
+            .map(|p| format!("127.0.0.1:{}", p.port))
+            .collect();
+        format!("{service}={}", servers.join(","))
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/edge-nginx");
+    let prefix = dir.join("nginx");
+    let rendered = Command::new("python3")
+        .arg(&script)
+        .args(["--prefix", &prefix.display().to_string()])
+        .args(["--grpc-port", &grpc_port.to_string()])
+        .args(["--http-port", &http_port.to_string()])
+        .args(["--upstream", &upstream("auth")])
+        .args(["--upstream", &upstream("billing")])
+        .args(["--upstream", &upstream("llm")])
+        .args(["--upstream", &upstream("chat")])
+        .output()
+        .expect("run scripts/edge-nginx");
+    assert!(
+        rendered.status.success(),
+        "edge-nginx: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, &rendered.stdout).expect("write nginx.conf");
+    Command::new(nginx_bin)
+        .args(["-p", &prefix.display().to_string()])
+        .args(["-c", &conf.display().to_string()])
+        .args(["-g", "daemon off;"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx")
+}
+
 fn spawn(p: &Proc) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&p.log)
         .expect("log file");
-    Command::new(binary())
+    Command::new(&p.binary)
         .args(["--config", &p.config.display().to_string()])
         .args(["serve", "--services", p.services])
         .env("RUST_LOG", "info")
