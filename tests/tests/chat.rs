@@ -996,41 +996,43 @@ every_shape!(
 /// tests check its bytes).
 const SPACE_AND_EMOJI_LEAD: u32 = 15107;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reply_cut_inside_a_character_is_stored_as_streamed() {
-    let Some(Setup { s, user, .. }) = setup(Backend::Sqlite).await else {
-        return;
-    };
-    let mut c = chat(&s);
-    let conv = new_conversation(&mut c, &user).await;
-    for (max_tokens, want) in [(1, " "), (3, " \u{FFFD} \u{FFFD} ")] {
-        let stream = c
-            .send_message(bearer(
-                &user,
-                pb::SendMessageRequest {
-                    conversation_id: conv.id.clone(),
-                    content: "Trees?".into(),
-                    sampling: Some(SamplingParams {
-                        logit_bias: [(SPACE_AND_EMOJI_LEAD, 100.0)].into(),
-                        ..greedy(max_tokens).expect("sampling")
-                    }),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("send")
-            .into_inner();
-        let (_, text, reply) = read_reply(stream, |m| m.event).await;
-        // The cut lead is never sent; only leads that a space made invalid are replaced.
-        assert_eq!(text, want, "max_tokens {max_tokens}");
-        assert_eq!(reply.content, text, "the stored reply is what streamed");
-        assert_eq!(reply.state, pb::MessageState::Complete as i32);
-        assert_eq!(
-            reply.usage.expect("usage").completion_tokens,
-            max_tokens,
-            "every token is counted"
-        );
-        let (_, messages) = path(&mut c, &user, &conv.id).await;
-        assert_eq!(messages.last().expect("reply").content, want);
+every_shape!(
+    a_reply_cut_inside_a_character_is_stored_as_streamed,
+    |backend| async move {
+        let Some(Setup { s, user, .. }) = setup(backend).await else {
+            return;
+        };
+        let mut c = chat(&s);
+        let conv = new_conversation(&mut c, &user).await;
+        for (max_tokens, want) in [(1, " "), (3, " \u{FFFD} \u{FFFD} ")] {
+            let stream = c
+                .send_message(bearer(
+                    &user,
+                    pb::SendMessageRequest {
+                        conversation_id: conv.id.clone(),
+                        content: "Trees?".into(),
+                        sampling: Some(SamplingParams {
+                            logit_bias: [(SPACE_AND_EMOJI_LEAD, 100.0)].into(),
+                            ..greedy(max_tokens).expect("sampling")
+                        }),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("send")
+                .into_inner();
+            let (_, text, reply) = read_reply(stream, |m| m.event).await;
+            // The cut lead is never sent; only leads that a space made invalid are replaced.
+            assert_eq!(text, want, "max_tokens {max_tokens}");
+            assert_eq!(reply.content, text, "the stored reply is what streamed");
+            assert_eq!(reply.state, pb::MessageState::Complete as i32);
+            assert_eq!(
+                reply.usage.expect("usage").completion_tokens,
+                max_tokens,
+                "every token is counted"
+            );
+            let (_, messages) = path(&mut c, &user, &conv.id).await;
+            assert_eq!(messages.last().expect("reply").content, want);
+        }
     }
-}
+);

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod generate;
 pub mod grpc;
 pub mod metrics;
 pub mod pull;
