@@ -206,9 +206,19 @@ impl TestServer {
                 .single()
                 .expect("valid time"),
         ));
+        Some(Self::in_process(db, clock, config, &services).await)
+    }
+
+    /// Starts `services` in this process on `db` with `clock`, and connects to it.
+    async fn in_process(
+        db: TestDb,
+        clock: Arc<ManualClock>,
+        config: Config,
+        services: &[String],
+    ) -> TestServer {
         let app = llmesh::start(
             config,
-            &services,
+            services,
             clock.clone(),
             &|_, _| {},
             std::future::pending(),
@@ -221,14 +231,14 @@ impl TestServer {
             .connect()
             .await
             .expect("connect");
-        Some(TestServer {
+        TestServer {
             app: Some(app),
             clock,
             channel,
             url,
             mesh: None,
             db,
-        })
+        }
     }
 
     /// The whole product as a mesh on `db`, reached through its edge.
@@ -304,29 +314,7 @@ impl TestServer {
         clock.advance(advance);
         let mut config = test_config(&db);
         tweak(&mut config);
-        let app = llmesh::start(
-            config,
-            &llmesh::default_services(),
-            clock.clone(),
-            &|_, _| {},
-            std::future::pending(),
-        )
-        .await
-        .expect("server restarts");
-        let url = format!("http://{}", app.server.local_addr);
-        let channel = Channel::from_shared(url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        TestServer {
-            app: Some(app),
-            clock,
-            channel,
-            url,
-            mesh: None,
-            db,
-        }
+        Self::in_process(db, clock, config, &llmesh::default_services()).await
     }
 
     /// Starts another process running `services` on this server's database (with its own
@@ -417,30 +405,44 @@ impl StoppedServer {
         let mut config = test_config(&db);
         tweak(&mut config);
         let services: Vec<String> = services.iter().map(|s| s.to_string()).collect();
-        let app = llmesh::start(
-            config,
-            &services,
-            clock.clone(),
-            &|_, _| {},
-            std::future::pending(),
-        )
-        .await
-        .expect("server restarts");
-        let url = format!("http://{}", app.server.local_addr);
-        let channel = Channel::from_shared(url.clone())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect");
-        TestServer {
-            app: Some(app),
-            clock,
-            channel,
-            url,
-            mesh: None,
-            db,
-        }
+        TestServer::in_process(db, clock, config, &services).await
     }
+}
+
+/// Prices `model` at 1 µ-unit per prompt token and 2 per completion token (so every
+/// cost is exact) and credits `user_id` with `micros`, as an admin.
+pub async fn price_and_credit(
+    channel: &Channel,
+    admin_token: &str,
+    model: &str,
+    user_id: &str,
+    micros: i64,
+) {
+    use llmesh_proto::billing::v1 as bpb;
+    let mut billing = bpb::billing_service_client::BillingServiceClient::new(channel.clone());
+    billing
+        .set_price(bearer(
+            admin_token,
+            bpb::SetPriceRequest {
+                model: model.into(),
+                input_micros_per_mtok: 1_000_000,
+                output_micros_per_mtok: 2_000_000,
+            },
+        ))
+        .await
+        .expect("price");
+    billing
+        .adjust_balance(bearer(
+            admin_token,
+            bpb::AdjustBalanceRequest {
+                user_id: user_id.into(),
+                amount_micros: micros,
+                reason: "test credit".into(),
+                idempotency_key: format!("credit-{}", uuid::Uuid::new_v4()),
+            },
+        ))
+        .await
+        .expect("credit");
 }
 
 /// The password test accounts use.

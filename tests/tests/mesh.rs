@@ -270,30 +270,9 @@ async fn an_llm_process_killed_mid_reply() {
     let (_, admin) = s.signup("admin@example.com").await;
     let (user, tokens) = s.signup("user@example.com").await;
     let user_token = tokens.access_token;
+    llmesh_tests::price_and_credit(&s.channel, &admin.access_token, CHAT, &user.id, 1_000_000)
+        .await;
     let mut billing = BillingServiceClient::new(s.channel.clone());
-    billing
-        .set_price(bearer(
-            &admin.access_token,
-            bpb::SetPriceRequest {
-                model: CHAT.into(),
-                input_micros_per_mtok: 1_000_000,
-                output_micros_per_mtok: 2_000_000,
-            },
-        ))
-        .await
-        .expect("price");
-    billing
-        .adjust_balance(bearer(
-            &admin.access_token,
-            bpb::AdjustBalanceRequest {
-                user_id: user.id.clone(),
-                amount_micros: 1_000_000,
-                reason: "test".into(),
-                idempotency_key: "fund".into(),
-            },
-        ))
-        .await
-        .expect("credit");
 
     let mut chat = ChatServiceClient::new(s.channel.clone());
     let conv = chat

@@ -74,30 +74,15 @@ async fn chat_reaches_llm_in_another_process() {
     let (_, admin) = a.signup("admin@example.com").await;
     let (user, tokens) = a.signup("user@example.com").await;
     let user_token = tokens.access_token;
+    llmesh_tests::price_and_credit(
+        &a.channel,
+        &admin.access_token,
+        CHAT_MODEL,
+        &user.id,
+        100_000,
+    )
+    .await;
     let mut billing = BillingServiceClient::new(a.channel.clone());
-    billing
-        .set_price(bearer(
-            &admin.access_token,
-            bpb::SetPriceRequest {
-                model: CHAT_MODEL.into(),
-                input_micros_per_mtok: 1_000_000,
-                output_micros_per_mtok: 2_000_000,
-            },
-        ))
-        .await
-        .expect("price");
-    billing
-        .adjust_balance(bearer(
-            &admin.access_token,
-            bpb::AdjustBalanceRequest {
-                user_id: user.id.clone(),
-                amount_micros: 100_000,
-                reason: "test".into(),
-                idempotency_key: "fund".into(),
-            },
-        ))
-        .await
-        .expect("credit");
 
     // A reply through B, generated and billed on A, with its cost stored on B.
     let mut c = ChatServiceClient::new(b.channel.clone());

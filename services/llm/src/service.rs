@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 
 use crate::config::LlmConfig;
 use crate::error::{LlmError, Result};
+pub use crate::generate::{Finished, GenEvent, Generation, Input};
 use crate::pull::{self, Phase, Progress, Source};
 use crate::registry::{self, Kind, Manifest, Registry};
-pub use crate::generate::{Finished, GenEvent, Generation, Input};
 use crate::spend::SpendHook;
 
 /// Where a model is in its life.
@@ -76,7 +76,6 @@ impl Slot {
         self.weight_bytes + kv
     }
 }
-
 
 /// A pull's progress, then the registered model.
 #[derive(Debug, Clone)]
