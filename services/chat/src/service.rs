@@ -571,7 +571,9 @@ impl ChatService {
         }
         let this = self.clone();
         let principal = p.clone();
-        tokio::spawn(async move {
+        // The reply's storage (and its auto-title) stay in the RPC's trace.
+        let span = tracing::Span::current();
+        let task = async move {
             let mut text = String::new();
             let mut stop_tx = Some(stop_tx);
             let mut done: Option<ReplyDone> = None;
@@ -630,7 +632,8 @@ impl ChatService {
             if first_exchange && this.config.auto_title {
                 this.auto_title(&principal, &c.id, &model, &path).await;
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(rx)
     }
 

@@ -124,10 +124,6 @@ impl ServiceSet {
         &self.names
     }
 
-    pub fn tables(&self) -> &[AccessTable] {
-        &self.tables
-    }
-
     /// The routes as peers in this process call them (see [`crate::peer::LocalRoutes`]):
     /// measured and authenticated as remote calls are.
     pub fn local_transport(services: &Services) -> crate::peer::Transport {
@@ -348,8 +344,14 @@ fn spawn_metrics_listener(
     tracing::info!(addr, "serving /metrics on its own port");
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accepting a metrics connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
