@@ -35,6 +35,55 @@ fn endless(max_tokens: u32) -> Option<SamplingParams> {
     })
 }
 
+/// Starts a reply of 2000 tokens through `streaming`, asks `stopper` (another client, maybe
+/// of another process) to StopReply after three deltas, and returns the stored reply.
+async fn stop_after_three_deltas(
+    streaming: &mut ChatServiceClient<tonic::transport::Channel>,
+    stopper: &mut ChatServiceClient<tonic::transport::Channel>,
+    user: &str,
+    conversation: &str,
+) -> pb::Message {
+    let mut stream = streaming
+        .send_message(bearer(
+            user,
+            pb::SendMessageRequest {
+                conversation_id: conversation.into(),
+                content: "Count from 1 to 1000.".into(),
+                sampling: endless(2000),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    let mut deltas = 0;
+    let mut last = None;
+    while let Some(m) = stream.message().await.expect("event") {
+        match m.event.and_then(|e| e.event) {
+            Some(pb::reply_event::Event::Delta(_)) => {
+                deltas += 1;
+                if deltas == 3 {
+                    let stopped = stopper
+                        .stop_reply(bearer(
+                            user,
+                            pb::StopReplyRequest {
+                                conversation_id: conversation.into(),
+                            },
+                        ))
+                        .await
+                        .expect("stop")
+                        .into_inner()
+                        .stopped;
+                    assert!(stopped, "the stopping process knows a reply runs");
+                }
+            }
+            Some(pb::reply_event::Event::AssistantMessage(a)) => last = Some(a),
+            _ => {}
+        }
+    }
+    last.expect("the stream ends with the stored reply")
+}
+
 async fn conversation(c: &mut ChatServiceClient<tonic::transport::Channel>, user: &str) -> String {
     c.create_conversation(bearer(
         user,
@@ -120,45 +169,8 @@ async fn chat_reaches_llm_in_another_process() {
     );
 
     // StopReply on B ends the generation on A; the partial reply is kept and billed.
-    let mut stream = c
-        .send_message(bearer(
-            &user_token,
-            pb::SendMessageRequest {
-                conversation_id: conv.clone(),
-                content: "Count from 1 to 1000.".into(),
-                sampling: endless(2000),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("send")
-        .into_inner();
-    let mut deltas = 0;
-    let mut last = None;
-    while let Some(m) = stream.message().await.expect("event") {
-        match m.event.and_then(|e| e.event) {
-            Some(pb::reply_event::Event::Delta(_)) => {
-                deltas += 1;
-                if deltas == 3 {
-                    let stopped = c
-                        .stop_reply(bearer(
-                            &user_token,
-                            pb::StopReplyRequest {
-                                conversation_id: conv.clone(),
-                            },
-                        ))
-                        .await
-                        .expect("stop")
-                        .into_inner()
-                        .stopped;
-                    assert!(stopped);
-                }
-            }
-            Some(pb::reply_event::Event::AssistantMessage(a)) => last = Some(a),
-            _ => {}
-        }
-    }
-    let stopped = last.expect("stored");
+    let mut again = c.clone();
+    let stopped = stop_after_three_deltas(&mut c, &mut again, &user_token, &conv).await;
     assert_eq!(stopped.state, pb::MessageState::Stopped as i32);
     let usage = stopped.usage.expect("usage");
     assert!((3..2000).contains(&usage.completion_tokens), "{usage:?}");
@@ -469,45 +481,7 @@ async fn two_chat_copies_share_stops_and_uploads() {
     let mut c1 = ChatServiceClient::new(b1.channel.clone());
     let mut c2 = ChatServiceClient::new(b2.channel.clone());
     let conv = conversation(&mut c1, &user).await;
-    let mut stream = c1
-        .send_message(bearer(
-            &user,
-            pb::SendMessageRequest {
-                conversation_id: conv.clone(),
-                content: "Count from 1 to 1000.".into(),
-                sampling: endless(2000),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("send on B1")
-        .into_inner();
-    let mut deltas = 0;
-    let mut last = None;
-    while let Some(m) = stream.message().await.expect("event") {
-        match m.event.and_then(|e| e.event) {
-            Some(pb::reply_event::Event::Delta(_)) => {
-                deltas += 1;
-                if deltas == 3 {
-                    let stopped = c2
-                        .stop_reply(bearer(
-                            &user,
-                            pb::StopReplyRequest {
-                                conversation_id: conv.clone(),
-                            },
-                        ))
-                        .await
-                        .expect("stop on B2")
-                        .into_inner()
-                        .stopped;
-                    assert!(stopped, "B2 knows a reply runs on B1");
-                }
-            }
-            Some(pb::reply_event::Event::AssistantMessage(m)) => last = Some(m),
-            _ => {}
-        }
-    }
-    let reply = last.expect("stored");
+    let reply = stop_after_three_deltas(&mut c1, &mut c2, &user, &conv).await;
     assert_eq!(reply.state, pb::MessageState::Stopped as i32);
     assert!(reply.usage.expect("usage").completion_tokens < 2000);
     let idle = c2
