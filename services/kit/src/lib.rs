@@ -9,6 +9,7 @@ pub mod convert;
 pub mod db;
 pub mod deadline;
 pub mod error;
+pub mod fetch;
 pub mod health;
 pub mod jwt;
 pub mod metrics;

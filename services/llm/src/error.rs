@@ -44,6 +44,17 @@ impl From<LlmError> for tonic::Status {
     }
 }
 
+impl From<llmesh_kit::fetch::FetchError> for LlmError {
+    fn from(err: llmesh_kit::fetch::FetchError) -> LlmError {
+        use llmesh_kit::fetch::FetchError;
+        match err {
+            FetchError::Invalid(m) => LlmError::Invalid(m),
+            FetchError::Unavailable(m) => LlmError::Unavailable(m),
+            FetchError::Internal(m) => LlmError::Internal(m),
+        }
+    }
+}
+
 impl From<EngineError> for LlmError {
     fn from(err: EngineError) -> LlmError {
         match err {

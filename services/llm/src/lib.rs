@@ -9,7 +9,8 @@ pub mod fleet;
 pub mod generate;
 pub mod grpc;
 pub mod metrics;
-pub mod pull;
+/// Model sources and fetching (shared with the sandbox's runtimes, in the kit).
+pub use llmesh_kit::fetch as pull;
 pub mod registry;
 pub mod service;
 pub mod spend;

