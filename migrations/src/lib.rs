@@ -9,6 +9,7 @@ mod m20261122_000003_chat;
 mod m20261122_000004_chat_archive;
 mod m20261129_000005_mesh;
 mod m20261129_000006_llm_catalog;
+mod m20261129_000007_sandbox;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000004_chat_archive::Migration),
             Box::new(m20261129_000005_mesh::Migration),
             Box::new(m20261129_000006_llm_catalog::Migration),
+            Box::new(m20261129_000007_sandbox::Migration),
         ]
     }
 }

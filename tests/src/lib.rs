@@ -169,6 +169,10 @@ pub fn test_config(db: &TestDb) -> Config {
     config.llm.models_dir = format!("{}/models", db.scratch().display());
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
+    // The Python runtime is fetched (once per machine) and compiled (then cached) only by
+    // the tests that run it.
+    config.sandbox.runtimes_dir = models::runtimes_dir().display().to_string();
+    config.sandbox.prepare_at_start = false;
     config
 }
 

@@ -11,6 +11,20 @@ use llmesh_llm::registry::Registry;
 static READY: Mutex<bool> = Mutex::new(false);
 static GEMMA: Mutex<()> = Mutex::new(());
 
+/// The sandbox's runtimes (the Python module and wasmtime's compiled-code cache), shared by
+/// test runs beside the models.
+pub fn runtimes_dir() -> PathBuf {
+    std::env::var_os("LLMESH_TEST_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir);
+            home.join(".cache/llmesh-test-models")
+        })
+        .join("runtimes")
+}
+
 /// The shared models directory, with the default chat and embedding models in it.
 pub fn models_dir() -> PathBuf {
     let dir = std::env::var_os("LLMESH_TEST_MODELS_DIR")

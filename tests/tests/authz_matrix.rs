@@ -11,6 +11,7 @@ use llmesh_proto::billing::v1 as billing;
 use llmesh_proto::chat::v1 as chat;
 use llmesh_proto::common::v1::Role;
 use llmesh_proto::llm::v1 as llm;
+use llmesh_proto::sandbox::v1 as sandbox;
 use llmesh_tests::{Backend, PASSWORD, TestServer, bearer, raw};
 use prost::Message;
 use tonic::Code;
@@ -432,6 +433,58 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             "Release",
             Box::new(|_| billing::ReleaseRequest::default().encode_to_vec()),
             [UA, PD, PD, PD, PD, PD, UA, UA, UA],
+        ),
+        (
+            "ListRuntimes",
+            Box::new(|_| sandbox::ListRuntimesRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "ListFiles",
+            Box::new(|_| sandbox::ListFilesRequest {}.encode_to_vec()),
+            [UA, OK, OK, OK, OK, OK, UA, UA, UA],
+        ),
+        (
+            "ReadFile",
+            Box::new(|_| {
+                sandbox::ReadFileRequest {
+                    path: "missing.txt".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, NF, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "WriteFileChunk",
+            Box::new(|_| {
+                sandbox::WriteFileChunkRequest {
+                    path: "../escape".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, IA, IA, IA, IA, UA, UA, UA],
+        ),
+        (
+            "DeleteFile",
+            Box::new(|_| {
+                sandbox::DeleteFileRequest {
+                    path: "missing.txt".into(),
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, NF, NF, NF, NF, UA, UA, UA],
+        ),
+        (
+            "Run",
+            Box::new(|_| {
+                sandbox::RunRequest {
+                    runtime: "cobol".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            [UA, PD, IA, IA, IA, IA, UA, UA, UA],
         ),
         (
             "MarkUserDeleted",

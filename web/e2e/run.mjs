@@ -73,6 +73,7 @@ async function startServer() {
       ...process.env,
       LLMESH__DATABASE__URL: `sqlite://${join(scratch, "llmesh.db")}`,
       LLMESH__LLM__MODELS_DIR: modelsDir,
+      LLMESH__SANDBOX__RUNTIMES_DIR: join(modelsDir, "runtimes"),
       LLMESH__LLM__DEFAULT_MAX_TOKENS: String(MAX_TOKENS),
       // Titles are written by the model and billed; without them every billed token is
       // one the chat shows, so the spend check below can be exact.

@@ -6,5 +6,66 @@ pub mod config;
 pub mod error;
 pub mod runner;
 pub mod runtimes;
+pub mod service;
+pub mod workspace;
 
 pub use config::SandboxConfig;
+pub mod grpc;
+
+pub use grpc::{ACCESS, GrpcSandboxAdapter, SERVICE_NAME};
+pub use service::SandboxService;
+
+use std::sync::Arc;
+
+use llmesh_kit::serve::{Process, ServiceSet};
+use llmesh_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
+
+/// Starts the sandbox in this process: its runtimes, the workspaces in the process's
+/// database, and its RPCs. Returns the service and its preparation (the Python runtime
+/// fetched and compiled, when `prepare_at_start`), which the caller runs once the server
+/// answers health checks: the sandbox reports NOT_SERVING until then.
+pub fn mount(
+    set: &mut ServiceSet,
+    process: &Process,
+    config: SandboxConfig,
+) -> error::Result<(
+    Arc<SandboxService>,
+    impl std::future::Future<Output = error::Result<()>> + 'static,
+)> {
+    let runtimes = runtimes::Runtimes::new(config.clone())?;
+    let prepare_at_start = config.prepare_at_start;
+    let service = Arc::new(SandboxService::new(
+        config,
+        runtimes,
+        workspace::Workspaces::new(process.db.clone()),
+        process.clock.clone(),
+    ));
+    let max = set.max_message_bytes();
+    set.add(
+        ACCESS,
+        SandboxServiceServer::from_arc(Arc::new(GrpcSandboxAdapter::new(service.clone())))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max),
+    );
+    let gate = set
+        .readiness
+        .gate(SERVICE_NAME, "fetching and compiling the python runtime");
+    let prepared = service.clone();
+    let preparation = async move {
+        if !prepare_at_start {
+            gate.open();
+            return Ok(());
+        }
+        match prepared.prepare().await {
+            Ok(()) => {
+                gate.open();
+                Ok(())
+            }
+            Err(e) => {
+                gate.close(format!("preparing the python runtime failed: {e}"));
+                Err(e)
+            }
+        }
+    };
+    Ok((service, preparation))
+}

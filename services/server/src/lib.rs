@@ -24,6 +24,7 @@ use llmesh_kit::signal::Signals;
 use llmesh_kit::{Clock, db};
 use llmesh_llm::LlmConfig;
 use llmesh_llm::pull::Progress;
+use llmesh_sandbox::SandboxConfig;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,7 @@ pub const ALL_SERVICES: &[(&str, bool)] = &[
     ("llm", true),
     ("chat", true),
     ("billing", true),
-    ("sandbox", false),
+    ("sandbox", true),
 ];
 
 /// The gRPC services of every implemented llmesh service, for reflection that lists the
@@ -44,6 +45,7 @@ pub const ALL_SERVICE_NAMES: &[&str] = &[
     llmesh_llm::SERVICE_NAME,
     llmesh_chat::SERVICE_NAME,
     llmesh_chat::ARCHIVE_SERVICE_NAME,
+    llmesh_sandbox::SERVICE_NAME,
 ];
 
 /// The whole configuration file.
@@ -58,6 +60,7 @@ pub struct Config {
     pub llm: LlmConfig,
     pub billing: BillingConfig,
     pub chat: ChatConfig,
+    pub sandbox: SandboxConfig,
     pub peers: PeersConfig,
 }
 
@@ -108,6 +111,7 @@ impl Config {
         self.llm.validate()?;
         self.billing.validate()?;
         self.chat.validate()?;
+        self.sandbox.validate()?;
         if self.peers.api_key_cache_secs > 5 {
             return Err(invalid(
                 "peers.api_key_cache_secs",
@@ -174,6 +178,7 @@ pub struct App {
     pub llm: Option<Arc<llmesh_llm::LlmService>>,
     pub billing: Option<Arc<llmesh_billing::BillingService>>,
     pub chat: Option<Arc<llmesh_chat::ChatService>>,
+    pub sandbox: Option<Arc<llmesh_sandbox::SandboxService>>,
 }
 
 /// Reports model pull progress while the server prepares (model id, progress).
@@ -291,6 +296,15 @@ pub async fn start(
         }
         false => (None, None),
     };
+    let (sandbox, sandbox_preparation) = match runs("sandbox") {
+        true => {
+            let (service, preparation) =
+                llmesh_sandbox::mount(&mut set, &process, config.sandbox.clone())
+                    .context("starting the sandbox service")?;
+            (Some(service), Some(preparation))
+        }
+        false => (None, None),
+    };
     let chat = match runs("chat") {
         true => Some(llmesh_chat::mount(
             &mut set,
@@ -342,6 +356,12 @@ pub async fn start(
         let _ = server.shutdown().await;
         return Err(anyhow::Error::new(e).context("preparing the models"));
     }
+    if let Some(preparation) = sandbox_preparation
+        && let Err(e) = preparation.await
+    {
+        let _ = server.shutdown().await;
+        return Err(anyhow::Error::new(e).context("preparing the sandbox's python runtime"));
+    }
     Ok(App {
         server,
         db: conn,
@@ -349,6 +369,7 @@ pub async fn start(
         llm,
         billing,
         chat,
+        sandbox,
     })
 }
 

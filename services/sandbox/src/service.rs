@@ -1,0 +1,470 @@
+//! The sandbox domain: runs within the caller's limits and a bounded pool of slots, on
+//! threads of their own; workspace files behind a quota.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use llmesh_kit::{Clock, Principal, Role};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::config::{Limits, SandboxConfig};
+use crate::error::{Result, SandboxError};
+use crate::runner::{self, Exit, Job, Output, Status};
+use crate::runtimes::{RuntimeInfo, Runtimes};
+use crate::workspace::{FileMeta, Quota, RunDir, Workspaces, check_path};
+
+/// How often a run's workspace copy is measured against its write limits.
+const WATCH: Duration = Duration::from_millis(100);
+
+/// Limits as a request states them and a run gets them (memory in bytes; 0 asks for the
+/// default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunLimits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout_ms: u64,
+    pub output_bytes: u64,
+    pub files_written: u32,
+    pub written_bytes: u64,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    pub runtime: String,
+    pub code: String,
+    pub module_path: String,
+    pub args: Vec<String>,
+    pub stdin: Vec<u8>,
+    /// Requested limits; 0 fields take the defaults.
+    pub limits: RunLimits,
+    pub persist: bool,
+}
+
+/// What a run streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEvent {
+    Stdout(Bytes),
+    Stderr(Bytes),
+    Exit(RunResult),
+}
+
+/// The end of a run, with what happened to its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    pub exit: Exit,
+    pub changed_paths: Vec<String>,
+    pub persisted: bool,
+}
+
+fn event_of(out: Output) -> RunEvent {
+    match out {
+        Output::Stdout(b) => RunEvent::Stdout(b),
+        Output::Stderr(b) => RunEvent::Stderr(b),
+    }
+}
+
+pub struct SandboxService {
+    config: SandboxConfig,
+    runtimes: Arc<Runtimes>,
+    workspaces: Workspaces,
+    clock: Arc<dyn Clock>,
+    slots: Arc<Semaphore>,
+}
+
+impl SandboxService {
+    pub fn new(
+        config: SandboxConfig,
+        runtimes: Arc<Runtimes>,
+        workspaces: Workspaces,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        SandboxService {
+            slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            config,
+            runtimes,
+            workspaces,
+            clock,
+        }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    pub fn runtimes(&self) -> Vec<RuntimeInfo> {
+        self.runtimes.list()
+    }
+
+    /// Fetches and compiles the Python runtime (at start, when configured).
+    pub async fn prepare(&self) -> Result<()> {
+        if self.config.runtimes.iter().any(|r| r == "python") {
+            self.runtimes.python().await?;
+        }
+        Ok(())
+    }
+
+    fn quota(&self) -> Quota {
+        Quota {
+            bytes: self.config.workspace_quota_bytes,
+            files: self.config.workspace_max_files,
+            file_bytes: self.config.max_file_bytes,
+        }
+    }
+
+    pub async fn list_files(&self, p: &Principal) -> Result<(Vec<FileMeta>, u64)> {
+        let files = self.workspaces.list(&p.user_id).await?;
+        let used = files.iter().map(|f| f.size_bytes).sum();
+        Ok((files, used))
+    }
+
+    pub async fn read_file(&self, p: &Principal, path: &str) -> Result<Vec<u8>> {
+        check_path("path", path)?;
+        self.workspaces.read(&p.user_id, path).await
+    }
+
+    pub async fn delete_file(&self, p: &Principal, path: &str) -> Result<()> {
+        check_path("path", path)?;
+        if self.workspaces.delete(&p.user_id, path).await? {
+            Ok(())
+        } else {
+            Err(SandboxError::NotFound("file"))
+        }
+    }
+
+    pub async fn write_chunk(
+        &self,
+        p: &Principal,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+        last: bool,
+    ) -> Result<Option<FileMeta>> {
+        check_path("path", path)?;
+        if data.len() > self.config.max_chunk_bytes {
+            return Err(SandboxError::Invalid(format!(
+                "data is {} bytes; a chunk may hold at most {}",
+                data.len(),
+                self.config.max_chunk_bytes
+            )));
+        }
+        self.workspaces
+            .write_chunk(
+                &p.user_id,
+                path,
+                offset,
+                data,
+                last,
+                self.quota(),
+                self.clock.now(),
+            )
+            .await
+    }
+
+    /// The limits a run gets: the request's, defaults for what it leaves at 0, refused
+    /// (naming the field) above the caller's ceiling.
+    fn limits(&self, p: &Principal, asked: RunLimits) -> Result<RunLimits> {
+        let ceiling: Limits = if p.role == Role::Admin {
+            self.config.admin_ceiling
+        } else {
+            self.config.member_ceiling
+        };
+        let d = self.config.defaults;
+        let pick = |field: &str, asked: u64, default: u64, max: u64| -> Result<u64> {
+            let v = if asked == 0 { default.min(max) } else { asked };
+            if v > max {
+                return Err(SandboxError::Invalid(format!(
+                    "limits.{field} is {v}; your role may ask for at most {max}"
+                )));
+            }
+            Ok(v)
+        };
+        const MIB: u64 = 1024 * 1024;
+        Ok(RunLimits {
+            fuel: pick("fuel", asked.fuel, d.fuel, ceiling.fuel)?,
+            memory_bytes: pick(
+                "memory_bytes",
+                asked.memory_bytes,
+                d.memory_mib * MIB,
+                ceiling.memory_mib * MIB,
+            )?,
+            timeout_ms: pick(
+                "timeout_ms",
+                asked.timeout_ms,
+                d.timeout_ms,
+                ceiling.timeout_ms,
+            )?,
+            output_bytes: pick(
+                "max_output_bytes",
+                asked.output_bytes,
+                d.output_bytes,
+                ceiling.output_bytes,
+            )?,
+            files_written: pick(
+                "max_files_written",
+                u64::from(asked.files_written),
+                u64::from(d.files_written),
+                u64::from(ceiling.files_written),
+            )? as u32,
+            written_bytes: pick(
+                "max_written_bytes",
+                asked.written_bytes,
+                d.written_bytes,
+                ceiling.written_bytes,
+            )?,
+        })
+    }
+
+    /// Starts a run: checks it, takes a slot (RESOURCE_EXHAUSTED when none is free),
+    /// copies the workspace, and runs the guest on a thread of its own. Dropping the
+    /// receiver stops the guest within one epoch tick.
+    pub async fn run(
+        self: &Arc<Self>,
+        p: &Principal,
+        spec: RunSpec,
+    ) -> Result<mpsc::Receiver<RunEvent>> {
+        let limits = self.limits(p, spec.limits)?;
+        if spec.args.len() > self.config.max_args {
+            return Err(SandboxError::Invalid(format!(
+                "args has {} entries; the limit is {}",
+                spec.args.len(),
+                self.config.max_args
+            )));
+        }
+        let arg_bytes: usize = spec.args.iter().map(String::len).sum();
+        if arg_bytes > self.config.max_code_bytes {
+            return Err(SandboxError::Invalid(format!(
+                "args hold {arg_bytes} bytes; the limit is {}",
+                self.config.max_code_bytes
+            )));
+        }
+        if spec.args.iter().any(|a| a.contains('\0')) {
+            return Err(SandboxError::Invalid("args must not contain NUL".into()));
+        }
+        if spec.stdin.len() > self.config.max_stdin_bytes {
+            return Err(SandboxError::Invalid(format!(
+                "stdin is {} bytes; the limit is {}",
+                spec.stdin.len(),
+                self.config.max_stdin_bytes
+            )));
+        }
+        let (module, argv, env) = match spec.runtime.as_str() {
+            "python" => {
+                if spec.code.trim().is_empty() {
+                    return Err(SandboxError::Invalid("code is required for python".into()));
+                }
+                if spec.code.len() > self.config.max_code_bytes {
+                    return Err(SandboxError::Invalid(format!(
+                        "code is {} bytes; the limit is {}",
+                        spec.code.len(),
+                        self.config.max_code_bytes
+                    )));
+                }
+                if spec.code.contains('\0') {
+                    return Err(SandboxError::Invalid("code must not contain NUL".into()));
+                }
+                let module = self.runtimes.python().await?;
+                let mut argv = vec!["python".to_owned(), "-c".to_owned(), spec.code];
+                argv.extend(spec.args);
+                // Unbuffered, so output streams as it is written; no bytecode files in the
+                // workspace; the workspace's lib/ importable.
+                let env = vec![
+                    ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
+                    ("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned()),
+                    (
+                        "PYTHONPATH".to_owned(),
+                        "/workspace/lib:/workspace".to_owned(),
+                    ),
+                    ("HOME".to_owned(), "/workspace".to_owned()),
+                ];
+                (module, argv, env)
+            }
+            "wasm" => {
+                if !self.config.runtimes.iter().any(|r| r == "wasm") {
+                    return Err(SandboxError::Precondition(
+                        "the wasm runtime is disabled on this node (sandbox.runtimes)".into(),
+                    ));
+                }
+                check_path("module_path", &spec.module_path)?;
+                let bytes = match self.workspaces.read(&p.user_id, &spec.module_path).await {
+                    Err(SandboxError::NotFound(_)) => {
+                        return Err(SandboxError::Invalid(format!(
+                            "module_path {:?} is not in your workspace",
+                            spec.module_path
+                        )));
+                    }
+                    other => other?,
+                };
+                let runtimes = self.runtimes.clone();
+                let module = tokio::task::spawn_blocking(move || runtimes.module(&bytes))
+                    .await
+                    .map_err(|e| SandboxError::Internal(format!("compiling: {e}")))??;
+                let mut argv = vec![spec.module_path.clone()];
+                argv.extend(spec.args);
+                (module, argv, Vec::new())
+            }
+            other => {
+                return Err(SandboxError::Invalid(format!(
+                    "runtime {other:?} is not one of \"python\", \"wasm\""
+                )));
+            }
+        };
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            SandboxError::Exhausted(
+                format!(
+                    "all {} sandbox slots are busy; retry shortly",
+                    self.config.max_concurrent_runs
+                ),
+                Duration::from_secs(1),
+            )
+        })?;
+        let files = self.workspaces.snapshot(&p.user_id).await?;
+        let dir = tokio::task::spawn_blocking(move || RunDir::create(files))
+            .await
+            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))??;
+
+        let (tx, rx) = mpsc::channel(64);
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let over_files = Arc::new(AtomicBool::new(false));
+        let job_cancel = cancelled.clone();
+        let job_over = over_files.clone();
+        let runtimes = self.runtimes.clone();
+        let dir = Arc::new(dir);
+        let run_dir = dir.clone();
+        let exit = tokio::task::spawn_blocking(move || {
+            let job = Job {
+                module: &module,
+                args: argv,
+                env,
+                stdin: spec.stdin,
+                workspace: &run_dir.path,
+                fuel: limits.fuel,
+                memory_bytes: limits.memory_bytes as usize,
+                timeout: Duration::from_millis(limits.timeout_ms),
+                output_bytes: limits.output_bytes,
+                cancelled: job_cancel,
+                over_files: job_over,
+            };
+            runner::run(runtimes.engine(), runtimes.linker(), job, out_tx)
+        });
+
+        let this = self.clone();
+        let principal = p.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let watched = dir.clone();
+            let watch_over = over_files.clone();
+            let watcher = tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(WATCH).await;
+                    let dir = watched.clone();
+                    let Ok((files, bytes)) =
+                        tokio::task::spawn_blocking(move || dir.written()).await
+                    else {
+                        return;
+                    };
+                    if files > limits.files_written || bytes > limits.written_bytes {
+                        watch_over.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            });
+            tokio::pin!(exit);
+            let mut open = true;
+            let exit = loop {
+                tokio::select! {
+                    out = out_rx.recv(), if open => match out {
+                        Some(out) => {
+                            if tx.send(event_of(out)).await.is_err() {
+                                cancelled.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        None => open = false,
+                    },
+                    _ = tx.closed(), if !cancelled.load(Ordering::SeqCst) => {
+                        cancelled.store(true, Ordering::SeqCst);
+                    }
+                    done = &mut exit => break done,
+                }
+            };
+            watcher.abort();
+            // What the guest wrote last, after its final output events.
+            while let Ok(out) = out_rx.try_recv() {
+                let _ = tx.send(event_of(out)).await;
+            }
+            let exit = match exit {
+                Ok(exit) => exit,
+                Err(e) => {
+                    tracing::error!(error = %e, "a sandbox run's thread failed");
+                    return;
+                }
+            };
+            let result = this
+                .finish(&principal, &dir, exit, limits, spec.persist)
+                .await;
+            let _ = tx.send(RunEvent::Exit(result)).await;
+        });
+        Ok(rx)
+    }
+
+    /// Collects a finished run's file changes and keeps them when asked and allowed.
+    async fn finish(
+        &self,
+        p: &Principal,
+        dir: &Arc<RunDir>,
+        mut exit: Exit,
+        limits: RunLimits,
+        persist: bool,
+    ) -> RunResult {
+        let scan = dir.clone();
+        let changes = match tokio::task::spawn_blocking(move || scan.changes()).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading a run's files failed");
+                Default::default()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading a run's files failed");
+                Default::default()
+            }
+        };
+        let changed_paths: Vec<String> = changes.keys().cloned().collect();
+        let written: u64 = changes
+            .values()
+            .map(|d| d.as_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        let too_many = changes.values().filter(|d| d.is_some()).count() as u64
+            > u64::from(limits.files_written)
+            || written > limits.written_bytes;
+        if too_many && exit.status == Status::Exited {
+            exit.status = Status::OutputLimit;
+            exit.message = format!(
+                "wrote {} files and {written} bytes; the run may write {} files and {} bytes",
+                changes.len(),
+                limits.files_written,
+                limits.written_bytes
+            );
+        }
+        let mut persisted = false;
+        if persist && exit.status == Status::Exited && !changes.is_empty() {
+            match self
+                .workspaces
+                .apply(&p.user_id, &changes, self.quota(), self.clock.now())
+                .await
+            {
+                Ok(()) => persisted = true,
+                Err(e) => {
+                    exit.message = format!("{}; its files were not kept: {e}", exit.message);
+                }
+            }
+        }
+        RunResult {
+            exit,
+            changed_paths,
+            persisted,
+        }
+    }
+}
