@@ -284,3 +284,360 @@ async fn workspaces_persist_only_when_asked() {
     .await;
     assert_eq!(ran.out(), "[]\n");
 }
+
+/// Uploads a module written in WAT and returns a request that runs it.
+async fn wat_module(
+    c: &mut SandboxServiceClient<Channel>,
+    token: &str,
+    name: &str,
+    wat: &str,
+) -> pb::RunRequest {
+    let bytes = wat::parse_str(wat).expect("valid WAT");
+    let path = format!("bin/{name}.wasm");
+    upload(c, token, &path, &bytes).await;
+    pb::RunRequest {
+        runtime: "wasm".into(),
+        module_path: path,
+        ..Default::default()
+    }
+}
+
+fn limits(l: pb::RunLimits) -> Option<pb::RunLimits> {
+    Some(l)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_end_with_the_right_status() {
+    let Setup { s, user } = setup(|c| {
+        c.sandbox.workspace_quota_bytes = 1024 * 1024;
+        c.sandbox.max_concurrent_runs = 3;
+    })
+    .await;
+    let mut c = client(&s);
+
+    // A WASI hello world, for comparison.
+    let hello = wat_module(
+        &mut c,
+        &user,
+        "hello",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "hello from wasm\n")
+            (func (export "_start")
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 16))
+              (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+    )
+    .await;
+    let ran = run(&mut c, &user, hello.clone()).await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited, "{:?}", ran.exit());
+    assert_eq!(ran.out(), "hello from wasm\n");
+
+    // An endless loop runs out of fuel, or of time when fuel is plentiful.
+    let spin = wat_module(
+        &mut c,
+        &user,
+        "spin",
+        r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $l (br $l))))"#,
+    )
+    .await;
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                fuel: 50_000_000,
+                ..Default::default()
+            }),
+            ..spin.clone()
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::OutOfFuel, "{:?}", ran.exit());
+    assert!(ran.exit().fuel_used >= 50_000_000);
+    let started = Instant::now();
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                fuel: 200_000_000_000,
+                timeout_ms: 400,
+                ..Default::default()
+            }),
+            ..spin.clone()
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::TimedOut, "{:?}", ran.exit());
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A memory bomb, in WASM and in Python.
+    let bomb = wat_module(
+        &mut c,
+        &user,
+        "bomb",
+        r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $l (drop (memory.grow (i32.const 256))) (br $l))))"#,
+    )
+    .await;
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                memory_bytes: 64 * 1024 * 1024,
+                ..Default::default()
+            }),
+            ..bomb
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::OutOfMemory, "{:?}", ran.exit());
+    assert!(ran.exit().peak_memory_bytes <= 64 * 1024 * 1024);
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                memory_bytes: 64 * 1024 * 1024,
+                ..Default::default()
+            }),
+            ..python("x = bytearray(512 * 1024 * 1024)\nprint(len(x))")
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::OutOfMemory, "{:?}", ran.exit());
+
+    // Unbounded recursion overflows the guest's stack, not the host's.
+    let deep = wat_module(
+        &mut c,
+        &user,
+        "deep",
+        r#"(module (memory (export "memory") 1)
+            (func $f (call $f))
+            (func (export "_start") (call $f)))"#,
+    )
+    .await;
+    let ran = run(&mut c, &user, deep).await;
+    assert_eq!(ran.status(), pb::RunStatus::Trapped);
+    assert!(
+        ran.exit().message.contains("stack overflow"),
+        "{:?}",
+        ran.exit()
+    );
+    let ran = run(&mut c, &user, python("def f(n): return f(n + 1)\nf(0)")).await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited);
+    assert_eq!(ran.exit().exit_code, 1);
+    assert!(ran.err().contains("RecursionError"), "{}", ran.err());
+
+    // An output flood is cut at the limit.
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                max_output_bytes: 100_000,
+                ..Default::default()
+            }),
+            ..python("while True:\n    print('x' * 1000)")
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::OutputLimit, "{:?}", ran.exit());
+    assert_eq!(ran.stdout.len() + ran.stderr.len(), 100_000);
+
+    // No processes, no host files, no escaping the workspace.
+    let ran = run(
+        &mut c,
+        &user,
+        python(
+            "import os\n\
+             for attempt in [lambda: os.fork(), lambda: __import__('subprocess').run(['ls'])]:\n\
+             \x20   try:\n\
+             \x20       attempt(); print('ran')\n\
+             \x20   except Exception as e: print('refused', type(e).__name__)",
+        ),
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited, "{}", ran.err());
+    assert_eq!(ran.out().matches("refused").count(), 2, "{}", ran.out());
+    let escapes = "import os\n\
+         for path in ['/etc/passwd', '/workspace/../etc/passwd', '/proc/self/environ']:\n\
+         \x20   try: print('read', len(open(path).read()))\n\
+         \x20   except Exception as e: print('refused', path)\n\
+         for path in ['/workspace/../escape.txt', '/tmp/escape.txt', '/escape.txt']:\n\
+         \x20   try: open(path, 'w').write('x'); print('wrote', path)\n\
+         \x20   except Exception as e: print('refused', path)\n\
+         try: os.symlink('/etc/passwd', '/workspace/link'); print(open('/workspace/link').read()[:20])\n\
+         except Exception as e: print('refused symlink')";
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            persist: true,
+            ..python(escapes)
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited, "{}", ran.err());
+    assert_eq!(ran.out().matches("refused").count(), 7, "{}", ran.out());
+    assert!(!ran.out().contains("root:"), "{}", ran.out());
+    assert!(!std::path::Path::new("/tmp/escape.txt").exists());
+    assert!(!files(&mut c, &user).await.contains(&"link".to_owned()));
+
+    // A module that imports what no runtime provides does not start.
+    let alien = wat_module(
+        &mut c,
+        &user,
+        "alien",
+        r#"(module (import "env" "launch_missiles" (func)) (memory (export "memory") 1)
+            (func (export "_start")))"#,
+    )
+    .await;
+    let ran = run(&mut c, &user, alien).await;
+    assert_eq!(ran.status(), pb::RunStatus::Trapped);
+    assert!(
+        ran.exit().message.contains("launch_missiles"),
+        "{:?}",
+        ran.exit()
+    );
+
+    // Filling the workspace past its quota keeps nothing.
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            persist: true,
+            ..python("open('/workspace/big.bin', 'wb').write(b'x' * 2_000_000)")
+        },
+    )
+    .await;
+    assert!(!ran.exit().persisted, "{:?}", ran.exit());
+    assert!(ran.exit().message.contains("quota"), "{:?}", ran.exit());
+    assert!(!files(&mut c, &user).await.contains(&"big.bin".to_owned()));
+
+    // Oversized requests are refused before anything runs.
+    for (req, field) in [
+        (
+            pb::RunRequest {
+                args: vec!["x".repeat(300 * 1024)],
+                ..python("pass")
+            },
+            "args",
+        ),
+        (
+            pb::RunRequest {
+                stdin: vec![b'x'; 2 * 1024 * 1024],
+                ..python("pass")
+            },
+            "stdin",
+        ),
+        (
+            pb::RunRequest {
+                limits: limits(pb::RunLimits {
+                    fuel: u64::MAX,
+                    ..Default::default()
+                }),
+                ..python("pass")
+            },
+            "limits.fuel",
+        ),
+        (
+            pb::RunRequest {
+                runtime: "wasm".into(),
+                module_path: "../../etc/passwd".into(),
+                ..Default::default()
+            },
+            "module_path",
+        ),
+    ] {
+        let status = c.run(bearer(&user, req)).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(field), "{}", status.message());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_run_harms_no_other() {
+    let Setup { s, user } = setup(|c| c.sandbox.max_concurrent_runs = 2).await;
+    let mut c = client(&s);
+    let spin = wat_module(
+        &mut c,
+        &user,
+        "spin",
+        r#"(module (memory (export "memory") 1)
+            (func (export "_start") (loop $l (br $l))))"#,
+    )
+    .await;
+    // A spinning guest takes one slot...
+    let mut spinning = c
+        .run(bearer(
+            &user,
+            pb::RunRequest {
+                limits: limits(pb::RunLimits {
+                    fuel: 200_000_000_000,
+                    timeout_ms: 60_000,
+                    ..Default::default()
+                }),
+                ..spin.clone()
+            },
+        ))
+        .await
+        .expect("run")
+        .into_inner();
+    // ...while other RPCs answer and a well-behaved run finishes normally.
+    let started = Instant::now();
+    c.list_runtimes(bearer(&user, pb::ListRuntimesRequest {}))
+        .await
+        .expect("answered");
+    let ran = run(&mut c, &user, python("print(sum(range(1000)))")).await;
+    assert_eq!(ran.out(), "499500\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // With both slots taken, a third run is refused with a retry hint.
+    let second = c
+        .run(bearer(
+            &user,
+            pb::RunRequest {
+                limits: limits(pb::RunLimits {
+                    fuel: 200_000_000_000,
+                    timeout_ms: 60_000,
+                    ..Default::default()
+                }),
+                ..spin.clone()
+            },
+        ))
+        .await
+        .expect("second slot")
+        .into_inner();
+    let status = c
+        .run(bearer(&user, python("print(1)")))
+        .await
+        .expect_err("full");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.metadata().get("retry-after").is_some());
+
+    // A client that hangs up stops its guest within a tick, freeing its slot.
+    drop(spinning);
+    let mut freed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(stream) = c.run(bearer(&user, python("print(2)"))).await {
+            let mut stream = stream.into_inner();
+            while stream.message().await.expect("stream").is_some() {}
+            freed = true;
+            break;
+        }
+    }
+    assert!(freed, "the slot of the cancelled run was freed");
+    drop(second);
+    spinning = c
+        .run(bearer(&user, python("print(3)")))
+        .await
+        .expect("run")
+        .into_inner();
+    while spinning.message().await.expect("stream").is_some() {}
+}

@@ -93,13 +93,13 @@ impl wasmtime::ResourceLimiter for PeakLimits {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let ok = self.inner.memory_growing(current, desired, maximum)?;
-        if ok {
-            self.peak = self.peak.max(desired);
-        } else {
-            self.refused = true;
+        let grown = self.inner.memory_growing(current, desired, maximum);
+        match &grown {
+            Ok(true) => self.peak = self.peak.max(desired),
+            // Refused (a trap, with trap_on_grow_failure): the run ends out of memory.
+            Ok(false) | Err(_) => self.refused = true,
         }
-        Ok(ok)
+        grown
     }
 
     fn table_growing(
@@ -417,11 +417,8 @@ fn classify(
                 job.memory_bytes / (1024 * 1024)
             ),
         ),
-        None => {
-            let text = format!("{e:#}");
-            // Instantiation failures (an import no runtime provides) read best as-is.
-            (Status::Trapped, -1, first_line(&text))
-        }
+        // Instantiation failures (an import no runtime provides) read best as-is.
+        None => (Status::Trapped, -1, first_line(&e.to_string())),
     }
 }
 
