@@ -10,6 +10,7 @@ mod m20261122_000004_chat_archive;
 mod m20261129_000005_mesh;
 mod m20261129_000006_llm_catalog;
 mod m20261129_000007_sandbox;
+mod m20261129_000008_billing_fuel;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000005_mesh::Migration),
             Box::new(m20261129_000006_llm_catalog::Migration),
             Box::new(m20261129_000007_sandbox::Migration),
+            Box::new(m20261129_000008_billing_fuel::Migration),
         ]
     }
 }

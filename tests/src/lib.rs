@@ -431,6 +431,7 @@ pub async fn price_and_credit(
                 model: model.into(),
                 input_micros_per_mtok: 1_000_000,
                 output_micros_per_mtok: 2_000_000,
+                ..Default::default()
             },
         ))
         .await

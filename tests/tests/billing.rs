@@ -57,6 +57,7 @@ fn reserve(key: &str) -> pb::ReserveRequest {
         context_length: 2048,
         idempotency_key: key.into(),
         api_key_id: String::new(),
+        ..Default::default()
     }
 }
 
@@ -68,6 +69,7 @@ async fn price_one_per_token(b: &mut BillingServiceClient<Channel>, admin: &str)
             model: "m".into(),
             input_micros_per_mtok: 1_000_000,
             output_micros_per_mtok: 1_000_000,
+            ..Default::default()
         },
     ))
     .await
@@ -208,6 +210,7 @@ every_shape!(
                 completion_tokens: 5,
             }),
             idempotency_key: "s1".into(),
+            ..Default::default()
         };
         let s1 = b
             .settle(internal(&user, settle()))
@@ -256,6 +259,7 @@ every_shape!(
                     reservation_id: other.reservation_id,
                     usage: None,
                     idempotency_key: String::new(),
+                    ..Default::default()
                 },
             ))
             .await
@@ -390,6 +394,7 @@ both_backends!(quotas_rates_usage_and_deleted_users, |backend| async move {
                     completion_tokens: completion,
                 }),
                 idempotency_key: String::new(),
+                ..Default::default()
             },
         ))
         .await
@@ -489,10 +494,11 @@ both_backends!(quotas_rates_usage_and_deleted_users, |backend| async move {
     let csv = String::from_utf8(csv).expect("utf-8");
     let lines: Vec<&str> = csv.lines().collect();
     assert!(lines[0].starts_with("time,user_id,model"));
+    assert!(lines[0].ends_with("currency,fuel"));
     // The header and the two settled generations; open reservations are not usage yet.
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(
-        lines[1].contains(",m,") && lines[1].ends_with(",50,USD"),
+        lines[1].contains(",m,") && lines[1].ends_with(",50,USD,0"),
         "{}",
         lines[1]
     );

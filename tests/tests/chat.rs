@@ -379,6 +379,7 @@ every_shape!(
                     model: CHAT_MODEL.into(),
                     input_micros_per_mtok: 1_000_000,
                     output_micros_per_mtok: 2_000_000,
+                    ..Default::default()
                 },
             ))
             .await

@@ -847,6 +847,7 @@ async fn generation_is_billed_for_what_it_produced(backend: Backend) {
                 model: CHAT.into(),
                 input_micros_per_mtok: 1_000_000,
                 output_micros_per_mtok: 2_000_000,
+                ..Default::default()
             },
         ))
         .await
@@ -998,6 +999,7 @@ async fn split_processes_verify_tokens_and_bill_over_grpc() {
                 model: CHAT.into(),
                 input_micros_per_mtok: 1_000_000,
                 output_micros_per_mtok: 2_000_000,
+                ..Default::default()
             },
         ))
         .await

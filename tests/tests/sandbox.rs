@@ -641,3 +641,119 @@ async fn a_hostile_run_harms_no_other() {
         .into_inner();
     while spinning.message().await.expect("stream").is_some() {}
 }
+
+/// Runs are paid for by the fuel they use at the runtime's price: billing holds the fuel
+/// ceiling first (a run it refuses never starts) and settles what the guest used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_charged_by_fuel() {
+    use llmesh_proto::billing::v1 as bpb;
+    use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
+
+    let s = TestServer::start_with(Backend::Sqlite, |_| {})
+        .await
+        .expect("sqlite");
+    let (_, admin) = s.signup("admin@example.com").await;
+    let (user, tokens) = s.signup("user@example.com").await;
+    let (admin, token) = (admin.access_token, tokens.access_token);
+    let mut c = client(&s);
+    let mut b = BillingServiceClient::new(s.channel.clone());
+    // 1 000 000 micro-units per billion fuel: a micro-unit per thousand instructions.
+    b.set_price(bearer(
+        &admin,
+        bpb::SetPriceRequest {
+            model: "sandbox/python".into(),
+            micros_per_billion_fuel: 1_000_000,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("price");
+    let fuel_ceiling = 2_000_000_000;
+    let paid = |code: &str| pb::RunRequest {
+        limits: limits(pb::RunLimits {
+            fuel: fuel_ceiling,
+            ..Default::default()
+        }),
+        persist: true,
+        ..python(code)
+    };
+
+    // No balance: refused before anything runs, so nothing is written.
+    let refused = c
+        .run(bearer(
+            &token,
+            paid("open('/workspace/ran.txt', 'w').write('yes')"),
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(files(&mut c, &token).await.is_empty());
+
+    b.adjust_balance(bearer(
+        &admin,
+        bpb::AdjustBalanceRequest {
+            user_id: user.id.clone(),
+            amount_micros: 5_000_000,
+            reason: "test credit".into(),
+            idempotency_key: "sandbox-credit".into(),
+        },
+    ))
+    .await
+    .expect("credit");
+    let ran = run(
+        &mut c,
+        &token,
+        paid("open('/workspace/ran.txt', 'w').write('yes'); print(sum(range(1000)))"),
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited, "{}", ran.err());
+    assert_eq!(ran.out(), "499500\n");
+    let exit = ran.exit();
+    assert!(exit.fuel_used > 0 && exit.fuel_used < fuel_ceiling);
+    let cost = exit.cost.clone().expect("cost");
+    assert_eq!(cost.currency, "USD");
+    assert_eq!(cost.micros as u64, exit.fuel_used.div_ceil(1000));
+    assert_eq!(files(&mut c, &token).await, vec!["ran.txt".to_owned()]);
+
+    let r = b
+        .get_balance(bearer(&token, bpb::GetBalanceRequest::default()))
+        .await
+        .expect("balance")
+        .into_inner();
+    assert_eq!(r.balance.expect("balance").micros, 5_000_000 - cost.micros);
+    assert_eq!(r.reserved.expect("reserved").micros, 0);
+    let usage = b
+        .list_usage(bearer(
+            &token,
+            bpb::ListUsageRequest {
+                group_by: bpb::UsageGrouping::Model as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("usage")
+        .into_inner();
+    let row = usage
+        .rows
+        .iter()
+        .find(|r| r.key == "sandbox/python")
+        .expect("a sandbox/python row");
+    assert_eq!((row.requests, row.fuel), (1, exit.fuel_used));
+    assert_eq!(row.spend.clone().expect("spend").micros, cost.micros);
+
+    // A ceiling the balance cannot cover is refused too, naming the shortfall.
+    let too_much = c
+        .run(bearer(
+            &token,
+            pb::RunRequest {
+                limits: limits(pb::RunLimits {
+                    fuel: 100_000_000_000,
+                    ..Default::default()
+                }),
+                ..python("print(1)")
+            },
+        ))
+        .await
+        .expect_err("refused");
+    assert_eq!(too_much.code(), Code::FailedPrecondition, "{too_much:?}");
+}

@@ -120,6 +120,7 @@ fn price_pb(p: &Price) -> pb::Price {
         input_micros_per_mtok: p.input_micros_per_mtok,
         output_micros_per_mtok: p.output_micros_per_mtok,
         updated_at: Some(timestamp(p.updated_at)),
+        micros_per_billion_fuel: p.micros_per_gfuel,
     }
 }
 
@@ -154,7 +155,12 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
         let r = req.into_inner();
         let price = self
             .service
-            .set_price(&r.model, r.input_micros_per_mtok, r.output_micros_per_mtok)
+            .set_price(
+                &r.model,
+                r.input_micros_per_mtok,
+                r.output_micros_per_mtok,
+                r.micros_per_billion_fuel,
+            )
             .await?;
         Ok(Response::new(pb::SetPriceResponse {
             price: Some(price_pb(&price)),
@@ -226,6 +232,7 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
                     max_tokens: r.max_tokens,
                     context_length: r.context_length,
                     idempotency_key: r.idempotency_key,
+                    fuel: r.fuel,
                 },
             )
             .await?;
@@ -248,6 +255,7 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
                 Usage {
                     prompt_tokens: usage.prompt_tokens,
                     completion_tokens: usage.completion_tokens,
+                    fuel: r.fuel_used,
                 },
             )
             .await?;
@@ -345,6 +353,7 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
                         completion_tokens: u32::try_from(row.completion_tokens).unwrap_or(u32::MAX),
                     }),
                     spend: self.money(row.spend),
+                    fuel: row.fuel,
                 })
                 .collect(),
             total: self.money(total),

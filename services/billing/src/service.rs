@@ -26,6 +26,8 @@ pub struct ReserveRequest {
     pub max_tokens: Option<u32>,
     pub context_length: u32,
     pub idempotency_key: String,
+    /// The fuel meter (a sandbox run): the most fuel it may use; tokens are then 0.
+    pub fuel: u64,
 }
 
 /// Token counts of a finished generation.
@@ -33,6 +35,8 @@ pub struct ReserveRequest {
 pub struct Usage {
     pub prompt_tokens: u32,
     pub completion_tokens: u32,
+    /// Fuel a sandbox run used (with a fuel reservation).
+    pub fuel: u64,
 }
 
 /// The outcome of a settlement.
@@ -58,6 +62,7 @@ pub struct UsageRow {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub spend: i64,
+    pub fuel: u64,
 }
 
 /// A stored balance that disagrees with its ledger.
@@ -82,6 +87,12 @@ pub fn cost(price: &Price, prompt: u64, completion: u64) -> i64 {
     let total = prompt as i128 * price.input_micros_per_mtok as i128
         + completion as i128 * price.output_micros_per_mtok as i128;
     let micros = (total + 999_999) / 1_000_000;
+    micros.min(i64::MAX as i128) as i64
+}
+
+/// Cost of fuel at a price per billion units, rounded up to a whole micro-unit.
+pub fn fuel_cost(price: &Price, fuel: u64) -> i64 {
+    let micros = (fuel as i128 * price.micros_per_gfuel as i128 + 999_999_999) / 1_000_000_000;
     micros.min(i64::MAX as i128) as i64
 }
 
@@ -122,7 +133,13 @@ impl BillingService {
         &self.config.currency
     }
 
-    pub async fn set_price(&self, model: &str, input: i64, output: i64) -> Result<Price> {
+    pub async fn set_price(
+        &self,
+        model: &str,
+        input: i64,
+        output: i64,
+        per_gfuel: i64,
+    ) -> Result<Price> {
         if model.trim().is_empty() || model.len() > 64 {
             return Err(BillingError::Invalid(
                 "model must be 1 to 64 characters".into(),
@@ -131,6 +148,7 @@ impl BillingService {
         for (name, v) in [
             ("input_micros_per_mtok", input),
             ("output_micros_per_mtok", output),
+            ("micros_per_billion_fuel", per_gfuel),
         ] {
             if !(0..=MAX_PRICE).contains(&v) {
                 return Err(BillingError::Invalid(format!(
@@ -142,10 +160,11 @@ impl BillingService {
             model: model.to_owned(),
             input_micros_per_mtok: input,
             output_micros_per_mtok: output,
+            micros_per_gfuel: per_gfuel,
             updated_at: self.clock.now(),
         };
         self.store.upsert_price(&price).await?;
-        tracing::info!(model, input, output, "price set");
+        tracing::info!(model, input, output, per_gfuel, "price set");
         Ok(price)
     }
 
@@ -270,12 +289,17 @@ impl BillingService {
                 r.prompt_tokens, r.context_length
             )));
         }
-        let max_tokens = r.max_tokens.unwrap_or_else(|| {
-            self.config
-                .default_max_tokens
-                .min(r.context_length.saturating_sub(r.prompt_tokens))
-        });
+        let max_tokens = if r.fuel > 0 {
+            0
+        } else {
+            r.max_tokens.unwrap_or_else(|| {
+                self.config
+                    .default_max_tokens
+                    .min(r.context_length.saturating_sub(r.prompt_tokens))
+            })
+        };
         let held = match self.store.price(&r.model).await? {
+            Some(price) if r.fuel > 0 => fuel_cost(&price, r.fuel),
             Some(price) => cost(&price, r.prompt_tokens.into(), max_tokens.into()),
             None if self.config.unpriced == "deny" => {
                 return Err(BillingError::Precondition(format!(
@@ -302,6 +326,7 @@ impl BillingService {
             idempotency_key: r.idempotency_key.clone(),
             charged_micros: 0,
             expires_at: now + chrono::Duration::seconds(self.config.reservation_ttl_secs as i64),
+            fuel: r.fuel.min(i64::MAX as u64) as i64,
         };
         let txn = self.store.begin().await?;
         // The write comes first: it takes the lock, and the condition keeps the balance
@@ -324,7 +349,7 @@ impl BillingService {
         let inserted = store::exec(
             &txn,
             "INSERT INTO reservations (id, user_id, api_key_id, model, held_micros, prompt_tokens, max_tokens, status, \
-             idempotency_key, charged_micros, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, 0, ?, ?)",
+             idempotency_key, charged_micros, created_at, expires_at, fuel) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, 0, ?, ?, ?)",
             vec![
                 reservation.id.clone().into(),
                 reservation.user_id.clone().into(),
@@ -336,6 +361,7 @@ impl BillingService {
                 reservation.idempotency_key.clone().into(),
                 store::micros(now).into(),
                 store::micros(reservation.expires_at).into(),
+                reservation.fuel.into(),
             ],
         )
         .await;
@@ -501,6 +527,7 @@ impl BillingService {
             }
         }
         let charged = match self.store.price(&r.model).await? {
+            Some(price) if r.fuel > 0 => fuel_cost(&price, usage.fuel),
             Some(price) => cost(
                 &price,
                 usage.prompt_tokens.into(),
@@ -543,6 +570,7 @@ impl BillingService {
                 reservation_id: Some(&r.id),
                 idempotency_key: &format!("settle:{}", r.id),
                 reason: None,
+                fuel: usage.fuel.min(i64::MAX as u64) as i64,
             },
             now,
         )
@@ -704,6 +732,7 @@ impl BillingService {
             row.requests += 1;
             row.prompt_tokens += e.prompt_tokens as u64;
             row.completion_tokens += e.completion_tokens as u64;
+            row.fuel += e.fuel.max(0) as u64;
             row.spend += e.charged_micros;
             total += e.charged_micros;
         }
@@ -722,7 +751,7 @@ impl BillingService {
             return Err(BillingError::Invalid("end must be after start".into()));
         }
         let entries = self.store.entries(user, &["settle"], start, end).await?;
-        let mut lines = vec!["time,user_id,model,api_key_id,prompt_tokens,completion_tokens,charged_micros,currency\n".to_owned()];
+        let mut lines = vec!["time,user_id,model,api_key_id,prompt_tokens,completion_tokens,charged_micros,currency,fuel\n".to_owned()];
         lines.extend(entries.iter().map(|e| csv_line(e, &self.config.currency)));
         Ok(lines)
     }
@@ -760,7 +789,7 @@ fn csv_line(e: &Entry, currency: &str) -> String {
         }
     };
     format!(
-        "{},{},{},{},{},{},{},{}\n",
+        "{},{},{},{},{},{},{},{},{}\n",
         e.created_at.to_rfc3339(),
         field(&e.user_id),
         field(e.model.as_deref().unwrap_or("")),
@@ -768,7 +797,8 @@ fn csv_line(e: &Entry, currency: &str) -> String {
         e.prompt_tokens,
         e.completion_tokens,
         e.charged_micros,
-        currency
+        currency,
+        e.fuel
     )
 }
 
@@ -782,9 +812,18 @@ mod tests {
             model: "m".into(),
             input_micros_per_mtok: 1_000_000,
             output_micros_per_mtok: 3_000_000,
+            micros_per_gfuel: 2_000,
             updated_at: Utc::now(),
         };
         assert_eq!(cost(&p, 1, 0), 1);
+        // 2,000 per billion fuel: a 247 M-fuel Python run costs 494 micro-units.
+        assert_eq!(fuel_cost(&p, 247_000_000), 494);
+        assert_eq!(
+            fuel_cost(&p, 1),
+            1,
+            "any fuel costs at least one micro-unit"
+        );
+        assert_eq!(fuel_cost(&p, 0), 0);
         assert_eq!(cost(&p, 10, 10), 40);
         assert_eq!(cost(&p, 0, 0), 0);
         let cheap = Price {

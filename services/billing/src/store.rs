@@ -17,6 +17,8 @@ pub struct Price {
     pub model: String,
     pub input_micros_per_mtok: i64,
     pub output_micros_per_mtok: i64,
+    /// Micro-units per billion fuel units (sandbox runtimes).
+    pub micros_per_gfuel: i64,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -34,6 +36,8 @@ pub struct Reservation {
     pub idempotency_key: String,
     pub charged_micros: i64,
     pub expires_at: DateTime<Utc>,
+    /// The fuel held for (a sandbox run); 0 for a generation.
+    pub fuel: i64,
 }
 
 impl Reservation {
@@ -50,6 +54,7 @@ impl Reservation {
             idempotency_key: r.try_get("", "idempotency_key")?,
             charged_micros: r.try_get("", "charged_micros")?,
             expires_at: from_micros(r.try_get("", "expires_at")?),
+            fuel: r.try_get("", "fuel")?,
         })
     }
 }
@@ -69,6 +74,7 @@ pub struct Entry {
     pub reservation_id: Option<String>,
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub fuel: i64,
 }
 
 impl Entry {
@@ -86,6 +92,7 @@ impl Entry {
             reservation_id: r.try_get("", "reservation_id")?,
             reason: r.try_get("", "reason")?,
             created_at: from_micros(r.try_get("", "created_at")?),
+            fuel: r.try_get("", "fuel")?,
         })
     }
 }
@@ -104,6 +111,7 @@ pub struct NewEntry<'a> {
     pub reservation_id: Option<&'a str>,
     pub idempotency_key: &'a str,
     pub reason: Option<&'a str>,
+    pub fuel: i64,
 }
 
 /// Quota caps of one subject ("user:ID" or "key:ID").
@@ -132,13 +140,15 @@ impl BillingStore {
     pub async fn upsert_price(&self, p: &Price) -> Result<(), DbErr> {
         exec(
             &self.db,
-            "INSERT INTO prices (model, input_micros_per_mtok, output_micros_per_mtok, updated_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO prices (model, input_micros_per_mtok, output_micros_per_mtok, micros_per_gfuel, updated_at) VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT (model) DO UPDATE SET input_micros_per_mtok = excluded.input_micros_per_mtok, \
-             output_micros_per_mtok = excluded.output_micros_per_mtok, updated_at = excluded.updated_at",
+             output_micros_per_mtok = excluded.output_micros_per_mtok, micros_per_gfuel = excluded.micros_per_gfuel, \
+             updated_at = excluded.updated_at",
             vec![
                 p.model.clone().into(),
                 p.input_micros_per_mtok.into(),
                 p.output_micros_per_mtok.into(),
+                p.micros_per_gfuel.into(),
                 micros(p.updated_at).into(),
             ],
         )
@@ -147,13 +157,14 @@ impl BillingStore {
     }
 
     pub async fn prices(&self) -> Result<Vec<Price>, DbErr> {
-        let rows = all(&self.db, "SELECT model, input_micros_per_mtok, output_micros_per_mtok, updated_at FROM prices ORDER BY model", vec![]).await?;
+        let rows = all(&self.db, "SELECT model, input_micros_per_mtok, output_micros_per_mtok, micros_per_gfuel, updated_at FROM prices ORDER BY model", vec![]).await?;
         rows.iter()
             .map(|r| {
                 Ok(Price {
                     model: r.try_get("", "model")?,
                     input_micros_per_mtok: r.try_get("", "input_micros_per_mtok")?,
                     output_micros_per_mtok: r.try_get("", "output_micros_per_mtok")?,
+                    micros_per_gfuel: r.try_get("", "micros_per_gfuel")?,
                     updated_at: from_micros(r.try_get("", "updated_at")?),
                 })
             })
@@ -408,7 +419,7 @@ pub async fn insert_entry<C: ConnectionTrait>(
     exec(
         db,
         "INSERT INTO ledger (id, user_id, kind, amount_micros, charged_micros, model, api_key_id, prompt_tokens, \
-         completion_tokens, reservation_id, idempotency_key, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         completion_tokens, reservation_id, idempotency_key, reason, created_at, fuel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             uuid::Uuid::now_v7().to_string().into(),
             e.user_id.into(),
@@ -423,6 +434,7 @@ pub async fn insert_entry<C: ConnectionTrait>(
             e.idempotency_key.into(),
             e.reason.map(str::to_owned).into(),
             micros(now).into(),
+            e.fuel.into(),
         ],
     )
     .await?;

@@ -137,6 +137,7 @@ impl SpendHook for BillingPeer {
             context_length: r.context_length,
             idempotency_key: r.idempotency_key.clone(),
             api_key_id: r.principal.api_key_id().unwrap_or_default().to_owned(),
+            fuel: 0,
         };
         let reply = self
             .peer
@@ -165,6 +166,7 @@ impl SpendHook for BillingPeer {
                 completion_tokens: usage.completion_tokens,
             }),
             idempotency_key: format!("settle:{}", reservation.id),
+            fuel_used: 0,
         };
         let reply = self
             .peer

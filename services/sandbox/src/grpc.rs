@@ -46,11 +46,13 @@ const READ_CHUNK: usize = 64 * 1024;
 
 pub struct GrpcSandboxAdapter {
     service: Arc<SandboxService>,
+    /// The currency run costs are reported in.
+    currency: String,
 }
 
 impl GrpcSandboxAdapter {
-    pub fn new(service: Arc<SandboxService>) -> Self {
-        GrpcSandboxAdapter { service }
+    pub fn new(service: Arc<SandboxService>, currency: String) -> Self {
+        GrpcSandboxAdapter { service, currency }
     }
 }
 
@@ -184,7 +186,8 @@ impl pb::sandbox_service_server::SandboxService for GrpcSandboxAdapter {
             )
             .await
             .map_err(ApiError::from)?;
-        let stream = ReceiverStream::new(rx).map(|event| {
+        let currency = self.currency.clone();
+        let stream = ReceiverStream::new(rx).map(move |event| {
             let event = match event {
                 RunEvent::Stdout(b) => pb::run_response::Event::Stdout(b.to_vec()),
                 RunEvent::Stderr(b) => pb::run_response::Event::Stderr(b.to_vec()),
@@ -197,6 +200,10 @@ impl pb::sandbox_service_server::SandboxService for GrpcSandboxAdapter {
                     peak_memory_bytes: result.exit.peak_memory_bytes,
                     changed_paths: result.changed_paths,
                     persisted: result.persisted,
+                    cost: Some(llmesh_proto::common::v1::Money {
+                        micros: result.cost_micros,
+                        currency: currency.clone(),
+                    }),
                 }),
             };
             Ok(pb::RunResponse { event: Some(event) })

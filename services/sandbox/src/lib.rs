@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod meter;
 pub mod runner;
 pub mod runtimes;
 pub mod service;
@@ -17,21 +18,35 @@ pub use service::SandboxService;
 
 use std::sync::Arc;
 
+use llmesh_kit::peer::Peer;
 use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 
 /// Starts the sandbox in this process: its runtimes, the workspaces in the process's
 /// database, and its RPCs. Returns the service and its preparation (the Python runtime
 /// fetched and compiled, when `prepare_at_start`), which the caller runs once the server
-/// answers health checks: the sandbox reports NOT_SERVING until then.
+/// answers health checks: the sandbox reports NOT_SERVING until then. Runs are charged
+/// through `billing` where it runs (then required for readiness), free where it does not.
 pub fn mount(
     set: &mut ServiceSet,
     process: &Process,
     config: SandboxConfig,
+    billing: Option<Peer>,
 ) -> error::Result<(
     Arc<SandboxService>,
     impl std::future::Future<Output = error::Result<()>> + 'static,
 )> {
+    let meter: Arc<dyn meter::Meter> = match billing {
+        Some(peer) => {
+            set.readiness
+                .require(SERVICE_NAME, &peer, "llmesh.billing.v1.BillingService");
+            Arc::new(meter::BillingMeter::new(
+                peer,
+                process.service_token.clone(),
+            ))
+        }
+        None => Arc::new(meter::NoMeter),
+    };
     let runtimes = runtimes::Runtimes::new(config.clone())?;
     let prepare_at_start = config.prepare_at_start;
     let service = Arc::new(SandboxService::new(
@@ -39,13 +54,17 @@ pub fn mount(
         runtimes,
         workspace::Workspaces::new(process.db.clone()),
         process.clock.clone(),
+        meter,
     ));
     let max = set.max_message_bytes();
     set.add(
         ACCESS,
-        SandboxServiceServer::from_arc(Arc::new(GrpcSandboxAdapter::new(service.clone())))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max),
+        SandboxServiceServer::from_arc(Arc::new(GrpcSandboxAdapter::new(
+            service.clone(),
+            process.currency.clone(),
+        )))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     let gate = set
         .readiness

@@ -11,6 +11,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Limits, SandboxConfig};
 use crate::error::{Result, SandboxError};
+use crate::meter::{Hold, Meter};
 use crate::runner::{self, Exit, Job, Output, Status};
 use crate::runtimes::{RuntimeInfo, Runtimes};
 use crate::workspace::{FileMeta, Quota, RunDir, Workspaces, check_path};
@@ -57,6 +58,8 @@ pub struct RunResult {
     pub exit: Exit,
     pub changed_paths: Vec<String>,
     pub persisted: bool,
+    /// What billing charged, in micro-units of its currency.
+    pub cost_micros: i64,
 }
 
 fn event_of(out: Output) -> RunEvent {
@@ -72,6 +75,7 @@ pub struct SandboxService {
     workspaces: Workspaces,
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
+    meter: Arc<dyn Meter>,
 }
 
 impl SandboxService {
@@ -80,6 +84,7 @@ impl SandboxService {
         runtimes: Arc<Runtimes>,
         workspaces: Workspaces,
         clock: Arc<dyn Clock>,
+        meter: Arc<dyn Meter>,
     ) -> Self {
         SandboxService {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
@@ -87,6 +92,7 @@ impl SandboxService {
             runtimes,
             workspaces,
             clock,
+            meter,
         }
     }
 
@@ -320,10 +326,16 @@ impl SandboxService {
                 Duration::from_secs(1),
             )
         })?;
-        let files = self.workspaces.snapshot(&p.user_id).await?;
-        let dir = tokio::task::spawn_blocking(move || RunDir::create(files))
-            .await
-            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))??;
+        // Billing holds the run's fuel ceiling before anything starts; a refusal (balance,
+        // quota, rate) ends the request here, and an early failure releases the hold.
+        let hold = self.meter.reserve(p, &spec.runtime, limits.fuel).await?;
+        let dir = match self.copy_workspace(p).await {
+            Ok(dir) => dir,
+            Err(e) => {
+                self.release(&hold).await;
+                return Err(e);
+            }
+        };
 
         let (tx, rx) = mpsc::channel(64);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel();
@@ -399,15 +411,39 @@ impl SandboxService {
                 Ok(exit) => exit,
                 Err(e) => {
                     tracing::error!(error = %e, "a sandbox run's thread failed");
+                    this.release(&hold).await;
                     return;
                 }
             };
-            let result = this
+            let fuel_used = exit.fuel_used;
+            let mut result = this
                 .finish(&principal, &dir, exit, limits, spec.persist)
                 .await;
+            result.cost_micros = match this.meter.settle(&hold, fuel_used).await {
+                Ok(micros) => micros,
+                Err(e) => {
+                    // The hold expires on billing's side; the run itself is done.
+                    tracing::warn!(error = %e, reservation = %hold.id, "settling a sandbox run failed");
+                    0
+                }
+            };
             let _ = tx.send(RunEvent::Exit(result)).await;
         });
         Ok(rx)
+    }
+
+    async fn copy_workspace(&self, p: &Principal) -> Result<RunDir> {
+        let files = self.workspaces.snapshot(&p.user_id).await?;
+        tokio::task::spawn_blocking(move || RunDir::create(files))
+            .await
+            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))?
+    }
+
+    /// Gives back a hold whose run never ran.
+    async fn release(&self, hold: &Hold) {
+        if let Err(e) = self.meter.settle(hold, 0).await {
+            tracing::warn!(error = %e, reservation = %hold.id, "releasing a sandbox hold failed");
+        }
     }
 
     /// Collects a finished run's file changes and keeps them when asked and allowed.
@@ -465,6 +501,7 @@ impl SandboxService {
             exit,
             changed_paths,
             persisted,
+            cost_micros: 0,
         }
     }
 }

@@ -77,13 +77,17 @@ pub enum BillingCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum PricesCommand {
-    /// Sets a model's price per million tokens, in micro-units.
+    /// Sets a model's price per million tokens, or a sandbox runtime's ("sandbox/python",
+    /// "sandbox/wasm") per billion fuel units, in micro-units.
     Set {
         model: String,
-        #[arg(long)]
+        #[arg(long, default_value_t = 0)]
         input: i64,
-        #[arg(long)]
+        #[arg(long, default_value_t = 0)]
         output: i64,
+        /// Micro-units per billion fuel units (sandbox runtimes).
+        #[arg(long, default_value_t = 0)]
+        fuel: i64,
     },
     /// Lists prices.
     List,
@@ -409,22 +413,23 @@ async fn billing(config: Config, cmd: BillingCommand) -> anyhow::Result<()> {
             model,
             input,
             output,
+            fuel,
         }) => {
-            let p = service.set_price(&model, input, output).await?;
+            let p = service.set_price(&model, input, output, fuel).await?;
             println!(
-                "{}: input {} / output {} micro-units {currency} per million tokens",
-                p.model, p.input_micros_per_mtok, p.output_micros_per_mtok
+                "{}: input {} / output {} micro-units {currency} per million tokens, {} per billion fuel",
+                p.model, p.input_micros_per_mtok, p.output_micros_per_mtok, p.micros_per_gfuel
             );
         }
         BillingCommand::Prices(PricesCommand::List) => {
             println!(
-                "{:<32} {:>16} {:>16}  ({currency} micro-units per million tokens)",
-                "model", "input", "output"
+                "{:<32} {:>14} {:>14} {:>14}  ({currency} micro-units per million tokens / billion fuel)",
+                "model", "input", "output", "fuel"
             );
             for p in service.prices().await? {
                 println!(
-                    "{:<32} {:>16} {:>16}",
-                    p.model, p.input_micros_per_mtok, p.output_micros_per_mtok
+                    "{:<32} {:>14} {:>14} {:>14}",
+                    p.model, p.input_micros_per_mtok, p.output_micros_per_mtok, p.micros_per_gfuel
                 );
             }
         }

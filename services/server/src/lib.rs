@@ -298,9 +298,13 @@ pub async fn start(
     };
     let (sandbox, sandbox_preparation) = match runs("sandbox") {
         true => {
-            let (service, preparation) =
-                llmesh_sandbox::mount(&mut set, &process, config.sandbox.clone())
-                    .context("starting the sandbox service")?;
+            let (service, preparation) = llmesh_sandbox::mount(
+                &mut set,
+                &process,
+                config.sandbox.clone(),
+                peers.find("billing")?,
+            )
+            .context("starting the sandbox service")?;
             (Some(service), Some(preparation))
         }
         false => (None, None),
