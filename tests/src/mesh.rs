@@ -1,5 +1,5 @@
-//! The whole product split into processes behind a real edge: auth, billing, llm ×2 and
-//! chat ×2 as separate `llmesh serve --services X` processes (the binary built with the
+//! The whole product split into processes behind a real edge: auth, billing, llm ×2,
+//! chat ×2 and sandbox as separate `llmesh serve --services X` processes (the binary built with the
 //! tests) on one fresh Postgres database, with nginx in front, configured by
 //! `scripts/edge-nginx` from `helm/llmesh/routes.yaml`.
 
@@ -45,6 +45,7 @@ pub const LAYOUT: &[(&str, &str)] = &[
     ("llm-2", "llm"),
     ("chat-1", "chat"),
     ("chat-2", "chat"),
+    ("sandbox", "sandbox"),
 ];
 
 /// The `llmesh` binary built with this test crate.
@@ -282,6 +283,7 @@ fn start_edge(
         .args(["--upstream", &upstream("billing")])
         .args(["--upstream", &upstream("llm")])
         .args(["--upstream", &upstream("chat")])
+        .args(["--upstream", &upstream("sandbox")])
         .output()
         .expect("run scripts/edge-nginx");
     assert!(

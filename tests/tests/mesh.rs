@@ -1,6 +1,6 @@
 //! The whole product split into processes behind nginx (see `llmesh_tests::mesh`):
-//! reflection through the edge, one trace across chat → llm → billing in an OTLP
-//! receiver the test runs, an llm process killed mid-reply, and the browser e2e run.
+//! reflection through the edge, one trace across chat → llm → billing (and sandbox →
+//! billing) in an OTLP receiver the test runs, an llm process killed mid-reply, and the browser e2e run.
 //! The chat, chat archive, auth and billing suites also run through the mesh
 //! (`every_shape!`).
 
@@ -13,6 +13,8 @@ use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::llm::v1 as lpb;
+use llmesh_proto::sandbox::v1 as spb;
+use llmesh_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 use llmesh_tests::{Backend, TestServer, bearer, http_get};
 use opentelemetry_proto::tonic::collector::trace::v1 as otlp;
 
@@ -213,7 +215,7 @@ async fn one_chat_message_is_one_trace_across_processes() {
     let (send, generate, settle, decode) = chain.expect("the spans of every hop were exported");
     let reserve = spans("llmesh.billing.v1.BillingService/Reserve")
         .into_iter()
-        .next()
+        .find(|(_, s)| s.trace_id == send.1.trace_id)
         .expect("reserve span");
     // Three processes, one trace.
     assert_eq!(send.0, "llmesh-chat");
@@ -236,6 +238,48 @@ async fn one_chat_message_is_one_trace_across_processes() {
         assert_eq!(span.parent_span_id, generate.1.span_id, "{name}");
     }
     assert!(decode.1.end_time_unix_nano >= decode.1.start_time_unix_nano);
+
+    // A sandbox run is one trace too: the sandbox process, its hold in billing, its guest.
+    let mut sandbox = SandboxServiceClient::new(s.channel.clone());
+    let mut run = sandbox
+        .run(bearer(
+            &tokens.access_token,
+            spb::RunRequest {
+                runtime: "python".into(),
+                code: "print(6 * 7)".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("run")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(m) = run.message().await.expect("run event") {
+        if let Some(spb::run_response::Event::Stdout(b)) = m.event {
+            out.extend(b);
+        }
+    }
+    assert_eq!(out, b"42\n");
+    let mut found = None;
+    for _ in 0..200 {
+        if let (Some(run), Some(guest)) = (
+            spans("llmesh.sandbox.v1.SandboxService/Run").first(),
+            spans("sandbox.guest").first(),
+        ) {
+            found = Some((run.clone(), guest.clone()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (run, guest) = found.expect("the sandbox's spans were exported");
+    assert_eq!(run.0, "llmesh-sandbox");
+    assert_eq!(guest.1.parent_span_id, run.1.span_id);
+    assert!(
+        spans("llmesh.billing.v1.BillingService/Reserve")
+            .iter()
+            .any(|(service, s)| service == "llmesh-billing" && s.parent_span_id == run.1.span_id),
+        "the run's hold in billing is a child of the run"
+    );
 }
 
 /// The llm process running a generation now, found from each process's metrics.

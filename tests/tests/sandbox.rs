@@ -756,4 +756,37 @@ async fn runs_are_charged_by_fuel() {
         .await
         .expect_err("refused");
     assert_eq!(too_much.code(), Code::FailedPrecondition, "{too_much:?}");
+
+    // The metrics saw one run and two refusals, and pass promtool.
+    let (_, _, scrape) = llmesh_tests::http_get(&format!("{}/metrics", s.url)).await;
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let python = r#"runtime="python""#;
+    assert_eq!(
+        value("llmesh_sandbox_runs_total", &[python, r#"status="exited""#]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            "llmesh_sandbox_runs_refused_total",
+            &[python, r#"reason="billing""#]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value("llmesh_sandbox_fuel_used_total", &[python]),
+        exit.fuel_used as f64
+    );
+    assert_eq!(
+        value("llmesh_sandbox_run_duration_seconds_count", &[python]),
+        1.0
+    );
+    assert!(value("llmesh_sandbox_peak_memory_bytes_sum", &[python]) > 1e6);
+    assert_eq!(value("llmesh_sandbox_runs_active", &[]), 0.0);
+    llmesh_tests::promtool_accepts(&scrape);
 }

@@ -1,6 +1,7 @@
 //! Services in separate processes (servers on their own ports, talking gRPC): chat apart
 //! from llm (replies, Stop, deadlines that follow the call), a peer that is down answered
-//! as UNAVAILABLE naming it, and auth's deleted-user notice surviving billing being down.
+//! as UNAVAILABLE naming it, auth's deleted-user notice surviving billing being down, and
+//! the sandbox alone charging runs through billing in another process.
 
 use std::time::Duration;
 
@@ -330,6 +331,104 @@ async fn a_peer_that_is_down_is_unavailable_by_name() {
     assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
     assert!(
         status.message().contains("auth service"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_runs_alone_and_charges_through_billing() {
+    use llmesh_proto::sandbox::v1 as spb;
+    use llmesh_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
+
+    // A: auth and billing. B: the sandbox alone, its workspaces in its own database.
+    let a = TestServer::start_services(Backend::Sqlite, &["auth", "billing"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+    })
+    .await
+    .expect("sqlite");
+    let a_url = a.url.clone();
+    let b = TestServer::start_services(Backend::Sqlite, &["sandbox"], |c| {
+        c.peers.service_token = Some(TOKEN.into());
+        c.peers.auth_url = Some(a_url.clone());
+        c.peers.billing_url = Some(a_url.clone());
+    })
+    .await
+    .expect("sqlite");
+    let (_, admin) = a.signup("admin@example.com").await;
+    let (user, tokens) = a.signup("user@example.com").await;
+    let token = tokens.access_token;
+    let mut billing = BillingServiceClient::new(a.channel.clone());
+    billing
+        .set_price(bearer(
+            &admin.access_token,
+            bpb::SetPriceRequest {
+                model: "sandbox/python".into(),
+                micros_per_billion_fuel: 1_000_000,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("price");
+    billing
+        .adjust_balance(bearer(
+            &admin.access_token,
+            bpb::AdjustBalanceRequest {
+                user_id: user.id.clone(),
+                amount_micros: 100_000_000,
+                reason: "test credit".into(),
+                idempotency_key: "sandbox-split".into(),
+            },
+        ))
+        .await
+        .expect("credit");
+
+    let mut sandbox = SandboxServiceClient::new(b.channel.clone());
+    let request = || spb::RunRequest {
+        runtime: "python".into(),
+        code: "import sys; print('out'); print('err', file=sys.stderr)".into(),
+        ..Default::default()
+    };
+    let mut stream = sandbox
+        .run(bearer(&token, request()))
+        .await
+        .expect("run")
+        .into_inner();
+    let (mut out, mut err, mut exit) = (Vec::new(), Vec::new(), None);
+    while let Some(m) = stream.message().await.expect("event") {
+        match m.event.expect("event") {
+            spb::run_response::Event::Stdout(b) => out.extend(b),
+            spb::run_response::Event::Stderr(b) => err.extend(b),
+            spb::run_response::Event::Exit(e) => exit = Some(e),
+        }
+    }
+    assert_eq!((out.as_slice(), err.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    let exit = exit.expect("exit");
+    assert_eq!(exit.status, spb::RunStatus::Exited as i32, "{}", exit.message);
+    let cost = exit.cost.expect("cost").micros;
+    assert_eq!(cost as u64, exit.fuel_used.div_ceil(1000));
+    let balance = billing
+        .get_balance(bearer(&token, bpb::GetBalanceRequest::default()))
+        .await
+        .expect("balance")
+        .into_inner();
+    assert_eq!(balance.balance.expect("balance").micros, 100_000_000 - cost);
+    assert_eq!(balance.reserved.expect("reserved").micros, 0);
+    let (_, _, scrape) = llmesh_tests::http_get(&format!("{}/metrics", b.url)).await;
+    assert!(
+        scrape.contains(r#"llmesh_sandbox_runs_total{runtime="python",status="exited"} 1"#),
+        "{scrape}"
+    );
+
+    // With billing gone, a run is refused as UNAVAILABLE naming it, before it starts.
+    a.stop().await;
+    let status = sandbox
+        .run(bearer(&token, request()))
+        .await
+        .expect_err("billing is gone");
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(
+        status.message().contains("billing service") || status.message().contains("auth service"),
         "{}",
         status.message()
     );

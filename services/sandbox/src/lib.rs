@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod meter;
+pub mod metrics;
 pub mod runner;
 pub mod runtimes;
 pub mod service;
@@ -56,6 +57,9 @@ pub fn mount(
         process.clock.clone(),
         meter,
     ));
+    for collector in service.metrics.collectors() {
+        process.metrics.register(collector);
+    }
     let max = set.max_message_bytes();
     set.add(
         ACCESS,

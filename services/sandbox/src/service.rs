@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::config::{Limits, SandboxConfig};
 use crate::error::{Result, SandboxError};
 use crate::meter::{Hold, Meter};
+use crate::metrics::{SandboxMetrics, status_label};
 use crate::runner::{self, Exit, Job, Output, Status};
 use crate::runtimes::{RuntimeInfo, Runtimes};
 use crate::workspace::{FileMeta, Quota, RunDir, Workspaces, check_path};
@@ -76,6 +77,19 @@ pub struct SandboxService {
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
     meter: Arc<dyn Meter>,
+    pub metrics: SandboxMetrics,
+}
+
+/// A slot held by a run (counted in the active-runs gauge while held).
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    active: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.active.dec();
+    }
 }
 
 impl SandboxService {
@@ -93,6 +107,7 @@ impl SandboxService {
             workspaces,
             clock,
             meter,
+            metrics: SandboxMetrics::default(),
         }
     }
 
@@ -317,7 +332,12 @@ impl SandboxService {
                 )));
             }
         };
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+        let runtime = spec.runtime.clone();
+        let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics
+                .refused
+                .with_label_values(&[&runtime, "busy"])
+                .inc();
             SandboxError::Exhausted(
                 format!(
                     "all {} sandbox slots are busy; retry shortly",
@@ -328,7 +348,28 @@ impl SandboxService {
         })?;
         // Billing holds the run's fuel ceiling before anything starts; a refusal (balance,
         // quota, rate) ends the request here, and an early failure releases the hold.
-        let hold = self.meter.reserve(p, &spec.runtime, limits.fuel).await?;
+        self.metrics.active.inc();
+        let slot = Slot {
+            _permit: permit,
+            active: self.metrics.active.clone(),
+        };
+        let rpc = tracing::Span::current();
+        let hold = match self.meter.reserve(p, &runtime, limits.fuel).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                if matches!(
+                    e,
+                    SandboxError::Precondition(_) | SandboxError::Exhausted(..)
+                ) {
+                    self.metrics
+                        .refused
+                        .with_label_values(&[&runtime, "billing"])
+                        .inc();
+                }
+                return Err(e);
+            }
+        };
+        let copy_start = std::time::SystemTime::now();
         let dir = match self.copy_workspace(p).await {
             Ok(dir) => dir,
             Err(e) => {
@@ -337,6 +378,13 @@ impl SandboxService {
             }
         };
 
+        llmesh_kit::trace::record_child(
+            &rpc,
+            "sandbox.workspace_copy",
+            copy_start,
+            std::time::SystemTime::now(),
+            Vec::new(),
+        );
         let (tx, rx) = mpsc::channel(64);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -415,10 +463,23 @@ impl SandboxService {
                     return;
                 }
             };
+            let guest_end = std::time::SystemTime::now();
             let fuel_used = exit.fuel_used;
             let mut result = this
                 .finish(&principal, &dir, exit, limits, spec.persist)
                 .await;
+            let m = &this.metrics;
+            m.runs
+                .with_label_values(&[&runtime, status_label(result.exit.status)])
+                .inc();
+            m.fuel.with_label_values(&[&runtime]).inc_by(fuel_used);
+            m.duration
+                .with_label_values(&[&runtime])
+                .observe(result.exit.wall.as_secs_f64());
+            m.peak_memory
+                .with_label_values(&[&runtime])
+                .observe(result.exit.peak_memory_bytes as f64);
+            guest_span(&rpc, &runtime, &result.exit, guest_end);
             result.cost_micros = match this.meter.settle(&hold, fuel_used).await {
                 Ok(micros) => micros,
                 Err(e) => {
@@ -504,4 +565,24 @@ impl SandboxService {
             cost_micros: 0,
         }
     }
+}
+
+/// Records the guest's run as a child span of its RPC, with its real time and outcome.
+fn guest_span(rpc: &tracing::Span, runtime: &str, exit: &Exit, end: std::time::SystemTime) {
+    use opentelemetry::KeyValue;
+    llmesh_kit::trace::record_child(
+        rpc,
+        "sandbox.guest",
+        end - exit.wall,
+        end,
+        vec![
+            KeyValue::new("sandbox.runtime", runtime.to_owned()),
+            KeyValue::new("sandbox.status", status_label(exit.status)),
+            KeyValue::new("sandbox.fuel_used", exit.fuel_used.min(i64::MAX as u64) as i64),
+            KeyValue::new(
+                "sandbox.peak_memory_bytes",
+                exit.peak_memory_bytes.min(i64::MAX as u64) as i64,
+            ),
+        ],
+    );
 }
