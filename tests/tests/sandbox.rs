@@ -1,12 +1,13 @@
 //! The sandbox over real gRPC with the real CPython for WASI and hand-written WASI
 //! modules: streamed output, limits, workspaces and persistence, and hostile guests that
-//! must end with the right status while the server keeps answering.
+//! must end with the right status while the server keeps answering. Runs and workspaces
+//! are also tested on Postgres and through the mesh (the sandbox in its own process).
 
 use std::time::{Duration, Instant};
 
 use llmesh_proto::sandbox::v1 as pb;
 use llmesh_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
-use llmesh_tests::{Backend, TestServer, bearer};
+use llmesh_tests::{Backend, TestServer, bearer, every_shape};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -16,15 +17,20 @@ struct Setup {
 }
 
 async fn setup(tweak: impl FnOnce(&mut llmesh::Config)) -> Setup {
-    let s = TestServer::start_with(Backend::Sqlite, tweak)
+    setup_on(Backend::Sqlite, tweak)
         .await
-        .expect("sqlite");
+        .expect("sqlite runs everywhere")
+}
+
+/// None when the backend cannot run here (Postgres or nginx missing outside CI).
+async fn setup_on(backend: Backend, tweak: impl FnOnce(&mut llmesh::Config)) -> Option<Setup> {
+    let s = TestServer::start_with(backend, tweak).await?;
     s.signup("admin@example.com").await;
     let (_, user) = s.signup("user@example.com").await;
-    Setup {
+    Some(Setup {
         s,
         user: user.access_token,
-    }
+    })
 }
 
 fn client(s: &TestServer) -> SandboxServiceClient<Channel> {
@@ -134,9 +140,10 @@ async fn read(c: &mut SandboxServiceClient<Channel>, token: &str, path: &str) ->
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_runs_stream_and_report() {
-    let Setup { s, user } = setup(|_| {}).await;
+every_shape!(python_runs_stream_and_report, |backend| async move {
+    let Some(Setup { s, user }) = setup_on(backend, |_| {}).await else {
+        return;
+    };
     let mut c = client(&s);
     let ran = run(
         &mut c,
@@ -196,11 +203,12 @@ async fn python_runs_stream_and_report() {
         "{}",
         ran.err()
     );
-}
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn workspaces_persist_only_when_asked() {
-    let Setup { s, user } = setup(|_| {}).await;
+every_shape!(workspaces_persist_only_when_asked, |backend| async move {
+    let Some(Setup { s, user }) = setup_on(backend, |_| {}).await else {
+        return;
+    };
     let mut c = client(&s);
     upload(
         &mut c,
@@ -283,7 +291,7 @@ async fn workspaces_persist_only_when_asked() {
     )
     .await;
     assert_eq!(ran.out(), "[]\n");
-}
+});
 
 /// Uploads a module written in WAT and returns a request that runs it.
 async fn wat_module(
@@ -757,7 +765,46 @@ async fn runs_are_charged_by_fuel() {
         .expect_err("refused");
     assert_eq!(too_much.code(), Code::FailedPrecondition, "{too_much:?}");
 
-    // The metrics saw one run and two refusals, and pass promtool.
+    // Sandbox spend counts against the monthly spend cap, and a run is one request for
+    // the per-minute rate.
+    let quota = |q: bpb::Quota| {
+        bearer(
+            &admin,
+            bpb::SetQuotaRequest {
+                subject: Some(bpb::set_quota_request::Subject::UserId(user.id.clone())),
+                quota: Some(q),
+            },
+        )
+    };
+    b.set_quota(quota(bpb::Quota {
+        monthly_spend_micros: cost.micros + 1_999_999,
+        ..Default::default()
+    }))
+    .await
+    .expect("cap");
+    let capped = c
+        .run(bearer(&token, paid("print(1)")))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(capped.code(), Code::ResourceExhausted, "{capped:?}");
+    assert!(capped.message().contains("monthly spend cap"), "{capped:?}");
+    b.set_quota(quota(bpb::Quota {
+        requests_per_minute: 1,
+        ..Default::default()
+    }))
+    .await
+    .expect("rate");
+    let second = run(&mut c, &token, paid("print(2)")).await;
+    assert_eq!(second.out(), "2\n");
+    let limited = c
+        .run(bearer(&token, paid("print(3)")))
+        .await
+        .expect_err("over the rate");
+    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    assert!(limited.message().contains("requests per minute"), "{limited:?}");
+    assert!(limited.metadata().get("retry-after").is_some(), "{limited:?}");
+
+    // The metrics saw two runs and four refusals, and pass promtool.
     let (_, _, scrape) = llmesh_tests::http_get(&format!("{}/metrics", s.url)).await;
     let value = |name: &str, labels: &[&str]| -> f64 {
         scrape
@@ -769,22 +816,22 @@ async fn runs_are_charged_by_fuel() {
     let python = r#"runtime="python""#;
     assert_eq!(
         value("llmesh_sandbox_runs_total", &[python, r#"status="exited""#]),
-        1.0
+        2.0
     );
     assert_eq!(
         value(
             "llmesh_sandbox_runs_refused_total",
             &[python, r#"reason="billing""#]
         ),
-        2.0
+        4.0
     );
     assert_eq!(
         value("llmesh_sandbox_fuel_used_total", &[python]),
-        exit.fuel_used as f64
+        (exit.fuel_used + second.exit().fuel_used) as f64
     );
     assert_eq!(
         value("llmesh_sandbox_run_duration_seconds_count", &[python]),
-        1.0
+        2.0
     );
     assert!(value("llmesh_sandbox_peak_memory_bytes_sum", &[python]) > 1e6);
     assert_eq!(value("llmesh_sandbox_runs_active", &[]), 0.0);

@@ -402,9 +402,17 @@ async fn the_sandbox_runs_alone_and_charges_through_billing() {
             spb::run_response::Event::Exit(e) => exit = Some(e),
         }
     }
-    assert_eq!((out.as_slice(), err.as_slice()), (&b"out\n"[..], &b"err\n"[..]));
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"out\n"[..], &b"err\n"[..])
+    );
     let exit = exit.expect("exit");
-    assert_eq!(exit.status, spb::RunStatus::Exited as i32, "{}", exit.message);
+    assert_eq!(
+        exit.status,
+        spb::RunStatus::Exited as i32,
+        "{}",
+        exit.message
+    );
     let cost = exit.cost.expect("cost").micros;
     assert_eq!(cost as u64, exit.fuel_used.div_ceil(1000));
     let balance = billing

@@ -578,7 +578,10 @@ fn guest_span(rpc: &tracing::Span, runtime: &str, exit: &Exit, end: std::time::S
         vec![
             KeyValue::new("sandbox.runtime", runtime.to_owned()),
             KeyValue::new("sandbox.status", status_label(exit.status)),
-            KeyValue::new("sandbox.fuel_used", exit.fuel_used.min(i64::MAX as u64) as i64),
+            KeyValue::new(
+                "sandbox.fuel_used",
+                exit.fuel_used.min(i64::MAX as u64) as i64,
+            ),
             KeyValue::new(
                 "sandbox.peak_memory_bytes",
                 exit.peak_memory_bytes.min(i64::MAX as u64) as i64,
