@@ -293,6 +293,92 @@ every_shape!(workspaces_persist_only_when_asked, |backend| async move {
     assert_eq!(ran.out(), "[]\n");
 });
 
+/// Interpreters are started ahead of demand and handed the program on stdin; the program
+/// must not be able to tell: a clean `__main__`, `sys.argv`, tracebacks and syntax errors
+/// as `python -c` gives them, stdin intact, nothing kept from another run, and only its
+/// own instructions metered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_interpreters_run_programs_as_python_c_does() {
+    let Setup { s, user } = setup(|_| {}).await;
+    let mut c = client(&s);
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            args: vec!["a".into(), "b c".into()],
+            stdin: b"line one\nline two".to_vec(),
+            ..python(
+                "print(sorted(globals()))\n\
+                 import sys\n\
+                 print(sys.argv)\n\
+                 print(repr(sys.stdin.read()))\n\
+                 sys.marker = 'left behind'",
+            )
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited, "{}", ran.err());
+    assert_eq!(
+        ran.out(),
+        "['__annotations__', '__builtins__', '__doc__', '__loader__', '__name__', '__package__', '__spec__']\n\
+         ['-c', 'a', 'b c']\n\
+         'line one\\nline two'\n"
+    );
+    // Only the program's own instructions and the interpreter's exit (about 50 M): its
+    // start-up (over 200 M) is not the caller's.
+    assert!(ran.exit().fuel_used < 120_000_000, "{:?}", ran.exit());
+
+    let ran = run(
+        &mut c,
+        &user,
+        python("import sys\nprint(hasattr(sys, 'marker'))"),
+    )
+    .await;
+    assert_eq!(ran.out(), "False\n");
+
+    let ran = run(&mut c, &user, python("x = 1\n1/0")).await;
+    assert_eq!(ran.status(), pb::RunStatus::Exited);
+    assert_eq!(ran.exit().exit_code, 1);
+    assert_eq!(
+        ran.err(),
+        "Traceback (most recent call last):\n  File \"<string>\", line 2, in <module>\nZeroDivisionError: division by zero\n"
+    );
+    let ran = run(&mut c, &user, python("x=")).await;
+    assert_eq!(ran.exit().exit_code, 1);
+    assert_eq!(
+        ran.err(),
+        "  File \"<string>\", line 1\n    x=\n      ^\nSyntaxError: invalid syntax\n"
+    );
+
+    // Less memory than the interpreter itself holds: out of memory, before it starts.
+    let ran = run(
+        &mut c,
+        &user,
+        pb::RunRequest {
+            limits: limits(pb::RunLimits {
+                memory_bytes: 4 * 1024 * 1024,
+                ..Default::default()
+            }),
+            ..python("print(1)")
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), pb::RunStatus::OutOfMemory, "{:?}", ran.exit());
+    assert!(
+        ran.exit().message.contains("interpreter"),
+        "{:?}",
+        ran.exit()
+    );
+
+    let (_, _, scrape) = llmesh_tests::http_get(&format!("{}/metrics", s.url)).await;
+    let pooled = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"llmesh_sandbox_python_interpreters_total{source="pool"} "#))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(pooled >= 1.0, "{scrape}");
+}
+
 /// Uploads a module written in WAT and returns a request that runs it.
 async fn wat_module(
     c: &mut SandboxServiceClient<Channel>,
@@ -801,8 +887,14 @@ async fn runs_are_charged_by_fuel() {
         .await
         .expect_err("over the rate");
     assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
-    assert!(limited.message().contains("requests per minute"), "{limited:?}");
-    assert!(limited.metadata().get("retry-after").is_some(), "{limited:?}");
+    assert!(
+        limited.message().contains("requests per minute"),
+        "{limited:?}"
+    );
+    assert!(
+        limited.metadata().get("retry-after").is_some(),
+        "{limited:?}"
+    );
 
     // The metrics saw two runs and four refusals, and pass promtool.
     let (_, _, scrape) = llmesh_tests::http_get(&format!("{}/metrics", s.url)).await;

@@ -51,6 +51,9 @@ pub struct SandboxConfig {
     pub prepare_at_start: bool,
     /// Runs at once in this process; more are refused with RESOURCE_EXHAUSTED.
     pub max_concurrent_runs: usize,
+    /// Python interpreters kept started ahead of demand (each used for one run, then
+    /// replaced in the background); 0 starts one per run.
+    pub python_pool: usize,
     /// Limits a run gets when the request names none.
     pub defaults: Limits,
     /// The most a member's request may ask for.
@@ -86,6 +89,7 @@ impl Default for SandboxConfig {
             python_sha256: PYTHON_SHA256.into(),
             prepare_at_start: true,
             max_concurrent_runs: 4,
+            python_pool: 2,
             defaults: Limits::default(),
             member_ceiling: ceiling,
             admin_ceiling: ceiling,
@@ -109,6 +113,9 @@ impl SandboxConfig {
                     format!("{r:?} is not one of \"python\", \"wasm\""),
                 ));
             }
+        }
+        if self.python_pool > 64 {
+            return Err(invalid("sandbox.python_pool", "must be at most 64"));
         }
         if self.max_concurrent_runs == 0 {
             return Err(invalid("sandbox.max_concurrent_runs", "must be at least 1"));

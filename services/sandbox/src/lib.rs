@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod meter;
 pub mod metrics;
+pub mod python;
 pub mod runner;
 pub mod runtimes;
 pub mod service;

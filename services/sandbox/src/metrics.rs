@@ -46,6 +46,8 @@ pub struct SandboxMetrics {
     pub duration: HistogramVec,
     pub peak_memory: HistogramVec,
     pub active: IntGauge,
+    pub pool_idle: IntGauge,
+    pub python_starts: IntCounterVec,
 }
 
 impl Default for SandboxMetrics {
@@ -98,6 +100,19 @@ impl Default for SandboxMetrics {
                 "Sandbox runs holding a slot now.",
             )
             .expect("valid metric"),
+            pool_idle: IntGauge::new(
+                "llmesh_sandbox_python_pool_idle",
+                "Python interpreters started ahead of demand and waiting for a program.",
+            )
+            .expect("valid metric"),
+            python_starts: IntCounterVec::new(
+                Opts::new(
+                    "llmesh_sandbox_python_interpreters_total",
+                    "Python runs by where their interpreter came from (pool: started ahead of demand; fresh: started for the run).",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
         }
     }
 }
@@ -111,6 +126,8 @@ impl SandboxMetrics {
             Box::new(self.duration.clone()),
             Box::new(self.peak_memory.clone()),
             Box::new(self.active.clone()),
+            Box::new(self.pool_idle.clone()),
+            Box::new(self.python_starts.clone()),
         ]
     }
 }

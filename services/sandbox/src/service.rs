@@ -1,19 +1,23 @@
 //! The sandbox domain: runs within the caller's limits and a bounded pool of slots, on
 //! threads of their own; workspace files behind a quota.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use llmesh_kit::{Clock, Principal, Role};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use wasmtime::Module;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
 use crate::config::{Limits, SandboxConfig};
 use crate::error::{Result, SandboxError};
 use crate::meter::{Hold, Meter};
 use crate::metrics::{SandboxMetrics, status_label};
-use crate::runner::{self, Exit, Job, Output, Status};
+use crate::python::{PythonPool, Running};
+use crate::runner::{self, Claim, Controls, Exit, Launch, Output, Status};
 use crate::runtimes::{RuntimeInfo, Runtimes};
 use crate::workspace::{FileMeta, Quota, RunDir, Workspaces, check_path};
 
@@ -43,6 +47,19 @@ pub struct RunSpec {
     /// Requested limits; 0 fields take the defaults.
     pub limits: RunLimits,
     pub persist: bool,
+}
+
+/// What a run runs.
+enum Program {
+    Python {
+        module: Module,
+        code: String,
+        args: Vec<String>,
+    },
+    Module {
+        module: Module,
+        argv: Vec<String>,
+    },
 }
 
 /// What a run streams.
@@ -77,6 +94,7 @@ pub struct SandboxService {
     clock: Arc<dyn Clock>,
     slots: Arc<Semaphore>,
     meter: Arc<dyn Meter>,
+    pool: Arc<PythonPool>,
     pub metrics: SandboxMetrics,
 }
 
@@ -100,14 +118,27 @@ impl SandboxService {
         clock: Arc<dyn Clock>,
         meter: Arc<dyn Meter>,
     ) -> Self {
+        let metrics = SandboxMetrics::default();
+        let most_memory = config
+            .member_ceiling
+            .memory_mib
+            .max(config.admin_ceiling.memory_mib)
+            * 1024
+            * 1024;
         SandboxService {
             slots: Arc::new(Semaphore::new(config.max_concurrent_runs)),
+            pool: PythonPool::new(
+                runtimes.clone(),
+                config.python_pool,
+                most_memory as usize,
+                metrics.clone(),
+            ),
             config,
             runtimes,
             workspaces,
             clock,
             meter,
-            metrics: SandboxMetrics::default(),
+            metrics,
         }
     }
 
@@ -120,9 +151,11 @@ impl SandboxService {
     }
 
     /// Fetches and compiles the Python runtime (at start, when configured).
+    /// Fetches and compiles the Python runtime, and starts the pool of interpreters.
     pub async fn prepare(&self) -> Result<()> {
         if self.config.runtimes.iter().any(|r| r == "python") {
-            self.runtimes.python().await?;
+            let module = self.runtimes.python().await?;
+            self.pool.fill(&module);
         }
         Ok(())
     }
@@ -271,7 +304,7 @@ impl SandboxService {
                 self.config.max_stdin_bytes
             )));
         }
-        let (module, argv, env) = match spec.runtime.as_str() {
+        let program = match spec.runtime.as_str() {
             "python" => {
                 if spec.code.trim().is_empty() {
                     return Err(SandboxError::Invalid("code is required for python".into()));
@@ -287,20 +320,12 @@ impl SandboxService {
                     return Err(SandboxError::Invalid("code must not contain NUL".into()));
                 }
                 let module = self.runtimes.python().await?;
-                let mut argv = vec!["python".to_owned(), "-c".to_owned(), spec.code];
-                argv.extend(spec.args);
-                // Unbuffered, so output streams as it is written; no bytecode files in the
-                // workspace; the workspace's lib/ importable.
-                let env = vec![
-                    ("PYTHONUNBUFFERED".to_owned(), "1".to_owned()),
-                    ("PYTHONDONTWRITEBYTECODE".to_owned(), "1".to_owned()),
-                    (
-                        "PYTHONPATH".to_owned(),
-                        "/workspace/lib:/workspace".to_owned(),
-                    ),
-                    ("HOME".to_owned(), "/workspace".to_owned()),
-                ];
-                (module, argv, env)
+                self.pool.fill(&module);
+                Program::Python {
+                    module,
+                    code: spec.code,
+                    args: spec.args,
+                }
             }
             "wasm" => {
                 if !self.config.runtimes.iter().any(|r| r == "wasm") {
@@ -324,7 +349,7 @@ impl SandboxService {
                     .map_err(|e| SandboxError::Internal(format!("compiling: {e}")))??;
                 let mut argv = vec![spec.module_path.clone()];
                 argv.extend(spec.args);
-                (module, argv, Vec::new())
+                Program::Module { module, argv }
             }
             other => {
                 return Err(SandboxError::Invalid(format!(
@@ -370,46 +395,52 @@ impl SandboxService {
             }
         };
         let copy_start = std::time::SystemTime::now();
-        let dir = match self.copy_workspace(p).await {
-            Ok(dir) => dir,
+        let files = match self.workspaces.snapshot(&p.user_id).await {
+            Ok(files) => files,
             Err(e) => {
                 self.release(&hold).await;
                 return Err(e);
             }
         };
-
-        llmesh_kit::trace::record_child(
-            &rpc,
-            "sandbox.workspace_copy",
-            copy_start,
-            std::time::SystemTime::now(),
-            Vec::new(),
-        );
         let (tx, rx) = mpsc::channel(64);
         let (out_tx, mut out_rx) = mpsc::unbounded_channel();
         let cancelled = Arc::new(AtomicBool::new(false));
         let over_files = Arc::new(AtomicBool::new(false));
-        let job_cancel = cancelled.clone();
-        let job_over = over_files.clone();
-        let runtimes = self.runtimes.clone();
+        let claim = Claim {
+            fuel: limits.fuel,
+            memory_bytes: limits.memory_bytes as usize,
+            timeout: Duration::from_millis(limits.timeout_ms),
+            output_bytes: limits.output_bytes,
+            tx: out_tx,
+            cancelled: cancelled.clone(),
+            over_files: over_files.clone(),
+        };
+        let started = match program {
+            Program::Python { module, code, args } => {
+                self.pool
+                    .run(&module, files, &code, &args, &spec.stdin, claim)
+                    .await
+            }
+            Program::Module { module, argv } => {
+                self.start_module(module, argv, files, spec.stdin, claim)
+                    .await
+            }
+        };
+        let Running { dir, exit } = match started {
+            Ok(running) => running,
+            Err(e) => {
+                self.release(&hold).await;
+                return Err(e);
+            }
+        };
+        llmesh_kit::trace::record_child(
+            &rpc,
+            "sandbox.start",
+            copy_start,
+            std::time::SystemTime::now(),
+            Vec::new(),
+        );
         let dir = Arc::new(dir);
-        let run_dir = dir.clone();
-        let exit = tokio::task::spawn_blocking(move || {
-            let job = Job {
-                module: &module,
-                args: argv,
-                env,
-                stdin: spec.stdin,
-                workspace: &run_dir.path,
-                fuel: limits.fuel,
-                memory_bytes: limits.memory_bytes as usize,
-                timeout: Duration::from_millis(limits.timeout_ms),
-                output_bytes: limits.output_bytes,
-                cancelled: job_cancel,
-                over_files: job_over,
-            };
-            runner::run(runtimes.engine(), runtimes.linker(), job, out_tx)
-        });
 
         let this = self.clone();
         let principal = p.clone();
@@ -458,7 +489,7 @@ impl SandboxService {
             let exit = match exit {
                 Ok(exit) => exit,
                 Err(e) => {
-                    tracing::error!(error = %e, "a sandbox run's thread failed");
+                    tracing::error!(error = %e, "a sandbox run's thread ended without an exit");
                     this.release(&hold).await;
                     return;
                 }
@@ -493,11 +524,43 @@ impl SandboxService {
         Ok(rx)
     }
 
-    async fn copy_workspace(&self, p: &Principal) -> Result<RunDir> {
-        let files = self.workspaces.snapshot(&p.user_id).await?;
-        tokio::task::spawn_blocking(move || RunDir::create(files))
+    /// Starts an uploaded module against a copy of `files`, claimed from its first
+    /// instruction, on a blocking thread.
+    async fn start_module(
+        &self,
+        module: Module,
+        argv: Vec<String>,
+        files: BTreeMap<String, Vec<u8>>,
+        stdin: Vec<u8>,
+        claim: Claim,
+    ) -> Result<Running> {
+        let dir = tokio::task::spawn_blocking(move || RunDir::create(files))
             .await
-            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))?
+            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))??;
+        let controls = Controls::new(claim.memory_bytes);
+        controls
+            .claim(claim)
+            .map_err(|(_, e)| SandboxError::Internal(e))?;
+        let (tx, exit) = oneshot::channel();
+        let runtimes = self.runtimes.clone();
+        let workspace = dir.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let exit = runner::run(
+                runtimes.engine(),
+                runtimes.linker(),
+                Launch {
+                    module: &module,
+                    args: &argv,
+                    env: &[],
+                    stdin: MemoryInputPipe::new(stdin),
+                    workspace: &workspace,
+                    boots: false,
+                },
+                controls,
+            );
+            let _ = tx.send(exit);
+        });
+        Ok(Running { dir, exit })
     }
 
     /// Gives back a hold whose run never ran.

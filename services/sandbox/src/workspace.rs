@@ -315,21 +315,33 @@ pub struct RunDir {
 impl RunDir {
     /// Writes `files` into a fresh directory.
     pub fn create(files: BTreeMap<String, Vec<u8>>) -> Result<RunDir> {
+        let mut dir = RunDir::empty()?;
+        dir.fill(files)?;
+        Ok(dir)
+    }
+
+    /// A fresh, empty directory (for a guest started before its caller is known).
+    pub fn empty() -> Result<RunDir> {
         let path =
             std::env::temp_dir().join(format!("llmesh-sandbox-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&path).map_err(io("creating a run directory"))?;
-        let dir = RunDir {
+        Ok(RunDir {
             path,
-            original: files,
-        };
-        for (name, data) in &dir.original {
-            let target = dir.path.join(name);
+            original: BTreeMap::new(),
+        })
+    }
+
+    /// Writes the caller's files into a directory no guest has written to yet.
+    pub fn fill(&mut self, files: BTreeMap<String, Vec<u8>>) -> Result<()> {
+        for (name, data) in &files {
+            let target = self.path.join(name);
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(io("creating a workspace directory"))?;
             }
             std::fs::write(&target, data).map_err(io("copying a workspace file"))?;
         }
-        Ok(dir)
+        self.original = files;
+        Ok(())
     }
 
     /// What the run changed: new or different files (with their bytes) and deleted ones
