@@ -2,10 +2,13 @@
 //! against a store holding many messages (100,000 by default), on SQLite or Postgres;
 //! `llmesh-bench engine` measures inference (see `bench/engine.sh` for the full run with
 //! llama.cpp beside it); `llmesh-bench mesh` measures what splitting the services into
-//! processes behind nginx costs (see `bench/mesh.sh`).
+//! processes behind nginx costs (see `bench/mesh.sh`); `llmesh-bench sandbox` measures
+//! sandbox runs against native CPython and the wasmtime PyPI package (see
+//! `bench/sandbox.sh`).
 
 mod engine;
 mod mesh;
+mod sandbox;
 
 use std::time::{Duration, Instant};
 
@@ -79,6 +82,37 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// Sandbox runs: warm Python and a WASI hello module through the Run RPC (p50, p99),
+    /// native CPython and the wasmtime PyPI package beside them, throughput, and RSS.
+    Sandbox {
+        /// The llmesh binary to run (a release build for figures).
+        #[arg(long, default_value = "target/release/llmesh")]
+        binary: std::path::PathBuf,
+        /// Where the Python runtime is (or is fetched to).
+        #[arg(long)]
+        runtimes_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Pause before each timed Python run, so it finds a started interpreter.
+        #[arg(long, default_value_t = 250)]
+        pace_ms: u64,
+        /// Native CPython (default: /usr/bin/python3, else what `python3` runs).
+        #[arg(long)]
+        python: Option<std::path::PathBuf>,
+        /// A Python with the `wasmtime` package, for the peer figure.
+        #[arg(long)]
+        peer_python: Option<std::path::PathBuf>,
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, value_delimiter = ',', default_values_t = [2, 8])]
+        clients: Vec<usize>,
+        /// sandbox.python_pool for the server.
+        #[arg(long, default_value_t = 2)]
+        pool: usize,
+    },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
         /// Messages to store before measuring.
@@ -116,6 +150,32 @@ async fn main() -> anyhow::Result<()> {
                 tokens,
                 requests,
                 clients,
+            })
+            .await
+        }
+        Command::Sandbox {
+            binary,
+            runtimes_dir,
+            runs,
+            warmup,
+            pace_ms,
+            python,
+            peer_python,
+            seconds,
+            clients,
+            pool,
+        } => {
+            sandbox::run(sandbox::Options {
+                binary,
+                runtimes_dir,
+                runs,
+                warmup,
+                pace_ms,
+                python,
+                peer_python,
+                seconds,
+                clients,
+                pool,
             })
             .await
         }

@@ -90,7 +90,10 @@ impl Mesh {
         layout: &[(&'static str, &'static str)],
         edge: bool,
     ) -> Option<Mesh> {
-        assert_eq!(db.backend, Backend::Postgres, "a mesh shares one Postgres");
+        assert!(
+            db.backend == Backend::Postgres || layout.len() == 1,
+            "processes of a mesh share one Postgres"
+        );
         let nginx_bin = match (edge, nginx()) {
             (false, _) => None,
             (true, Some(bin)) => Some(bin),
@@ -220,6 +223,13 @@ impl Mesh {
         if let Some(status) = exited {
             panic!("{name} exited ({status}):\n{}", self.log(name));
         }
+    }
+
+    /// The process id of process `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let p = procs.iter().find(|p| p.name == name).expect("process");
+        p.child.as_ref().map(Child::id)
     }
 
     /// The output of process `name` so far.

@@ -20,32 +20,32 @@ pub use service::SandboxService;
 
 use std::sync::Arc;
 
+use llmesh_kit::fetch::Progress;
 use llmesh_kit::peer::Peer;
 use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::sandbox::v1::sandbox_service_server::SandboxServiceServer;
 
 /// Starts the sandbox in this process: its runtimes, the workspaces in the process's
 /// database, and its RPCs. Returns the service and its preparation (the Python runtime
-/// fetched and compiled, when `prepare_at_start`), which the caller runs once the server
-/// answers health checks: the sandbox reports NOT_SERVING until then. Runs are charged
-/// through `billing` where it runs (then required for readiness), free where it does not.
-pub fn mount(
+/// fetched, progress to `on_progress`, and compiled, and the pool of interpreters started,
+/// when `prepare_at_start`), which the caller runs once the server answers health checks:
+/// the sandbox reports NOT_SERVING until then. Runs are charged through `billing` where
+/// it runs (then required for readiness), free where it does not.
+pub fn mount<'a>(
     set: &mut ServiceSet,
     process: &Process,
     config: SandboxConfig,
     billing: Option<Peer>,
+    on_progress: &'a (dyn Fn(&str, &Progress) + Sync),
 ) -> error::Result<(
     Arc<SandboxService>,
-    impl std::future::Future<Output = error::Result<()>> + 'static,
+    impl std::future::Future<Output = error::Result<()>> + 'a,
 )> {
     let meter: Arc<dyn meter::Meter> = match billing {
         Some(peer) => {
             set.readiness
                 .require(SERVICE_NAME, &peer, "llmesh.billing.v1.BillingService");
-            Arc::new(meter::BillingMeter::new(
-                peer,
-                process.service_token.clone(),
-            ))
+            Arc::new(meter::BillingMeter::new(peer, process.service_token.clone()))
         }
         None => Arc::new(meter::NoMeter),
     };
@@ -80,7 +80,7 @@ pub fn mount(
             gate.open();
             return Ok(());
         }
-        match prepared.prepare().await {
+        match prepared.prepare_showing(on_progress).await {
             Ok(()) => {
                 gate.open();
                 Ok(())

@@ -89,6 +89,8 @@ pub struct Runtimes {
     engine: Engine,
     linker: Linker<GuestState>,
     python: Mutex<PythonState>,
+    /// The latest progress of fetching Python (for a progress bar).
+    fetching: Mutex<Option<Progress>>,
     /// Serialises preparing Python (one fetch and compile at a time).
     preparing: tokio::sync::Mutex<()>,
     modules: Mutex<HashMap<[u8; 32], (Module, Instant)>>,
@@ -107,6 +109,7 @@ impl Runtimes {
             engine,
             linker,
             python: Mutex::new(PythonState::Missing),
+            fetching: Mutex::new(None),
             preparing: tokio::sync::Mutex::new(()),
             modules: Mutex::new(HashMap::new()),
         }))
@@ -122,6 +125,11 @@ impl Runtimes {
 
     fn enabled(&self, id: &str) -> bool {
         self.config.runtimes.iter().any(|r| r == id)
+    }
+
+    /// How far fetching Python has come, while it is being fetched.
+    pub fn fetch_progress(&self) -> Option<Progress> {
+        *lock(&self.fetching)
     }
 
     /// Every runtime llmesh knows, and whether it can run here.
@@ -198,6 +206,7 @@ impl Runtimes {
                 .map_err(|e| SandboxError::Precondition(format!("sandbox.python_source: {e}")))?;
             let staging = dir.join(format!(".python-{}.wasm", uuid::Uuid::new_v4().simple()));
             let report = |p: Progress| {
+                *lock(&self.fetching) = Some(p);
                 *lock(&self.python) = PythonState::Preparing(describe(&p));
             };
             tracing::info!(source = %self.config.python_source, "fetching the python runtime");

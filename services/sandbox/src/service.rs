@@ -151,6 +151,29 @@ impl SandboxService {
     }
 
     /// Fetches and compiles the Python runtime (at start, when configured).
+    /// [`Self::prepare`], reporting the fetch's progress to `on_progress` as it goes.
+    pub async fn prepare_showing(
+        &self,
+        on_progress: &(dyn Fn(&str, &llmesh_kit::fetch::Progress) + Sync),
+    ) -> Result<()> {
+        let work = self.prepare();
+        tokio::pin!(work);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let mut shown = None;
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = tick.tick() => {
+                    let now = self.runtimes.fetch_progress();
+                    if let Some(p) = now.filter(|_| now != shown) {
+                        on_progress("python runtime", &p);
+                        shown = now;
+                    }
+                }
+            }
+        }
+    }
+
     /// Fetches and compiles the Python runtime, and starts the pool of interpreters.
     pub async fn prepare(&self) -> Result<()> {
         if self.config.runtimes.iter().any(|r| r == "python") {

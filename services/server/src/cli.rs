@@ -54,6 +54,17 @@ pub enum Command {
     /// Credits, prices and the ledger check. Amounts are integer micro-units.
     #[command(subcommand)]
     Billing(BillingCommand),
+    /// The sandbox's runtimes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Fetches the Python runtime (sandbox.python_source, sha256-checked) into
+    /// sandbox.runtimes_dir with a progress bar, and compiles it into the cache there, so
+    /// no server start has to.
+    Prepare,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +231,37 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
         Command::Users(cmd) => users(config, cmd).await,
         Command::Models(cmd) => models(config, cmd).await,
         Command::Billing(cmd) => billing(config, cmd).await,
+        Command::Sandbox(SandboxCommand::Prepare) => {
+            let started = std::time::Instant::now();
+            let runtimes = llmesh_sandbox::runtimes::Runtimes::new(config.sandbox.clone())?;
+            let bars = ProgressBars::default();
+            let work = runtimes.python();
+            tokio::pin!(work);
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            let mut shown = None;
+            loop {
+                tokio::select! {
+                    done = &mut work => {
+                        done?;
+                        break;
+                    }
+                    _ = tick.tick() => {
+                        let now = runtimes.fetch_progress();
+                        if let Some(p) = now.filter(|_| now != shown) {
+                            bars.show("python runtime", &p);
+                            shown = now;
+                        }
+                    }
+                }
+            }
+            bars.finish();
+            println!(
+                "the python runtime is ready in {} ({:.1} s)",
+                config.sandbox.runtimes_dir,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Keys(KeysCommand::Rotate) => {
             let auth = auth_service(&config).await?;
             let id = auth.keyring().rotate().await?;

@@ -303,6 +303,7 @@ pub async fn start(
                 &process,
                 config.sandbox.clone(),
                 peers.find("billing")?,
+                progress,
             )
             .context("starting the sandbox service")?;
             (Some(service), Some(preparation))
