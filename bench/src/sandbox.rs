@@ -204,7 +204,10 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     config.sandbox.prepare_at_start = true;
     config.sandbox.python_pool = o.pool;
     config.sandbox.max_concurrent_runs = o.clients.iter().copied().max().unwrap_or(8).max(4);
-    eprintln!("==> starting llmesh serve (SQLite, every service, python pool of {})", o.pool);
+    eprintln!(
+        "==> starting llmesh serve (SQLite, every service, python pool of {})",
+        o.pool
+    );
     let layout = [("llmesh", "auth,billing,llm,chat,sandbox")];
     let mesh = Mesh::start_with(&db, &config, &o.binary, &layout, false)
         .await
@@ -338,10 +341,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     row("llmesh Run RPC, warm (pooled interpreter)", &ours);
     row(&format!("native CPython ({})", python.display()), &native);
     if let Some((times, version)) = &peer {
-        row(
-            &format!("wasmtime PyPI {version}, instance per run"),
-            times,
-        );
+        row(&format!("wasmtime PyPI {version}, instance per run"), times);
     }
     println!();
     println!(

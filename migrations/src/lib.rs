@@ -11,6 +11,7 @@ mod m20261129_000005_mesh;
 mod m20261129_000006_llm_catalog;
 mod m20261129_000007_sandbox;
 mod m20261129_000008_billing_fuel;
+mod m20261129_000009_chat_code_runs;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000006_llm_catalog::Migration),
             Box::new(m20261129_000007_sandbox::Migration),
             Box::new(m20261129_000008_billing_fuel::Migration),
+            Box::new(m20261129_000009_chat_code_runs::Migration),
         ]
     }
 }

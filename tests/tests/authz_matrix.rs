@@ -635,6 +635,24 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             write_nf,
         ),
         (
+            "RecordCodeRun",
+            Box::new(move |_| {
+                chat::RecordCodeRunRequest {
+                    message_id: some(),
+                    run: Some(chat::CodeRun {
+                        language: "python".into(),
+                        exit: Some(sandbox::RunExit {
+                            status: sandbox::RunStatus::Exited as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
             "CreateAssistant",
             Box::new(|_| chat::CreateAssistantRequest::default().encode_to_vec()),
             write_ia,

@@ -11,7 +11,9 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::common::v1::PageRequest;
 use llmesh_proto::llm::v1::SamplingParams;
+use llmesh_proto::sandbox::v1 as sbx;
 use llmesh_tests::{Backend, TestServer, bearer, every_shape};
+use sea_orm::ConnectionTrait;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -1034,6 +1036,155 @@ every_shape!(
             );
             let (_, messages) = path(&mut c, &user, &conv.id).await;
             assert_eq!(messages.last().expect("reply").content, want);
+        }
+    }
+);
+
+fn code_run(block: u32, code: &str, stdout: &str) -> pb::CodeRun {
+    pb::CodeRun {
+        block,
+        language: "python".into(),
+        code: code.into(),
+        stdout: stdout.as_bytes().to_vec(),
+        exit: Some(sbx::RunExit {
+            status: sbx::RunStatus::Exited as i32,
+            fuel_used: 1_234_567,
+            duration_ms: 3,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+every_shape!(
+    code_runs_are_kept_with_their_message,
+    |backend| async move {
+        let Some(Setup { s, user, admin, .. }) = setup(backend).await else {
+            return;
+        };
+        let mut c = chat(&s);
+        let conv = new_conversation(&mut c, &user).await;
+        let (_, _, reply) = send(&mut c, &user, &conv.id, "Hello").await;
+        let record = |token: &str, message_id: &str, run: pb::CodeRun| {
+            bearer(
+                token,
+                pb::RecordCodeRunRequest {
+                    message_id: message_id.into(),
+                    run: Some(run),
+                },
+            )
+        };
+
+        let m = c
+            .record_code_run(record(&user, &reply.id, code_run(1, "print(2)", "2\n")))
+            .await
+            .expect("record")
+            .into_inner()
+            .message
+            .expect("message");
+        assert_eq!(m.id, reply.id);
+        assert_eq!(m.code_runs.len(), 1);
+        c.record_code_run(record(&user, &reply.id, code_run(0, "print(1)", "1\n")))
+            .await
+            .expect("record block 0");
+        // Running block 1 again replaces its earlier result.
+        let mut again = code_run(1, "print(3)", "3\n");
+        again.stderr = b"warning\n".to_vec();
+        again.truncated = true;
+        c.record_code_run(record(&user, &reply.id, again))
+            .await
+            .expect("record again");
+
+        let (_, messages) = path(&mut c, &user, &conv.id).await;
+        let runs = &messages.last().expect("reply").code_runs;
+        assert_eq!(
+            runs.iter()
+                .map(|r| (r.block, r.code.as_str(), r.stdout.as_slice()))
+                .collect::<Vec<_>>(),
+            vec![(0, "print(1)", &b"1\n"[..]), (1, "print(3)", &b"3\n"[..])],
+            "one run per block, in block order"
+        );
+        let last = &runs[1];
+        assert!(last.truncated && last.stderr == b"warning\n");
+        let exit = last.exit.as_ref().expect("exit");
+        assert_eq!(exit.status, sbx::RunStatus::Exited as i32);
+        assert_eq!((exit.fuel_used, exit.duration_ms), (1_234_567, 3));
+        assert!(last.ran_at.is_some(), "the server stamps the run");
+        assert!(messages[0].code_runs.is_empty());
+
+        // Another account, even an admin's, cannot write the message's runs.
+        let err = c
+            .record_code_run(record(&admin, &reply.id, code_run(0, "x", "")))
+            .await
+            .expect_err("not theirs");
+        assert_eq!(err.code(), Code::NotFound);
+
+        // Validation names the field.
+        let mut cases: Vec<(pb::CodeRun, &str)> = Vec::new();
+        cases.push((code_run(100, "x", ""), "run.block"));
+        let mut r = code_run(0, "x", "");
+        r.language = "py thon".into();
+        cases.push((r, "run.language"));
+        cases.push((code_run(0, &"x".repeat(64 * 1024 + 1), ""), "run.code"));
+        cases.push((code_run(0, "x", &"o".repeat(64 * 1024 + 1)), "run.stdout"));
+        let mut r = code_run(0, "x", "");
+        r.stderr = vec![b'e'; 64 * 1024 + 1];
+        cases.push((r, "run.stderr"));
+        let mut r = code_run(0, "x", "");
+        r.exit = None;
+        cases.push((r, "run.exit"));
+        let mut r = code_run(0, "x", "");
+        r.exit.as_mut().expect("exit").status = 0;
+        cases.push((r, "run.exit.status"));
+        let mut r = code_run(0, "x", "");
+        r.exit.as_mut().expect("exit").message = "m".repeat(2001);
+        cases.push((r, "run.exit.message"));
+        for (run, field) in cases {
+            let err = c
+                .record_code_run(record(&user, &reply.id, run))
+                .await
+                .expect_err(field);
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+        }
+        let err = c
+            .record_code_run(bearer(
+                &user,
+                pb::RecordCodeRunRequest {
+                    message_id: reply.id.clone(),
+                    run: None,
+                },
+            ))
+            .await
+            .expect_err("no run");
+        assert!(err.code() == Code::InvalidArgument && err.message().contains("run"));
+        let (_, messages) = path(&mut c, &user, &conv.id).await;
+        assert_eq!(
+            messages.last().expect("reply").code_runs.len(),
+            2,
+            "refused runs change nothing"
+        );
+
+        // Deleting the conversation deletes its runs.
+        c.delete_conversation(bearer(
+            &user,
+            pb::DeleteConversationRequest {
+                id: conv.id.clone(),
+            },
+        ))
+        .await
+        .expect("delete");
+        if s.mesh.is_none() {
+            let left = s
+                .app()
+                .db
+                .query_all_raw(sea_orm::Statement::from_string(
+                    s.app().db.get_database_backend(),
+                    "SELECT block FROM message_code_runs",
+                ))
+                .await
+                .expect("query");
+            assert!(left.is_empty(), "runs outlived their conversation");
         }
     }
 );

@@ -5,6 +5,7 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::common::v1::PageRequest;
+use llmesh_proto::sandbox::v1 as sbx;
 use llmesh_tests::{TestServer, bearer, every_shape};
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -229,6 +230,29 @@ every_shape!(
             "a null title becomes the default"
         );
 
+        // A code block's run travels with its message.
+        let answer = path[1].id.clone();
+        chat.record_code_run(bearer(
+            &ta,
+            pb::RecordCodeRunRequest {
+                message_id: answer.clone(),
+                run: Some(pb::CodeRun {
+                    block: 0,
+                    language: "python".into(),
+                    code: "print('6CO2')".into(),
+                    stdout: b"6CO2\n```\n".to_vec(),
+                    exit: Some(sbx::RunExit {
+                        status: sbx::RunStatus::Exited as i32,
+                        fuel_used: 42,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .expect("record a run");
+
         // Export (every branch) → import into another account → export again: equal but ids.
         let first = export(&mut ar, &ta, pb::ExportFormat::Json).await;
         let id = upload(&mut ar, &tb, &first).await;
@@ -238,11 +262,23 @@ every_shape!(
         assert_eq!(report.imported, 3);
         let second = export(&mut ar, &tb, pb::ExportFormat::Json).await;
         assert_eq!(normalized(&first), normalized(&second));
+        let doc: serde_json::Value = serde_json::from_slice(&second).expect("json");
+        let runs: Vec<&serde_json::Value> = doc["conversations"]
+            .as_array()
+            .expect("conversations")
+            .iter()
+            .flat_map(|c| c["messages"].as_array().expect("messages"))
+            .flat_map(|m| m["code_runs"].as_array().into_iter().flatten())
+            .collect();
+        assert_eq!(runs.len(), 1, "the run was imported with its message");
+        assert_eq!(runs[0]["stdout"], "6CO2\n```\n");
+        assert_eq!(runs[0]["status"], "exited");
         let md = String::from_utf8(export(&mut ar, &ta, pb::ExportFormat::Markdown).await)
             .expect("utf-8");
         assert!(
             md.contains("# Photosynthesis basics")
-                && md.contains("**User:**\n\nAnd the Calvin cycle?"),
+                && md.contains("**User:**\n\nAnd the Calvin cycle?")
+                && md.contains("*Ran code block 1 (python): exited*\n\n````text\n6CO2\n```\n````"),
             "{md}"
         );
 

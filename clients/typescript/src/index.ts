@@ -11,13 +11,15 @@ import { AuthService } from "./gen/llmesh/auth/v1/auth_pb.js";
 import { BillingService } from "./gen/llmesh/billing/v1/billing_pb.js";
 import { ChatArchiveService, ChatService } from "./gen/llmesh/chat/v1/chat_pb.js";
 import { LlmService } from "./gen/llmesh/llm/v1/llm_pb.js";
+import { SandboxService } from "./gen/llmesh/sandbox/v1/sandbox_pb.js";
 
 export * as auth from "./gen/llmesh/auth/v1/auth_pb.js";
 export * as billing from "./gen/llmesh/billing/v1/billing_pb.js";
 export * as chat from "./gen/llmesh/chat/v1/chat_pb.js";
 export * as common from "./gen/llmesh/common/v1/common_pb.js";
 export * as llm from "./gen/llmesh/llm/v1/llm_pb.js";
-export { AuthService, BillingService, ChatArchiveService, ChatService, LlmService };
+export * as sandbox from "./gen/llmesh/sandbox/v1/sandbox_pb.js";
+export { AuthService, BillingService, ChatArchiveService, ChatService, LlmService, SandboxService };
 export { Code, ConnectError, timestampDate, timestampFromDate, type Timestamp };
 
 /** How a call proves who is calling. */
@@ -46,6 +48,7 @@ export interface LlmeshClients {
   archive: Client<typeof ChatArchiveService>;
   llm: Client<typeof LlmService>;
   billing: Client<typeof BillingService>;
+  sandbox: Client<typeof SandboxService>;
 }
 
 /** One grpc-web transport (HTTP/1.1 or 2, works from browsers) and a client per service. */
@@ -67,6 +70,7 @@ export function createClients(options: ClientOptions): LlmeshClients {
     archive: createClient(ChatArchiveService, transport),
     llm: createClient(LlmService, transport),
     billing: createClient(BillingService, transport),
+    sandbox: createClient(SandboxService, transport),
   };
 }
 

@@ -1,6 +1,6 @@
 //! Search, export, chunked uploads and import of a user's conversations.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::Principal;
@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{ChatError, Result};
 use crate::service::{ChatService, check_text, new_id, path_to};
-use crate::store::{self, ChatStore, Conversation, Message, Sampling};
+use crate::store::{self, ChatStore, CodeRun, Conversation, Message, Sampling};
 
 /// One search result with its snippet.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +75,81 @@ pub struct ExportMessage {
     #[serde(default)]
     pub cost_micros: i64,
     pub created_at: DateTime<Utc>,
+    /// Results of running the message's code blocks in the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code_runs: Vec<ExportCodeRun>,
+}
+
+/// A code block's run as exports carry it (output as text: bytes that are not UTF-8 become
+/// U+FFFD).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportCodeRun {
+    pub block: u32,
+    pub language: String,
+    pub code: String,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    #[serde(default)]
+    pub truncated: bool,
+    pub status: String,
+    #[serde(default)]
+    pub exit_code: i32,
+    #[serde(default)]
+    pub exit_message: String,
+    #[serde(default)]
+    pub fuel_used: i64,
+    #[serde(default)]
+    pub duration_ms: i64,
+    #[serde(default)]
+    pub peak_memory_bytes: i64,
+    #[serde(default)]
+    pub cost_micros: i64,
+    pub ran_at: DateTime<Utc>,
+}
+
+impl From<CodeRun> for ExportCodeRun {
+    fn from(r: CodeRun) -> Self {
+        ExportCodeRun {
+            block: r.block,
+            language: r.language,
+            code: r.code,
+            stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+            truncated: r.truncated,
+            status: r.status,
+            exit_code: r.exit_code,
+            exit_message: r.exit_message,
+            fuel_used: r.fuel_used,
+            duration_ms: r.duration_ms,
+            peak_memory_bytes: r.peak_memory_bytes,
+            cost_micros: r.cost_micros,
+            ran_at: r.ran_at,
+        }
+    }
+}
+
+impl From<ExportCodeRun> for CodeRun {
+    fn from(r: ExportCodeRun) -> Self {
+        CodeRun {
+            block: r.block,
+            language: r.language,
+            code: r.code,
+            stdout: r.stdout.into_bytes(),
+            stderr: r.stderr.into_bytes(),
+            truncated: r.truncated,
+            status: r.status,
+            exit_code: r.exit_code,
+            exit_message: r.exit_message,
+            fuel_used: r.fuel_used,
+            duration_ms: r.duration_ms,
+            peak_memory_bytes: r.peak_memory_bytes,
+            cost_micros: r.cost_micros,
+            ran_at: r.ran_at,
+        }
+    }
 }
 
 fn complete() -> String {
@@ -453,6 +528,7 @@ impl ExportWorker {
             .await?
             .ok_or(ChatError::NotFound("conversation"))?;
         let messages = self.store.messages(&c.id).await?;
+        let runs = self.store.code_runs(&c.id).await?;
         if markdown {
             let mut out = format!("# {}\n\n", c.title);
             for m in path_to(&messages, c.active_leaf_id.as_deref()) {
@@ -462,11 +538,14 @@ impl ExportWorker {
                     _ => "User",
                 };
                 out.push_str(&format!("**{who}:**\n\n{}\n\n", m.content));
+                for run in runs.get(&m.id).into_iter().flatten() {
+                    markdown_run(&mut out, run);
+                }
             }
             out.push_str("---\n\n");
             return Ok(out.into_bytes());
         }
-        let doc = to_export(c, messages);
+        let doc = to_export(c, messages, runs);
         let mut bytes = if comma { b",".to_vec() } else { Vec::new() };
         serde_json::to_writer(&mut bytes, &doc)
             .map_err(|e| ChatError::Internal(format!("export: {e}")))?;
@@ -474,8 +553,35 @@ impl ExportWorker {
     }
 }
 
+/// A code block's run under its message: what it wrote, fenced so output cannot break out.
+fn markdown_run(out: &mut String, run: &CodeRun) {
+    out.push_str(&format!(
+        "*Ran code block {} ({}): {}*\n\n",
+        run.block + 1,
+        run.language,
+        run.status.replace('_', " ")
+    ));
+    for text in [&run.stdout, &run.stderr] {
+        let text = String::from_utf8_lossy(text);
+        if text.is_empty() {
+            continue;
+        }
+        // A fence longer than any run of backticks in the output.
+        let longest = text.split(|c| c != '`').map(str::len).max().unwrap_or(0);
+        let fence = "`".repeat(longest.max(2) + 1);
+        out.push_str(&format!(
+            "{fence}text\n{}\n{fence}\n\n",
+            text.trim_end_matches('\n')
+        ));
+    }
+}
+
 /// A conversation and all its messages as the export format writes them.
-fn to_export(c: Conversation, messages: Vec<Message>) -> ExportConversation {
+fn to_export(
+    c: Conversation,
+    messages: Vec<Message>,
+    mut runs: BTreeMap<String, Vec<CodeRun>>,
+) -> ExportConversation {
     ExportConversation {
         id: c.id,
         title: c.title,
@@ -491,7 +597,6 @@ fn to_export(c: Conversation, messages: Vec<Message>) -> ExportConversation {
         messages: messages
             .into_iter()
             .map(|m| ExportMessage {
-                id: m.id,
                 parent_id: m.parent_id,
                 role: m.role,
                 content: m.content,
@@ -501,6 +606,13 @@ fn to_export(c: Conversation, messages: Vec<Message>) -> ExportConversation {
                 completion_tokens: m.completion_tokens,
                 cost_micros: m.cost_micros,
                 created_at: m.created_at,
+                code_runs: runs
+                    .remove(&m.id)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(ExportCodeRun::from)
+                    .collect(),
+                id: m.id,
             })
             .collect(),
     }

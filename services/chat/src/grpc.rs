@@ -11,12 +11,15 @@ use llmesh_kit::{Access, ApiError, validate};
 use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::common::v1::{Money, PageResponse, TokenUsage};
 use llmesh_proto::llm::v1 as llm_pb;
+use llmesh_proto::sandbox::v1 as sandbox_pb;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::service::{ChatService, ConversationPatch, MessageView, NewConversation, ReplyEvent};
-use crate::store::{Assistant, Conversation, ConversationFilter, Folder, Sampling, Template};
+use crate::store::{
+    Assistant, CodeRun, Conversation, ConversationFilter, Folder, Sampling, Template,
+};
 
 pub const SERVICE_NAME: &str = "llmesh.chat.v1.ChatService";
 
@@ -51,6 +54,7 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.chat.v1.ChatService/EditMessage", Access::Member),
     ("/llmesh.chat.v1.ChatService/SwitchBranch", Access::Member),
     ("/llmesh.chat.v1.ChatService/StopReply", Access::Member),
+    ("/llmesh.chat.v1.ChatService/RecordCodeRun", Access::Member),
     (
         "/llmesh.chat.v1.ChatService/CreateAssistant",
         Access::Member,
@@ -112,6 +116,11 @@ impl GrpcChatAdapter {
             sibling_count: v.sibling_count,
             sibling_ids: v.sibling_ids.clone(),
             created_at: Some(timestamp(m.created_at)),
+            code_runs: v
+                .code_runs
+                .iter()
+                .map(|r| code_run_pb(r, &self.currency))
+                .collect(),
         }
     }
 
@@ -542,6 +551,20 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
         }))
     }
 
+    async fn record_code_run(
+        &self,
+        req: Request<pb::RecordCodeRunRequest>,
+    ) -> Reply<pb::RecordCodeRunResponse> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let mid = id("message_id", &r.message_id)?;
+        let run = code_run_of(r.run.ok_or_else(|| ApiError::invalid("run is required"))?)?;
+        let view = self.service.record_code_run(&p, &mid, run).await?;
+        Ok(Response::new(pb::RecordCodeRunResponse {
+            message: Some(self.message_pb(&view)),
+        }))
+    }
+
     async fn stop_reply(&self, req: Request<pb::StopReplyRequest>) -> Reply<pb::StopReplyResponse> {
         let p = principal(&req)?;
         let cid = id("conversation_id", &req.into_inner().conversation_id)?;
@@ -691,6 +714,75 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
         let text = self.service.render_template(&p, &tid, &r.values).await?;
         Ok(Response::new(pb::RenderTemplateResponse { text }))
     }
+}
+
+const RUN_STATUS_NAMES: &[(sandbox_pb::RunStatus, &str)] = &[
+    (sandbox_pb::RunStatus::Exited, "exited"),
+    (sandbox_pb::RunStatus::OutOfFuel, "out_of_fuel"),
+    (sandbox_pb::RunStatus::OutOfMemory, "out_of_memory"),
+    (sandbox_pb::RunStatus::TimedOut, "timed_out"),
+    (sandbox_pb::RunStatus::OutputLimit, "output_limit"),
+    (sandbox_pb::RunStatus::Trapped, "trapped"),
+    (sandbox_pb::RunStatus::Cancelled, "cancelled"),
+];
+
+fn code_run_pb(r: &CodeRun, currency: &str) -> pb::CodeRun {
+    let status = RUN_STATUS_NAMES
+        .iter()
+        .find(|(_, name)| *name == r.status)
+        .map_or(sandbox_pb::RunStatus::Unspecified, |(s, _)| *s);
+    pb::CodeRun {
+        block: r.block,
+        language: r.language.clone(),
+        code: r.code.clone(),
+        stdout: r.stdout.clone(),
+        stderr: r.stderr.clone(),
+        truncated: r.truncated,
+        exit: Some(sandbox_pb::RunExit {
+            status: status as i32,
+            exit_code: r.exit_code,
+            message: r.exit_message.clone(),
+            fuel_used: r.fuel_used.max(0) as u64,
+            duration_ms: r.duration_ms.max(0) as u64,
+            peak_memory_bytes: r.peak_memory_bytes.max(0) as u64,
+            cost: Some(Money {
+                micros: r.cost_micros,
+                currency: currency.to_owned(),
+            }),
+            ..Default::default()
+        }),
+        ran_at: Some(timestamp(r.ran_at)),
+    }
+}
+
+/// A code run as the client sent it (the domain checks its sizes and values).
+fn code_run_of(r: pb::CodeRun) -> Result<CodeRun, Status> {
+    let exit = r
+        .exit
+        .ok_or_else(|| ApiError::invalid("run.exit is required"))?;
+    let status = sandbox_pb::RunStatus::try_from(exit.status)
+        .ok()
+        .and_then(|s| RUN_STATUS_NAMES.iter().find(|(x, _)| *x == s))
+        .map(|(_, name)| (*name).to_owned())
+        .ok_or_else(|| ApiError::invalid("run.exit.status must be set"))?;
+    let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    Ok(CodeRun {
+        block: r.block,
+        language: r.language,
+        code: r.code,
+        stdout: r.stdout,
+        stderr: r.stderr,
+        truncated: r.truncated,
+        status,
+        exit_code: exit.exit_code,
+        exit_message: exit.message,
+        fuel_used: clamp(exit.fuel_used),
+        duration_ms: clamp(exit.duration_ms),
+        peak_memory_bytes: clamp(exit.peak_memory_bytes),
+        cost_micros: exit.cost.map_or(0, |m| m.micros),
+        // Set by the service when it records the run.
+        ran_at: chrono::DateTime::UNIX_EPOCH,
+    })
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use llmesh_kit::db::exec;
 use crate::archive::{EXPORT_FORMAT, ExportConversation, ExportDoc, ExportMessage};
 use crate::error::{ChatError, Result};
 use crate::service::{DEFAULT_TITLE, new_id};
-use crate::store::{self, ChatStore, Conversation, Message, Sampling};
+use crate::store::{self, ChatStore, CodeRun, Conversation, Message, Sampling};
 
 pub(crate) fn parse_llmesh(bytes: &[u8]) -> Result<Vec<ExportConversation>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
@@ -146,6 +146,7 @@ pub(crate) fn parse_chatgpt(bytes: &[u8]) -> Result<Vec<ExportConversation>> {
                                 m.get("create_time"),
                                 &format!("{path}.message.create_time"),
                             )?,
+                            code_runs: Vec::new(),
                         })
                     })
                     .transpose()?
@@ -238,6 +239,10 @@ pub(crate) async fn import_one(
                 "message {} is longer than {max_chars} characters",
                 m.id
             ));
+        }
+        for run in &m.code_runs {
+            crate::service::check_code_run(&CodeRun::from(run.clone()))
+                .map_err(|e| format!("message {} has an invalid code run: {e}", m.id))?;
         }
         if let Some(pid) = &m.parent_id {
             if pid.starts_with("cycle:") {
@@ -336,6 +341,9 @@ pub(crate) async fn import_one(
                 created_at: m.created_at,
             };
             ChatStore::insert_message(&txn, &msg).await?;
+            for run in &m.code_runs {
+                ChatStore::upsert_code_run(&txn, &msg, &CodeRun::from(run.clone())).await?;
+            }
         }
         txn.commit().await
     };

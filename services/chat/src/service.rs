@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::ChatConfig;
 use crate::error::{ChatError, Result};
 use crate::llm_client::{Finish, LlmClient, ReplyDone, ReplyPiece, Turn};
-use crate::store::{ChatStore, Conversation, ConversationFilter, Folder, Message, Sampling};
+use crate::store::{
+    ChatStore, CodeRun, Conversation, ConversationFilter, Folder, Message, Sampling,
+};
 
 /// The title a conversation has until one is written or generated.
 pub const DEFAULT_TITLE: &str = "New chat";
@@ -27,6 +29,8 @@ pub struct MessageView {
     pub sibling_count: u32,
     /// Every sibling's id (this message's included), in creation order.
     pub sibling_ids: Vec<String>,
+    /// Results of running its code blocks, in block order.
+    pub code_runs: Vec<CodeRun>,
 }
 
 /// What a reply streams.
@@ -88,6 +92,60 @@ pub(crate) fn check_text(field: &str, value: &str, max: usize, required: bool) -
         return Err(ChatError::Invalid(format!(
             "{field} must not contain NUL characters"
         )));
+    }
+    Ok(())
+}
+
+/// Code blocks a message may keep runs for, and the most code and output one run keeps.
+pub const MAX_CODE_BLOCKS: u32 = 100;
+pub const MAX_RUN_CODE_BYTES: usize = 64 * 1024;
+pub const MAX_RUN_OUTPUT_BYTES: usize = 64 * 1024;
+
+/// A code run as a client (or an import) states it.
+pub(crate) fn check_code_run(run: &CodeRun) -> Result<()> {
+    if run.block >= MAX_CODE_BLOCKS {
+        return Err(ChatError::Invalid(format!(
+            "run.block is {}; it must be below {MAX_CODE_BLOCKS}",
+            run.block
+        )));
+    }
+    let language_ok = !run.language.is_empty()
+        && run.language.len() <= 32
+        && run
+            .language
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'_' | b'.'));
+    if !language_ok {
+        return Err(ChatError::Invalid(
+            "run.language must be 1-32 characters of letters, digits, '+', '-', '_' and '.'".into(),
+        ));
+    }
+    if run.code.len() > MAX_RUN_CODE_BYTES || run.code.contains('\0') {
+        return Err(ChatError::Invalid(format!(
+            "run.code must be at most {MAX_RUN_CODE_BYTES} bytes, without NUL"
+        )));
+    }
+    for (field, out) in [("run.stdout", &run.stdout), ("run.stderr", &run.stderr)] {
+        if out.len() > MAX_RUN_OUTPUT_BYTES {
+            return Err(ChatError::Invalid(format!(
+                "{field} is {} bytes; keep at most {MAX_RUN_OUTPUT_BYTES} and set run.truncated",
+                out.len()
+            )));
+        }
+    }
+    if !crate::store::RUN_STATUSES.contains(&run.status.as_str()) {
+        return Err(ChatError::Invalid("run.exit.status must be set".into()));
+    }
+    check_text("run.exit.message", &run.exit_message, 2000, false)?;
+    for (field, v) in [
+        ("run.exit.fuel_used", run.fuel_used),
+        ("run.exit.duration_ms", run.duration_ms),
+        ("run.exit.peak_memory_bytes", run.peak_memory_bytes),
+        ("run.exit.cost", run.cost_micros),
+    ] {
+        if v < 0 {
+            return Err(ChatError::Invalid(format!("{field} must not be negative")));
+        }
     }
     Ok(())
 }
@@ -358,8 +416,40 @@ impl ChatService {
     ) -> Result<(Conversation, Vec<MessageView>)> {
         let c = self.conversation(p, id).await?;
         let messages = self.store.messages(&c.id).await?;
+        let mut runs = self.store.code_runs(&c.id).await?;
         let path = path_to(&messages, c.active_leaf_id.as_deref());
-        Ok((c, path.into_iter().map(|m| view(&messages, m)).collect()))
+        let views = path
+            .into_iter()
+            .map(|m| MessageView {
+                code_runs: runs.remove(&m.id).unwrap_or_default(),
+                ..view(&messages, m)
+            })
+            .collect();
+        Ok((c, views))
+    }
+
+    /// Keeps the result of running one of a message's code blocks with it (replacing an
+    /// earlier run of that block) and returns the message with all its runs.
+    pub async fn record_code_run(
+        &self,
+        p: &Principal,
+        message_id: &str,
+        mut run: CodeRun,
+    ) -> Result<MessageView> {
+        check_code_run(&run)?;
+        let m = self
+            .store
+            .message(&p.user_id, message_id)
+            .await?
+            .ok_or(ChatError::NotFound("message"))?;
+        run.ran_at = self.clock.now();
+        ChatStore::upsert_code_run(&self.store.db, &m, &run).await?;
+        let messages = self.store.messages(&m.conversation_id).await?;
+        let mut runs = self.store.code_runs(&m.conversation_id).await?;
+        Ok(MessageView {
+            code_runs: runs.remove(&m.id).unwrap_or_default(),
+            ..view(&messages, &m)
+        })
     }
 
     /// Moves the active leaf to the newest leaf under `message_id`.
@@ -834,6 +924,7 @@ fn view(messages: &[Message], m: &Message) -> MessageView {
         sibling_index: index as u32,
         sibling_count: siblings.len().max(1) as u32,
         sibling_ids: siblings.iter().map(|x| x.id.clone()).collect(),
+        code_runs: Vec::new(),
     }
 }
 

@@ -70,6 +70,63 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
+/// The result of running one fenced code block of a message in the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CodeRun {
+    /// 0-based among the message's fenced code blocks.
+    pub block: u32,
+    pub language: String,
+    pub code: String,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub truncated: bool,
+    /// "exited", "out_of_fuel", "out_of_memory", "timed_out", "output_limit", "trapped",
+    /// "cancelled".
+    pub status: String,
+    pub exit_code: i32,
+    pub exit_message: String,
+    pub fuel_used: i64,
+    pub duration_ms: i64,
+    pub peak_memory_bytes: i64,
+    pub cost_micros: i64,
+    pub ran_at: DateTime<Utc>,
+}
+
+/// How runs may end, as stored.
+pub const RUN_STATUSES: &[&str] = &[
+    "exited",
+    "out_of_fuel",
+    "out_of_memory",
+    "timed_out",
+    "output_limit",
+    "trapped",
+    "cancelled",
+];
+
+fn code_run(r: &QueryResult) -> Result<(String, CodeRun), DbErr> {
+    let block: i64 = r.try_get("", "block")?;
+    let exit_code: i64 = r.try_get("", "exit_code")?;
+    Ok((
+        r.try_get("", "message_id")?,
+        CodeRun {
+            block: block.clamp(0, u32::MAX as i64) as u32,
+            language: r.try_get("", "language")?,
+            code: r.try_get("", "code")?,
+            stdout: r.try_get("", "stdout")?,
+            stderr: r.try_get("", "stderr")?,
+            truncated: r.try_get("", "truncated")?,
+            status: r.try_get("", "status")?,
+            exit_code: exit_code.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            exit_message: r.try_get("", "exit_message")?,
+            fuel_used: r.try_get("", "fuel_used")?,
+            duration_ms: r.try_get("", "duration_ms")?,
+            peak_memory_bytes: r.try_get("", "peak_memory_bytes")?,
+            cost_micros: r.try_get("", "cost_micros")?,
+            ran_at: from_micros(r.try_get("", "ran_at")?),
+        },
+    ))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assistant {
     pub id: String,
@@ -413,6 +470,12 @@ impl ChatStore {
                 vec![id.into()],
             )
             .await?;
+            exec(
+                &txn,
+                "DELETE FROM message_code_runs WHERE conversation_id = ?",
+                vec![id.into()],
+            )
+            .await?;
         }
         txn.commit().await?;
         Ok(deleted)
@@ -480,6 +543,54 @@ impl ChatStore {
         )
         .await?;
         Ok(())
+    }
+
+    /// Keeps `run` with message `m`, replacing an earlier run of the same block.
+    pub async fn upsert_code_run<C: ConnectionTrait>(
+        db: &C,
+        m: &Message,
+        run: &CodeRun,
+    ) -> Result<(), DbErr> {
+        exec(
+            db,
+            "DELETE FROM message_code_runs WHERE message_id = ? AND block = ?",
+            vec![m.id.clone().into(), i64::from(run.block).into()],
+        )
+        .await?;
+        exec(
+            db,
+            "INSERT INTO message_code_runs (message_id, block, conversation_id, user_id, language, code, stdout, stderr, \
+             truncated, status, exit_code, exit_message, fuel_used, duration_ms, peak_memory_bytes, cost_micros, ran_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            vec![
+                m.id.clone().into(), i64::from(run.block).into(), m.conversation_id.clone().into(), m.user_id.clone().into(),
+                run.language.clone().into(), run.code.clone().into(), run.stdout.clone().into(), run.stderr.clone().into(),
+                run.truncated.into(), run.status.clone().into(), i64::from(run.exit_code).into(), run.exit_message.clone().into(),
+                run.fuel_used.into(), run.duration_ms.into(), run.peak_memory_bytes.into(), run.cost_micros.into(),
+                micros(run.ran_at).into(),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The code runs of a conversation's messages, by message id, in block order.
+    pub async fn code_runs(
+        &self,
+        conversation_id: &str,
+    ) -> Result<BTreeMap<String, Vec<CodeRun>>, DbErr> {
+        let rows = all(
+            &self.db,
+            "SELECT * FROM message_code_runs WHERE conversation_id = ? ORDER BY message_id, block",
+            vec![conversation_id.into()],
+        )
+        .await?;
+        let mut out: BTreeMap<String, Vec<CodeRun>> = BTreeMap::new();
+        for r in &rows {
+            let (message_id, run) = code_run(r)?;
+            out.entry(message_id).or_default().push(run);
+        }
+        Ok(out)
     }
 
     /// Every message of a conversation, oldest first.

@@ -45,7 +45,10 @@ pub fn mount<'a>(
         Some(peer) => {
             set.readiness
                 .require(SERVICE_NAME, &peer, "llmesh.billing.v1.BillingService");
-            Arc::new(meter::BillingMeter::new(peer, process.service_token.clone()))
+            Arc::new(meter::BillingMeter::new(
+                peer,
+                process.service_token.clone(),
+            ))
         }
         None => Arc::new(meter::NoMeter),
     };
