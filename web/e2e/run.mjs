@@ -3,7 +3,9 @@
 //
 //   register (first user → admin) → admin prices the default model and adds credit →
 //   chat, watching the reply stream → stop a reply → regenerate → search finds it →
-//   create an API key (and use it) → usage shows spend = tokens × price.
+//   create an API key (and use it) → run a reply's Python code block in the sandbox (and
+//   see it kept after a reload) → the sandbox page (upload, streaming output, kept files,
+//   stop) → usage shows spend = tokens × price.
 //
 // Along the way it writes a screenshot of every screen at 1280×800 and 390×844 into
 // web/e2e/out/, fails on any page error or Content-Security-Policy violation, and reports
@@ -24,7 +26,8 @@ import { homedir, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { createClients } from "@llmesh/client";
+import { createHash } from "node:crypto";
+import { chat, createClients } from "@llmesh/client";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, "../..");
@@ -409,6 +412,67 @@ async function main() {
     await shot(page, "chat-dark-desktop");
     await page.emulateMedia({ colorScheme: "light" });
 
+    // 8a. A Python block in a reply runs in the sandbox; its output streams in under the
+    // block and stays with the message. The reply comes from an import (through the API
+    // key), so the test does not depend on what the model writes.
+    step("run a reply's Python code block");
+    await importConversation(viaKey, codeReplyExport());
+    await page.goto(url);
+    await page.getByTestId("conversation-item").filter({ hasText: "Squares in Python" }).locator("a").click();
+    const block = page.getByTestId("code-run").first();
+    await block.getByRole("button", { name: /^▶ Run$/ }).click({ timeout: 30_000 });
+    await block.locator('[data-testid="run-exit"][data-status="exited"]').waitFor({ timeout: 180_000 });
+    const ranOut = await block.getByTestId("run-stdout").innerText();
+    if (ranOut.trim() !== "1\n4\n9") fail(`the block printed ${JSON.stringify(ranOut)}`);
+    if (!(await block.getByTestId("run-stderr").innerText()).includes("done")) fail("stderr is not shown apart");
+    await block.getByRole("button", { name: /Run again/ }).waitFor();
+    await shot(page, "chat-code-run-desktop");
+    // Recorded: a reload shows the same output without running it again.
+    await page.reload();
+    await page.getByTestId("code-run").first().getByText(/^ran /).waitFor({ timeout: 30_000 });
+    const kept = await page.getByTestId("code-run").first().getByTestId("run-stdout").innerText();
+    if (kept.trim() !== "1\n4\n9") fail(`after a reload the block shows ${JSON.stringify(kept)}`);
+
+    // 8b. The sandbox page: a workspace file, output that streams, kept files, Stop.
+    step("sandbox page: upload, streaming run, kept files, stop");
+    await page.getByRole("link", { name: "Sandbox" }).click();
+    const dataFile = join(scratch, "greeting.txt");
+    writeFileSync(dataFile, "hello from a file\n");
+    await page.locator('input[aria-label="Upload files"]').setInputFiles(dataFile);
+    await page.getByTestId("workspace-files").getByText("greeting.txt").waitFor({ timeout: 30_000 });
+    const editor = page.getByLabel("Python code");
+    await editor.fill(
+      [
+        "import time",
+        "print(open('/workspace/greeting.txt').read().upper(), end='')",
+        "for i in range(4):",
+        "    print('tick', i, flush=True)",
+        "    time.sleep(0.4)",
+        "open('/workspace/result.txt', 'w').write('written by a run')",
+      ].join("\n"),
+    );
+    await page.getByLabel("Keep file changes").check();
+    await page.getByRole("button", { name: /Run/ }).click();
+    // Output arrives while the run is still going.
+    await page.waitForFunction(
+      () =>
+        document.querySelector('[data-testid="run-stdout"]')?.textContent?.includes("tick 0") &&
+        document.querySelector('[data-testid="run-exit"]')?.getAttribute("data-status") === "running",
+      null,
+      { timeout: 180_000 },
+    );
+    await shot(page, "sandbox-running-desktop");
+    await page.locator('[data-testid="run-exit"][data-status="exited"]').waitFor({ timeout: 60_000 });
+    const pageOut = await page.getByTestId("run-stdout").innerText();
+    if (!pageOut.startsWith("HELLO FROM A FILE\ntick 0")) fail(`the sandbox page printed ${JSON.stringify(pageOut)}`);
+    await page.getByTestId("workspace-files").getByText("result.txt").waitFor({ timeout: 30_000 });
+    await shot(page, "sandbox-desktop");
+    await editor.fill("while True:\n    pass");
+    await page.getByRole("button", { name: /Run/ }).click();
+    await page.locator('[data-testid="run-exit"][data-status="running"]').waitFor();
+    await page.getByRole("button", { name: /Stop/ }).click();
+    await page.getByTestId("run-exit").getByText("Stopped.").waitFor({ timeout: 30_000 });
+
     // 8. Usage: the spend equals the tokens of every reply × the price.
     step("usage shows the spend");
     await page.getByRole("link", { name: "Usage" }).click();
@@ -454,6 +518,7 @@ async function main() {
     for (const [path, name, tabs] of [
       ["/settings", "settings", ["Profile", "Password", "API keys", "Assistants", "Templates", "Export & import"]],
       ["/usage", "usage", []],
+      ["/sandbox", "sandbox", []],
       ["/admin", "admin", ["Users", "Models", "Prices", "Credits"]],
     ]) {
       await p.getByRole("button", { name: "Menu" }).click();
@@ -503,6 +568,53 @@ async function main() {
     child?.kill("SIGTERM");
     rmSync(scratch, { recursive: true, force: true });
   }
+}
+
+/** An llmesh export holding one conversation whose reply has a Python code block. */
+function codeReplyExport() {
+  const at = new Date().toISOString();
+  const reply = [
+    "Here are the first three squares:",
+    "",
+    "```python",
+    "import sys",
+    "for i in range(1, 4):",
+    "    print(i * i)",
+    'print("done", file=sys.stderr)',
+    "```",
+  ].join("\n");
+  return JSON.stringify({
+    format: "llmesh.conversations.v1",
+    conversations: [
+      {
+        id: "e2e-code",
+        title: "Squares in Python",
+        model: MODEL,
+        system_prompt: "",
+        active_leaf_id: "e2e-reply",
+        created_at: at,
+        updated_at: at,
+        messages: [
+          { id: "e2e-ask", parent_id: null, role: "user", content: "Print three squares in Python.", created_at: at },
+          { id: "e2e-reply", parent_id: "e2e-ask", role: "assistant", content: reply, model: MODEL, created_at: at },
+        ],
+      },
+    ],
+  });
+}
+
+/** Uploads an llmesh export through the API and imports it. */
+async function importConversation(clients, text) {
+  const data = new TextEncoder().encode(text);
+  const digest = createHash("sha256").update(data).digest("hex");
+  const begun = await clients.archive.beginUpload({ fileName: "e2e.json", sizeBytes: BigInt(data.length), sha256: digest });
+  await clients.archive.appendUploadChunk({ uploadId: begun.uploadId, offset: 0n, data });
+  await clients.archive.finishUpload({ uploadId: begun.uploadId });
+  let report;
+  for await (const res of clients.archive.importConversations({ uploadId: begun.uploadId, source: chat.ImportSource.LLMESH_JSON })) {
+    if (res.event.case === "report") report = res.event.value;
+  }
+  if (report?.imported !== 1) fail(`importing the code reply: ${JSON.stringify(report?.skipped ?? report)}`);
 }
 
 function entry(u) {

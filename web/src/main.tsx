@@ -10,6 +10,7 @@ import "./styles.css";
 const Settings = lazy(() => import("./pages/Settings"));
 const Usage = lazy(() => import("./pages/Usage"));
 const Admin = lazy(() => import("./pages/Admin"));
+const Sandbox = lazy(() => import("./pages/Sandbox"));
 
 function Shell() {
   const { me, loading, signOut } = useApp();
@@ -27,6 +28,7 @@ function Shell() {
   if (path === "/" || chat) page = <ChatPage conversationId={chat?.id} />;
   else if (path.startsWith("/settings")) page = <Settings />;
   else if (path === "/usage") page = <Usage />;
+  else if (path === "/sandbox") page = <Sandbox />;
   else if (path.startsWith("/admin") && isAdmin) page = <Admin />;
   else {
     navigate("/", true);
@@ -34,6 +36,7 @@ function Shell() {
   }
   const nav = [
     { to: "/", label: "Chat", active: path === "/" || !!chat },
+    { to: "/sandbox", label: "Sandbox", active: path === "/sandbox" },
     { to: "/usage", label: "Usage", active: path === "/usage" },
     { to: "/settings", label: "Settings", active: path.startsWith("/settings") },
     ...(isAdmin ? [{ to: "/admin", label: "Admin", active: path.startsWith("/admin") }] : []),

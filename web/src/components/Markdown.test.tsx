@@ -1,6 +1,9 @@
 import { describe, expect, it } from "vitest";
 import { renderToStaticMarkup } from "react-dom/server";
-import { Markdown, safeUrl } from "./Markdown";
+import { create } from "@bufbuild/protobuf";
+import { chat, sandbox } from "@llmesh/client";
+import { CodeRunContext, type CodeRunHost } from "./CodeRunner";
+import { Markdown, numberCodeBlocks, safeUrl } from "./Markdown";
 
 // A reply written to attack the page. None of it may survive as markup that runs.
 const HOSTILE = [
@@ -61,5 +64,67 @@ describe("Markdown rendering of model output", () => {
     for (const bad of ["javascript:alert(1)", " javascript:x", "//evil.example", "data:text/html,x", "java\nscript:x", "file:///etc/passwd"]) {
       expect(safeUrl(bad)).toBe("");
     }
+  });
+});
+
+describe("code blocks of a stored message", () => {
+  const text = [
+    "Two ways:",
+    "```js\nconsole.log(1)\n```",
+    "```python\nprint('a')\nprint(\"<b>\")\n```",
+    "Then:",
+    "```py\nimport math\n```",
+  ].join("\n\n");
+  const saved = create(chat.CodeRunSchema, {
+    block: 2,
+    language: "py",
+    code: "import math",
+    stdout: new TextEncoder().encode("kept output\n"),
+    exit: { status: sandbox.RunStatus.EXITED, exitCode: 0 },
+  });
+  const host = (canRun: boolean): CodeRunHost => ({
+    messageId: "m1",
+    runs: [saved],
+    canRun,
+    onRecorded: () => undefined,
+    report: () => undefined,
+  });
+  const render = (canRun: boolean) =>
+    new DOMParser().parseFromString(
+      renderToStaticMarkup(
+        <CodeRunContext.Provider value={host(canRun)}>
+          <Markdown text={text} />
+        </CodeRunContext.Provider>,
+      ),
+      "text/html",
+    );
+
+  it("numbers every block in order and offers Run on Python ones only", () => {
+    const doc = render(true);
+    const runs = [...doc.querySelectorAll("[data-testid=code-run]")];
+    expect(runs.map((r) => r.getAttribute("data-block"))).toEqual(["1", "2"]);
+    expect(runs[0]!.textContent).toContain("Run");
+    expect(runs[1]!.textContent).toContain("Run again");
+  });
+
+  it("shows a kept run under its own block, also to readers who cannot run", () => {
+    for (const canRun of [true, false]) {
+      const runs = [...render(canRun).querySelectorAll("[data-testid=code-run]")];
+      expect(runs.map((r) => r.querySelector("[data-testid=run-stdout]")?.textContent ?? null)).toEqual(
+        canRun ? [null, "kept output\n"] : ["kept output\n"],
+      );
+      expect(runs.some((r) => r.textContent?.includes("Run"))).toBe(canRun);
+    }
+  });
+
+  it("keeps each block's source text exactly", () => {
+    const tree = { type: "root", children: [{ type: "element", tagName: "pre", children: [{ type: "element", tagName: "code", children: [{ type: "text", value: "x = '<'\n" }] }] }] };
+    numberCodeBlocks()(tree);
+    expect((tree.children[0] as { properties?: Record<string, unknown> }).properties).toEqual({ dataBlock: 0, dataSource: "x = '<'" });
+  });
+
+  it("offers nothing outside a stored message", () => {
+    const html = renderToStaticMarkup(<Markdown text={text} />);
+    expect(html).not.toContain("code-run");
   });
 });

@@ -1,12 +1,14 @@
 // Model output as Markdown, rendered safely: no raw HTML at all (it is dropped, never
 // parsed into the page), links only with http(s)/mailto targets, images shown as links
 // (so a reply cannot make the browser fetch a tracking URL), and no dangerouslySetInnerHTML
-// anywhere. Code blocks are highlighted and get a copy button.
+// anywhere. Code blocks are highlighted and get a copy button; inside a message that
+// provides a CodeRunContext, Python blocks also get a Run button (./CodeRunner).
 
-import { memo, useRef, useState, type ReactNode } from "react";
+import { memo, useContext, useRef, useState, type ReactNode } from "react";
 import ReactMarkdown, { type Components } from "react-markdown";
 import remarkGfm from "remark-gfm";
 import rehypeHighlight from "rehype-highlight";
+import { CodeRunContext, CodeRunner, runsAsPython } from "./CodeRunner";
 
 const SAFE_URL = /^(https?:|mailto:|#|\/(?!\/))/i;
 
@@ -54,14 +56,47 @@ export function CopyButton({ text, label = "Copy" }: { text: () => string; label
   );
 }
 
-function CodeBlock({ children }: { children?: ReactNode }) {
+interface HastNode {
+  type: string;
+  tagName?: string;
+  value?: string;
+  properties?: Record<string, unknown>;
+  children?: HastNode[];
+}
+
+function textOf(node: HastNode): string {
+  return node.type === "text" ? (node.value ?? "") : (node.children ?? []).map(textOf).join("");
+}
+
+/**
+ * Numbers the code blocks in document order (0-based, the `block` a recorded run names) and
+ * keeps each one's source text, before highlighting splits it into spans.
+ */
+export function numberCodeBlocks() {
+  return (tree: HastNode) => {
+    let index = 0;
+    const walk = (node: HastNode) => {
+      if (node.type === "element" && node.tagName === "pre") {
+        node.properties = { ...node.properties, dataBlock: index++, dataSource: textOf(node).replace(/\n$/, "") };
+        return;
+      }
+      node.children?.forEach(walk);
+    };
+    walk(tree);
+  };
+}
+
+function CodeBlock({ children, node }: { children?: ReactNode; node?: HastNode }) {
   const ref = useRef<HTMLPreElement>(null);
+  const host = useContext(CodeRunContext);
   const child = Array.isArray(children) ? children[0] : children;
   const className =
     child && typeof child === "object" && "props" in child
       ? String((child.props as { className?: string }).className ?? "")
       : "";
   const lang = /language-([\w+-]+)/.exec(className)?.[1] ?? "";
+  const index = Number(node?.properties?.dataBlock ?? -1);
+  const source = String(node?.properties?.dataSource ?? "");
   return (
     <div className="code-block">
       <div className="code-head">
@@ -69,12 +104,13 @@ function CodeBlock({ children }: { children?: ReactNode }) {
         <CopyButton text={() => ref.current?.innerText ?? ""} label="Copy code" />
       </div>
       <pre ref={ref}>{children}</pre>
+      {host && index >= 0 && runsAsPython(lang) && <CodeRunner index={index} lang={lang} code={source} />}
     </div>
   );
 }
 
 const components: Components = {
-  pre: ({ children }) => <CodeBlock>{children}</CodeBlock>,
+  pre: ({ children, node }) => <CodeBlock node={node as HastNode | undefined}>{children}</CodeBlock>,
   a: ({ href, children }) => {
     const url = safeUrl(href ?? "");
     return url ? (
@@ -104,7 +140,7 @@ export const Markdown = memo(function Markdown({ text }: { text: string }) {
       <ReactMarkdown
         skipHtml
         remarkPlugins={[remarkGfm]}
-        rehypePlugins={[[rehypeHighlight, { detect: false, ignoreMissing: true }]]}
+        rehypePlugins={[numberCodeBlocks, [rehypeHighlight, { detect: false, ignoreMissing: true }]]}
         urlTransform={safeUrl}
         components={components}
       >

@@ -1,10 +1,11 @@
 // The chat screen: messages of the active branch, the streaming reply, the composer, and
 // the conversation's model, assistant, temperature and system prompt.
 
-import { useCallback, useEffect, useLayoutEffect, useRef, useState, type KeyboardEvent } from "react";
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState, type KeyboardEvent } from "react";
 import { chat, llm } from "@llmesh/client";
 import { api } from "../api";
 import { ROLE_VIEWER, useApp } from "../app";
+import { CodeRunContext, type CodeRunHost } from "../components/CodeRunner";
 import { CopyButton, Markdown } from "../components/Markdown";
 import { Sidebar } from "../components/Sidebar";
 import { TemplatePicker } from "../components/TemplatePicker";
@@ -34,6 +35,8 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
   const readOnly = me?.role === ROLE_VIEWER;
   const [conv, setConv] = useState<chat.Conversation>();
   const [messages, setMessages] = useState<chat.Message[]>([]);
+  // Whether this server runs Python in a sandbox (code blocks then get a Run button).
+  const [python, setPython] = useState(false);
   const [loading, setLoading] = useState(false);
   const [notFound, setNotFound] = useState(false);
   const [models, setModels] = useState<llm.Model[]>([]);
@@ -119,6 +122,18 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
 
   const streaming = isActive(pending?.draft);
   const [stopping, setStopping] = useState(false);
+
+  useEffect(() => {
+    api.sandbox
+      .listRuntimes({})
+      .then((r) => setPython(r.runtimes.some((x) => x.id === "python")))
+      .catch(() => setPython(false));
+  }, []);
+
+  // A recorded code run comes back as the whole message: it replaces the one shown.
+  const onRecorded = useCallback((m: chat.Message) => {
+    setMessages((ms) => ms.map((x) => (x.id === m.id ? m : x)));
+  }, []);
   useEffect(() => {
     if (!streaming) setStopping(false);
   }, [streaming]);
@@ -402,6 +417,8 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
                 key={m.id}
                 m={m}
                 readOnly={readOnly || streaming}
+                canRunCode={python && !readOnly}
+                onRecorded={onRecorded}
                 onRegenerate={() => void regenerate(m)}
                 onEdit={(text) => void edit(m, text)}
                 onSwitch={(id) => void switchTo(id)}
@@ -527,17 +544,26 @@ function Branch({ m, onSwitch, disabled }: { m: chat.Message; onSwitch: (id: str
 function MessageView({
   m,
   readOnly,
+  canRunCode,
+  onRecorded,
   onRegenerate,
   onEdit,
   onSwitch,
 }: {
   m: chat.Message;
   readOnly: boolean;
+  canRunCode: boolean;
+  onRecorded: (m: chat.Message) => void;
   onRegenerate: () => void;
   onEdit: (text: string) => void;
   onSwitch: (id: string) => void;
 }) {
   const [editing, setEditing] = useState<string>();
+  const { report } = useApp();
+  const codeRuns = useMemo<CodeRunHost>(
+    () => ({ messageId: m.id, runs: m.codeRuns, canRun: canRunCode, onRecorded, report }),
+    [m.id, m.codeRuns, canRunCode, onRecorded, report],
+  );
   if (m.role === ROLE_USER) {
     return (
       <div className="msg user" data-testid="user-message">
@@ -588,7 +614,9 @@ function MessageView({
       data-state={m.state}
     >
       <div className="bubble">
-        <Markdown text={m.content} />
+        <CodeRunContext.Provider value={codeRuns}>
+          <Markdown text={m.content} />
+        </CodeRunContext.Provider>
       </div>
       <div className="meta">
         <Branch m={m} onSwitch={onSwitch} disabled={readOnly} />

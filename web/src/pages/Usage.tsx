@@ -9,6 +9,7 @@ import { BarChart } from "../components/BarChart";
 import { formatMoney, saveFile } from "../util";
 
 const PERIODS = [7, 30, 90] as const;
+const SANDBOX_PREFIX = "sandbox/";
 type Period = (typeof PERIODS)[number];
 const DAY_MS = 86_400_000;
 
@@ -84,11 +85,15 @@ export default function Usage() {
   // Every day of the period gets a bar, zero when nothing was spent.
   const spentOn = new Map((data?.byDay.rows ?? []).map((r) => [r.key, Number(r.spend?.micros ?? 0n)]));
   const dayBars = (data?.days ?? []).map((d) => ({ key: d, value: spentOn.get(d) ?? 0 }));
-  const models = [...(data?.byModel.rows ?? [])].sort((a, b) => {
+  const byModel = [...(data?.byModel.rows ?? [])].sort((a, b) => {
     const d = (b.spend?.micros ?? 0n) - (a.spend?.micros ?? 0n);
     return d > 0n ? 1 : d < 0n ? -1 : a.key.localeCompare(b.key);
   });
-  const modelBars = models.map((r) => ({ key: r.key || "(unknown model)", value: Number(r.spend?.micros ?? 0n) }));
+  const modelBars = byModel.map((r) => ({ key: r.key || "(unknown model)", value: Number(r.spend?.micros ?? 0n) }));
+  // Sandbox runs are billed under "sandbox/<runtime>" and counted in fuel, not tokens.
+  const runtimes = byModel.filter((r) => r.key.startsWith(SANDBOX_PREFIX));
+  const models = byModel.filter((r) => !r.key.startsWith(SANDBOX_PREFIX));
+  const sum = (rows: typeof byModel) => rows.reduce((t, r) => t + (r.spend?.micros ?? 0n), 0n);
   const totals = models.reduce(
     (t, r) => ({
       requests: t.requests + r.requests,
@@ -202,7 +207,7 @@ export default function Usage() {
               <BarChart data={dayBars} format={money} label="Spend by day" tickLabel={(d) => d.slice(5)} />
             </section>
             <section className="card" aria-busy={loading}>
-              <BarChart data={modelBars} format={money} label="Spend by model" />
+              <BarChart data={modelBars} format={money} label={runtimes.length ? "Spend by model and sandbox runtime" : "Spend by model"} />
               {models.length > 0 && (
                 <div className="table-wrap" style={{ marginTop: "1rem" }}>
                   <table className="data">
@@ -235,7 +240,42 @@ export default function Usage() {
                         <td className="num">{totals.requests.toLocaleString()}</td>
                         <td className="num">{totals.prompt.toLocaleString()}</td>
                         <td className="num">{totals.completion.toLocaleString()}</td>
-                        <td className="num">{money(data.byModel.total?.micros ?? 0n)}</td>
+                        <td className="num">{money(sum(models))}</td>
+                      </tr>
+                    </tfoot>
+                  </table>
+                </div>
+              )}
+              {runtimes.length > 0 && (
+                <div className="table-wrap" style={{ marginTop: "1rem" }}>
+                  <table className="data" data-testid="sandbox-usage">
+                    <caption className="hint" style={{ textAlign: "left", marginBottom: "0.25rem" }}>
+                      Sandbox runs, billed by the fuel (WebAssembly instructions) they used
+                    </caption>
+                    <thead>
+                      <tr>
+                        <th scope="col">Runtime</th>
+                        <th scope="col" className="num">Runs</th>
+                        <th scope="col" className="num">Fuel</th>
+                        <th scope="col" className="num">Spend</th>
+                      </tr>
+                    </thead>
+                    <tbody>
+                      {runtimes.map((r) => (
+                        <tr key={r.key}>
+                          <td>{r.key.slice(SANDBOX_PREFIX.length)}</td>
+                          <td className="num">{r.requests.toLocaleString()}</td>
+                          <td className="num">{r.fuel.toLocaleString()}</td>
+                          <td className="num">{money(r.spend?.micros ?? 0n)}</td>
+                        </tr>
+                      ))}
+                    </tbody>
+                    <tfoot>
+                      <tr>
+                        <th scope="row">Total</th>
+                        <td className="num">{runtimes.reduce((t, r) => t + r.requests, 0n).toLocaleString()}</td>
+                        <td className="num">{runtimes.reduce((t, r) => t + r.fuel, 0n).toLocaleString()}</td>
+                        <td className="num">{money(sum(runtimes))}</td>
                       </tr>
                     </tfoot>
                   </table>
