@@ -240,6 +240,7 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
             reservation_id: reservation.id,
             held: self.money(reservation.held_micros),
             expires_at: Some(timestamp(reservation.expires_at)),
+            micros_per_billion_fuel: reservation.micros_per_gfuel,
         }))
     }
 

@@ -92,8 +92,7 @@ pub fn cost(price: &Price, prompt: u64, completion: u64) -> i64 {
 
 /// Cost of fuel at a price per billion units, rounded up to a whole micro-unit.
 pub fn fuel_cost(price: &Price, fuel: u64) -> i64 {
-    let micros = (fuel as i128 * price.micros_per_gfuel as i128 + 999_999_999) / 1_000_000_000;
-    micros.min(i64::MAX as i128) as i64
+    llmesh_kit::money::fuel_cost(price.micros_per_gfuel, fuel)
 }
 
 /// The calendar month (UTC) that `t` falls in, as [start, end).
@@ -298,7 +297,12 @@ impl BillingService {
                     .min(r.context_length.saturating_sub(r.prompt_tokens))
             })
         };
-        let held = match self.store.price(&r.model).await? {
+        let price = self.store.price(&r.model).await?;
+        let micros_per_gfuel = match &price {
+            Some(p) if r.fuel > 0 => p.micros_per_gfuel,
+            _ => 0,
+        };
+        let held = match price {
             Some(price) if r.fuel > 0 => fuel_cost(&price, r.fuel),
             Some(price) => cost(&price, r.prompt_tokens.into(), max_tokens.into()),
             None if self.config.unpriced == "deny" => {
@@ -327,6 +331,7 @@ impl BillingService {
             charged_micros: 0,
             expires_at: now + chrono::Duration::seconds(self.config.reservation_ttl_secs as i64),
             fuel: r.fuel.min(i64::MAX as u64) as i64,
+            micros_per_gfuel,
         };
         let txn = self.store.begin().await?;
         // The write comes first: it takes the lock, and the condition keeps the balance
@@ -349,7 +354,8 @@ impl BillingService {
         let inserted = store::exec(
             &txn,
             "INSERT INTO reservations (id, user_id, api_key_id, model, held_micros, prompt_tokens, max_tokens, status, \
-             idempotency_key, charged_micros, created_at, expires_at, fuel) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, 0, ?, ?, ?)",
+             idempotency_key, charged_micros, created_at, expires_at, fuel, micros_per_gfuel) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?, 0, ?, ?, ?, ?)",
             vec![
                 reservation.id.clone().into(),
                 reservation.user_id.clone().into(),
@@ -362,6 +368,7 @@ impl BillingService {
                 store::micros(now).into(),
                 store::micros(reservation.expires_at).into(),
                 reservation.fuel.into(),
+                reservation.micros_per_gfuel.into(),
             ],
         )
         .await;
@@ -526,14 +533,19 @@ impl BillingService {
                 )));
             }
         }
-        let charged = match self.store.price(&r.model).await? {
-            Some(price) if r.fuel > 0 => fuel_cost(&price, usage.fuel),
-            Some(price) => cost(
-                &price,
-                usage.prompt_tokens.into(),
-                usage.completion_tokens.into(),
-            ),
-            None => 0,
+        // Fuel is charged at the price the hold was taken at (the sandbox reports that cost
+        // to its caller before this settles); tokens at today's price.
+        let charged = if r.fuel > 0 {
+            llmesh_kit::money::fuel_cost(r.micros_per_gfuel, usage.fuel)
+        } else {
+            match self.store.price(&r.model).await? {
+                Some(price) => cost(
+                    &price,
+                    usage.prompt_tokens.into(),
+                    usage.completion_tokens.into(),
+                ),
+                None => 0,
+            }
         }
         .min(r.held_micros);
         let released = r.held_micros - charged;

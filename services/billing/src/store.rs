@@ -38,6 +38,8 @@ pub struct Reservation {
     pub expires_at: DateTime<Utc>,
     /// The fuel held for (a sandbox run); 0 for a generation.
     pub fuel: i64,
+    /// A fuel reservation's price when it was taken: Settle charges at this price.
+    pub micros_per_gfuel: i64,
 }
 
 impl Reservation {
@@ -55,6 +57,7 @@ impl Reservation {
             charged_micros: r.try_get("", "charged_micros")?,
             expires_at: from_micros(r.try_get("", "expires_at")?),
             fuel: r.try_get("", "fuel")?,
+            micros_per_gfuel: r.try_get("", "micros_per_gfuel")?,
         })
     }
 }

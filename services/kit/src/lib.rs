@@ -13,6 +13,7 @@ pub mod fetch;
 pub mod health;
 pub mod jwt;
 pub mod metrics;
+pub mod money;
 pub mod outbox;
 pub mod peer;
 pub mod principal;

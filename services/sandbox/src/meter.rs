@@ -19,6 +19,17 @@ use crate::error::{Result, SandboxError};
 pub struct Hold {
     pub id: String,
     pub principal: Principal,
+    /// What is held, and the price per billion fuel units it was taken at.
+    pub held_micros: i64,
+    pub micros_per_gfuel: i64,
+}
+
+impl Hold {
+    /// What settling `fuel_used` charges: billing's own rule at the hold's price, so the
+    /// run's exit can carry its cost before Settle answers.
+    pub fn cost(&self, fuel_used: u64) -> i64 {
+        llmesh_kit::money::fuel_cost(self.micros_per_gfuel, fuel_used).min(self.held_micros)
+    }
 }
 
 #[async_trait::async_trait]
@@ -41,6 +52,8 @@ impl Meter for NoMeter {
         Ok(Hold {
             id: uuid::Uuid::now_v7().to_string(),
             principal: principal.clone(),
+            held_micros: 0,
+            micros_per_gfuel: 0,
         })
     }
 
@@ -117,6 +130,8 @@ impl Meter for BillingMeter {
         Ok(Hold {
             id: reply.reservation_id,
             principal: principal.clone(),
+            held_micros: reply.held.map_or(0, |m| m.micros),
+            micros_per_gfuel: reply.micros_per_billion_fuel,
         })
     }
 

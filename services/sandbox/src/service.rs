@@ -327,27 +327,29 @@ impl SandboxService {
                 self.config.max_stdin_bytes
             )));
         }
-        let program = match spec.runtime.as_str() {
+        let RunSpec {
+            runtime,
+            code,
+            module_path,
+            args,
+            stdin,
+            persist,
+            ..
+        } = spec;
+        match runtime.as_str() {
             "python" => {
-                if spec.code.trim().is_empty() {
+                if code.trim().is_empty() {
                     return Err(SandboxError::Invalid("code is required for python".into()));
                 }
-                if spec.code.len() > self.config.max_code_bytes {
+                if code.len() > self.config.max_code_bytes {
                     return Err(SandboxError::Invalid(format!(
                         "code is {} bytes; the limit is {}",
-                        spec.code.len(),
+                        code.len(),
                         self.config.max_code_bytes
                     )));
                 }
-                if spec.code.contains('\0') {
+                if code.contains('\0') {
                     return Err(SandboxError::Invalid("code must not contain NUL".into()));
-                }
-                let module = self.runtimes.python().await?;
-                self.pool.fill(&module);
-                Program::Python {
-                    module,
-                    code: spec.code,
-                    args: spec.args,
                 }
             }
             "wasm" => {
@@ -356,31 +358,14 @@ impl SandboxService {
                         "the wasm runtime is disabled on this node (sandbox.runtimes)".into(),
                     ));
                 }
-                check_path("module_path", &spec.module_path)?;
-                let bytes = match self.workspaces.read(&p.user_id, &spec.module_path).await {
-                    Err(SandboxError::NotFound(_)) => {
-                        return Err(SandboxError::Invalid(format!(
-                            "module_path {:?} is not in your workspace",
-                            spec.module_path
-                        )));
-                    }
-                    other => other?,
-                };
-                let runtimes = self.runtimes.clone();
-                let module = tokio::task::spawn_blocking(move || runtimes.module(&bytes))
-                    .await
-                    .map_err(|e| SandboxError::Internal(format!("compiling: {e}")))??;
-                let mut argv = vec![spec.module_path.clone()];
-                argv.extend(spec.args);
-                Program::Module { module, argv }
+                check_path("module_path", &module_path)?;
             }
             other => {
                 return Err(SandboxError::Invalid(format!(
                     "runtime {other:?} is not one of \"python\", \"wasm\""
                 )));
             }
-        };
-        let runtime = spec.runtime.clone();
+        }
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| {
             self.metrics
                 .refused
@@ -394,15 +379,46 @@ impl SandboxService {
                 Duration::from_secs(1),
             )
         })?;
-        // Billing holds the run's fuel ceiling before anything starts; a refusal (balance,
-        // quota, rate) ends the request here, and an early failure releases the hold.
         self.metrics.active.inc();
         let slot = Slot {
             _permit: permit,
             active: self.metrics.active.clone(),
         };
         let rpc = tracing::Span::current();
-        let hold = match self.meter.reserve(p, &runtime, limits.fuel).await {
+        let copy_start = std::time::SystemTime::now();
+        // Billing holds the run's fuel ceiling while the program and the workspace copy are
+        // got ready; nothing starts until the hold is in place. A refusal (balance, quota,
+        // rate) ends the request, and a failure to get ready releases the hold.
+        let prepare = async {
+            let program = match runtime.as_str() {
+                "python" => {
+                    let module = self.runtimes.python().await?;
+                    self.pool.fill(&module);
+                    Program::Python { module, code, args }
+                }
+                _ => {
+                    let bytes = match self.workspaces.read(&p.user_id, &module_path).await {
+                        Err(SandboxError::NotFound(_)) => {
+                            return Err(SandboxError::Invalid(format!(
+                                "module_path {module_path:?} is not in your workspace"
+                            )));
+                        }
+                        other => other?,
+                    };
+                    let runtimes = self.runtimes.clone();
+                    let module = tokio::task::spawn_blocking(move || runtimes.module(&bytes))
+                        .await
+                        .map_err(|e| SandboxError::Internal(format!("compiling: {e}")))??;
+                    let mut argv = vec![module_path.clone()];
+                    argv.extend(args);
+                    Program::Module { module, argv }
+                }
+            };
+            let files = self.workspaces.snapshot(&p.user_id).await?;
+            Ok::<_, SandboxError>((program, files))
+        };
+        let (hold, prepared) = tokio::join!(self.meter.reserve(p, &runtime, limits.fuel), prepare);
+        let hold = match hold {
             Ok(hold) => hold,
             Err(e) => {
                 if matches!(
@@ -417,9 +433,8 @@ impl SandboxService {
                 return Err(e);
             }
         };
-        let copy_start = std::time::SystemTime::now();
-        let files = match self.workspaces.snapshot(&p.user_id).await {
-            Ok(files) => files,
+        let (program, files) = match prepared {
+            Ok(prepared) => prepared,
             Err(e) => {
                 self.release(&hold).await;
                 return Err(e);
@@ -441,12 +456,11 @@ impl SandboxService {
         let started = match program {
             Program::Python { module, code, args } => {
                 self.pool
-                    .run(&module, files, &code, &args, &spec.stdin, claim)
+                    .run(&module, files, &code, &args, &stdin, claim)
                     .await
             }
             Program::Module { module, argv } => {
-                self.start_module(module, argv, files, spec.stdin, claim)
-                    .await
+                self.start_module(module, argv, files, stdin, claim).await
             }
         };
         let Running { dir, exit } = match started {
@@ -519,9 +533,7 @@ impl SandboxService {
             };
             let guest_end = std::time::SystemTime::now();
             let fuel_used = exit.fuel_used;
-            let mut result = this
-                .finish(&principal, &dir, exit, limits, spec.persist)
-                .await;
+            let mut result = this.finish(&principal, &dir, exit, limits, persist).await;
             let m = &this.metrics;
             m.runs
                 .with_label_values(&[&runtime, status_label(result.exit.status)])
@@ -534,15 +546,24 @@ impl SandboxService {
                 .with_label_values(&[&runtime])
                 .observe(result.exit.peak_memory_bytes as f64);
             guest_span(&rpc, &runtime, &result.exit, guest_end);
-            result.cost_micros = match this.meter.settle(&hold, fuel_used).await {
-                Ok(micros) => micros,
-                Err(e) => {
-                    // The hold expires on billing's side; the run itself is done.
-                    tracing::warn!(error = %e, reservation = %hold.id, "settling a sandbox run failed");
-                    0
-                }
-            };
+            // The cost is known from the hold's price, so the caller hears how the run
+            // ended without waiting for billing; Settle charges the same amount just after.
+            result.cost_micros = hold.cost(fuel_used);
             let _ = tx.send(RunEvent::Exit(result)).await;
+            drop(tx);
+            match this.meter.settle(&hold, fuel_used).await {
+                Ok(charged) if charged != hold.cost(fuel_used) => tracing::warn!(
+                    charged,
+                    reported = hold.cost(fuel_used),
+                    reservation = %hold.id,
+                    "billing charged a sandbox run differently from what the run reported"
+                ),
+                Ok(_) => {}
+                // The hold expires on billing's side; the run itself is done.
+                Err(e) => {
+                    tracing::warn!(error = %e, reservation = %hold.id, "settling a sandbox run failed")
+                }
+            }
         });
         Ok(rx)
     }
