@@ -315,7 +315,6 @@ impl BillingService {
         };
         let tokens = u64::from(r.prompt_tokens) + u64::from(max_tokens);
         self.check_limits(principal, held, tokens).await?;
-        self.account(&principal.user_id).await?;
 
         let now = self.clock.now();
         let reservation = Reservation {
@@ -333,24 +332,33 @@ impl BillingService {
             fuel: r.fuel.min(i64::MAX as u64) as i64,
             micros_per_gfuel,
         };
-        let txn = self.store.begin().await?;
         // The write comes first: it takes the lock, and the condition keeps the balance
-        // from ever going below zero however many reservations race.
-        let taken = store::exec(
-            &txn,
-            "UPDATE accounts SET balance_micros = balance_micros - ?, reserved_micros = reserved_micros + ?, updated_at = ? \
-             WHERE user_id = ? AND balance_micros >= ?",
-            vec![held.into(), held.into(), store::micros(now).into(), principal.user_id.clone().into(), held.into()],
-        )
-        .await?;
-        if taken != 1 {
+        // from ever going below zero however many reservations race. An account that does
+        // not exist yet is opened (with its starting credit) and the hold tried once more.
+        let mut opened = false;
+        let txn = loop {
+            let txn = self.store.begin().await?;
+            let taken = store::exec(
+                &txn,
+                "UPDATE accounts SET balance_micros = balance_micros - ?, reserved_micros = reserved_micros + ?, updated_at = ? \
+                 WHERE user_id = ? AND balance_micros >= ?",
+                vec![held.into(), held.into(), store::micros(now).into(), principal.user_id.clone().into(), held.into()],
+            )
+            .await?;
+            if taken == 1 {
+                break txn;
+            }
             txn.rollback().await?;
             let (balance, _) = self.account(&principal.user_id).await?;
+            if !opened && balance >= held {
+                opened = true;
+                continue;
+            }
             return Err(BillingError::Precondition(format!(
                 "insufficient balance: this request may cost up to {held} micro-units {cur} and the balance is {balance}",
                 cur = self.config.currency
             )));
-        }
+        };
         let inserted = store::exec(
             &txn,
             "INSERT INTO reservations (id, user_id, api_key_id, model, held_micros, prompt_tokens, max_tokens, status, \
@@ -421,8 +429,10 @@ impl BillingService {
         if let Some(key) = principal.api_key_id() {
             subjects.push(("api_key_id", key.to_owned(), format!("key:{key}")));
         }
+        let mut last = None;
         for (column, id, subject) in &subjects {
             let quota = self.limit_for(subject).await?;
+            last = Some((subject.clone(), quota));
             if quota.monthly_spend_micros > 0 || quota.monthly_tokens > 0 {
                 let (spent, used) = self.store.settled(column, id, start, end).await?;
                 let (open_held, open_tokens) = self.store.open_held(column, id).await?;
@@ -450,8 +460,10 @@ impl BillingService {
                 }
             }
         }
-        let (_, _, subject) = subjects.last().cloned().unwrap_or_default();
-        let quota = self.limit_for(&subject).await?;
+        // The per-minute rates are the principal's own: its key's, else its user's.
+        let Some((subject, quota)) = last else {
+            return Ok(());
+        };
         if quota.requests_per_minute > 0 {
             self.take(
                 &format!("rpm:{subject}"),

@@ -49,16 +49,19 @@ pub struct RunSpec {
     pub persist: bool,
 }
 
-/// What a run runs.
+/// What a run runs, ready to start: Python with the workspace files its interpreter gets
+/// when it is claimed; a module with its private copy of the workspace already on disk.
 enum Program {
     Python {
         module: Module,
         code: String,
         args: Vec<String>,
+        files: BTreeMap<String, Vec<u8>>,
     },
     Module {
         module: Module,
         argv: Vec<String>,
+        dir: RunDir,
     },
 }
 
@@ -394,7 +397,13 @@ impl SandboxService {
                 "python" => {
                     let module = self.runtimes.python().await?;
                     self.pool.fill(&module);
-                    Program::Python { module, code, args }
+                    let files = self.workspaces.snapshot(&p.user_id).await?;
+                    Program::Python {
+                        module,
+                        code,
+                        args,
+                        files,
+                    }
                 }
                 _ => {
                     let bytes = match self.workspaces.read(&p.user_id, &module_path).await {
@@ -411,11 +420,14 @@ impl SandboxService {
                         .map_err(|e| SandboxError::Internal(format!("compiling: {e}")))??;
                     let mut argv = vec![module_path.clone()];
                     argv.extend(args);
-                    Program::Module { module, argv }
+                    let files = self.workspaces.snapshot(&p.user_id).await?;
+                    let dir = tokio::task::spawn_blocking(move || RunDir::create(files))
+                        .await
+                        .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))??;
+                    Program::Module { module, argv, dir }
                 }
             };
-            let files = self.workspaces.snapshot(&p.user_id).await?;
-            Ok::<_, SandboxError>((program, files))
+            Ok::<_, SandboxError>(program)
         };
         let (hold, prepared) = tokio::join!(self.meter.reserve(p, &runtime, limits.fuel), prepare);
         let hold = match hold {
@@ -433,7 +445,7 @@ impl SandboxService {
                 return Err(e);
             }
         };
-        let (program, files) = match prepared {
+        let program = match prepared {
             Ok(prepared) => prepared,
             Err(e) => {
                 self.release(&hold).await;
@@ -454,13 +466,18 @@ impl SandboxService {
             over_files: over_files.clone(),
         };
         let started = match program {
-            Program::Python { module, code, args } => {
+            Program::Python {
+                module,
+                code,
+                args,
+                files,
+            } => {
                 self.pool
                     .run(&module, files, &code, &args, &stdin, claim)
                     .await
             }
-            Program::Module { module, argv } => {
-                self.start_module(module, argv, files, stdin, claim).await
+            Program::Module { module, argv, dir } => {
+                self.start_module(module, argv, dir, stdin, claim).await
             }
         };
         let Running { dir, exit } = match started {
@@ -482,7 +499,7 @@ impl SandboxService {
         let this = self.clone();
         let principal = p.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let slot = slot;
             let watched = dir.clone();
             let watch_over = over_files.clone();
             let watcher = tokio::spawn(async move {
@@ -550,7 +567,9 @@ impl SandboxService {
             // ended without waiting for billing; Settle charges the same amount just after.
             result.cost_micros = hold.cost(fuel_used);
             let _ = tx.send(RunEvent::Exit(result)).await;
+            // The guest is gone: its slot is free for the next run while billing settles.
             drop(tx);
+            drop(slot);
             match this.meter.settle(&hold, fuel_used).await {
                 Ok(charged) if charged != hold.cost(fuel_used) => tracing::warn!(
                     charged,
@@ -568,19 +587,16 @@ impl SandboxService {
         Ok(rx)
     }
 
-    /// Starts an uploaded module against a copy of `files`, claimed from its first
+    /// Starts an uploaded module in its workspace copy `dir`, claimed from its first
     /// instruction, on a blocking thread.
     async fn start_module(
         &self,
         module: Module,
         argv: Vec<String>,
-        files: BTreeMap<String, Vec<u8>>,
+        dir: RunDir,
         stdin: Vec<u8>,
         claim: Claim,
     ) -> Result<Running> {
-        let dir = tokio::task::spawn_blocking(move || RunDir::create(files))
-            .await
-            .map_err(|e| SandboxError::Internal(format!("workspace copy: {e}")))??;
         let controls = Controls::new(claim.memory_bytes);
         controls
             .claim(claim)
