@@ -171,9 +171,26 @@ async fn health_reports_each_service_and_shutdown_drains() {
             .status;
         assert_eq!(status, ServingStatus::Serving as i32, "{service:?}");
     }
+    // The sandbox is served too (NOT_SERVING only while its Python is being prepared).
     let status = health
         .check(HealthCheckRequest {
             service: "llmesh.sandbox.v1.SandboxService".into(),
+        })
+        .await
+        .expect("the sandbox is known")
+        .into_inner()
+        .status;
+    assert!(
+        [
+            ServingStatus::Serving as i32,
+            ServingStatus::NotServing as i32
+        ]
+        .contains(&status),
+        "{status}"
+    );
+    let status = health
+        .check(HealthCheckRequest {
+            service: "llmesh.nothing.v1.NothingService".into(),
         })
         .await
         .expect_err("not served here");
