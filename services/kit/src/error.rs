@@ -136,6 +136,17 @@ impl ApiError {
     }
 }
 
+/// How long a peer's RESOURCE_EXHAUSTED asks to wait (its `retry-after-ms`, as written
+/// above), or `default` when it names none.
+pub fn retry_after(status: &Status, default: std::time::Duration) -> std::time::Duration {
+    status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .map_or(default, std::time::Duration::from_millis)
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.source {

@@ -113,15 +113,10 @@ fn from_status(s: tonic::Status) -> LlmError {
     match s.code() {
         tonic::Code::FailedPrecondition => LlmError::Precondition(message),
         tonic::Code::InvalidArgument => LlmError::Invalid(message),
-        tonic::Code::ResourceExhausted => {
-            let ms = s
-                .metadata()
-                .get("retry-after-ms")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5000);
-            LlmError::Exhausted(message, Duration::from_millis(ms))
-        }
+        tonic::Code::ResourceExhausted => LlmError::Exhausted(
+            message,
+            llmesh_kit::error::retry_after(&s, Duration::from_secs(5)),
+        ),
         tonic::Code::Unavailable => LlmError::Unavailable(message),
         _ => LlmError::Internal(format!("billing: {message}")),
     }

@@ -91,15 +91,10 @@ fn from_status(s: tonic::Status) -> SandboxError {
     match s.code() {
         tonic::Code::FailedPrecondition => SandboxError::Precondition(message),
         tonic::Code::InvalidArgument => SandboxError::Invalid(message),
-        tonic::Code::ResourceExhausted => {
-            let ms = s
-                .metadata()
-                .get("retry-after-ms")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5000);
-            SandboxError::Exhausted(message, Duration::from_millis(ms))
-        }
+        tonic::Code::ResourceExhausted => SandboxError::Exhausted(
+            message,
+            llmesh_kit::error::retry_after(&s, Duration::from_secs(5)),
+        ),
         tonic::Code::Unavailable => SandboxError::Unavailable(message),
         _ => SandboxError::Internal(format!("billing: {message}")),
     }

@@ -28,14 +28,8 @@ use llmesh_sandbox::SandboxConfig;
 use sea_orm::DatabaseConnection;
 use serde::{Deserialize, Serialize};
 
-/// Every service llmesh defines, and whether this build implements it.
-pub const ALL_SERVICES: &[(&str, bool)] = &[
-    ("auth", true),
-    ("llm", true),
-    ("chat", true),
-    ("billing", true),
-    ("sandbox", true),
-];
+/// Every service llmesh defines (this build implements them all).
+pub const ALL_SERVICES: &[&str] = &["auth", "llm", "chat", "billing", "sandbox"];
 
 /// The gRPC services of every implemented llmesh service, for reflection that lists the
 /// whole mesh (`server.reflection = "all"`).
@@ -134,20 +128,11 @@ impl Config {
 pub fn parse_services(list: &str) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match ALL_SERVICES.iter().find(|(n, _)| *n == name) {
+        match ALL_SERVICES.iter().find(|n| **n == name) {
             None => bail!(
                 "unknown service {name:?}: choose from {}",
-                ALL_SERVICES
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ALL_SERVICES.join(", ")
             ),
-            Some((_, false)) => {
-                bail!(
-                    "the {name} service is not part of this build yet: run `--services auth,llm,billing`"
-                )
-            }
             Some(_) => {
                 if !out.iter().any(|s| s == name) {
                     out.push(name.to_owned());
@@ -163,11 +148,7 @@ pub fn parse_services(list: &str) -> anyhow::Result<Vec<String>> {
 
 /// The services implemented by this build, i.e. what plain `llmesh serve` runs.
 pub fn default_services() -> Vec<String> {
-    ALL_SERVICES
-        .iter()
-        .filter(|(_, implemented)| *implemented)
-        .map(|(n, _)| (*n).to_owned())
-        .collect()
+    ALL_SERVICES.iter().map(|n| (*n).to_owned()).collect()
 }
 
 /// A started server with handles tests and the CLI use.
