@@ -5,7 +5,8 @@ pub mod mesh;
 pub mod models;
 pub mod raw;
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use chrono::{TimeZone, Utc};
 use llmesh::{App, Config};
@@ -511,11 +512,17 @@ macro_rules! both_backends {
 }
 
 /// A free port below Linux's ephemeral range (32768 and up), so the ports the kernel hands
-/// to other tests' `127.0.0.1:0` servers meanwhile never collide with it.
+/// to other tests' `127.0.0.1:0` servers meanwhile never collide with it. A port is handed
+/// out once per test binary: two tests that pick ports for processes they start later can
+/// never be given the same one (the second process would fail to bind, and the first
+/// would answer in its place).
 pub fn free_port() -> u16 {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     loop {
         let port = 20_000 + rand::random::<u16>() % 12_000;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }

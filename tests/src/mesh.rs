@@ -183,10 +183,27 @@ impl Mesh {
         format!("http://127.0.0.1:{}", p.port)
     }
 
-    /// Waits until process `name` reports every service SERVING (up to 90 s).
+    /// Waits until process `name` reports SERVING for the process and for each gRPC
+    /// service it was started with (up to 90 s): a port answered by some other process
+    /// would not name them.
     pub async fn wait_ready(&self, name: &str) {
         use tonic_health::pb::health_check_response::ServingStatus;
         let url = self.url(name);
+        let services = {
+            let procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+            let p = procs.iter().find(|p| p.name == name).expect("process");
+            p.services
+        };
+        let mut wanted = vec![String::new()];
+        for short in services.split(',') {
+            let prefix = format!("llmesh.{short}.v1.");
+            wanted.extend(
+                llmesh::ALL_SERVICE_NAMES
+                    .iter()
+                    .filter(|full| full.starts_with(&prefix))
+                    .map(|full| (*full).to_owned()),
+            );
+        }
         let started = Instant::now();
         loop {
             self.check_alive(name);
@@ -196,11 +213,20 @@ impl Mesh {
                 .await
             {
                 let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-                if let Ok(r) = health
-                    .check(tonic_health::pb::HealthCheckRequest::default())
-                    .await
-                    && r.into_inner().status == ServingStatus::Serving as i32
-                {
+                let mut serving = true;
+                for service in &wanted {
+                    let answer = health
+                        .check(tonic_health::pb::HealthCheckRequest {
+                            service: service.clone(),
+                        })
+                        .await;
+                    if !matches!(answer, Ok(r) if r.get_ref().status == ServingStatus::Serving as i32)
+                    {
+                        serving = false;
+                        break;
+                    }
+                }
+                if serving {
                     return;
                 }
             }

@@ -870,6 +870,24 @@ async fn llm_is_not_serving_until_its_default_model_is_ready() {
         .status()
         .expect("mkfifo");
     assert!(made.success());
+    // The pipe's writer waits for the word to feed the model. Should the test fail before
+    // that, the word never comes: the writer then opens and closes the pipe, so the pull
+    // blocked on it reads an empty file and ends (the runtime cannot shut down while it
+    // waits on the pipe).
+    let (feed, fed) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let pipe = pipe.clone();
+        std::thread::spawn(move || {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&pipe)
+                .expect("open the pipe");
+            if fed.recv().is_ok() {
+                let mut input = std::fs::File::open(gguf).expect("model");
+                std::io::copy(&mut input, &mut out).expect("feed the pipe");
+            }
+        })
+    };
     let port = free_port();
     let mut config = llmesh_tests::test_config(&db);
     config.server.bind = format!("127.0.0.1:{port}");
@@ -914,7 +932,7 @@ async fn llm_is_not_serving_until_its_default_model_is_ready() {
         }
     };
     let mut settled = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if status(llmesh_auth::SERVICE_NAME).await == ServingStatus::Serving as i32 {
             settled = true;
             break;
@@ -930,18 +948,11 @@ async fn llm_is_not_serving_until_its_default_model_is_ready() {
     assert_eq!(status("").await, ServingStatus::NotServing as i32);
 
     // The model arrives; llm loads it and reports SERVING, and so does the process.
-    let writer = std::thread::spawn(move || {
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&pipe)
-            .expect("open the pipe");
-        let mut input = std::fs::File::open(gguf).expect("model");
-        std::io::copy(&mut input, &mut out).expect("feed the pipe");
-    });
+    feed.send(()).expect("the writer waits");
     let app = starting.await.expect("task").expect("server starts");
     writer.join().expect("writer");
     let mut serving = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if status(llmesh_llm::SERVICE_NAME).await == ServingStatus::Serving as i32
             && status("").await == ServingStatus::Serving as i32
         {

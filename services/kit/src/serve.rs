@@ -232,7 +232,19 @@ pub fn serve(
     let ready_names = services.names.clone();
     let reporter = health_reporter.clone();
     let ready_flag = draining_flag.clone();
-    let status_ready = async move { readiness.spawn(reporter, ready_names, ready_flag) };
+    // Every service is known to the health service (NOT_SERVING) before the first
+    // connection is accepted: a probe that comes early reads "not yet", never NOT_FOUND.
+    let status_ready = async move {
+        for name in &ready_names {
+            reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        readiness.spawn(reporter, ready_names, ready_flag)
+    };
 
     let routes = services
         .routes

@@ -16,6 +16,14 @@ pub fn retry_safe(path: &str) -> bool {
     RETRY_SAFE_METHODS.binary_search(&path).is_ok()
 }
 
+/// Every method that answers with a stream, as "/package.Service/Method", sorted.
+pub const STREAMING_METHODS: &[&str] = include!(concat!(env!("OUT_DIR"), "/llmesh_streaming.rs"));
+
+/// Whether a method path answers with a stream.
+pub fn streaming(path: &str) -> bool {
+    STREAMING_METHODS.binary_search(&path).is_ok()
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("llmesh.common.v1");
