@@ -49,7 +49,7 @@ pub const LAYOUT: &[(&str, &str)] = &[
 ];
 
 /// The `llmesh` binary built with this test crate.
-fn binary() -> PathBuf {
+pub fn binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable");
     // target/<profile>/deps/<test> → target/<profile>/llmesh-under-test
     let dir = exe
