@@ -1,0 +1,70 @@
+"""Tables of llmesh's methods, read from proto/ by scripts/generate. Do not edit."""
+
+# Methods marked idempotency_level NO_SIDE_EFFECTS or IDEMPOTENT.
+RETRY_SAFE: frozenset[str] = frozenset(
+    {
+        "/llmesh.auth.v1.AuthService/DisableUser",
+        "/llmesh.auth.v1.AuthService/EnableUser",
+        "/llmesh.auth.v1.AuthService/GetMe",
+        "/llmesh.auth.v1.AuthService/GetPublicKeys",
+        "/llmesh.auth.v1.AuthService/GetSignUpInfo",
+        "/llmesh.auth.v1.AuthService/ListApiKeys",
+        "/llmesh.auth.v1.AuthService/ListUsers",
+        "/llmesh.auth.v1.AuthService/ResolveApiKey",
+        "/llmesh.auth.v1.AuthService/SetUserRole",
+        "/llmesh.auth.v1.AuthService/UpdateProfile",
+        "/llmesh.billing.v1.BillingService/ExportUsage",
+        "/llmesh.billing.v1.BillingService/GetBalance",
+        "/llmesh.billing.v1.BillingService/GetQuota",
+        "/llmesh.billing.v1.BillingService/ListPrices",
+        "/llmesh.billing.v1.BillingService/ListUsage",
+        "/llmesh.billing.v1.BillingService/MarkUserDeleted",
+        "/llmesh.billing.v1.BillingService/Reconcile",
+        "/llmesh.billing.v1.BillingService/Release",
+        "/llmesh.billing.v1.BillingService/Reserve",
+        "/llmesh.billing.v1.BillingService/SetPrice",
+        "/llmesh.billing.v1.BillingService/SetQuota",
+        "/llmesh.billing.v1.BillingService/Settle",
+        "/llmesh.chat.v1.ChatArchiveService/AppendUploadChunk",
+        "/llmesh.chat.v1.ChatArchiveService/ExportConversations",
+        "/llmesh.chat.v1.ChatArchiveService/Search",
+        "/llmesh.chat.v1.ChatService/GetAssistant",
+        "/llmesh.chat.v1.ChatService/GetConversation",
+        "/llmesh.chat.v1.ChatService/ListAssistants",
+        "/llmesh.chat.v1.ChatService/ListConversations",
+        "/llmesh.chat.v1.ChatService/ListFolders",
+        "/llmesh.chat.v1.ChatService/ListTemplates",
+        "/llmesh.chat.v1.ChatService/RecordCodeRun",
+        "/llmesh.chat.v1.ChatService/RenderTemplate",
+        "/llmesh.chat.v1.ChatService/StopReply",
+        "/llmesh.chat.v1.ChatService/SwitchBranch",
+        "/llmesh.chat.v1.ChatService/UpdateAssistant",
+        "/llmesh.chat.v1.ChatService/UpdateConversation",
+        "/llmesh.chat.v1.ChatService/UpdateFolder",
+        "/llmesh.chat.v1.ChatService/UpdateTemplate",
+        "/llmesh.llm.v1.LlmService/CountTokens",
+        "/llmesh.llm.v1.LlmService/GetModel",
+        "/llmesh.llm.v1.LlmService/ListModels",
+        "/llmesh.llm.v1.LlmService/LoadModel",
+        "/llmesh.llm.v1.LlmService/StopGeneration",
+        "/llmesh.sandbox.v1.SandboxService/ListFiles",
+        "/llmesh.sandbox.v1.SandboxService/ListRuntimes",
+        "/llmesh.sandbox.v1.SandboxService/ReadFile",
+    }
+)
+
+# Methods that answer with a stream.
+STREAMING: frozenset[str] = frozenset(
+    {
+        "/llmesh.billing.v1.BillingService/ExportUsage",
+        "/llmesh.chat.v1.ChatArchiveService/ExportConversations",
+        "/llmesh.chat.v1.ChatArchiveService/ImportConversations",
+        "/llmesh.chat.v1.ChatService/EditMessage",
+        "/llmesh.chat.v1.ChatService/Regenerate",
+        "/llmesh.chat.v1.ChatService/SendMessage",
+        "/llmesh.llm.v1.LlmService/Generate",
+        "/llmesh.llm.v1.LlmService/PullModel",
+        "/llmesh.sandbox.v1.SandboxService/ReadFile",
+        "/llmesh.sandbox.v1.SandboxService/Run",
+    }
+)
