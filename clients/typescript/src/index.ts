@@ -5,6 +5,7 @@
 
 import { Code, ConnectError, createClient, type Client, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { errorInterceptor, retryInterceptor } from "./sdk.js";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 import { AuthService } from "./gen/llmesh/auth/v1/auth_pb.js";
@@ -21,6 +22,7 @@ export * as llm from "./gen/llmesh/llm/v1/llm_pb.js";
 export * as sandbox from "./gen/llmesh/sandbox/v1/sandbox_pb.js";
 export { AuthService, BillingService, ChatArchiveService, ChatService, LlmService, SandboxService };
 export { Code, ConnectError, timestampDate, timestampFromDate, type Timestamp };
+export * from "./sdk.js";
 
 /** How a call proves who is calling. */
 export type Credentials =
@@ -51,7 +53,11 @@ export interface LlmeshClients {
   sandbox: Client<typeof SandboxService>;
 }
 
-/** One grpc-web transport (HTTP/1.1 or 2, works from browsers) and a client per service. */
+/**
+ * One grpc-web transport (HTTP/1.1 or 2, works from browsers) and a client per service,
+ * for a page that manages its own session (the web UI). Programs want {@link connect}.
+ * Failures are {@link LlmeshError}s; retry-safe unary calls are retried after UNAVAILABLE.
+ */
 export function createClients(options: ClientOptions): LlmeshClients {
   const credentials = options.credentials ?? (() => ({ kind: "none" }) as Credentials);
   const attach: Interceptor = (next) => async (req) => {
@@ -62,7 +68,7 @@ export function createClients(options: ClientOptions): LlmeshClients {
   };
   const transport = createGrpcWebTransport({
     baseUrl: options.baseUrl,
-    interceptors: [attach, ...(options.interceptors ?? [])],
+    interceptors: [errorInterceptor, attach, retryInterceptor(4), ...(options.interceptors ?? [])],
   });
   return {
     auth: createClient(AuthService, transport),
