@@ -7,45 +7,31 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use llmesh_client::{RetryLayer, RetryPolicy};
 use tonic::body::Body;
 use tonic::transport::Endpoint;
 use tonic::{Code, Status};
-use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
+use tower::{Layer, ServiceExt};
+
+/// What a generated client sends its calls through: a channel to another process, or the
+/// routes of this very process (behind the same authentication layer), so a service's
+/// client code is the same whether its peer runs here or elsewhere. The SDK's type: a
+/// program built on `llmesh-client` composes its clients the same way.
+pub use llmesh_client::transport::{Transport, TransportError};
 
 use crate::config::{ConfigError, invalid};
 use crate::request_id;
 
 /// How long a unary call to a peer may take when the caller set no deadline.
 pub const DEFAULT_UNARY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of a retry-safe call, the first included.
-const ATTEMPTS: u32 = 4;
-/// The first backoff; each later one doubles, and each is drawn uniformly below its cap.
-const BACKOFF: Duration = Duration::from_millis(50);
-
-/// Why a [`Transport`] could not carry a call (the peer never answered).
-///
-/// A concrete type rather than a boxed `dyn Error`: with the latter, the compiler cannot
-/// prove client futures `Send` inside `async_trait` methods (a higher-ranked lifetime gap).
-#[derive(Debug)]
-pub struct TransportError(Box<dyn std::error::Error + Send + Sync>);
-
-impl std::fmt::Display for TransportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for TransportError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
-/// What a generated client sends its calls through: a channel to another process, or the
-/// routes of this very process (behind the same authentication layer), so a service's
-/// client code is the same whether its peer runs here or elsewhere.
-pub type Transport = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, TransportError>;
+/// How a call to a peer in another process is retried: the SDK's policy and layer
+/// (retry-safe unary methods only, after UNAVAILABLE, within the call's deadline).
+const RETRY: RetryPolicy = RetryPolicy {
+    attempts: 4,
+    base: Duration::from_millis(50),
+    max: Duration::from_secs(2),
+};
 
 /// The routes of this process, for peers that run in it. Filled once the server has
 /// assembled them; calls made before that are UNAVAILABLE.
@@ -106,7 +92,7 @@ impl Peer {
         Ok(Peer {
             name,
             url: Some(url.to_owned()),
-            transport: BoxCloneSyncService::new(channel.map_err(|e| TransportError(Box::new(e)))),
+            transport: llmesh_client::transport::boxed(RetryLayer::new(RETRY).layer(channel)),
         })
     }
 
@@ -167,38 +153,20 @@ impl Peer {
         }
     }
 
-    /// Makes a unary call through `attempt` (which builds a fresh request each time). A
-    /// method marked retry-safe in proto/ is retried on UNAVAILABLE with jittered backoff
-    /// while the deadline allows; any other method is tried once.
+    /// Makes a unary call through `attempt`. A method marked retry-safe in proto/ is
+    /// retried on UNAVAILABLE by the transport (with jittered backoff, while the deadline
+    /// allows); what still fails is reported as [`Peer::error`] says.
     pub async fn unary<T, F, Fut>(&self, method: &str, mut attempt: F) -> Result<T, Status>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        let retry = llmesh_proto::retry_safe(method);
-        let deadline = crate::deadline::current();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let status = match attempt().await {
-                Ok(response) => return Ok(response.into_inner()),
-                Err(status) => self.error(status),
-            };
-            if !retry || status.code() != Code::Unavailable || tries >= ATTEMPTS {
-                return Err(status);
+        match attempt().await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => {
+                tracing::debug!(peer = self.name, method, code = ?status.code(), "peer call failed");
+                Err(self.error(status))
             }
-            let wait = backoff(tries);
-            if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                return Err(status);
-            }
-            tracing::debug!(
-                peer = self.name,
-                method,
-                attempt = tries,
-                wait_ms = wait.as_millis() as u64,
-                "retrying after UNAVAILABLE"
-            );
-            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -237,24 +205,9 @@ fn is_transport_failure(status: &Status) -> bool {
     }
 }
 
-/// The wait before retry `n` (1-based): uniform in [0, 50 ms · 2^(n-1)].
-fn backoff(n: u32) -> Duration {
-    let cap = BACKOFF.saturating_mul(1 << (n - 1).min(6));
-    cap.mul_f64(rand::random::<f64>())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_stays_under_its_cap() {
-        for n in 1..=5 {
-            for _ in 0..50 {
-                assert!(backoff(n) <= BACKOFF * (1 << (n - 1)));
-            }
-        }
-    }
 
     #[tokio::test]
     async fn a_refused_peer_is_unavailable_by_name() {
