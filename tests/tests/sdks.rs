@@ -3,7 +3,8 @@
 //! model and credited users. Rust: every example in clients/rust/examples runs, and a
 //! password session outlives its access token (and ends clearly when revoked). Python: the
 //! pytest suite of clients/python and mypy --strict on its examples. TypeScript: the Node
-//! example, and the packed tarball installed into a fresh project.
+//! examples and the `node --test` suite of clients/typescript, and the packed tarball
+//! installed into a fresh project.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,25 +95,50 @@ impl Live {
     }
 
     /// Runs `program` with the live server's variables; panics with its output (and the
-    /// server's log) unless it succeeds. Returns its stdout.
+    /// server's log) unless it succeeds within [`COMMAND_LIMIT`]. Returns its stdout.
     fn run(&self, what: &str, cmd: &mut Command) -> String {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let out = cmd
-            .output()
+        let scratch = llmesh_tests::TempDir::new("llmesh-sdk-run");
+        let (out_path, err_path) = (scratch.path.join("stdout"), scratch.path.join("stderr"));
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+            .spawn()
             .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(
-            out.status.success(),
-            "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log\n{}",
-            out.status,
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if started.elapsed() > COMMAND_LIMIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let verdict = match status {
+            Some(s) if s.success() => return stdout,
+            Some(s) => format!("failed ({s})"),
+            None => format!(
+                "did not finish within {} s (killed)",
+                COMMAND_LIMIT.as_secs()
+            ),
+        };
+        panic!(
+            "{what} {verdict}:\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log\n{}",
             self.mesh.log("llmesh")
         );
-        stdout
     }
 }
+
+/// How long one SDK command (an example, a suite) may run.
+const COMMAND_LIMIT: Duration = Duration::from_secs(240);
 
 /// Registers `email` and signs in: (user id, access token).
 async fn signup(channel: &Channel, email: &str) -> (String, String) {
@@ -360,6 +386,13 @@ async fn the_typescript_sdk_runs_in_node_and_installs_from_its_tarball() {
     );
     assert!(out.contains("NOT_FOUND"), "{out}");
     assert!(out.contains("request id"), "{out}");
+    let out = live.run(
+        "node --test tests/sdk.test.mjs",
+        Command::new(&node)
+            .args(["--test", "tests/sdk.test.mjs"])
+            .current_dir(&client),
+    );
+    assert!(out.contains("# fail 0"), "{out}");
 
     // The packed package installs into a project of its own and type-checks there.
     let project = llmesh_tests::TempDir::new("llmesh-sdk-ts");

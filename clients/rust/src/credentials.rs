@@ -31,7 +31,12 @@ pub enum Credentials {
     ApiKey(String),
     /// An email and password: the SDK signs in, refreshes the session before its access
     /// token expires, and signs out with [`crate::Client::logout`].
-    Password { email: String, password: String },
+    Password {
+        /// The account's email.
+        email: String,
+        /// Its password (kept only until the sign-in).
+        password: String,
+    },
     /// An access token obtained elsewhere; it is not refreshed.
     AccessToken(String),
 }

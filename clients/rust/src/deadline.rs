@@ -58,6 +58,7 @@ pub struct DeadlineLayer {
 }
 
 impl DeadlineLayer {
+    /// A layer giving unary calls `unary` and streamed calls `stream` (none when `None`).
     pub fn new(unary: Duration, stream: Option<Duration>) -> DeadlineLayer {
         DeadlineLayer { unary, stream }
     }

@@ -19,8 +19,15 @@ const WORKSPACE_CHUNK: usize = 256 * 1024;
 /// Something to upload: a file on disk (read in chunks, never whole) or bytes in memory.
 #[derive(Clone)]
 pub enum Upload {
+    /// A file on disk, read in chunks.
     Path(PathBuf),
-    Bytes { name: String, data: Bytes },
+    /// Bytes in memory.
+    Bytes {
+        /// The name the server keeps for messages.
+        name: String,
+        /// The content.
+        data: Bytes,
+    },
 }
 
 impl std::fmt::Debug for Upload {
@@ -125,6 +132,7 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 pub struct Progress {
     /// What is happening: uploading (bytes), importing (conversations) or downloading.
     pub phase: Phase,
+    /// Bytes (or conversations, when importing) done so far.
     pub done: u64,
     /// 0 when unknown.
     pub total: u64,
@@ -133,8 +141,11 @@ pub struct Progress {
 /// A step of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// Bytes sent.
     Uploading,
+    /// Conversations the server has imported.
     Importing,
+    /// Bytes received.
     Downloading,
 }
 

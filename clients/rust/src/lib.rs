@@ -26,6 +26,8 @@
 //! The generated clients are reachable as [`Client::chat`], [`Client::llm`] and so on; they
 //! return `tonic::Status`, which converts into [`Error`] with `?`.
 
+#![warn(missing_docs)]
+
 pub mod chat;
 pub mod credentials;
 pub mod deadline;

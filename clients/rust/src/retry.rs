@@ -71,6 +71,7 @@ pub struct RetryLayer {
 }
 
 impl RetryLayer {
+    /// A layer that retries by `policy`.
     pub fn new(policy: RetryPolicy) -> RetryLayer {
         RetryLayer { policy }
     }

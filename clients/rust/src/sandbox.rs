@@ -11,7 +11,9 @@ use crate::error::{Code, Error, Result};
 /// One piece of a run's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// Written to standard output.
     Stdout(Bytes),
+    /// Written to standard error.
     Stderr(Bytes),
 }
 
@@ -31,8 +33,11 @@ impl std::fmt::Debug for Run {
 /// What a whole run wrote, and how it ended.
 #[derive(Debug, Clone)]
 pub struct Finished {
+    /// Everything written to standard output.
     pub stdout: Vec<u8>,
+    /// Everything written to standard error.
     pub stderr: Vec<u8>,
+    /// How the run ended.
     pub exit: pb::RunExit,
 }
 

@@ -318,7 +318,20 @@ where
         };
         let fut = request_id::scope(id, crate::deadline::scope(deadline, fut.instrument(span)));
         Box::pin(async move {
-            let mut response = fut.await?;
+            // A passed deadline is DEADLINE_EXCEEDED, as gRPC says. tonic's own timer,
+            // outside this layer, would answer CANCELLED ("Timeout expired"); this one
+            // fires at the same instant and is polled first.
+            let answer = match deadline {
+                Some(at) => tokio::time::timeout_at(at.into(), fut).await,
+                None => Ok(fut.await),
+            };
+            let mut response = match answer {
+                Ok(response) => response?,
+                Err(_) => tonic::Status::deadline_exceeded(
+                    "the call ran past its deadline (grpc-timeout); allow it more time",
+                )
+                .into_http(),
+            };
             // Every answer names its request id, which the logs and internal errors carry.
             if let Some(value) = header {
                 response.headers_mut().insert(request_id::HEADER, value);
