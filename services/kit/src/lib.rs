@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod money;
 pub mod outbox;
+pub mod package_index;
 pub mod peer;
 pub mod principal;
 pub mod request_id;

