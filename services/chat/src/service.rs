@@ -473,9 +473,8 @@ impl ChatService {
         {
             leaf = child.id.clone();
         }
+        ChatStore::set_active_leaf(&self.store.db, &c, &leaf, self.clock.now()).await?;
         c.active_leaf_id = Some(leaf);
-        c.updated_at = self.clock.now();
-        ChatStore::update_conversation(&self.store.db, &c).await?;
         self.active_path(p, &c.id).await
     }
 
@@ -649,9 +648,9 @@ impl ChatService {
 
         if let Some(u) = &new_user {
             ChatStore::insert_message(&self.store.db, u).await?;
-            c.active_leaf_id = Some(u.id.clone());
             c.updated_at = self.clock.now();
-            ChatStore::update_conversation(&self.store.db, &c).await?;
+            ChatStore::set_active_leaf(&self.store.db, &c, &u.id, c.updated_at).await?;
+            c.active_leaf_id = Some(u.id.clone());
         }
         let (tx, rx) = mpsc::channel(64);
         if let Some(u) = &new_user {
@@ -756,10 +755,8 @@ impl ChatService {
             created_at: self.clock.now(),
         };
         ChatStore::insert_message(&self.store.db, &m).await?;
-        let mut c = self.conversation(p, conversation_id).await?;
-        c.active_leaf_id = Some(m.id.clone());
-        c.updated_at = self.clock.now();
-        ChatStore::update_conversation(&self.store.db, &c).await?;
+        let c = self.conversation(p, conversation_id).await?;
+        ChatStore::set_active_leaf(&self.store.db, &c, &m.id, self.clock.now()).await?;
         let messages = self.store.messages(conversation_id).await?;
         Ok(view(&messages, &m))
     }
@@ -874,10 +871,8 @@ impl ChatService {
                 ));
             }
             let mut c = self.conversation(p, conversation_id).await?;
-            if !c.titled {
+            if ChatStore::set_title_once(&self.store.db, &c, &title).await? {
                 c.title = title;
-                c.titled = true;
-                ChatStore::update_conversation(&self.store.db, &c).await?;
                 crate::store::index_title(&self.store.db, &c).await?;
             }
             Ok::<(), ChatError>(())

@@ -441,13 +441,47 @@ impl ChatStore {
         Ok(exec(
             db,
             "UPDATE conversations SET title = ?, model = ?, sampling = ?, system_prompt = ?, folder_id = ?, tags = ?, \
-             pinned = ?, archived = ?, active_leaf_id = ?, titled = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+             pinned = ?, archived = ?, titled = ?, updated_at = ? WHERE id = ? AND user_id = ?",
             vec![
                 c.title.clone().into(), c.model.clone().into(), json(&c.sampling).into(), c.system_prompt.clone().into(),
                 c.folder_id.clone().into(), json(&c.tags).into(), c.pinned.into(), c.archived.into(),
-                c.active_leaf_id.clone().into(), c.titled.into(), micros(c.updated_at).into(), c.id.clone().into(),
+                c.titled.into(), micros(c.updated_at).into(), c.id.clone().into(),
                 c.user_id.clone().into(),
             ],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Moves a conversation's active branch to `leaf`. Only these two columns are written,
+    /// so a settings edit or a title landing at the same moment is not undone (and does
+    /// not undo this).
+    pub async fn set_active_leaf<C: ConnectionTrait>(
+        db: &C,
+        c: &Conversation,
+        leaf: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, DbErr> {
+        Ok(exec(
+            db,
+            "UPDATE conversations SET active_leaf_id = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+            vec![leaf.into(), micros(now).into(), c.id.clone().into(), c.user_id.clone().into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Sets the automatic title unless the conversation has one already (given by its
+    /// owner or an earlier title); true when this call set it.
+    pub async fn set_title_once<C: ConnectionTrait>(
+        db: &C,
+        c: &Conversation,
+        title: &str,
+    ) -> Result<bool, DbErr> {
+        Ok(exec(
+            db,
+            "UPDATE conversations SET title = ?, titled = ? WHERE id = ? AND user_id = ? AND titled = ?",
+            vec![title.into(), true.into(), c.id.clone().into(), c.user_id.clone().into(), false.into()],
         )
         .await?
             == 1)
