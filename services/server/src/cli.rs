@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `users …` and `keys …`.
+//! The command line: `serve`, `migrate`, `backup`, `restore`, `users …`, `keys …`,
+//! `models …`, `billing …` and `sandbox …`.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -42,6 +43,13 @@ pub enum Command {
     Serve(ServeArgs),
     /// Applies pending database migrations and exits.
     Migrate,
+    /// Checks the configuration (file, then LLMESH__ variables) and prints it as TOML,
+    /// secrets masked; fails naming the first bad key.
+    CheckConfig,
+    /// Writes a consistent copy of the database and key files (safe while serving).
+    Backup(BackupArgs),
+    /// Restores a backup into the configured database (SQLite or Postgres, either source).
+    Restore(RestoreArgs),
     /// Manages user accounts.
     #[command(subcommand)]
     Users(UsersCommand),
@@ -57,6 +65,34 @@ pub enum Command {
     /// The sandbox's runtimes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+}
+
+/// `llmesh backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write (gzip-compressed JSON lines); written as FILE.partial, then moved.
+    #[arg(long, conflicts_with = "dir", required_unless_present = "dir")]
+    pub out: Option<PathBuf>,
+    /// A directory to write `llmesh-<UTC time>.llmesh-backup` into (for scheduled backups).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// With --dir: keep only the newest N backups there, removing older ones after a
+    /// successful backup.
+    #[arg(long, requires = "dir")]
+    pub keep: Option<usize>,
+}
+
+/// `llmesh restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// Replace whatever the target database (and its key files) already hold.
+    #[arg(long)]
+    pub force: bool,
+    /// Only check the file and print its manifest; write nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -233,6 +269,17 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::CheckConfig => {
+            let mut shown = config.clone();
+            shown.database.url = llmesh_kit::db::redact(&shown.database.url);
+            if shown.peers.service_token.is_some() {
+                shown.peers.service_token = Some("(set)".into());
+            }
+            print!("{}", toml::to_string(&shown).context("printing the configuration")?);
+            Ok(())
+        }
+        Command::Backup(args) => backup(config, args).await,
+        Command::Restore(args) => restore(config, args).await,
         Command::Users(cmd) => users(config, cmd).await,
         Command::Models(cmd) => models(config, cmd).await,
         Command::Billing(cmd) => billing(config, cmd).await,
@@ -274,6 +321,98 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Prints a table's progress on stderr, on one line per table.
+fn table_progress(verb: &'static str) -> impl Fn(&str, u64) {
+    let last = std::sync::Mutex::new(String::new());
+    move |table: &str, rows: u64| {
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != table && !last.is_empty() {
+            eprintln!();
+        }
+        eprint!("\r  {verb} {table}: {rows} rows");
+        *last = table.to_owned();
+    }
+}
+
+fn print_manifest(manifest: &crate::backup::Manifest) {
+    let rows: u64 = manifest.tables.values().map(|t| t.rows).sum();
+    println!(
+        "  schema {} from {} (llmesh {}, taken {}): {} tables, {rows} rows{}",
+        manifest.schema_version,
+        manifest.backend,
+        manifest.llmesh_version,
+        manifest.created_at,
+        manifest.tables.len(),
+        if manifest.files.is_empty() {
+            String::new()
+        } else {
+            format!(", key files: {}", manifest.files.join(", "))
+        }
+    );
+}
+
+async fn backup(config: Config, args: BackupArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let out = match (&args.out, &args.dir) {
+        (Some(out), _) => out.clone(),
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.join(crate::backup::file_name(chrono::Utc::now()))
+        }
+        (None, None) => bail!("name where the backup goes: --out FILE or --dir DIR"),
+    };
+    let db = llmesh_kit::db::connect(&config.database).await?;
+    let progress = table_progress("copied");
+    let manifest = crate::backup::backup(&config, &db, &out, &progress).await?;
+    eprintln!();
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup of {} written to {} ({:.1} MiB, {:.1} s)",
+        llmesh_kit::db::redact(&config.database.url),
+        out.display(),
+        size as f64 / (1024.0 * 1024.0),
+        started.elapsed().as_secs_f64()
+    );
+    print_manifest(&manifest);
+    if let (Some(dir), Some(keep)) = (&args.dir, args.keep) {
+        for old in crate::backup::prune(dir, keep.max(1))? {
+            println!("  removed the older backup {}", old.display());
+        }
+    }
+    Ok(())
+}
+
+async fn restore(config: Config, args: RestoreArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    if args.check {
+        let manifest = crate::backup::verify(&args.file)?;
+        println!("{} is a complete llmesh backup", args.file.display());
+        print_manifest(&manifest);
+        return Ok(());
+    }
+    let db = llmesh_kit::db::connect(&config.database).await?;
+    let existing = match args.force {
+        true => crate::backup::Existing::Replace,
+        false => crate::backup::Existing::Refuse,
+    };
+    let progress = table_progress("restored");
+    let restored = crate::backup::restore(&config, &db, &args.file, existing, &progress).await?;
+    eprintln!();
+    println!(
+        "restored {} into {} ({:.1} s)",
+        args.file.display(),
+        llmesh_kit::db::redact(&config.database.url),
+        started.elapsed().as_secs_f64()
+    );
+    print_manifest(&restored.manifest);
+    if !restored.files_written.is_empty() {
+        println!("  key files written: {}", restored.files_written.join(", "));
+    }
+    println!("  check the ledger with `llmesh billing reconcile`, then start the server");
+    Ok(())
 }
 
 async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<()> {

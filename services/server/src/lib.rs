@@ -1,6 +1,7 @@
 //! The `llmesh` binary as a library: configuration, composition of the services into one
 //! server, and the operator commands. Tests start servers through [`start`].
 
+pub mod backup;
 pub mod cli;
 
 use std::path::Path;
