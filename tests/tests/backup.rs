@@ -446,6 +446,32 @@ fn tampered(file: &Path, out: &Path, edit: impl FnOnce(&mut Vec<String>)) -> Pat
     out.to_path_buf()
 }
 
+/// A backup with its header's migrations changed by `edit` and its trailer made to match
+/// (a well-formed file from another schema).
+fn other_schema(
+    file: &Path,
+    out: &Path,
+    edit: impl FnOnce(&mut Vec<serde_json::Value>),
+) -> PathBuf {
+    tampered(file, out, |lines| {
+        let mut header: serde_json::Value = serde_json::from_str(&lines[0]).expect("header");
+        let migrations = header["migrations"].as_array_mut().expect("migrations");
+        edit(migrations);
+        let last = migrations.last().cloned().expect("a migration");
+        lines[0] = header.to_string();
+        let end = lines.len() - 1;
+        let mut hash = Sha256::new();
+        for l in &lines[..end] {
+            hash.update(l.as_bytes());
+            hash.update(b"\n");
+        }
+        let mut trailer: serde_json::Value = serde_json::from_str(&lines[end]).expect("trailer");
+        trailer["manifest"]["schema_version"] = last;
+        trailer["sha256"] = hex::encode(hash.finalize()).into();
+        lines[end] = trailer.to_string();
+    })
+}
+
 async fn is_empty(db: &TestDb) -> bool {
     let config = test_config(db);
     let conn = llmesh_kit::db::connect(&config.database)
@@ -512,6 +538,42 @@ async fn damaged_files_and_occupied_targets_are_refused() {
         assert!(backup::verify(file).is_err(), "{what} passes --check");
         assert!(is_empty(&target).await, "{what} left tables behind");
     }
+
+    // Schemas: a backup from a newer llmesh, and one older than the target's schema.
+    let future = other_schema(&good, &dir.path.join("future"), |m| {
+        m.push("m20991231_000001_from_the_future".into())
+    });
+    let target = TestDb::create(Backend::Sqlite).await.expect("sqlite");
+    let msg = format!(
+        "{:#}",
+        put(&target, &future, Existing::Refuse)
+            .await
+            .expect_err("future")
+    );
+    assert!(
+        msg.contains("newer than this llmesh knows") && msg.contains("nothing was written"),
+        "{msg}"
+    );
+    assert!(is_empty(&target).await);
+    let older = other_schema(&good, &dir.path.join("older"), |m| {
+        m.pop();
+    });
+    backup::verify(&older).expect("a well-formed file");
+    let migrated = TestDb::create(Backend::Sqlite).await.expect("sqlite");
+    let conn = llmesh_kit::db::connect(&test_config(&migrated).database)
+        .await
+        .expect("connect");
+    llmesh_kit::db::migrate(&conn).await.expect("migrate");
+    let msg = format!(
+        "{:#}",
+        put(&migrated, &older, Existing::Replace)
+            .await
+            .expect_err("older")
+    );
+    assert!(
+        msg.contains("newer schema") && msg.contains("new, empty database"),
+        "{msg}"
+    );
 
     // A database in use is not overwritten unless asked; with --force it is replaced.
     let seen = observe(&source, &d.user).await;

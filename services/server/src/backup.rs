@@ -934,6 +934,14 @@ pub async fn restore(
             "the target database was migrated by a newer llmesh (migration {newer}); nothing was written"
         );
     }
+    // A target migrated past the backup would take its rows without the data migrations
+    // in between; the rows go into the backup's schema, and newer migrations run after.
+    if let Some(ahead) = applied.iter().find(|m| !header.migrations.contains(m)) {
+        bail!(
+            "the target database is at a newer schema ({ahead}) than the backup ({}): restore into a new, empty database (it is brought to the backup's schema, then migrated forward); nothing was written",
+            manifest.schema_version
+        );
+    }
     // Bring the target to the backup's schema, so its rows fit; later migrations run after.
     let missing = header
         .migrations

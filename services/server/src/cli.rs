@@ -275,7 +275,10 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
             if shown.peers.service_token.is_some() {
                 shown.peers.service_token = Some("(set)".into());
             }
-            print!("{}", toml::to_string(&shown).context("printing the configuration")?);
+            print!(
+                "{}",
+                toml::to_string(&shown).context("printing the configuration")?
+            );
             Ok(())
         }
         Command::Backup(args) => backup(config, args).await,
