@@ -432,7 +432,11 @@ impl BillingService {
         let mut last = None;
         for (column, id, subject) in &subjects {
             let quota = self.limit_for(subject).await?;
-            last = Some((subject.clone(), quota));
+            // A key's own per-minute rates replace its user's; a key without them is
+            // held to its user's (a key never lifts its user's limit).
+            if last.is_none() || quota.requests_per_minute > 0 || quota.tokens_per_minute > 0 {
+                last = Some((subject.clone(), quota));
+            }
             if quota.monthly_spend_micros > 0 || quota.monthly_tokens > 0 {
                 let (spent, used) = self.store.settled(column, id, start, end).await?;
                 let (open_held, open_tokens) = self.store.open_held(column, id).await?;

@@ -152,6 +152,7 @@ impl ServiceSet {
             readiness: self.readiness,
             metrics: self.metrics,
             reflect: Vec::new(),
+            http: Vec::new(),
         }
     }
 }
@@ -169,6 +170,8 @@ pub struct Services {
     /// The services reflection lists, when not just `names` (a process behind an edge
     /// that answers reflection for the whole mesh).
     pub reflect: Vec<&'static str>,
+    /// HTTP endpoints beside the RPCs (the OpenAI-compatible door), ahead of the UI.
+    pub http: Vec<crate::web::HttpRoute>,
 }
 
 /// A running server: its bound address and the means to stop it.
@@ -271,6 +274,7 @@ pub fn serve(
     let cors = cors_layer(&config.cors_allowed_origins);
     let layers = tower::ServiceBuilder::new()
         .layer(cors)
+        .layer(crate::web::HttpRoutesLayer(Arc::new(services.http.clone())))
         .layer(crate::web::UiLayer::new(&ui, metrics_here))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::metrics::MetricsLayer(services.metrics.clone()))

@@ -234,3 +234,79 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
+
+/// Answers an HTTP request served beside the RPCs (the OpenAI-compatible door).
+pub type HttpHandler = Arc<
+    dyn Fn(
+            Request<tonic::body::Body>,
+        ) -> futures::future::BoxFuture<'static, Response<tonic::body::Body>>
+        + Send
+        + Sync
+        + 'static,
+>;
+
+/// An HTTP endpoint on the server's port: requests under `prefix` that are not gRPC go to
+/// `handler`, ahead of the UI's `index.html` fallback. The handler reaches the services
+/// through their gRPC routes (and so through the authentication layer), like any client.
+#[derive(Clone)]
+pub struct HttpRoute {
+    pub prefix: &'static str,
+    pub handler: HttpHandler,
+}
+
+/// Puts [`HttpRoute`]s in front of the UI and the RPCs.
+#[derive(Clone)]
+pub struct HttpRoutesLayer(pub Arc<Vec<HttpRoute>>);
+
+impl<S> tower::Layer<S> for HttpRoutesLayer {
+    type Service = HttpRoutesService<S>;
+
+    fn layer(&self, inner: S) -> HttpRoutesService<S> {
+        HttpRoutesService {
+            inner,
+            routes: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpRoutesService<S> {
+    inner: S,
+    routes: Arc<Vec<HttpRoute>>,
+}
+
+impl<S> tower::Service<Request<tonic::body::Body>> for HttpRoutesService<S>
+where
+    S: tower::Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        if !is_grpc(req.headers())
+            && let Some(route) = self
+                .routes
+                .iter()
+                .find(|r| req.uri().path().starts_with(r.prefix))
+        {
+            let handler = route.handler.clone();
+            return Box::pin(async move { Ok(handler(req).await) });
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(inner.call(req))
+    }
+}

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod generate;
 pub mod grpc;
 pub mod metrics;
+pub mod openai;
 /// Model sources and fetching (shared with the sandbox's runtimes, in the kit).
 pub use llmesh_kit::fetch as pull;
 pub mod registry;

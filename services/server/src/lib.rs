@@ -338,6 +338,13 @@ pub async fn start(
     if config.server.reflection == "all" {
         services.reflect = ALL_SERVICE_NAMES.to_vec();
     }
+    // The OpenAI-compatible door, where llm runs: it calls llm's own routes.
+    if runs("llm") {
+        let llm = Peer::local("llm", &peers.local);
+        services
+            .http
+            .push(llmesh_llm::openai::Door::new(llm).route());
+    }
     peers.local.set(ServiceSet::local_transport(&services));
     let server = llmesh_kit::serve::serve(listener, &config.server, services, signal)?;
     // The server answers health checks (llm NOT_SERVING) while the models are prepared.
