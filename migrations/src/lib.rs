@@ -12,6 +12,7 @@ mod m20261129_000006_llm_catalog;
 mod m20261129_000007_sandbox;
 mod m20261129_000008_billing_fuel;
 mod m20261129_000009_chat_code_runs;
+mod m20261207_000010_llm_providers;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000007_sandbox::Migration),
             Box::new(m20261129_000008_billing_fuel::Migration),
             Box::new(m20261129_000009_chat_code_runs::Migration),
+            Box::new(m20261207_000010_llm_providers::Migration),
         ]
     }
 }

@@ -355,6 +355,7 @@ impl pb::billing_service_server::BillingService for GrpcBillingAdapter {
                     }),
                     spend: self.money(row.spend),
                     fuel: row.fuel,
+                    overage: self.money(row.overage),
                 })
                 .collect(),
             total: self.money(total),

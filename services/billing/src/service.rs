@@ -63,6 +63,8 @@ pub struct UsageRow {
     pub completion_tokens: u64,
     pub spend: i64,
     pub fuel: u64,
+    /// Reported usage beyond what holds and balances covered.
+    pub overage: i64,
 }
 
 /// A stored balance that disagrees with its ledger.
@@ -139,9 +141,10 @@ impl BillingService {
         output: i64,
         per_gfuel: i64,
     ) -> Result<Price> {
-        if model.trim().is_empty() || model.len() > 64 {
+        // Hosted models are "provider-id/model": up to 32 + 1 + 128 characters.
+        if model.trim().is_empty() || model.len() > 200 {
             return Err(BillingError::Invalid(
-                "model must be 1 to 64 characters".into(),
+                "model must be 1 to 200 characters".into(),
             ));
         }
         for (name, v) in [
@@ -551,7 +554,7 @@ impl BillingService {
         }
         // Fuel is charged at the price the hold was taken at (the sandbox reports that cost
         // to its caller before this settles); tokens at today's price.
-        let charged = if r.fuel > 0 {
+        let cost = if r.fuel > 0 {
             llmesh_kit::money::fuel_cost(r.micros_per_gfuel, usage.fuel)
         } else {
             match self.store.price(&r.model).await? {
@@ -562,8 +565,8 @@ impl BillingService {
                 ),
                 None => 0,
             }
-        }
-        .min(r.held_micros);
+        };
+        let charged = cost.min(r.held_micros);
         let released = r.held_micros - charged;
         let now = self.clock.now();
         let txn = self.store.begin().await?;
@@ -584,12 +587,53 @@ impl BillingService {
             vec![released.into(), r.held_micros.into(), store::micros(now).into(), r.user_id.clone().into()],
         )
         .await?;
+        // A provider may report more usage than the hold assumed (its tokenizer counted the
+        // prompt higher than the estimate): the excess is charged as far as the balance
+        // goes, never below zero, and the rest is recorded as an overage admins can see.
+        let excess = cost - charged;
+        let mut extra = 0;
+        if excess > 0 {
+            let balance = store::one(
+                &txn,
+                "SELECT balance_micros FROM accounts WHERE user_id = ?",
+                vec![r.user_id.clone().into()],
+            )
+            .await?
+            .map(|row| row.try_get::<i64>("", "balance_micros"))
+            .transpose()?
+            .unwrap_or(0);
+            let want = excess.min(balance.max(0));
+            if want > 0 {
+                let taken = store::exec(
+                    &txn,
+                    "UPDATE accounts SET balance_micros = balance_micros - ?, updated_at = ? WHERE user_id = ? AND balance_micros >= ?",
+                    vec![want.into(), store::micros(now).into(), r.user_id.clone().into(), want.into()],
+                )
+                .await?;
+                if taken == 1 {
+                    extra = want;
+                }
+            }
+        }
+        let overage = excess.max(0) - extra;
+        let charged = charged + extra;
+        if overage > 0 {
+            tracing::warn!(reservation = %r.id, user = %r.user_id, overage_micros = overage, "reported usage exceeded the hold and the balance");
+        }
+        if excess > 0 {
+            store::exec(
+                &txn,
+                "UPDATE reservations SET charged_micros = ?, overage_micros = ? WHERE id = ?",
+                vec![charged.into(), overage.into(), r.id.clone().into()],
+            )
+            .await?;
+        }
         store::insert_entry(
             &txn,
             &NewEntry {
                 user_id: &r.user_id,
                 kind: "settle",
-                amount_micros: released,
+                amount_micros: released - extra,
                 charged_micros: charged,
                 model: Some(&r.model),
                 api_key_id: r.api_key_id.as_deref(),
@@ -599,13 +643,17 @@ impl BillingService {
                 idempotency_key: &format!("settle:{}", r.id),
                 reason: None,
                 fuel: usage.fuel.min(i64::MAX as u64) as i64,
+                overage_micros: overage,
             },
             now,
         )
         .await?;
         txn.commit().await?;
         self.reservations.with_label_values(&["settled"]).inc();
-        Ok(Settlement { charged, released })
+        Ok(Settlement {
+            charged,
+            released: released - extra,
+        })
     }
 
     /// Releases a reservation without charging; idempotent.
@@ -762,6 +810,7 @@ impl BillingService {
             row.completion_tokens += e.completion_tokens as u64;
             row.fuel += e.fuel.max(0) as u64;
             row.spend += e.charged_micros;
+            row.overage += e.overage_micros;
             total += e.charged_micros;
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key));

@@ -78,6 +78,9 @@ pub struct Entry {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub fuel: i64,
+    /// What a provider's reported usage cost beyond the hold and the balance: owed, not
+    /// charged.
+    pub overage_micros: i64,
 }
 
 impl Entry {
@@ -96,6 +99,7 @@ impl Entry {
             reason: r.try_get("", "reason")?,
             created_at: from_micros(r.try_get("", "created_at")?),
             fuel: r.try_get("", "fuel")?,
+            overage_micros: r.try_get("", "overage_micros")?,
         })
     }
 }
@@ -115,6 +119,7 @@ pub struct NewEntry<'a> {
     pub idempotency_key: &'a str,
     pub reason: Option<&'a str>,
     pub fuel: i64,
+    pub overage_micros: i64,
 }
 
 /// Quota caps of one subject ("user:ID" or "key:ID").
@@ -422,7 +427,7 @@ pub async fn insert_entry<C: ConnectionTrait>(
     exec(
         db,
         "INSERT INTO ledger (id, user_id, kind, amount_micros, charged_micros, model, api_key_id, prompt_tokens, \
-         completion_tokens, reservation_id, idempotency_key, reason, created_at, fuel) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         completion_tokens, reservation_id, idempotency_key, reason, created_at, fuel, overage_micros) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         vec![
             uuid::Uuid::now_v7().to_string().into(),
             e.user_id.into(),
@@ -438,6 +443,7 @@ pub async fn insert_entry<C: ConnectionTrait>(
             e.reason.map(str::to_owned).into(),
             micros(now).into(),
             e.fuel.into(),
+            e.overage_micros.into(),
         ],
     )
     .await?;

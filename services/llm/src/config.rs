@@ -52,6 +52,13 @@ pub struct LlmConfig {
     pub max_embed_chars: usize,
     /// Longest prompt text accepted, in bytes (before tokenizing).
     pub max_prompt_bytes: usize,
+    /// File with the 32-byte key (base64 or hex text) that seals hosted providers' API
+    /// keys at rest; created with a new key when missing. Unset: the key is generated on
+    /// first use and kept in the database, like the token-signing key.
+    pub provider_key_file: Option<String>,
+    /// Earlier key files, kept after a rotation so secrets sealed with them still open;
+    /// they are resealed with the current key when llm starts.
+    pub provider_previous_key_files: Vec<String>,
 }
 
 impl Default for LlmConfig {
@@ -76,6 +83,8 @@ impl Default for LlmConfig {
             max_embed_inputs: 64,
             max_embed_chars: 32 * 1024,
             max_prompt_bytes: 256 * 1024,
+            provider_key_file: None,
+            provider_previous_key_files: Vec::new(),
         }
     }
 }
@@ -93,6 +102,16 @@ impl LlmConfig {
         }
         if self.memory_budget_mib == 0 {
             return Err(invalid("llm.memory_budget_mib", "must be positive"));
+        }
+        if self
+            .provider_key_file
+            .as_deref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            return Err(invalid(
+                "llm.provider_key_file",
+                "must be a path, or left out to keep the key in the database",
+            ));
         }
         if self.default_max_tokens == 0 {
             return Err(invalid("llm.default_max_tokens", "must be positive"));

@@ -11,8 +11,13 @@ pub enum LlmError {
     Invalid(String),
     #[error("model {0:?} not found")]
     ModelNotFound(String),
+    /// Something other than a model is missing; the message names it.
+    #[error("{0}")]
+    NotFound(String),
     #[error("a model with id {0:?} already exists")]
     AlreadyExists(String),
+    #[error("a provider with id {0:?} already exists")]
+    ProviderExists(String),
     #[error("{0}")]
     Precondition(String),
     #[error("{0}")]
@@ -28,8 +33,10 @@ impl From<LlmError> for ApiError {
         let message = err.to_string();
         match err {
             LlmError::Invalid(_) => ApiError::invalid(message),
-            LlmError::ModelNotFound(_) => ApiError::not_found(message),
-            LlmError::AlreadyExists(_) => ApiError::already_exists(message),
+            LlmError::ModelNotFound(_) | LlmError::NotFound(_) => ApiError::not_found(message),
+            LlmError::AlreadyExists(_) | LlmError::ProviderExists(_) => {
+                ApiError::already_exists(message)
+            }
             LlmError::Precondition(_) => ApiError::failed_precondition(message),
             LlmError::Exhausted(_, retry) => ApiError::exhausted(message, retry),
             LlmError::Unavailable(_) => ApiError::unavailable(message),

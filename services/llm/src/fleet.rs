@@ -50,6 +50,16 @@ impl LlmService {
 
     /// Every model of the deployment with its state here and, per llm process, there.
     pub async fn list(&self) -> Result<Vec<ModelView>> {
+        let mut views = self.list_here().await?;
+        // A provider's trouble never hides the local models.
+        match self.hosted_views().await {
+            Ok(hosted) => views.extend(hosted),
+            Err(e) => tracing::warn!(error = %e, "listing hosted models failed"),
+        }
+        Ok(views)
+    }
+
+    async fn list_here(&self) -> Result<Vec<ModelView>> {
         let Some(catalog) = self.catalog() else {
             return self.list_local();
         };
@@ -71,6 +81,9 @@ impl LlmService {
 
     /// One model of the deployment.
     pub async fn get(&self, id: &str) -> Result<ModelView> {
+        if let Some(view) = self.hosted_view(id).await? {
+            return Ok(view);
+        }
         let Some(catalog) = self.catalog() else {
             return Ok(self.view(self.registry.get(id)?));
         };
@@ -122,6 +135,7 @@ impl LlmService {
                 memory_bytes: 0,
                 last_used: None,
                 replicas: Vec::new(),
+                provider: None,
             },
         }
     }

@@ -73,6 +73,13 @@ impl LlmService {
 
     /// Counts tokens as Generate would see them; returns (tokens, context length).
     pub async fn count_tokens(&self, model: &str, input: Input) -> Result<(u32, u32)> {
+        if let Some(target) = self.hosted(model).await? {
+            // The same estimate the hold and the context check use.
+            return Ok((
+                crate::gateway::estimate(&input),
+                target.model.context_length,
+            ));
+        }
         let m = self.chat_model(model).await?;
         let tokens = self.tokens(&m, input).await?;
         Ok((tokens.len() as u32, m.info.context_length))
@@ -101,6 +108,32 @@ impl LlmService {
             }
             None => None,
         };
+        self.generate_routed(principal, request, stop_signal, submitted_at, true)
+            .await
+    }
+
+    /// Runs a generation where its model lives: a provider for hosted models, the engine
+    /// for local ones.
+    pub(crate) async fn generate_routed(
+        &self,
+        principal: &Principal,
+        request: Generation,
+        stop_signal: Option<llmesh_kit::signal::Subscription>,
+        submitted_at: Instant,
+        may_fall_back: bool,
+    ) -> Result<mpsc::Receiver<GenEvent>> {
+        if let Some(target) = self.hosted(&request.model).await? {
+            return self
+                .generate_hosted(
+                    principal,
+                    request,
+                    target,
+                    stop_signal,
+                    submitted_at,
+                    may_fall_back,
+                )
+                .await;
+        }
         let model = self.chat_model(&request.model).await?;
         let vocab = model.tokenizer.vocab_size();
         if let Some((id, _)) = request
@@ -247,7 +280,11 @@ impl LlmService {
                             completion_tokens: done.completion_tokens,
                         },
                         done.timings,
-                        done.error,
+                        // The engine's own text is for the logs.
+                        done.error.map(|e| {
+                            tracing::error!(model = %model_id, error = %e, "generation failed in the engine");
+                            "generation failed inside the engine; try again".to_owned()
+                        }),
                     ),
                     None => (
                         FinishReason::Cancelled,
@@ -312,8 +349,57 @@ impl LlmService {
         Ok(client_rx)
     }
 
-    /// Embeds texts with an embedding model.
-    pub async fn embed(&self, model: &str, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, u32)> {
+    /// Embeds texts with an embedding model, local or hosted, billed per input token like
+    /// prompts: a hold on an estimate first, settled to the real count.
+    pub async fn embed(
+        &self,
+        principal: &Principal,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
+        self.check_embed_inputs(&texts)?;
+        let hosted = self.hosted(model).await?;
+        if hosted.is_none() {
+            // Refuse a wrong or missing model before holding anything.
+            self.embedding_model(model).await?;
+        }
+        let estimate: u32 = texts
+            .iter()
+            .map(|t| crate::gateway::estimate_text(t))
+            .fold(0, u32::saturating_add);
+        let reservation = self
+            .spend
+            .reserve(SpendRequest {
+                principal,
+                model,
+                prompt_tokens: estimate,
+                max_tokens: 0,
+                context_length: 0,
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+            })
+            .await?;
+        let result = match &hosted {
+            Some(target) => self.embed_hosted(target, &texts).await,
+            None => self.embed_local(model, texts).await,
+        };
+        let tokens = result.as_ref().map_or(0, |(_, t)| *t);
+        if let Err(e) = self
+            .spend
+            .settle(
+                &reservation,
+                Usage {
+                    prompt_tokens: tokens,
+                    completion_tokens: 0,
+                },
+            )
+            .await
+        {
+            tracing::error!(reservation = %reservation.id, error = %e, "settling embedding spend failed");
+        }
+        result
+    }
+
+    fn check_embed_inputs(&self, texts: &[String]) -> Result<()> {
         if texts.is_empty() {
             return Err(LlmError::Invalid("texts must not be empty".into()));
         }
@@ -335,15 +421,24 @@ impl LlmService {
                 self.config.max_embed_chars
             )));
         }
-        let m = match self.runtime(model).await? {
-            Runtime::Embedding(m) => m,
-            Runtime::Chat(_) => {
-                return Err(LlmError::Invalid(format!(
-                    "{model} is a chat model; Embed needs an embedding model such as {}",
-                    self.config.default_embedding_model
-                )));
-            }
-        };
+        Ok(())
+    }
+
+    async fn embedding_model(
+        &self,
+        model: &str,
+    ) -> Result<Arc<llmesh_engine::embed::EmbeddingModel>> {
+        match self.runtime(model).await? {
+            Runtime::Embedding(m) => Ok(m),
+            Runtime::Chat(_) => Err(LlmError::Invalid(format!(
+                "{model} is a chat model; Embed needs an embedding model such as {}",
+                self.config.default_embedding_model
+            ))),
+        }
+    }
+
+    async fn embed_local(&self, model: &str, texts: Vec<String>) -> Result<(Vec<Vec<f32>>, u32)> {
+        let m = self.embedding_model(model).await?;
         let (vectors, tokens) = tokio::task::spawn_blocking(move || m.embed(&texts))
             .await
             .map_err(|e| LlmError::Internal(format!("embedding task: {e}")))??;

@@ -16,6 +16,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::{Request, Response, Status};
 
+use crate::providers::{
+    NewProvider, Provider, ProviderChanges, ProviderKind, ProviderModel, Secret,
+};
 use crate::pull::Phase;
 use crate::registry::Kind;
 use crate::service::{GenEvent, Generation, Input, LlmService, ModelView, PullEvent, State};
@@ -34,6 +37,11 @@ pub const ACCESS: &[(&str, Access)] = &[
     ("/llmesh.llm.v1.LlmService/DeleteModel", Access::Admin),
     ("/llmesh.llm.v1.LlmService/LoadModel", Access::Admin),
     ("/llmesh.llm.v1.LlmService/UnloadModel", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/CreateProvider", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/UpdateProvider", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/DeleteProvider", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/ListProviders", Access::Admin),
+    ("/llmesh.llm.v1.LlmService/TestProvider", Access::Admin),
 ];
 
 /// Most chat messages in one request.
@@ -105,6 +113,7 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                     memory_bytes: 0,
                     last_used: None,
                     replicas: Vec::new(),
+                    provider: None,
                 })),
             }),
             Err(e) => Err(Status::from(e)),
@@ -186,8 +195,9 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
     }
 
     async fn embed(&self, req: Request<pb::EmbedRequest>) -> Reply<pb::EmbedResponse> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        let (vectors, tokens) = self.service.embed(&r.model, r.texts).await?;
+        let (vectors, tokens) = self.service.embed(&p, &r.model, r.texts).await?;
         let dimension = vectors.first().map_or(0, |v| v.len() as u32);
         Ok(Response::new(pb::EmbedResponse {
             embeddings: vectors
@@ -196,6 +206,118 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
                 .collect(),
             prompt_tokens: tokens,
             dimension,
+        }))
+    }
+
+    async fn create_provider(
+        &self,
+        req: Request<pb::CreateProviderRequest>,
+    ) -> Reply<pb::CreateProviderResponse> {
+        let r = req.into_inner();
+        let spec = r
+            .provider
+            .ok_or_else(|| ApiError::invalid("provider is required"))?;
+        let kind = provider_kind(spec.kind, "provider.kind")?.ok_or_else(|| {
+            ApiError::invalid("provider.kind is required: openai-compatible, anthropic or gemini")
+        })?;
+        let models = provider_models(spec.models, "provider.models")?;
+        let created = self
+            .service
+            .providers()?
+            .create(NewProvider {
+                id: spec.id,
+                kind: Some(kind),
+                base_url: spec.base_url,
+                timeout_seconds: (spec.timeout_seconds > 0).then_some(spec.timeout_seconds),
+                models,
+                enabled: spec.enabled,
+                secret: Secret {
+                    api_key: r.api_key,
+                    headers: r.headers.into_iter().collect(),
+                },
+            })
+            .await?;
+        Ok(Response::new(pb::CreateProviderResponse {
+            provider: Some(provider_pb(&created)),
+        }))
+    }
+
+    async fn update_provider(
+        &self,
+        req: Request<pb::UpdateProviderRequest>,
+    ) -> Reply<pb::UpdateProviderResponse> {
+        let r = req.into_inner();
+        let models = if r.replace_models {
+            Some(provider_models(r.models, "models")?)
+        } else if !r.models.is_empty() {
+            return Err(ApiError::invalid(
+                "models is set without replace_models: set replace_models to replace the list",
+            )
+            .into());
+        } else {
+            None
+        };
+        let headers = if r.replace_headers {
+            Some(r.headers.into_iter().collect())
+        } else if !r.headers.is_empty() {
+            return Err(ApiError::invalid(
+                "headers is set without replace_headers: set replace_headers to replace them",
+            )
+            .into());
+        } else {
+            None
+        };
+        let updated = self
+            .service
+            .providers()?
+            .update(
+                &r.id,
+                ProviderChanges {
+                    base_url: r.base_url,
+                    timeout_seconds: r.timeout_seconds,
+                    enabled: r.enabled,
+                    models,
+                    api_key: r.api_key,
+                    headers,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::UpdateProviderResponse {
+            provider: Some(provider_pb(&updated)),
+        }))
+    }
+
+    async fn delete_provider(
+        &self,
+        req: Request<pb::DeleteProviderRequest>,
+    ) -> Reply<pb::DeleteProviderResponse> {
+        self.service
+            .providers()?
+            .delete(&req.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::DeleteProviderResponse {}))
+    }
+
+    async fn list_providers(
+        &self,
+        _req: Request<pb::ListProvidersRequest>,
+    ) -> Reply<pb::ListProvidersResponse> {
+        let providers = self.service.providers()?.list().await?;
+        Ok(Response::new(pb::ListProvidersResponse {
+            providers: providers.iter().map(provider_pb).collect(),
+        }))
+    }
+
+    async fn test_provider(
+        &self,
+        req: Request<pb::TestProviderRequest>,
+    ) -> Reply<pb::TestProviderResponse> {
+        let outcome = self.service.providers()?.test(&req.into_inner().id).await?;
+        Ok(Response::new(pb::TestProviderResponse {
+            ok: outcome.ok,
+            error: outcome.error,
+            latency_ms: outcome.latency.as_millis() as u64,
+            models: outcome.models,
         }))
     }
 
@@ -385,10 +507,7 @@ fn generate_event(event: GenEvent, currency: &str) -> Result<pb::GenerateRespons
                 micros: done.cost_micros,
                 currency: currency.to_owned(),
             }),
-            error: done
-                .error
-                .map(|_| "generation failed inside the engine; try again".to_owned())
-                .unwrap_or_default(),
+            error: done.error.unwrap_or_default(),
         }),
         GenEvent::DeadlineExceeded { completion_tokens } => {
             return Err(Status::deadline_exceeded(format!(
@@ -434,6 +553,7 @@ fn model_pb(v: &ModelView) -> pb::Model {
         created_at: Some(timestamp(m.created_at)),
         last_used_at: opt_timestamp(v.last_used),
         chat_template: m.chat_template.clone().unwrap_or_default(),
+        provider: v.provider.clone().unwrap_or_default(),
         replicas: v
             .replicas
             .iter()
@@ -471,5 +591,75 @@ fn finish_pb(f: FinishReason) -> pb::FinishReason {
         FinishReason::Length => pb::FinishReason::Length,
         FinishReason::Cancelled => pb::FinishReason::Cancelled,
         FinishReason::Error => pb::FinishReason::Error,
+    }
+}
+
+fn provider_kind(kind: i32, field: &str) -> Result<Option<ProviderKind>, ApiError> {
+    match pb::ProviderKind::try_from(kind) {
+        Ok(pb::ProviderKind::Unspecified) => Ok(None),
+        Ok(pb::ProviderKind::OpenaiCompatible) => Ok(Some(ProviderKind::OpenAiCompatible)),
+        Ok(pb::ProviderKind::Anthropic) => Ok(Some(ProviderKind::Anthropic)),
+        Ok(pb::ProviderKind::Gemini) => Ok(Some(ProviderKind::Gemini)),
+        Err(_) => Err(ApiError::invalid(format!(
+            "{field} {kind} is not a provider kind"
+        ))),
+    }
+}
+
+fn provider_models(
+    models: Vec<pb::ProviderModel>,
+    field: &str,
+) -> Result<Vec<ProviderModel>, ApiError> {
+    models
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let kind = match pb::ModelKind::try_from(m.kind) {
+                Ok(pb::ModelKind::Unspecified | pb::ModelKind::Chat) => Kind::Chat,
+                Ok(pb::ModelKind::Embedding) => Kind::Embedding,
+                Err(_) => {
+                    return Err(ApiError::invalid(format!(
+                        "{field}[{i}].kind must be CHAT or EMBEDDING"
+                    )));
+                }
+            };
+            Ok(ProviderModel {
+                name: m.name,
+                context_length: m.context_length,
+                kind,
+                fallback: (!m.fallback.is_empty()).then_some(m.fallback),
+            })
+        })
+        .collect()
+}
+
+fn provider_pb(p: &Provider) -> pb::Provider {
+    pb::Provider {
+        id: p.id.clone(),
+        kind: match p.kind {
+            ProviderKind::OpenAiCompatible => pb::ProviderKind::OpenaiCompatible,
+            ProviderKind::Anthropic => pb::ProviderKind::Anthropic,
+            ProviderKind::Gemini => pb::ProviderKind::Gemini,
+        } as i32,
+        base_url: p.base_url.clone(),
+        header_names: p.header_names.clone(),
+        timeout_seconds: p.timeout.as_secs() as u32,
+        models: p
+            .models
+            .iter()
+            .map(|m| pb::ProviderModel {
+                name: m.name.clone(),
+                context_length: m.context_length,
+                kind: match m.kind {
+                    Kind::Chat => pb::ModelKind::Chat,
+                    Kind::Embedding => pb::ModelKind::Embedding,
+                } as i32,
+                fallback: m.fallback.clone().unwrap_or_default(),
+            })
+            .collect(),
+        enabled: p.enabled,
+        has_api_key: p.has_api_key,
+        created_at: Some(timestamp(p.created_at)),
+        updated_at: Some(timestamp(p.updated_at)),
     }
 }

@@ -6,10 +6,12 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod fleet;
+pub mod gateway;
 pub mod generate;
 pub mod grpc;
 pub mod metrics;
 pub mod openai;
+pub mod providers;
 /// Model sources and fetching (shared with the sandbox's runtimes, in the kit).
 pub use llmesh_kit::fetch as pull;
 pub mod registry;
@@ -53,10 +55,12 @@ pub fn mount<'a>(
         }
         None => Arc::new(spend::NoBilling),
     };
+    let providers = providers::Providers::new(process.db.clone(), config.clone())?;
     let service = Arc::new(
         LlmService::new(config, spend)?
             .with_signals(process.signals.clone())
-            .with_catalog(catalog::Catalog::new(process.db.clone())),
+            .with_catalog(catalog::Catalog::new(process.db.clone()))
+            .with_providers(providers),
     );
     for collector in service.metrics.collectors() {
         process.metrics.register(collector);
@@ -78,6 +82,13 @@ pub fn mount<'a>(
         .gate(SERVICE_NAME, "pulling and loading the default models");
     let prepared = service.clone();
     let preparation = async move {
+        // Secrets sealed with a previous key file are resealed with the current one; a
+        // failure here leaves hosted models to report it and never blocks local ones.
+        if let Ok(p) = prepared.providers()
+            && let Err(e) = p.reseal().await
+        {
+            tracing::warn!(error = %e, "resealing provider secrets failed");
+        }
         match prepared.prepare(on_progress).await {
             Ok(()) => {
                 prepared.spawn_reconciler();

@@ -39,6 +39,8 @@ pub struct ModelView {
     pub last_used: Option<chrono::DateTime<Utc>>,
     /// What every llm process of the deployment reports about it (empty without a catalog).
     pub replicas: Vec<crate::catalog::ReplicaReport>,
+    /// The provider that runs it, for hosted models.
+    pub provider: Option<String>,
 }
 
 #[derive(Clone)]
@@ -102,6 +104,8 @@ pub struct LlmService {
     pub(crate) signals: Arc<Signals>,
     /// The deployment's catalog of models; None keeps everything in this process.
     pub(crate) catalog: Option<crate::catalog::Catalog>,
+    /// Hosted model providers (they live in the database).
+    pub(crate) providers: Option<Arc<crate::providers::Providers>>,
     /// This process's name in the catalog's reports.
     pub(crate) replica: String,
     pub(crate) started: chrono::DateTime<Utc>,
@@ -126,6 +130,7 @@ impl LlmService {
             spend,
             signals: Signals::local(),
             catalog: None,
+            providers: None,
             replica: crate::fleet::replica_name(),
             started: Utc::now(),
             metrics: crate::metrics::GenerationMetrics::default(),
@@ -142,6 +147,12 @@ impl LlmService {
     /// with (see [`LlmService::reconcile`]).
     pub fn with_catalog(mut self, catalog: crate::catalog::Catalog) -> Self {
         self.catalog = Some(catalog);
+        self
+    }
+
+    /// Serves the hosted providers kept in the database beside the local models.
+    pub fn with_providers(mut self, providers: crate::providers::Providers) -> Self {
+        self.providers = Some(Arc::new(providers));
         self
     }
 
@@ -184,6 +195,7 @@ impl LlmService {
             memory_bytes,
             last_used,
             replicas: Vec::new(),
+            provider: None,
         }
     }
 

@@ -641,6 +641,7 @@ class UsageRow(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     SPEND_FIELD_NUMBER: _builtins.int
     FUEL_FIELD_NUMBER: _builtins.int
+    OVERAGE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The day (YYYY-MM-DD), model id or API key id, per grouping."""
     requests: _builtins.int
@@ -650,6 +651,12 @@ class UsageRow(_message.Message):
     def tokens(self) -> _common_pb2.TokenUsage: ...
     @_builtins.property
     def spend(self) -> _common_pb2.Money: ...
+    @_builtins.property
+    def overage(self) -> _common_pb2.Money:
+        """What hosted providers' reported usage cost beyond the holds and the balance: owed,
+        not charged (the balance never goes below zero).
+        """
+
     def __init__(
         self,
         *,
@@ -658,10 +665,11 @@ class UsageRow(_message.Message):
         tokens: _common_pb2.TokenUsage | None = ...,
         spend: _common_pb2.Money | None = ...,
         fuel: _builtins.int = ...,
+        overage: _common_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spend", b"spend", "tokens", b"tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overage", b"overage", "spend", b"spend", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fuel", b"fuel", "key", b"key", "requests", b"requests", "spend", b"spend", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fuel", b"fuel", "key", b"key", "overage", b"overage", "requests", b"requests", "spend", b"spend", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

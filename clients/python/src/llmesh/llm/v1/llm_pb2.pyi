@@ -129,6 +129,38 @@ FINISH_REASON_CANCELLED: FinishReason.ValueType  # 3
 FINISH_REASON_ERROR: FinishReason.ValueType  # 4
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _ProviderKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProviderKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProviderKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROVIDER_KIND_UNSPECIFIED: _ProviderKind.ValueType  # 0
+    PROVIDER_KIND_OPENAI_COMPATIBLE: _ProviderKind.ValueType  # 1
+    """OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models: OpenAI, DeepSeek,
+    Mistral, xAI, Groq, OpenRouter, Together, vLLM and RunPod, llama.cpp's server,
+    Ollama's /v1, LM Studio.
+    """
+    PROVIDER_KIND_ANTHROPIC: _ProviderKind.ValueType  # 2
+    """Anthropic's Messages API."""
+    PROVIDER_KIND_GEMINI: _ProviderKind.ValueType  # 3
+    """Google's Gemini API (generateContent, streamGenerateContent)."""
+
+class ProviderKind(_ProviderKind, metaclass=_ProviderKindEnumTypeWrapper):
+    """ProviderKind is the wire protocol a provider speaks."""
+
+PROVIDER_KIND_UNSPECIFIED: ProviderKind.ValueType  # 0
+PROVIDER_KIND_OPENAI_COMPATIBLE: ProviderKind.ValueType  # 1
+"""OpenAI's /v1/chat/completions, /v1/embeddings and /v1/models: OpenAI, DeepSeek,
+Mistral, xAI, Groq, OpenRouter, Together, vLLM and RunPod, llama.cpp's server,
+Ollama's /v1, LM Studio.
+"""
+PROVIDER_KIND_ANTHROPIC: ProviderKind.ValueType  # 2
+"""Anthropic's Messages API."""
+PROVIDER_KIND_GEMINI: ProviderKind.ValueType  # 3
+"""Google's Gemini API (generateContent, streamGenerateContent)."""
+Global___ProviderKind: _TypeAlias = ProviderKind  # noqa: Y015
+
 @_typing.final
 class Model(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -149,6 +181,7 @@ class Model(_message.Message):
     LAST_USED_AT_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     kind: Global___ModelKind.ValueType
     format: _builtins.str
@@ -169,6 +202,10 @@ class Model(_message.Message):
     """Resident memory of the loaded weights, 0 when not loaded."""
     chat_template: _builtins.str
     """Jinja chat template from the model file; empty means ChatML."""
+    provider: _builtins.str
+    """The provider that runs it, for hosted models ("provider-id/model"); empty for local
+    models, which run in llm itself.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -198,10 +235,11 @@ class Model(_message.Message):
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
         chat_template: _builtins.str = ...,
         replicas: _abc.Iterable[Global___ModelReplica] | None = ...,
+        provider: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_used_at", b"last_used_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "created_at", b"created_at", "failure_reason", b"failure_reason", "format", b"format", "id", b"id", "kind", b"kind", "last_used_at", b"last_used_at", "memory_bytes", b"memory_bytes", "quantization", b"quantization", "replicas", b"replicas", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "created_at", b"created_at", "failure_reason", b"failure_reason", "format", b"format", "id", b"id", "kind", b"kind", "last_used_at", b"last_used_at", "memory_bytes", b"memory_bytes", "provider", b"provider", "quantization", b"quantization", "replicas", b"replicas", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -951,3 +989,404 @@ class CountTokensResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015
+
+@_typing.final
+class ProviderModel(_message.Message):
+    """ProviderModel is one model a provider offers through llmesh."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    FALLBACK_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The provider's own name, e.g. "gpt-4o-mini"; llmesh calls it "provider-id/name".
+    1-128 characters, no spaces.
+    """
+    context_length: _builtins.int
+    """Declared by the admin: the prompt plus max_tokens must fit. 1..=10,000,000."""
+    kind: Global___ModelKind.ValueType
+    """CHAT or EMBEDDING. Unset: CHAT."""
+    fallback: _builtins.str
+    """A model (local or "provider-id/model") Generate moves to when this one is UNAVAILABLE
+    before it produced anything. Empty: none.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        context_length: _builtins.int = ...,
+        kind: Global___ModelKind.ValueType = ...,
+        fallback: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context_length", b"context_length", "fallback", b"fallback", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProviderModel: _TypeAlias = ProviderModel  # noqa: Y015
+
+@_typing.final
+class Provider(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    HEADER_NAMES_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    HAS_API_KEY_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """1-32 characters of a-z, 0-9 and '-', starting with a letter."""
+    kind: Global___ProviderKind.ValueType
+    base_url: _builtins.str
+    """e.g. "https://api.openai.com/v1", "http://127.0.0.1:8080/v1",
+    "https://api.anthropic.com", "https://generativelanguage.googleapis.com".
+    """
+    timeout_seconds: _builtins.int
+    """Longest wait for the provider's first byte and between streamed events. 1..=600.
+    Unset: 60.
+    """
+    enabled: _builtins.bool
+    """A disabled provider keeps its settings and its models are refused."""
+    has_api_key: _builtins.bool
+    """Whether an API key is stored (never the key itself)."""
+    @_builtins.property
+    def header_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the extra headers sent with every request (their values are kept with the
+        key, encrypted, and never returned).
+        """
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderModel]: ...
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        kind: Global___ProviderKind.ValueType = ...,
+        base_url: _builtins.str = ...,
+        header_names: _abc.Iterable[_builtins.str] | None = ...,
+        timeout_seconds: _builtins.int = ...,
+        models: _abc.Iterable[Global___ProviderModel] | None = ...,
+        enabled: _builtins.bool = ...,
+        has_api_key: _builtins.bool = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "created_at", b"created_at", "enabled", b"enabled", "has_api_key", b"has_api_key", "header_names", b"header_names", "id", b"id", "kind", b"kind", "models", b"models", "timeout_seconds", b"timeout_seconds", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Provider: _TypeAlias = Provider  # noqa: Y015
+
+@_typing.final
+class CreateProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """Sent as the provider expects it (Authorization: Bearer, x-api-key, x-goog-api-key).
+    Empty: none (a local server). At most 4096 bytes.
+    """
+    @_builtins.property
+    def provider(self) -> Global___Provider:
+        """id, kind, base_url, timeout_seconds, models and enabled are read; the rest ignored."""
+
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra headers, e.g. OpenAI-Organization. At most 16, names as HTTP allows."""
+
+    def __init__(
+        self,
+        *,
+        provider: Global___Provider | None = ...,
+        api_key: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "headers", b"headers", "provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProviderRequest: _TypeAlias = CreateProviderRequest  # noqa: Y015
+
+@_typing.final
+class CreateProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___Provider: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___Provider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateProviderResponse: _TypeAlias = CreateProviderResponse  # noqa: Y015
+
+@_typing.final
+class UpdateProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ID_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    REPLACE_MODELS_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    REPLACE_HEADERS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    base_url: _builtins.str
+    timeout_seconds: _builtins.int
+    enabled: _builtins.bool
+    replace_models: _builtins.bool
+    api_key: _builtins.str
+    """Replaces the stored key when set; "" removes it."""
+    replace_headers: _builtins.bool
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProviderModel]:
+        """Replaces the models when replace_models is true (an empty list removes them all)."""
+
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Replaces the headers when replace_headers is true."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        base_url: _builtins.str | None = ...,
+        timeout_seconds: _builtins.int | None = ...,
+        enabled: _builtins.bool | None = ...,
+        models: _abc.Iterable[Global___ProviderModel] | None = ...,
+        replace_models: _builtins.bool = ...,
+        api_key: _builtins.str | None = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        replace_headers: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_base_url", b"_base_url", "_enabled", b"_enabled", "_timeout_seconds", b"_timeout_seconds", "api_key", b"api_key", "base_url", b"base_url", "enabled", b"enabled", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_api_key", b"_api_key", "_base_url", b"_base_url", "_enabled", b"_enabled", "_timeout_seconds", b"_timeout_seconds", "api_key", b"api_key", "base_url", b"base_url", "enabled", b"enabled", "headers", b"headers", "id", b"id", "models", b"models", "replace_headers", b"replace_headers", "replace_models", b"replace_models", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__api_key: _TypeAlias = _typing.Literal["api_key"]  # noqa: Y015
+    _WhichOneofArgType__api_key: _TypeAlias = _typing.Literal["_api_key", b"_api_key"]  # noqa: Y015
+    _WhichOneofReturnType__base_url: _TypeAlias = _typing.Literal["base_url"]  # noqa: Y015
+    _WhichOneofArgType__base_url: _TypeAlias = _typing.Literal["_base_url", b"_base_url"]  # noqa: Y015
+    _WhichOneofReturnType__enabled: _TypeAlias = _typing.Literal["enabled"]  # noqa: Y015
+    _WhichOneofArgType__enabled: _TypeAlias = _typing.Literal["_enabled", b"_enabled"]  # noqa: Y015
+    _WhichOneofReturnType__timeout_seconds: _TypeAlias = _typing.Literal["timeout_seconds"]  # noqa: Y015
+    _WhichOneofArgType__timeout_seconds: _TypeAlias = _typing.Literal["_timeout_seconds", b"_timeout_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__api_key) -> _WhichOneofReturnType__api_key | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__base_url) -> _WhichOneofReturnType__base_url | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__enabled) -> _WhichOneofReturnType__enabled | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__timeout_seconds) -> _WhichOneofReturnType__timeout_seconds | None: ...
+
+Global___UpdateProviderRequest: _TypeAlias = UpdateProviderRequest  # noqa: Y015
+
+@_typing.final
+class UpdateProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def provider(self) -> Global___Provider: ...
+    def __init__(
+        self,
+        *,
+        provider: Global___Provider | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["provider", b"provider"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateProviderResponse: _TypeAlias = UpdateProviderResponse  # noqa: Y015
+
+@_typing.final
+class DeleteProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProviderRequest: _TypeAlias = DeleteProviderRequest  # noqa: Y015
+
+@_typing.final
+class DeleteProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteProviderResponse: _TypeAlias = DeleteProviderResponse  # noqa: Y015
+
+@_typing.final
+class ListProvidersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersRequest: _TypeAlias = ListProvidersRequest  # noqa: Y015
+
+@_typing.final
+class ListProvidersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Provider]: ...
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[Global___Provider] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
+
+@_typing.final
+class TestProviderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestProviderRequest: _TypeAlias = TestProviderRequest  # noqa: Y015
+
+@_typing.final
+class TestProviderResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """The provider answered its model list with the stored key."""
+    error: _builtins.str
+    """What went wrong, for a person, when not ok."""
+    latency_ms: _builtins.int
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models it lists (empty where it cannot list them)."""
+
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        latency_ms: _builtins.int = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "latency_ms", b"latency_ms", "models", b"models", "ok", b"ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestProviderResponse: _TypeAlias = TestProviderResponse  # noqa: Y015

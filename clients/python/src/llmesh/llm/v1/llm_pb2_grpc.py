@@ -88,6 +88,31 @@ class LlmServiceStub:
                 request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensRequest.SerializeToString,
                 response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensResponse.FromString,
                 _registered_method=True)
+        self.CreateProvider = channel.unary_unary(
+                '/llmesh.llm.v1.LlmService/CreateProvider',
+                request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderRequest.SerializeToString,
+                response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderResponse.FromString,
+                _registered_method=True)
+        self.UpdateProvider = channel.unary_unary(
+                '/llmesh.llm.v1.LlmService/UpdateProvider',
+                request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderRequest.SerializeToString,
+                response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderResponse.FromString,
+                _registered_method=True)
+        self.DeleteProvider = channel.unary_unary(
+                '/llmesh.llm.v1.LlmService/DeleteProvider',
+                request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderRequest.SerializeToString,
+                response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderResponse.FromString,
+                _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/llmesh.llm.v1.LlmService/ListProviders',
+                request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.TestProvider = channel.unary_unary(
+                '/llmesh.llm.v1.LlmService/TestProvider',
+                request_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderRequest.SerializeToString,
+                response_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderResponse.FromString,
+                _registered_method=True)
 
 
 class LlmServiceServicer:
@@ -182,6 +207,47 @@ class LlmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateProvider(self, request, context):
+        """Registers a hosted model provider whose models then appear beside the local ones as
+        "provider-id/model" and go through Generate and Embed with the same billing. The API
+        key is encrypted at rest and never returned. Admin only. INVALID_ARGUMENT names the
+        field. ALREADY_EXISTS: the id is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProvider(self, request, context):
+        """Changes a provider: only the fields set. Setting api_key replaces the stored key.
+        Admin only. NOT_FOUND. INVALID_ARGUMENT names the field.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteProvider(self, request, context):
+        """Removes a provider and with it its models. Admin only. NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviders(self, request, context):
+        """Lists the providers (never their keys). Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestProvider(self, request, context):
+        """Asks a provider for its models with the stored key and says whether that worked, how
+        long it took and what it offers. Admin only. NOT_FOUND. The outcome of the call is in
+        the response, not the status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LlmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +300,31 @@ def add_LlmServiceServicer_to_server(servicer, server):
                     servicer.CountTokens,
                     request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensRequest.FromString,
                     response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensResponse.SerializeToString,
+            ),
+            'CreateProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProvider,
+                    request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderRequest.FromString,
+                    response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderResponse.SerializeToString,
+            ),
+            'UpdateProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProvider,
+                    request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderRequest.FromString,
+                    response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderResponse.SerializeToString,
+            ),
+            'DeleteProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteProvider,
+                    request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderRequest.FromString,
+                    response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderResponse.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersRequest.FromString,
+                    response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'TestProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestProvider,
+                    request_deserializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderRequest.FromString,
+                    response_serializer=llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -510,6 +601,141 @@ class LlmService:
             '/llmesh.llm.v1.LlmService/CountTokens',
             llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensRequest.SerializeToString,
             llmesh_dot_llm_dot_v1_dot_llm__pb2.CountTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.llm.v1.LlmService/CreateProvider',
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderRequest.SerializeToString,
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.CreateProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.llm.v1.LlmService/UpdateProvider',
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderRequest.SerializeToString,
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.UpdateProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.llm.v1.LlmService/DeleteProvider',
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderRequest.SerializeToString,
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.DeleteProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.llm.v1.LlmService/ListProviders',
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersRequest.SerializeToString,
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.llm.v1.LlmService/TestProvider',
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderRequest.SerializeToString,
+            llmesh_dot_llm_dot_v1_dot_llm__pb2.TestProviderResponse.FromString,
             options,
             channel_credentials,
             insecure,

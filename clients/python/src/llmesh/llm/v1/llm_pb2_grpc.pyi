@@ -78,6 +78,25 @@ class LlmServiceStub:
     """
     CountTokens: _grpc.UnaryUnaryMultiCallable[_llm_pb2.CountTokensRequest, _llm_pb2.CountTokensResponse]
     """Counts the tokens of chat messages (with the chat template) or of a raw text. Any role."""
+    CreateProvider: _grpc.UnaryUnaryMultiCallable[_llm_pb2.CreateProviderRequest, _llm_pb2.CreateProviderResponse]
+    """Registers a hosted model provider whose models then appear beside the local ones as
+    "provider-id/model" and go through Generate and Embed with the same billing. The API
+    key is encrypted at rest and never returned. Admin only. INVALID_ARGUMENT names the
+    field. ALREADY_EXISTS: the id is taken.
+    """
+    UpdateProvider: _grpc.UnaryUnaryMultiCallable[_llm_pb2.UpdateProviderRequest, _llm_pb2.UpdateProviderResponse]
+    """Changes a provider: only the fields set. Setting api_key replaces the stored key.
+    Admin only. NOT_FOUND. INVALID_ARGUMENT names the field.
+    """
+    DeleteProvider: _grpc.UnaryUnaryMultiCallable[_llm_pb2.DeleteProviderRequest, _llm_pb2.DeleteProviderResponse]
+    """Removes a provider and with it its models. Admin only. NOT_FOUND."""
+    ListProviders: _grpc.UnaryUnaryMultiCallable[_llm_pb2.ListProvidersRequest, _llm_pb2.ListProvidersResponse]
+    """Lists the providers (never their keys). Admin only."""
+    TestProvider: _grpc.UnaryUnaryMultiCallable[_llm_pb2.TestProviderRequest, _llm_pb2.TestProviderResponse]
+    """Asks a provider for its models with the stored key and says whether that worked, how
+    long it took and what it offers. Admin only. NOT_FOUND. The outcome of the call is in
+    the response, not the status.
+    """
 
 @_typing.type_check_only
 class LlmServiceAsyncStub(LlmServiceStub):
@@ -129,6 +148,25 @@ class LlmServiceAsyncStub(LlmServiceStub):
     """
     CountTokens: _aio.UnaryUnaryMultiCallable[_llm_pb2.CountTokensRequest, _llm_pb2.CountTokensResponse]  # type: ignore[assignment]
     """Counts the tokens of chat messages (with the chat template) or of a raw text. Any role."""
+    CreateProvider: _aio.UnaryUnaryMultiCallable[_llm_pb2.CreateProviderRequest, _llm_pb2.CreateProviderResponse]  # type: ignore[assignment]
+    """Registers a hosted model provider whose models then appear beside the local ones as
+    "provider-id/model" and go through Generate and Embed with the same billing. The API
+    key is encrypted at rest and never returned. Admin only. INVALID_ARGUMENT names the
+    field. ALREADY_EXISTS: the id is taken.
+    """
+    UpdateProvider: _aio.UnaryUnaryMultiCallable[_llm_pb2.UpdateProviderRequest, _llm_pb2.UpdateProviderResponse]  # type: ignore[assignment]
+    """Changes a provider: only the fields set. Setting api_key replaces the stored key.
+    Admin only. NOT_FOUND. INVALID_ARGUMENT names the field.
+    """
+    DeleteProvider: _aio.UnaryUnaryMultiCallable[_llm_pb2.DeleteProviderRequest, _llm_pb2.DeleteProviderResponse]  # type: ignore[assignment]
+    """Removes a provider and with it its models. Admin only. NOT_FOUND."""
+    ListProviders: _aio.UnaryUnaryMultiCallable[_llm_pb2.ListProvidersRequest, _llm_pb2.ListProvidersResponse]  # type: ignore[assignment]
+    """Lists the providers (never their keys). Admin only."""
+    TestProvider: _aio.UnaryUnaryMultiCallable[_llm_pb2.TestProviderRequest, _llm_pb2.TestProviderResponse]  # type: ignore[assignment]
+    """Asks a provider for its models with the stored key and says whether that worked, how
+    long it took and what it offers. Admin only. NOT_FOUND. The outcome of the call is in
+    the response, not the status.
+    """
 
 class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
     """LlmService owns the model registry and local inference (candle on CPU). It is the one
@@ -237,5 +275,54 @@ class LlmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_llm_pb2.CountTokensResponse, _abc.Awaitable[_llm_pb2.CountTokensResponse]]:
         """Counts the tokens of chat messages (with the chat template) or of a raw text. Any role."""
+
+    @_abc_1.abstractmethod
+    def CreateProvider(
+        self,
+        request: _llm_pb2.CreateProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_pb2.CreateProviderResponse, _abc.Awaitable[_llm_pb2.CreateProviderResponse]]:
+        """Registers a hosted model provider whose models then appear beside the local ones as
+        "provider-id/model" and go through Generate and Embed with the same billing. The API
+        key is encrypted at rest and never returned. Admin only. INVALID_ARGUMENT names the
+        field. ALREADY_EXISTS: the id is taken.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateProvider(
+        self,
+        request: _llm_pb2.UpdateProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_pb2.UpdateProviderResponse, _abc.Awaitable[_llm_pb2.UpdateProviderResponse]]:
+        """Changes a provider: only the fields set. Setting api_key replaces the stored key.
+        Admin only. NOT_FOUND. INVALID_ARGUMENT names the field.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteProvider(
+        self,
+        request: _llm_pb2.DeleteProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_pb2.DeleteProviderResponse, _abc.Awaitable[_llm_pb2.DeleteProviderResponse]]:
+        """Removes a provider and with it its models. Admin only. NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def ListProviders(
+        self,
+        request: _llm_pb2.ListProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_pb2.ListProvidersResponse, _abc.Awaitable[_llm_pb2.ListProvidersResponse]]:
+        """Lists the providers (never their keys). Admin only."""
+
+    @_abc_1.abstractmethod
+    def TestProvider(
+        self,
+        request: _llm_pb2.TestProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_llm_pb2.TestProviderResponse, _abc.Awaitable[_llm_pb2.TestProviderResponse]]:
+        """Asks a provider for its models with the stored key and says whether that worked, how
+        long it took and what it offers. Admin only. NOT_FOUND. The outcome of the call is in
+        the response, not the status.
+        """
 
 def add_LlmServiceServicer_to_server(servicer: LlmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
