@@ -384,6 +384,47 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             admin_only,
         ),
         (
+            "CreateProvider",
+            Box::new(|_| llm::CreateProviderRequest::default().encode_to_vec()),
+            [UA, PD, PD, PD, IA, PD, UA, UA, UA],
+        ),
+        (
+            "UpdateProvider",
+            Box::new(|_| {
+                llm::UpdateProviderRequest {
+                    id: "no-such-provider".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "DeleteProvider",
+            Box::new(|_| {
+                llm::DeleteProviderRequest {
+                    id: "no-such-provider".into(),
+                }
+                .encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
+            "ListProviders",
+            Box::new(|_| llm::ListProvidersRequest {}.encode_to_vec()),
+            [UA, PD, PD, PD, OK, PD, UA, UA, UA],
+        ),
+        (
+            "TestProvider",
+            Box::new(|_| {
+                llm::TestProviderRequest {
+                    id: "no-such-provider".into(),
+                }
+                .encode_to_vec()
+            }),
+            admin_only,
+        ),
+        (
             "SetPrice",
             Box::new(|_| {
                 billing::SetPriceRequest {
