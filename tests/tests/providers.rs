@@ -378,3 +378,206 @@ async fn llama_cpp_server_as_an_openai_compatible_provider() {
         .into_inner();
     assert!(all.models.iter().any(|m| m.id == LOCAL));
 }
+
+/// A one-endpoint HTTP server that answers every request with `status` and `body` (as
+/// server-sent events when 200) and keeps the requests it saw.
+async fn replay(
+    status: u16,
+    body: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then as many body bytes as Content-Length says.
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(String::from_utf8_lossy(&buf).to_string());
+                let kind = if status == 200 {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {kind}\r\nretry-after: 9\r\nConnection: close\r\n\r\n"
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(body.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// Anthropic's Messages stream as its documentation describes it: message_start with the
+/// input tokens, ping, a text block in deltas, message_delta with the stop reason and the
+/// output tokens, message_stop.
+const ANTHROPIC_STREAM: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-x\",\"stop_reason\":null,\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_start\n\
+data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\
+event: ping\n\
+data: {\"type\": \"ping\"}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\" there!\"}}\n\n\
+event: content_block_stop\n\
+data: {\"type\":\"content_block_stop\",\"index\":0}\n\n\
+event: message_delta\n\
+data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"max_tokens\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":15}}\n\n\
+event: message_stop\n\
+data: {\"type\":\"message_stop\"}\n\n";
+
+/// The same stream broken by an error event after the first delta.
+const ANTHROPIC_BROKEN: &str = "event: message_start\n\
+data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n\
+event: content_block_delta\n\
+data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hel\"}}\n\n\
+event: error\n\
+data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+
+/// Gemini's streamGenerateContent?alt=sse: candidates with text parts, the finish reason
+/// and usageMetadata on the last chunk.
+const GEMINI_STREAM: &str = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hello\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":8,\"totalTokenCount\":9},\"modelVersion\":\"gemini-x\"}\r\n\r\n\
+data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" from Gemini\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":4,\"totalTokenCount\":12}}\r\n\r\n";
+
+const RATE_LIMITED: &str = "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"Number of request tokens has exceeded your per-minute rate limit\"}}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_and_gemini_adapters_read_the_providers_streams() {
+    let Some(s) = TestServer::start(Backend::Sqlite).await else {
+        return;
+    };
+    let (admin, tokens) = s.signup("admin@example.com").await;
+    let token = tokens.access_token;
+    let mut llm = LlmServiceClient::new(s.channel.clone());
+    let register = |id: &str, kind: lpb::ProviderKind, url: String| lpb::CreateProviderRequest {
+        provider: Some(lpb::Provider {
+            kind: kind as i32,
+            ..provider(
+                id,
+                url,
+                vec![lpb::ProviderModel {
+                    name: "m".into(),
+                    context_length: 100_000,
+                    ..Default::default()
+                }],
+            )
+        }),
+        api_key: "sk-test-key".into(),
+        headers: Default::default(),
+    };
+    let cases = [
+        (
+            "claude",
+            lpb::ProviderKind::Anthropic,
+            200,
+            ANTHROPIC_STREAM,
+        ),
+        (
+            "claude-broken",
+            lpb::ProviderKind::Anthropic,
+            200,
+            ANTHROPIC_BROKEN,
+        ),
+        (
+            "claude-limited",
+            lpb::ProviderKind::Anthropic,
+            429,
+            RATE_LIMITED,
+        ),
+        ("gemini", lpb::ProviderKind::Gemini, 200, GEMINI_STREAM),
+    ];
+    let mut logs = std::collections::HashMap::new();
+    for (id, kind, status, body) in cases {
+        let (url, seen) = replay(status, body).await;
+        llm.create_provider(bearer(&token, register(id, kind, url)))
+            .await
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        price_and_credit(&s.channel, &token, &format!("{id}/m"), &admin.id, 1_000_000).await;
+        logs.insert(id, seen);
+    }
+
+    let (text, done) = run(&mut llm, &token, chat("claude/m", "Hi", 15))
+        .await
+        .expect("anthropic");
+    assert_eq!(text, "Hello there!");
+    let usage = done.usage.expect("usage");
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (25, 15));
+    assert_eq!(done.finish_reason, lpb::FinishReason::Length as i32);
+    let request = logs["claude"].lock().expect("log")[0].to_lowercase();
+    assert!(request.starts_with("post /v1/messages"), "{request}");
+    assert!(
+        request.contains("x-api-key: sk-test-key")
+            && request.contains("anthropic-version: 2023-06-01")
+    );
+    assert!(
+        request.contains("\"max_tokens\":15"),
+        "max_tokens is always sent: {request}"
+    );
+
+    // An error after the first delta ends the stream with FINISH_REASON_ERROR, billed for
+    // what came.
+    let (text, done) = run(&mut llm, &token, chat("claude-broken/m", "Hi", 50))
+        .await
+        .expect("a broken stream still ends with its final message");
+    assert_eq!(text, "Hel");
+    assert_eq!(done.finish_reason, lpb::FinishReason::Error as i32);
+    assert!(done.error.contains("Overloaded"), "{}", done.error);
+    assert_eq!(done.usage.expect("usage").prompt_tokens, 25);
+
+    let limited = run(&mut llm, &token, chat("claude-limited/m", "Hi", 5))
+        .await
+        .expect_err("429");
+    assert_eq!(
+        limited.code(),
+        tonic::Code::ResourceExhausted,
+        "{limited:?}"
+    );
+
+    let (text, done) = run(&mut llm, &token, chat("gemini/m", "Hi", 10))
+        .await
+        .expect("gemini");
+    assert_eq!(text, "Hello from Gemini");
+    let usage = done.usage.expect("usage");
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (8, 4));
+    let request = logs["gemini"].lock().expect("log")[0].to_lowercase();
+    assert!(
+        request.starts_with("post /v1beta/models/m:streamgeneratecontent?alt=sse"),
+        "{request}"
+    );
+    assert!(request.contains("x-goog-api-key: sk-test-key"));
+    assert!(request.contains("\"maxoutputtokens\":10"), "{request}");
+}
