@@ -59,6 +59,9 @@ pub enum Command {
     /// Manages the model registry (./data/models by default).
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Hosted model providers (OpenAI-compatible, Anthropic, Gemini) beside local models.
+    #[command(subcommand)]
+    Providers(ProvidersCommand),
     /// Credits, prices and the ledger check. Amounts are integer micro-units.
     #[command(subcommand)]
     Billing(BillingCommand),
@@ -160,6 +163,79 @@ pub enum ModelsCommand {
     List,
     /// Deletes a model from the registry and from disk.
     Rm { id: String },
+}
+
+/// Where a provider's API key comes from: never the command line (shell histories keep it).
+#[derive(Debug, Args)]
+pub struct ApiKeyArgs {
+    /// Read the API key from this environment variable.
+    #[arg(long, value_name = "VAR", conflicts_with = "api_key_stdin")]
+    pub api_key_env: Option<String>,
+    /// Read the API key from standard input (prompted without echo on a terminal).
+    #[arg(long)]
+    pub api_key_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// Registers a provider; its models become PROVIDER/MODEL.
+    ///
+    /// Example: OPENAI_API_KEY=sk-... llmesh providers add openai --kind openai-compatible
+    /// --base-url https://api.openai.com/v1 --api-key-env OPENAI_API_KEY
+    /// --model gpt-4o-mini:128000 --model text-embedding-3-small:8191:embedding
+    Add {
+        id: String,
+        /// openai-compatible, anthropic or gemini.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        base_url: String,
+        /// NAME:CONTEXT_LENGTH[:embedding], repeatable.
+        #[arg(long = "model", value_name = "NAME:CTX")]
+        models: Vec<String>,
+        /// NAME=VALUE sent with every request, repeatable.
+        #[arg(long = "header", value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Seconds to wait for the provider (first byte, and between streamed events).
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Register it disabled.
+        #[arg(long)]
+        disabled: bool,
+        #[command(flatten)]
+        key: ApiKeyArgs,
+    },
+    /// Lists the providers and their models (never their keys).
+    List,
+    /// Asks a provider for its models with the stored key.
+    Test {
+        id: String,
+    },
+    /// Replaces a provider's API key.
+    SetKey {
+        id: String,
+        #[command(flatten)]
+        key: ApiKeyArgs,
+    },
+    /// Replaces a provider's models: NAME:CTX[:embedding], repeatable.
+    SetModels {
+        id: String,
+        #[arg(long = "model", value_name = "NAME:CTX")]
+        models: Vec<String>,
+    },
+    Enable {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+    /// Removes a provider.
+    Rm {
+        id: String,
+    },
+    /// Seals every provider secret with a new database-kept key and drops the old keys
+    /// (with llm.provider_key_file, write a new file instead: see the README).
+    RotateKey,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +361,7 @@ async fn run_command(config: Config, command: Command) -> anyhow::Result<()> {
         Command::Restore(args) => restore(config, args).await,
         Command::Users(cmd) => users(config, cmd).await,
         Command::Models(cmd) => models(config, cmd).await,
+        Command::Providers(cmd) => providers(config, cmd).await,
         Command::Billing(cmd) => billing(config, cmd).await,
         Command::Sandbox(SandboxCommand::Prepare) => {
             let started = std::time::Instant::now();
@@ -642,6 +719,203 @@ async fn billing(config: Config, cmd: BillingCommand) -> anyhow::Result<()> {
 fn uuid_key() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn read_api_key(key: &ApiKeyArgs) -> anyhow::Result<Option<String>> {
+    if let Some(var) = &key.api_key_env {
+        let value = std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("the environment variable {var} is not set"))?;
+        return Ok(Some(value.trim().to_owned()));
+    }
+    if key.api_key_stdin {
+        use std::io::IsTerminal;
+        let value = if std::io::stdin().is_terminal() {
+            rpassword::prompt_password("API key: ")?
+        } else {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line
+        };
+        return Ok(Some(value.trim().to_owned()));
+    }
+    Ok(None)
+}
+
+fn parse_provider_models(
+    specs: &[String],
+) -> anyhow::Result<Vec<llmesh_llm::providers::ProviderModel>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let mut parts = spec.split(':');
+            let name = parts.next().unwrap_or_default();
+            let context = parts.next().and_then(|c| c.parse::<u32>().ok()).ok_or_else(|| {
+                anyhow::anyhow!("--model {spec:?} must be NAME:CONTEXT_LENGTH[:embedding], e.g. gpt-4o-mini:128000")
+            })?;
+            let kind = match parts.next() {
+                None | Some("chat") => llmesh_llm::registry::Kind::Chat,
+                Some("embedding") => llmesh_llm::registry::Kind::Embedding,
+                Some(other) => anyhow::bail!("--model {spec:?}: {other:?} is not chat or embedding"),
+            };
+            Ok(llmesh_llm::providers::ProviderModel {
+                name: name.to_owned(),
+                context_length: context,
+                kind,
+                fallback: None,
+            })
+        })
+        .collect()
+}
+
+async fn providers(config: Config, cmd: ProvidersCommand) -> anyhow::Result<()> {
+    use llmesh_llm::providers::{NewProvider, ProviderChanges, ProviderKind, Providers, Secret};
+    let conn = open_database(&config.database).await?;
+    let providers = Providers::new(conn, config.llm.clone())?;
+    let print = |p: &llmesh_llm::providers::Provider| {
+        println!(
+            "{:<16} {:<18} {:<8} {:<4} {}",
+            p.id,
+            p.kind.as_str(),
+            if p.enabled { "enabled" } else { "disabled" },
+            if p.has_api_key { "key" } else { "-" },
+            p.base_url
+        );
+        for m in &p.models {
+            println!(
+                "  {}/{}  {} tokens{}",
+                p.id,
+                m.name,
+                m.context_length,
+                if m.kind == llmesh_llm::registry::Kind::Embedding {
+                    ", embedding"
+                } else {
+                    ""
+                }
+            );
+        }
+    };
+    match cmd {
+        ProvidersCommand::Add {
+            id,
+            kind,
+            base_url,
+            models,
+            headers,
+            timeout,
+            disabled,
+            key,
+        } => {
+            let kind = ProviderKind::parse(&kind).ok_or_else(|| {
+                anyhow::anyhow!("--kind {kind:?} must be openai-compatible, anthropic or gemini")
+            })?;
+            let mut parsed = std::collections::BTreeMap::new();
+            for h in &headers {
+                let (name, value) = h
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--header {h:?} must be NAME=VALUE"))?;
+                parsed.insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+            let created = providers
+                .create(NewProvider {
+                    id,
+                    kind: Some(kind),
+                    base_url,
+                    timeout_seconds: timeout,
+                    models: parse_provider_models(&models)?,
+                    enabled: !disabled,
+                    secret: Secret {
+                        api_key: read_api_key(&key)?.unwrap_or_default(),
+                        headers: parsed,
+                    },
+                })
+                .await?;
+            print(&created);
+        }
+        ProvidersCommand::List => {
+            for p in providers.list().await? {
+                print(&p);
+            }
+        }
+        ProvidersCommand::Test { id } => {
+            let outcome = providers.test(&id).await?;
+            if outcome.ok {
+                println!(
+                    "{id} answered in {} ms with {} models",
+                    outcome.latency.as_millis(),
+                    outcome.models.len()
+                );
+                for m in outcome.models {
+                    println!("  {m}");
+                }
+            } else {
+                anyhow::bail!(
+                    "{id} failed after {} ms: {}",
+                    outcome.latency.as_millis(),
+                    outcome.error
+                );
+            }
+        }
+        ProvidersCommand::SetKey { id, key } => {
+            let api_key = read_api_key(&key)?.ok_or_else(|| {
+                anyhow::anyhow!("give the key with --api-key-env VAR or --api-key-stdin")
+            })?;
+            let p = providers
+                .update(
+                    &id,
+                    ProviderChanges {
+                        api_key: Some(api_key),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print(&p);
+        }
+        ProvidersCommand::SetModels { id, models } => {
+            let p = providers
+                .update(
+                    &id,
+                    ProviderChanges {
+                        models: Some(parse_provider_models(&models)?),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print(&p);
+        }
+        ProvidersCommand::Enable { id } => {
+            let p = providers
+                .update(
+                    &id,
+                    ProviderChanges {
+                        enabled: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print(&p);
+        }
+        ProvidersCommand::Disable { id } => {
+            let p = providers
+                .update(
+                    &id,
+                    ProviderChanges {
+                        enabled: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            print(&p);
+        }
+        ProvidersCommand::Rm { id } => {
+            providers.delete(&id).await?;
+            println!("removed {id}");
+        }
+        ProvidersCommand::RotateKey => {
+            let (key, n) = providers.rotate_key().await?;
+            println!("sealed {n} provider secrets with the new key {key}; the old keys are gone");
+        }
+    }
+    Ok(())
 }
 
 async fn models(config: Config, cmd: ModelsCommand) -> anyhow::Result<()> {
