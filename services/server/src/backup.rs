@@ -630,6 +630,10 @@ pub async fn backup(
     txn.commit().await?;
     let mut files = Vec::new();
     for (key, path) in key_files(config) {
+        // The provider key file is made on first use; before that there is nothing to keep.
+        if key == "llm.provider_key_file" && !path.exists() {
+            continue;
+        }
         let data = std::fs::read(&path)
             .with_context(|| format!("cannot read {key} ({})", path.display()))?;
         let entry = FileEntry {
@@ -703,6 +707,15 @@ fn key_files(config: &Config) -> Vec<(String, PathBuf)> {
         .filter(|p| !p.trim().is_empty())
     {
         files.push(("auth.signing_key_file".to_owned(), PathBuf::from(path)));
+    }
+    // Without the provider key the sealed provider secrets in the backup cannot be opened.
+    if let Some(path) = config
+        .llm
+        .provider_key_file
+        .as_deref()
+        .filter(|p| !p.trim().is_empty())
+    {
+        files.push(("llm.provider_key_file".to_owned(), PathBuf::from(path)));
     }
     files
 }
