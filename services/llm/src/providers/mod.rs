@@ -543,13 +543,18 @@ pub fn check_provider_id(id: &str) -> Result<()> {
         && id
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(LlmError::Invalid(format!(
+    if !ok {
+        return Err(LlmError::Invalid(format!(
             "provider.id {id:?} must be 1-32 characters of a-z, 0-9 and '-', starting with a letter"
-        )))
+        )));
     }
+    // Billing prices the sandbox's runtimes as "sandbox/python" and "sandbox/wasm".
+    if id == "sandbox" {
+        return Err(LlmError::Invalid(
+            "provider.id \"sandbox\" is reserved for the sandbox's runtimes; pick another".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_base_url(url: &str, field: &str) -> Result<String> {
