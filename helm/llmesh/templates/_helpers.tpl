@@ -109,6 +109,10 @@ app.kubernetes.io/component: {{ $w }}
 {{- default (printf "%s-signing-key" (include "llmesh.fullname" .)) .Values.secrets.existingSigningKeySecret -}}
 {{- end -}}
 
+{{- define "llmesh.providerKeySecret" -}}
+{{- default (printf "%s-provider-key" (include "llmesh.fullname" .)) .Values.secrets.existingProviderKeySecret -}}
+{{- end -}}
+
 {{- define "llmesh.databaseSecret" -}}
 {{- default (printf "%s-database" (include "llmesh.fullname" .)) .Values.database.postgres.existingSecret -}}
 {{- end -}}
@@ -196,7 +200,7 @@ tolerations:
 {{- $_ := set $set "database" (dict "url" "sqlite:///var/lib/llmesh/data/llmesh.db") -}}
 {{- end -}}
 {{- $_ := set $set "auth" (dict "signing_key_file" "/etc/llmesh/keys/signing-key.pem") -}}
-{{- $_ := set $set "llm" (dict "models_dir" "/var/lib/llmesh/models" "pull_defaults" false) -}}
+{{- $_ := set $set "llm" (dict "models_dir" "/var/lib/llmesh/models" "pull_defaults" false "provider_key_file" "/etc/llmesh/provider-key/provider.key") -}}
 {{- $_ := set $set "sandbox" (dict "runtimes_dir" "/var/lib/llmesh/runtimes") -}}
 {{- if ne $w "all" -}}
 {{- $peers := dict -}}
