@@ -6,6 +6,7 @@
 //! sandbox runs against native CPython and the wasmtime PyPI package (see
 //! `bench/sandbox.sh`).
 
+mod door;
 mod engine;
 mod mesh;
 mod sandbox;
@@ -61,6 +62,23 @@ enum Command {
         /// The concurrent stream counts to measure.
         #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
         streams: Vec<usize>,
+    },
+    /// The OpenAI door's overhead: gRPC Generate against /v1/chat/completions, alternating.
+    Door {
+        /// The llmesh binary to run (a release build for figures).
+        #[arg(long, default_value = "target/release/llmesh")]
+        binary: std::path::PathBuf,
+        /// Models directory holding the default chat model.
+        #[arg(long)]
+        models_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Generations per way per round.
+        #[arg(long, default_value_t = 3)]
+        per_round: usize,
+        /// Tokens per generation.
+        #[arg(long, default_value_t = 128)]
+        tokens: u32,
     },
     /// The split's overhead: a chat reply's TTFT and decode speed and GetMe throughput and
     /// p99, one process against chat | llm | auth+billing behind nginx, on Postgres.
@@ -135,6 +153,22 @@ async fn main() -> anyhow::Result<()> {
             queries,
             postgres,
         } => search(messages, queries, postgres).await,
+        Command::Door {
+            binary,
+            models_dir,
+            rounds,
+            per_round,
+            tokens,
+        } => {
+            door::run(door::Options {
+                binary,
+                models_dir,
+                rounds,
+                tokens,
+                per_round,
+            })
+            .await
+        }
         Command::Mesh {
             binary,
             models_dir,
