@@ -222,6 +222,31 @@ async function main() {
     page.once("dialog", (d) => void d.accept());
     await row.getByRole("button", { name: "Delete", exact: true }).click();
     await row.waitFor({ state: "detached", timeout: 30_000 });
+    // A hosted provider that is not running: added, listed with its model, its test
+    // failing in words, disabled, removed.
+    step("admin adds, tests, disables and removes a hosted provider");
+    await page.getByRole("button", { name: "Providers", exact: true }).click();
+    await page.getByText("No providers yet").waitFor();
+    await page.getByLabel(/^Id/).fill("e2e-down");
+    await page.getByLabel(/^Base URL/).fill("http://127.0.0.1:9/v1");
+    await page.getByLabel(/^API key/).fill("sk-e2e-secret");
+    await page.getByLabel(/^Models/).fill("remote-model:4096");
+    await page.getByRole("button", { name: "Add", exact: true }).click();
+    await page.getByText("Added e2e-down").waitFor();
+    const provider = page.locator("table.data tr").filter({ hasText: "e2e-down" });
+    await provider.getByText("stored", { exact: true }).waitFor();
+    if (await page.getByText("sk-e2e-secret").count()) throw new Error("the provider's key is shown");
+    await provider.getByRole("button", { name: "Test", exact: true }).click();
+    await page.getByText(/testing e2e-down failed after/i).first().waitFor({ timeout: 30_000 });
+    await shot(page, "admin-providers-desktop");
+    await page.getByRole("button", { name: "Models", exact: true }).click();
+    await page.getByText("hosted by e2e-down").waitFor();
+    await page.getByRole("button", { name: "Providers", exact: true }).click();
+    await provider.getByRole("button", { name: "Disable", exact: true }).click();
+    await provider.getByText("disabled", { exact: true }).waitFor();
+    page.once("dialog", (d) => void d.accept());
+    await provider.getByRole("button", { name: "Remove", exact: true }).click();
+    await provider.waitFor({ state: "detached", timeout: 30_000 });
     await page.getByRole("button", { name: "Prices", exact: true }).click();
     await page.getByTestId("price-model").selectOption(MODEL);
     await page.getByTestId("price-input").fill(String(PRICE_IN));
@@ -519,7 +544,7 @@ async function main() {
       ["/settings", "settings", ["Profile", "Password", "API keys", "Assistants", "Templates", "Export & import"]],
       ["/usage", "usage", []],
       ["/sandbox", "sandbox", []],
-      ["/admin", "admin", ["Users", "Models", "Prices", "Credits"]],
+      ["/admin", "admin", ["Users", "Models", "Providers", "Prices", "Credits"]],
     ]) {
       await p.getByRole("button", { name: "Menu" }).click();
       await p.locator(`nav a[href="${path}"]`).click();

@@ -168,7 +168,7 @@ fn validate_assistant(a: &Assistant, max_prompt: usize) -> Result<()> {
     check_text("description", &a.description, 1000, false)?;
     check_text("icon", &a.icon, 64, false)?;
     check_text("system_prompt", &a.system_prompt, max_prompt, false)?;
-    check_text("model", &a.model, 64, false)
+    check_text("model", &a.model, crate::service::MAX_MODEL_ID, false)
 }
 
 fn validate_template(t: &Template) -> Result<Vec<String>> {

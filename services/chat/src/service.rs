@@ -78,6 +78,10 @@ pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// Longest model id: local ids are at most 64 characters, hosted ones
+/// ("provider-id/model") up to 32 + 1 + 128.
+pub(crate) const MAX_MODEL_ID: usize = 200;
+
 pub(crate) fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
     if required && value.trim().is_empty() {
         return Err(ChatError::Invalid(format!("{field} must not be empty")));
@@ -282,6 +286,7 @@ impl ChatService {
             false,
         )?;
         let mut model = new.model.trim().to_owned();
+        check_text("model", &model, MAX_MODEL_ID, false)?;
         let mut sampling = new.sampling;
         if let Some(assistant_id) = &new.assistant_id {
             let a = self
@@ -378,7 +383,7 @@ impl ChatService {
             c.archived = v;
         }
         if let Some(model) = patch.model {
-            check_text("model", &model, 64, true)?;
+            check_text("model", &model, MAX_MODEL_ID, true)?;
             c.model = model;
         }
         if let Some(s) = patch.sampling {

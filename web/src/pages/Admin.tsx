@@ -1,4 +1,4 @@
-// Administration: users, models, prices and credits. Only admins are routed here; the
+// Administration: users, models, hosted providers, prices and credits. Only admins are routed here; the
 // server checks the role again on every call, so nothing below is a security boundary.
 // The open tab is kept in the URL hash (#models, …), as on the settings screen.
 
@@ -9,7 +9,7 @@ import { roleName, useApp } from "../app";
 import { CopyButton } from "../components/Markdown";
 import { formatBytes, formatMoney, relativeTime, toDate } from "../util";
 
-const TABS = [["users", "Users"], ["models", "Models"], ["prices", "Prices"], ["credits", "Credits"]] as const;
+const TABS = [["users", "Users"], ["models", "Models"], ["providers", "Providers"], ["prices", "Prices"], ["credits", "Credits"]] as const;
 type Tab = (typeof TABS)[number][0];
 const tabFromHash = (): Tab | undefined => TABS.find(([id]) => `#${id}` === window.location.hash)?.[0];
 
@@ -30,6 +30,7 @@ export default function Admin() {
         </nav>
         {tab === "users" && <UsersTab />}
         {tab === "models" && <ModelsTab />}
+        {tab === "providers" && <ProvidersTab />}
         {tab === "prices" && <PricesTab />}
         {tab === "credits" && <CreditsTab />}
       </div>
@@ -373,6 +374,9 @@ function ModelsTab() {
                   <td className="num">{isLoaded ? formatBytes(m.memoryBytes) : "—"}</td>
                   <td>{relativeTime(toDate(m.lastUsedAt)) || "never"}</td>
                   <td>
+                    {m.provider ? (
+                      <span className="muted">hosted by {m.provider}</span>
+                    ) : (
                     <div className="row" style={NOWRAP}>
                       {isLoaded ? (
                         <button type="button" disabled={locked} onClick={() => void unload(m)}>Unload</button>
@@ -381,6 +385,7 @@ function ModelsTab() {
                       )}
                       <button type="button" className="danger" disabled={locked} onClick={() => remove(m)}>Delete</button>
                     </div>
+                    )}
                   </td>
                 </tr>
               );
@@ -390,6 +395,144 @@ function ModelsTab() {
       </section>
       <PullForm onFinished={() => void reload()} />
     </>
+  );
+}
+
+// ----- Hosted providers
+const PROVIDER_KINDS: [llm.ProviderKind, string][] = [
+  [llm.ProviderKind.OPENAI_COMPATIBLE, "OpenAI-compatible"],
+  [llm.ProviderKind.ANTHROPIC, "Anthropic"],
+  [llm.ProviderKind.GEMINI, "Gemini"],
+];
+const providerKindText = (k: llm.ProviderKind) => PROVIDER_KINDS.find(([v]) => v === k)?.[1] ?? "unknown";
+const PROVIDER_HEAD = ["Provider", "Kind", "Base URL", "Models", "Key", "State", "Actions"];
+
+/** "name:context[:embedding]" lines → provider models, or a sentence naming the bad line. */
+function parseProviderModels(text: string): { name: string; contextLength: number; kind: llm.ModelKind }[] | string {
+  const out = [];
+  for (const [i, raw] of text.split("\n").entries()) {
+    const line = raw.trim();
+    if (!line) continue;
+    const [name, ctx, kind] = line.split(":");
+    const contextLength = Number(ctx);
+    if (!name || !Number.isInteger(contextLength) || contextLength < 1) return `Line ${i + 1}: write name:context_length, e.g. gpt-4o-mini:128000.`;
+    if (kind && kind !== "chat" && kind !== "embedding") return `Line ${i + 1}: the third part is chat or embedding.`;
+    out.push({ name, contextLength, kind: kind === "embedding" ? llm.ModelKind.EMBEDDING : llm.ModelKind.CHAT });
+  }
+  return out;
+}
+
+function ProvidersTab() {
+  const { data, error, reload } = useLoad(() => api.llm.listProviders({}), []);
+  const { busy, run } = useRowAction(() => void reload());
+  const providers = data?.providers;
+  const test = (p: llm.Provider) =>
+    run(p.id, async () => {
+      const r = await api.llm.testProvider({ id: p.id });
+      if (!r.ok) throw new Error(`Testing ${p.id} failed after ${r.latencyMs} ms: ${r.error}`);
+      const listed = r.models.slice(0, 8).join(", ");
+      return `${p.id} answered in ${r.latencyMs} ms with ${r.models.length} models${listed ? `: ${listed}${r.models.length > 8 ? ", …" : ""}` : ""}.`;
+    });
+  const toggle = (p: llm.Provider) =>
+    run(p.id, () => api.llm.updateProvider({ id: p.id, enabled: !p.enabled }).then(() => `${p.id} is ${p.enabled ? "disabled" : "enabled"}.`));
+  const setKey = (p: llm.Provider) => {
+    const key = prompt(`A new API key for ${p.id} (it is stored sealed and never shown again; empty removes it):`);
+    if (key === null) return;
+    void run(p.id, () => api.llm.updateProvider({ id: p.id, apiKey: key.trim() }).then(() => `The key of ${p.id} was replaced.`));
+  };
+  const remove = (p: llm.Provider) => {
+    if (!confirm(`Remove ${p.id}? Its models disappear; chats that use them will need another model.`)) return;
+    void run(p.id, () => api.llm.deleteProvider({ id: p.id }).then(() => `Removed ${p.id}.`));
+  };
+  return (
+    <>
+      <section className="card" aria-labelledby="providers-title">
+        <div className="row">
+          <h2 id="providers-title" style={{ margin: 0 }}>Hosted providers</h2>
+          <span className="spacer" />
+          <button type="button" className="ghost" onClick={() => void reload()}>Refresh</button>
+        </div>
+        <p className="muted">Their models appear beside the local ones as <code>provider/model</code>, billed at the prices set for those ids.</p>
+        <ErrorBanner text={error} retry={() => void reload()} />
+        {!providers && !error && <p className="muted">Loading…</p>}
+        {providers?.length === 0 && <p className="muted">No providers yet. Add one below.</p>}
+        {!!providers?.length && (
+          <Table head={PROVIDER_HEAD}>
+            {providers.map((p) => (
+              <tr key={p.id}>
+                <td>{p.id}</td>
+                <td>{providerKindText(p.kind)}</td>
+                <td style={WRAP_ANY}>{p.baseUrl}</td>
+                <td style={WRAP_ANY}>{p.models.map((m) => `${m.name} (${m.contextLength.toLocaleString()})`).join(", ") || "—"}</td>
+                <td>{p.hasApiKey ? "stored" : "none"}</td>
+                <td><span className={`badge ${p.enabled ? "ok" : "warn"}`}>{p.enabled ? "enabled" : "disabled"}</span></td>
+                <td>
+                  <div className="row" style={NOWRAP}>
+                    <button type="button" disabled={busy === p.id} onClick={() => void test(p)}>{busy === p.id ? "Working…" : "Test"}</button>
+                    <button type="button" disabled={busy === p.id} onClick={() => setKey(p)}>Replace key</button>
+                    <button type="button" disabled={busy === p.id} onClick={() => void toggle(p)}>{p.enabled ? "Disable" : "Enable"}</button>
+                    <button type="button" className="danger" disabled={busy === p.id} onClick={() => remove(p)}>Remove</button>
+                  </div>
+                </td>
+              </tr>
+            ))}
+          </Table>
+        )}
+      </section>
+      <AddProvider onAdded={() => void reload()} />
+    </>
+  );
+}
+
+function AddProvider({ onAdded }: { onAdded: () => void }) {
+  const { notify } = useApp();
+  const blank = { id: "", kind: String(llm.ProviderKind.OPENAI_COMPATIBLE), baseUrl: "", apiKey: "", models: "", timeout: "60" };
+  const [form, setForm] = useState(blank);
+  const { busy, error, run, fail } = useAction();
+  const field = (k: keyof typeof blank) => ({ value: form[k], spellCheck: false, onChange: (e: Change) => setForm({ ...form, [k]: e.target.value }) });
+  function submit(e: FormEvent) {
+    e.preventDefault();
+    const models = parseProviderModels(form.models);
+    if (typeof models === "string") return fail(models);
+    void run(async () => {
+      await api.llm.createProvider({
+        provider: {
+          id: form.id.trim(),
+          kind: Number(form.kind) as llm.ProviderKind,
+          baseUrl: form.baseUrl.trim(),
+          timeoutSeconds: Number(form.timeout) || 60,
+          models,
+          enabled: true,
+        },
+        apiKey: form.apiKey.trim(),
+      });
+      notify(`Added ${form.id.trim()}. Test it, then set prices for its models.`);
+      setForm(blank);
+      onAdded();
+    });
+  }
+  const grid = (
+    <>
+      <label>Id<input required placeholder="openai" pattern="[a-z][a-z0-9-]{0,31}" title="a-z, 0-9 and -, starting with a letter" {...field("id")} /></label>
+      <label>
+        Kind
+        <select value={form.kind} onChange={(e) => setForm({ ...form, kind: e.target.value })}>
+          {PROVIDER_KINDS.map(([v, text]) => <option key={v} value={String(v)}>{text}</option>)}
+        </select>
+      </label>
+      <label>Base URL<input required placeholder="https://api.openai.com/v1" {...field("baseUrl")} /></label>
+      <label>API key <span className="muted">(empty for a local server)</span><input type="password" autoComplete="off" {...field("apiKey")} /></label>
+      <label>Timeout, seconds<input type="number" min={1} max={600} {...field("timeout")} /></label>
+    </>
+  );
+  return (
+    <FormCard title="Add a provider" error={error} onSubmit={submit} grid={grid} buttons={<Submit busy={busy} text="Add" busyText="Adding…" />}>
+      <label>
+        Models
+        <textarea rows={3} placeholder={"gpt-4o-mini:128000\ntext-embedding-3-small:8191:embedding"} {...field("models")} />
+        <span className="hint">One per line: <code>name:context_length</code>, with <code>:embedding</code> for embedding models.</span>
+      </label>
+    </FormCard>
   );
 }
 

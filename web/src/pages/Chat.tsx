@@ -361,11 +361,19 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
             onChange={(e) => (conv ? void updateConv({ model: e.target.value }) : setDraftModel(e.target.value))}
           >
             {modelChoices.length === 0 && <option value="">No chat models</option>}
-            {modelChoices.map((m) => (
+            {/* Local models first, then each hosted provider's models under its name. */}
+            {modelChoices.filter((m) => !m.provider).map((m) => (
               <option key={m.id} value={m.id}>
                 {m.id}
                 {m.state === llm.ModelState.LOADED ? " ●" : ""}
               </option>
+            ))}
+            {[...new Set(modelChoices.filter((m) => m.provider).map((m) => m.provider))].map((provider) => (
+              <optgroup key={provider} label={`Hosted: ${provider}`}>
+                {modelChoices.filter((m) => m.provider === provider).map((m) => (
+                  <option key={m.id} value={m.id} disabled={m.state === llm.ModelState.FAILED}>{m.id}</option>
+                ))}
+              </optgroup>
             ))}
           </select>
           <button type="button" className={showSettings ? "" : "ghost"} aria-expanded={showSettings} onClick={() => setShowSettings((s) => !s)}>
