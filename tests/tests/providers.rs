@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use llmesh_proto::billing::v1 as bpb;
 use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
+use llmesh_proto::chat::v1 as cpb;
+use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::llm::v1 as lpb;
 use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
 use llmesh_tests::{Backend, TestServer, bearer, price_and_credit};
@@ -280,12 +282,56 @@ async fn llama_cpp_server_as_an_openai_compatible_provider() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let row = row.expect("hosted usage");
-    assert_eq!(row.requests, 2);
+    assert!(row.requests >= 2, "{row:?}");
     let completion = row.tokens.expect("tokens").completion_tokens;
     assert!(
         completion < usage.completion_tokens + 100,
         "the dropped stream was billed for what it produced, not its 400 tokens: {completion}"
     );
+
+    // Chat works with the hosted model with no special case: a reply streams and is kept.
+    let mut chats = ChatServiceClient::new(s.channel.clone());
+    let conv = chats
+        .create_conversation(bearer(
+            &token,
+            cpb::CreateConversationRequest {
+                model: HOSTED.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a conversation on the hosted model")
+        .into_inner()
+        .conversation
+        .expect("conversation");
+    let mut replies = chats
+        .send_message(bearer(
+            &token,
+            cpb::SendMessageRequest {
+                conversation_id: conv.id,
+                content: "Name a colour.".into(),
+                sampling: Some(lpb::SamplingParams {
+                    temperature: Some(0.0),
+                    max_tokens: Some(8),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    let mut kept = None;
+    while let Some(event) = replies.next().await {
+        if let Some(cpb::reply_event::Event::AssistantMessage(m)) =
+            event.expect("reply event").event.and_then(|e| e.event)
+        {
+            kept = Some(m);
+        }
+    }
+    let kept = kept.expect("the assistant's message");
+    assert!(!kept.content.is_empty(), "the hosted reply was kept");
+    assert_eq!(kept.model, HOSTED);
 
     // A wrong key: FAILED_PRECONDITION naming the provider.
     llm.update_provider(bearer(
@@ -473,6 +519,9 @@ data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\
 const GEMINI_STREAM: &str = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"Hello\"}],\"role\":\"model\"},\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":8,\"totalTokenCount\":9},\"modelVersion\":\"gemini-x\"}\r\n\r\n\
 data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\" from Gemini\"}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":8,\"candidatesTokenCount\":4,\"totalTokenCount\":12}}\r\n\r\n";
 
+/// OpenAI's /v1/embeddings answer, its rows out of order.
+const EMBEDDINGS: &str = "{\"object\":\"list\",\"data\":[{\"object\":\"embedding\",\"index\":1,\"embedding\":[0.0,2.0]},{\"object\":\"embedding\",\"index\":0,\"embedding\":[3.0,4.0]}],\"model\":\"embed-small\",\"usage\":{\"prompt_tokens\":5,\"total_tokens\":5}}";
+
 const RATE_LIMITED: &str = "{\"type\":\"error\",\"error\":{\"type\":\"rate_limit_error\",\"message\":\"Number of request tokens has exceeded your per-minute rate limit\"}}";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,6 +548,71 @@ async fn anthropic_and_gemini_adapters_read_the_providers_streams() {
         api_key: "sk-test-key".into(),
         headers: Default::default(),
     };
+    let (url, _) = replay(200, EMBEDDINGS).await;
+    llm.create_provider(bearer(
+        &token,
+        lpb::CreateProviderRequest {
+            provider: Some(provider(
+                "vectors",
+                format!("{url}/v1"),
+                vec![lpb::ProviderModel {
+                    name: "embed-small".into(),
+                    context_length: 8191,
+                    kind: lpb::ModelKind::Embedding as i32,
+                    ..Default::default()
+                }],
+            )),
+            api_key: "sk-test-key".into(),
+            headers: Default::default(),
+        },
+    ))
+    .await
+    .expect("an embedding provider");
+    price_and_credit(
+        &s.channel,
+        &token,
+        "vectors/embed-small",
+        &admin.id,
+        1_000_000,
+    )
+    .await;
+    let embedded = llm
+        .embed(bearer(
+            &token,
+            lpb::EmbedRequest {
+                model: "vectors/embed-small".into(),
+                texts: vec!["first".into(), "second".into()],
+            },
+        ))
+        .await
+        .expect("hosted embeddings")
+        .into_inner();
+    assert_eq!(embedded.prompt_tokens, 5, "the provider's count");
+    assert_eq!(embedded.dimension, 2);
+    let first = &embedded.embeddings[0].values;
+    assert!(
+        (first[0] - 0.6).abs() < 1e-6 && (first[1] - 0.8).abs() < 1e-6,
+        "normalised, in order: {first:?}"
+    );
+    let usage = BillingServiceClient::new(s.channel.clone())
+        .list_usage(bearer(
+            &token,
+            bpb::ListUsageRequest {
+                group_by: bpb::UsageGrouping::Model as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("usage")
+        .into_inner();
+    let row = usage
+        .rows
+        .iter()
+        .find(|r| r.key == "vectors/embed-small")
+        .expect("embeddings are billed");
+    assert_eq!(row.tokens.expect("tokens").prompt_tokens, 5);
+    assert!(row.spend.as_ref().is_some_and(|m| m.micros > 0));
+
     let cases = [
         (
             "claude",
