@@ -43,7 +43,9 @@ async fn grpc(channel: &Channel, token: &str, tokens: u32) -> anyhow::Result<(f6
             messages: vec![llm_pb::ChatMessage {
                 role: llm_pb::ChatRole::User as i32,
                 content: PROMPT.into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })),
         sampling: Some(llm_pb::SamplingParams {
             temperature: Some(0.0),

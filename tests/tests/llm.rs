@@ -67,6 +67,7 @@ async fn read_all(
                 deltas.push(d);
             }
             pb::generate_response::Event::Done(done) => return (text, deltas, done),
+            pb::generate_response::Event::ToolCall(c) => panic!("a local model called {c:?}"),
         }
     }
     panic!("stream ended without a final message");
@@ -104,7 +105,9 @@ async fn generate_streams_text_then_usage_and_timings() {
             messages: vec![pb::ChatMessage {
                 role: pb::ChatRole::User as i32,
                 content: "Count to 20.".into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })),
         sampling: Some(pb::SamplingParams {
             stop: vec!["5".into()],
@@ -129,7 +132,9 @@ async fn generate_streams_text_then_usage_and_timings() {
             messages: vec![pb::ChatMessage {
                 role: pb::ChatRole::User as i32,
                 content: "Say hi.".into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })),
         sampling: Some(sampling),
         ..Default::default()
@@ -230,7 +235,9 @@ async fn a_character_cut_by_max_tokens_is_not_sent() {
                 messages: vec![pb::ChatMessage {
                     role: pb::ChatRole::User as i32,
                     content: "Say hello.".into(),
+                    ..Default::default()
                 }],
+                ..Default::default()
             })),
             sampling: Some(pb::SamplingParams {
                 seed: Some(seed),

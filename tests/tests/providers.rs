@@ -107,7 +107,9 @@ fn chat(model: &str, text: &str, max_tokens: u32) -> lpb::GenerateRequest {
             messages: vec![lpb::ChatMessage {
                 role: lpb::ChatRole::User as i32,
                 content: text.into(),
+                ..Default::default()
             }],
+            ..Default::default()
         })),
         sampling: Some(lpb::SamplingParams {
             temperature: Some(0.0),
@@ -130,7 +132,36 @@ async fn run(
         match event?.event {
             Some(lpb::generate_response::Event::Delta(d)) => text.push_str(&d),
             Some(lpb::generate_response::Event::Done(done)) => return Ok((text, done)),
-            None => {}
+            Some(lpb::generate_response::Event::ToolCall(_)) | None => {}
+        }
+    }
+    Err(tonic::Status::internal(
+        "the stream ended without its final message",
+    ))
+}
+
+/// Runs a generation to its end: the tool calls it made (pieces joined by index) and the
+/// final message.
+async fn run_tools(
+    llm: &mut LlmServiceClient<tonic::transport::Channel>,
+    token: &str,
+    req: lpb::GenerateRequest,
+) -> Result<(Vec<lpb::ToolCall>, lpb::GenerateDone), tonic::Status> {
+    let mut stream = llm.generate(bearer(token, req)).await?.into_inner();
+    let mut calls: Vec<lpb::ToolCall> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event?.event {
+            Some(lpb::generate_response::Event::ToolCall(piece)) => {
+                let i = piece.index as usize;
+                if calls.len() <= i {
+                    calls.resize_with(i + 1, Default::default);
+                }
+                calls[i].id.push_str(&piece.id);
+                calls[i].name.push_str(&piece.name);
+                calls[i].arguments_json.push_str(&piece.arguments);
+            }
+            Some(lpb::generate_response::Event::Done(done)) => return Ok((calls, done)),
+            _ => {}
         }
     }
     Err(tonic::Status::internal(
@@ -694,4 +725,320 @@ async fn anthropic_and_gemini_adapters_read_the_providers_streams() {
     );
     assert!(request.contains("x-goog-api-key: sk-test-key"));
     assert!(request.contains("\"maxoutputtokens\":10"), "{request}");
+}
+
+/// OpenAI's chat stream with a tool call, its arguments in three pieces, as the API
+/// reference's streaming example shows them, then the usage chunk.
+const OPENAI_TOOL_STREAM: &str = concat!(
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"index\":0,\"id\":\"call_w1\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"ci\"}}]},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"ty\\\": \\\"Os\"}}]},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"lo\\\"}\"}}]},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+    "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"choices\":[],\"usage\":{\"prompt_tokens\":61,\"completion_tokens\":17,\"total_tokens\":78}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+/// Anthropic's stream when Claude calls a tool: a text block, then a tool_use block whose
+/// input comes as input_json_delta pieces, and stop_reason tool_use.
+const ANTHROPIC_TOOL_STREAM: &str = concat!(
+    "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_2\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"usage\":{\"input_tokens\":380,\"output_tokens\":1}}}\n\n",
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me check.\"}}\n\n",
+    "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+    "event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \"}}\n\n",
+    "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\\\"Oslo\\\"}\"}}\n\n",
+    "event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+    "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":89}}\n\n",
+    "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+);
+
+/// Gemini's stream with a functionCall part (whole, with no id) and finishReason STOP.
+const GEMINI_TOOL_STREAM: &str = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"functionCall\":{\"name\":\"get_weather\",\"args\":{\"city\":\"Oslo\"}}}],\"role\":\"model\"},\"finishReason\":\"STOP\",\"index\":0}],\"usageMetadata\":{\"promptTokenCount\":40,\"candidatesTokenCount\":6,\"totalTokenCount\":46}}\r\n\r\n";
+
+fn weather_chat(model: &str, messages: Vec<lpb::ChatMessage>) -> lpb::GenerateRequest {
+    lpb::GenerateRequest {
+        model: model.into(),
+        input: Some(lpb::generate_request::Input::Chat(lpb::ChatInput {
+            messages,
+            tools: vec![lpb::Tool {
+                name: "get_weather".into(),
+                description: "The weather in a city now.".into(),
+                parameters_json:
+                    r#"{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}"#
+                        .into(),
+            }],
+            tool_choice: "auto".into(),
+        })),
+        sampling: Some(lpb::SamplingParams {
+            max_tokens: Some(100),
+            ..Default::default()
+        }),
+        generation_id: String::new(),
+    }
+}
+
+fn user(text: &str) -> lpb::ChatMessage {
+    lpb::ChatMessage {
+        role: lpb::ChatRole::User as i32,
+        content: text.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_pass_through_every_adapter_and_the_door() {
+    let models = llmesh_tests::models::models_dir();
+    let Some(s) = TestServer::start_with(Backend::Sqlite, |c| {
+        c.llm.models_dir = models.display().to_string();
+    })
+    .await
+    else {
+        return;
+    };
+    let (admin, tokens) = s.signup("admin@example.com").await;
+    let token = tokens.access_token;
+    let mut llm = LlmServiceClient::new(s.channel.clone());
+    let mut logs = std::collections::HashMap::new();
+    for (id, kind, body) in [
+        (
+            "oai",
+            lpb::ProviderKind::OpenaiCompatible,
+            OPENAI_TOOL_STREAM,
+        ),
+        (
+            "claude",
+            lpb::ProviderKind::Anthropic,
+            ANTHROPIC_TOOL_STREAM,
+        ),
+        ("gemini", lpb::ProviderKind::Gemini, GEMINI_TOOL_STREAM),
+    ] {
+        let (url, seen) = replay(200, body).await;
+        let base = if id == "oai" {
+            format!("{url}/v1")
+        } else {
+            url
+        };
+        llm.create_provider(bearer(
+            &token,
+            lpb::CreateProviderRequest {
+                provider: Some(lpb::Provider {
+                    kind: kind as i32,
+                    ..provider(
+                        id,
+                        base,
+                        vec![lpb::ProviderModel {
+                            name: "m".into(),
+                            context_length: 100_000,
+                            ..Default::default()
+                        }],
+                    )
+                }),
+                api_key: "sk-test-key".into(),
+                headers: Default::default(),
+            },
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        price_and_credit(&s.channel, &token, &format!("{id}/m"), &admin.id, 1_000_000).await;
+        logs.insert(id, seen);
+    }
+    let body_of = |id: &str, n: usize| -> serde_json::Value {
+        let request = logs[id].lock().expect("log")[n].clone();
+        let (_, body) = request.split_once("\r\n\r\n").expect("a body");
+        serde_json::from_str(body).expect("a JSON body")
+    };
+
+    for id in ["oai", "claude", "gemini"] {
+        let model = format!("{id}/m");
+        let (calls, done) = run_tools(
+            &mut llm,
+            &token,
+            weather_chat(&model, vec![user("Weather in Oslo?")]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{id}: {e:?}"));
+        assert_eq!(calls.len(), 1, "{id}: {calls:?}");
+        assert_eq!(calls[0].name, "get_weather", "{id}");
+        assert!(!calls[0].id.is_empty(), "{id}: every call has an id");
+        let args: serde_json::Value =
+            serde_json::from_str(&calls[0].arguments_json).expect("arguments are JSON");
+        assert_eq!(args, serde_json::json!({"city": "Oslo"}), "{id}");
+        assert_eq!(
+            done.finish_reason,
+            lpb::FinishReason::ToolCalls as i32,
+            "{id}"
+        );
+
+        // The call and its result go back; each provider gets them in its own shape.
+        let answered = weather_chat(
+            &model,
+            vec![
+                user("Weather in Oslo?"),
+                lpb::ChatMessage {
+                    role: lpb::ChatRole::Assistant as i32,
+                    tool_calls: calls.clone(),
+                    ..Default::default()
+                },
+                lpb::ChatMessage {
+                    role: lpb::ChatRole::Tool as i32,
+                    content: r#"{"celsius": 12}"#.into(),
+                    tool_call_id: calls[0].id.clone(),
+                    ..Default::default()
+                },
+            ],
+        );
+        run_tools(&mut llm, &token, answered)
+            .await
+            .unwrap_or_else(|e| panic!("{id} with a tool result: {e:?}"));
+    }
+
+    let first = body_of("oai", 0);
+    assert_eq!(first["tools"][0]["type"], "function");
+    assert_eq!(first["tools"][0]["function"]["name"], "get_weather");
+    assert_eq!(
+        first["tools"][0]["function"]["parameters"]["required"][0],
+        "city"
+    );
+    assert_eq!(first["tool_choice"], "auto");
+    let second = body_of("oai", 1);
+    let messages = second["messages"].as_array().expect("messages");
+    assert_eq!(messages[1]["tool_calls"][0]["id"], "call_w1");
+    assert_eq!(
+        messages[1]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city": "Oslo"}"#
+    );
+    assert_eq!(messages[2]["role"], "tool");
+    assert_eq!(messages[2]["tool_call_id"], "call_w1");
+
+    let first = body_of("claude", 0);
+    assert_eq!(first["tools"][0]["name"], "get_weather");
+    assert_eq!(first["tools"][0]["input_schema"]["type"], "object");
+    assert_eq!(first["tool_choice"]["type"], "auto");
+    let second = body_of("claude", 1);
+    let blocks = &second["messages"][1]["content"];
+    assert_eq!(blocks[0]["type"], "tool_use");
+    assert_eq!(blocks[0]["id"], "toolu_01");
+    assert_eq!(blocks[0]["input"]["city"], "Oslo", "input as an object");
+    let result = &second["messages"][2];
+    assert_eq!(result["role"], "user");
+    assert_eq!(result["content"][0]["type"], "tool_result");
+    assert_eq!(result["content"][0]["tool_use_id"], "toolu_01");
+
+    let first = body_of("gemini", 0);
+    assert_eq!(
+        first["tools"][0]["functionDeclarations"][0]["name"],
+        "get_weather"
+    );
+    assert_eq!(first["toolConfig"]["functionCallingConfig"]["mode"], "AUTO");
+    let second = body_of("gemini", 1);
+    assert_eq!(second["contents"][1]["role"], "model");
+    assert_eq!(
+        second["contents"][1]["parts"][0]["functionCall"]["args"]["city"],
+        "Oslo"
+    );
+    let response = &second["contents"][2]["parts"][0]["functionResponse"];
+    assert_eq!(
+        response["name"], "get_weather",
+        "Gemini answers a call by its name"
+    );
+    assert_eq!(response["response"]["celsius"], 12);
+
+    // Refusals: a local model offered tools, a result answering no call, a bad schema.
+    let local = run_tools(&mut llm, &token, weather_chat(LOCAL, vec![user("hi")]))
+        .await
+        .expect_err("a local model takes no tools");
+    assert_eq!(local.code(), tonic::Code::InvalidArgument, "{local:?}");
+    assert!(
+        local.message().contains("chat.tools"),
+        "{}",
+        local.message()
+    );
+    let mut orphan = weather_chat("oai/m", vec![user("hi")]);
+    if let Some(lpb::generate_request::Input::Chat(c)) = &mut orphan.input {
+        c.messages.push(lpb::ChatMessage {
+            role: lpb::ChatRole::Tool as i32,
+            content: "x".into(),
+            tool_call_id: "nobody".into(),
+            ..Default::default()
+        });
+    }
+    let err = run_tools(&mut llm, &token, orphan)
+        .await
+        .expect_err("orphan");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("chat.messages[1].tool_call_id"),
+        "{}",
+        err.message()
+    );
+    let mut bad = weather_chat("oai/m", vec![user("hi")]);
+    if let Some(lpb::generate_request::Input::Chat(c)) = &mut bad.input {
+        c.tools[0].parameters_json = "[not a schema".into();
+        c.tools.push(c.tools[0].clone());
+    }
+    let err = run_tools(&mut llm, &token, bad)
+        .await
+        .expect_err("bad schema");
+    assert!(
+        err.message().contains("chat.tools[0].parameters_json"),
+        "{}",
+        err.message()
+    );
+
+    // Tool calls are billed by the provider's usage.
+    let usage = BillingServiceClient::new(s.channel.clone())
+        .list_usage(bearer(
+            &token,
+            bpb::ListUsageRequest {
+                group_by: bpb::UsageGrouping::Model as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("usage")
+        .into_inner();
+    let row = usage
+        .rows
+        .iter()
+        .find(|r| r.key == "claude/m")
+        .expect("billed");
+    assert_eq!(row.tokens.expect("tokens").completion_tokens, 2 * 89);
+
+    // The official openai client through the door, on the OpenAI-compatible provider.
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let has_openai = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_openai {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI needs the openai package in .venv (tests/requirements.txt)"
+        );
+        eprintln!("skipping the door's part: .venv has no openai package");
+        return;
+    }
+    let key = s.api_key(&token, "tools").await.secret;
+    let out = Command::new(&python)
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openai_tools_check.py"))
+        .env("LLMESH_URL", &s.url)
+        .env("LLMESH_KEY", &key)
+        .env("LLMESH_MODEL", "oai/m")
+        .output()
+        .expect("run python");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "the openai client with tools: {text}");
+    let named = body_of("oai", 3);
+    assert_eq!(
+        named["tool_choice"]["function"]["name"], "get_weather",
+        "a named tool choice reaches the provider: {named}"
+    );
 }

@@ -30,6 +30,7 @@ fn message(role: pb::ChatRole, content: impl Into<String>) -> pb::ChatMessage {
     pb::ChatMessage {
         role: role as i32,
         content: content.into(),
+        ..Default::default()
     }
 }
 
@@ -42,6 +43,7 @@ pub struct Generation {
     generation_id: String,
     done: Option<pb::GenerateDone>,
     text: String,
+    tool_calls: Vec<pb::ToolCall>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -49,6 +51,7 @@ impl std::fmt::Debug for Generation {
         f.debug_struct("Generation")
             .field("generation_id", &self.generation_id)
             .field("text", &self.text)
+            .field("tool_calls", &self.tool_calls)
             .field("done", &self.done)
             .finish()
     }
@@ -98,6 +101,12 @@ impl Generation {
         &self.text
     }
 
+    /// The tool calls received so far, their pieces joined (hosted models given
+    /// `ChatInput.tools`; the reply then ends with FINISH_REASON_TOOL_CALLS).
+    pub fn tool_calls(&self) -> &[pb::ToolCall] {
+        &self.tool_calls
+    }
+
     /// The id [`Generation::stop`] names the generation by.
     pub fn generation_id(&self) -> &str {
         &self.generation_id
@@ -121,6 +130,22 @@ impl Stream for Generation {
                     return Poll::Ready(Some(Ok(text)));
                 }
                 Some(Event::Done(done)) => self.done = Some(done),
+                // llm numbers calls from 0 and sends at most 64 of them.
+                Some(Event::ToolCall(piece)) if piece.index < 64 => {
+                    let index = piece.index as usize;
+                    if self.tool_calls.len() <= index {
+                        self.tool_calls.resize_with(index + 1, Default::default);
+                    }
+                    let call = &mut self.tool_calls[index];
+                    if !piece.id.is_empty() {
+                        call.id = piece.id;
+                    }
+                    if !piece.name.is_empty() {
+                        call.name = piece.name;
+                    }
+                    call.arguments_json.push_str(&piece.arguments);
+                }
+                Some(Event::ToolCall(_)) => {}
                 None => {}
             }
         }
@@ -143,6 +168,7 @@ impl Client {
             model: model.to_owned(),
             input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
                 messages: messages.into_iter().collect(),
+                ..Default::default()
             })),
             ..Default::default()
         })
@@ -163,6 +189,7 @@ impl Client {
             generation_id,
             done: None,
             text: String::new(),
+            tool_calls: Vec::new(),
         })
     }
 }

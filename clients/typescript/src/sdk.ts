@@ -418,11 +418,13 @@ export class Reply implements AsyncIterable<string> {
 export class Generation implements AsyncIterable<string> {
   done: GenerateDone | undefined;
   text = "";
+  /** The tool calls received so far, their pieces joined (hosted models given `tools`; the reply then ends with FINISH_REASON_TOOL_CALLS). */
+  toolCalls: { id: string; name: string; argumentsJson: string }[] = [];
 
   constructor(
     private readonly client: LlmeshClient,
     readonly generationId: string,
-    private readonly responses: AsyncIterable<{ event: { case: "delta"; value: string } | { case: "done"; value: GenerateDone } | { case: undefined; value?: undefined } }>,
+    private readonly responses: AsyncIterable<{ event: { case: "delta"; value: string } | { case: "done"; value: GenerateDone } | { case: "toolCall"; value: { index: number; id: string; name: string; arguments: string } } | { case: undefined; value?: undefined } }>,
     private readonly abort: AbortController,
   ) {}
 
@@ -437,6 +439,13 @@ export class Generation implements AsyncIterable<string> {
         yield event.value;
       } else if (event.case === "done") {
         this.done = event.value;
+      } else if (event.case === "toolCall" && event.value.index < 64) {
+        const piece = event.value;
+        while (this.toolCalls.length <= piece.index) this.toolCalls.push({ id: "", name: "", argumentsJson: "" });
+        const call = this.toolCalls[piece.index];
+        if (piece.id) call.id = piece.id;
+        if (piece.name) call.name = piece.name;
+        call.argumentsJson += piece.arguments;
       }
     }
   }

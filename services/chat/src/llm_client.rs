@@ -134,8 +134,10 @@ fn chat_input(turns: Vec<Turn>) -> pb::ChatInput {
                     _ => pb::ChatRole::User,
                 } as i32,
                 content: t.content,
+                ..Default::default()
             })
             .collect(),
+        ..Default::default()
     }
 }
 
@@ -172,7 +174,7 @@ fn from_status(s: tonic::Status) -> ChatError {
 
 fn finish(reason: i32) -> Finish {
     match pb::FinishReason::try_from(reason) {
-        Ok(pb::FinishReason::Stop) => Finish::Stop,
+        Ok(pb::FinishReason::Stop | pb::FinishReason::ToolCalls) => Finish::Stop,
         Ok(pb::FinishReason::Length) => Finish::Length,
         Ok(pb::FinishReason::Cancelled) => Finish::Cancelled,
         _ => Finish::Error,
@@ -270,7 +272,8 @@ impl LlmClient for LlmPeer {
                                 error: (!d.error.is_empty()).then_some(d.error),
                             })
                         }
-                        None => continue,
+                        // Chat offers no tools, so no calls come back.
+                        Some(pb::generate_response::Event::ToolCall(_)) | None => continue,
                     },
                     // llm went away mid-reply (its hold is released by billing's sweeper):
                     // what streamed is kept as a stopped reply; before any text, it failed.

@@ -50,6 +50,8 @@ pub enum FinishReason {
     Length,
     Cancelled,
     Error,
+    /// The model stopped to have tools called (hosted models; the engine never ends so).
+    ToolCalls,
 }
 
 /// Timings of one generation.

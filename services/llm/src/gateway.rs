@@ -11,6 +11,7 @@ use futures::StreamExt;
 use llmesh_engine::scheduler::{FinishReason, Timings};
 use llmesh_kit::Principal;
 use llmesh_kit::signal::Subscription;
+use tiktoken_rs::CoreBPE;
 use tokio::sync::mpsc;
 
 use crate::error::{LlmError, Result};
@@ -28,16 +29,62 @@ pub fn estimate_text(text: &str) -> u32 {
     (text.len().div_ceil(2) as u64).clamp(1, u64::from(u32::MAX)) as u32
 }
 
-/// The estimate of a whole input: the texts plus a few tokens per message for the role
-/// markers every chat format adds.
-pub fn estimate(input: &Input) -> u32 {
-    match input {
-        Input::Prompt(text) => estimate_text(text),
-        Input::Chat(messages) => messages
-            .iter()
-            .map(|m| estimate_text(&m.content).saturating_add(4))
-            .fold(3u32, u32::saturating_add),
+/// The tokenizer of a hosted model where llmesh has it: OpenAI's BPEs (o200k, cl100k and
+/// the older ones) for OpenAI's model names, also behind a router's prefix
+/// ("openai/gpt-4o").
+pub fn known_tokenizer(model: &str) -> Option<&'static CoreBPE> {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    let tokenizer = tiktoken_rs::tokenizer::get_tokenizer(name)?;
+    tiktoken_rs::bpe_for_tokenizer(tokenizer).ok()
+}
+
+/// The tokens of a text: counted with the model's own tokenizer where llmesh has it, else
+/// the byte bound of [`estimate_text`].
+fn count_text(text: &str, bpe: Option<&CoreBPE>) -> u32 {
+    match bpe {
+        Some(bpe) => (bpe.count_ordinary(text) as u64).clamp(1, u64::from(u32::MAX)) as u32,
+        None => estimate_text(text),
     }
+}
+
+/// The estimate of a whole input for the hosted model `model` (the provider's own name):
+/// the texts (and tool definitions and calls, as JSON) plus a few tokens per message for
+/// the role markers every chat format adds. Exact texts with a known tokenizer, a bound
+/// without one. Loading a tokenizer the first time takes a moment: call this off the
+/// async threads.
+pub fn estimate(input: &Input, model: &str) -> u32 {
+    let bpe = known_tokenizer(model);
+    match input {
+        Input::Prompt(text) => count_text(text, bpe),
+        Input::Chat(chat) => {
+            let mut tools = 0u32;
+            for t in &chat.tools {
+                let text = format!("{} {} {}", t.name, t.description, t.parameters);
+                tools = tools
+                    .saturating_add(count_text(&text, bpe))
+                    .saturating_add(4);
+            }
+            for c in chat.turns.iter().flat_map(|t| &t.tool_calls) {
+                let text = format!("{} {} {}", c.id, c.name, c.arguments);
+                tools = tools
+                    .saturating_add(count_text(&text, bpe))
+                    .saturating_add(4);
+            }
+            chat.turns
+                .iter()
+                .map(|m| count_text(&m.content, bpe).saturating_add(4))
+                .fold(3u32, u32::saturating_add)
+                .saturating_add(tools)
+        }
+    }
+}
+
+/// [`estimate`] on a blocking thread.
+pub async fn estimate_off_thread(input: &Input, model: &str) -> Result<u32> {
+    let (input, model) = (input.clone(), model.to_owned());
+    tokio::task::spawn_blocking(move || estimate(&input, &model))
+        .await
+        .map_err(|e| LlmError::Internal(format!("estimating task: {e}")))
 }
 
 /// The completion tokens of a stream that ended before the provider reported usage: the
@@ -126,7 +173,7 @@ impl LlmService {
                 "sampling.ignore_eos works with local models only".into(),
             ));
         }
-        let prompt_estimate = estimate(&request.input);
+        let prompt_estimate = estimate_off_thread(&request.input, &target.model.name).await?;
         let context = target.model.context_length;
         let max_tokens = match request.max_tokens {
             Some(n) => {
@@ -178,7 +225,10 @@ impl LlmService {
             loop {
                 match stream.next().await {
                     Some(Ok(event)) => {
-                        let output = matches!(event, WireEvent::Delta(_) | WireEvent::Finish(_));
+                        let output = matches!(
+                            event,
+                            WireEvent::Delta(_) | WireEvent::ToolCall { .. } | WireEvent::Finish(_)
+                        );
                         early.push(event);
                         if output {
                             break;
@@ -232,6 +282,7 @@ impl LlmService {
         let metrics = self.metrics.clone();
         let deadline = request.deadline.map(tokio::time::Instant::from_std);
         let task_span = tracing::Span::current();
+        let provider_id = target.provider.id.clone();
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let labels = [model_id.as_str()];
@@ -283,6 +334,28 @@ impl LlmService {
                                     break;
                                 }
                             }
+                            Some(Ok(WireEvent::ToolCall { index, .. })) if index as usize >= crate::tools::MAX_CALLS => {
+                                error = Some(format!(
+                                    "provider {} sent more than {} tool calls in one reply",
+                                    provider_id,
+                                    crate::tools::MAX_CALLS
+                                ));
+                                break;
+                            }
+                            Some(Ok(WireEvent::ToolCall { index, call })) => {
+                                let now = Instant::now();
+                                if last.is_none() {
+                                    ttft.observe((now - submitted_at).as_secs_f64());
+                                    first = Some(now);
+                                }
+                                last = Some(now);
+                                pieces += 1;
+                                bytes += call.id.len() + call.name.len() + call.arguments.len();
+                                if client_tx.send(GenEvent::ToolCall { index, call }).await.is_err() {
+                                    cancelled = true;
+                                    break;
+                                }
+                            }
                             Some(Ok(WireEvent::Usage { prompt, completion })) => {
                                 reported_prompt = prompt.or(reported_prompt);
                                 reported_completion = completion.or(reported_completion);
@@ -325,6 +398,7 @@ impl LlmService {
                     (_, FinishReason::Length) => "length",
                     (_, FinishReason::Cancelled) => "cancelled",
                     (_, FinishReason::Error) => "error",
+                    (_, FinishReason::ToolCalls) => "tool_calls",
                 };
                 metrics
                     .generations
@@ -426,5 +500,18 @@ mod tests {
         assert_eq!(estimate_text(""), 1);
         assert_eq!(counted_locally(3, 40), 10);
         assert_eq!(counted_locally(12, 8), 12);
+    }
+
+    #[test]
+    fn openai_models_are_counted_with_their_own_tokenizer() {
+        use crate::tools::{Chat, Role, Turn};
+        // "Hello, world!" is four o200k tokens: Hello , world !
+        let chat = Input::Chat(Chat::plain(vec![Turn::new(Role::User, "Hello, world!")]));
+        assert_eq!(estimate(&chat, "gpt-4o-mini"), 3 + 4 + 4);
+        assert_eq!(estimate(&chat, "openai/gpt-4o"), 3 + 4 + 4);
+        // An unknown tokenizer falls back to the byte bound: 13 bytes → 7.
+        assert_eq!(estimate(&chat, "claude-sonnet-4"), 3 + 7 + 4);
+        assert!(known_tokenizer("gpt-3.5-turbo").is_some());
+        assert!(known_tokenizer("mistral-large").is_none());
     }
 }

@@ -8,18 +8,18 @@ use std::time::{Duration, Instant};
 use llmesh_engine::ChatModel;
 use llmesh_engine::sampler::SamplingParams;
 use llmesh_engine::scheduler::{Event, FinishReason, Request, Timings};
-use llmesh_engine::template::Message;
 use llmesh_kit::Principal;
 use tokio::sync::mpsc;
 
 use crate::error::{LlmError, Result};
 use crate::service::{LlmService, Runtime};
 use crate::spend::{SpendRequest, Usage};
+use crate::tools::{Chat, ToolCall};
 
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum Input {
-    Chat(Vec<Message>),
+    Chat(Chat),
     Prompt(String),
 }
 
@@ -52,6 +52,12 @@ pub struct Finished {
 #[derive(Debug, Clone, PartialEq)]
 pub enum GenEvent {
     Delta(String),
+    /// A piece of a tool call (hosted models given tools).
+    ToolCall {
+        index: u32,
+        /// The call's id and name on its first piece; empty on later ones.
+        call: ToolCall,
+    },
     Done(Finished),
     /// The request's deadline passed; the sequence was stopped and billed for what it made.
     DeadlineExceeded {
@@ -60,11 +66,21 @@ pub enum GenEvent {
 }
 
 impl LlmService {
-    async fn tokens(&self, model: &Arc<ChatModel>, input: Input) -> Result<Vec<u32>> {
+    async fn tokens(
+        &self,
+        model_id: &str,
+        model: &Arc<ChatModel>,
+        input: Input,
+    ) -> Result<Vec<u32>> {
+        // A chat's messages as the template takes them, or the raw prompt.
+        let work = match input {
+            Input::Chat(chat) => Ok(chat.template_messages(model_id)?),
+            Input::Prompt(text) => Err(text),
+        };
         let model = model.clone();
-        tokio::task::spawn_blocking(move || match input {
-            Input::Chat(messages) => model.chat_tokens(&messages),
-            Input::Prompt(text) => model.text_tokens(&text),
+        tokio::task::spawn_blocking(move || match work {
+            Ok(messages) => model.chat_tokens(&messages),
+            Err(text) => model.text_tokens(&text),
         })
         .await
         .map_err(|e| LlmError::Internal(format!("tokenizing task: {e}")))?
@@ -76,12 +92,12 @@ impl LlmService {
         if let Some(target) = self.hosted(model).await? {
             // The same estimate the hold and the context check use.
             return Ok((
-                crate::gateway::estimate(&input),
+                crate::gateway::estimate_off_thread(&input, &target.model.name).await?,
                 target.model.context_length,
             ));
         }
         let m = self.chat_model(model).await?;
-        let tokens = self.tokens(&m, input).await?;
+        let tokens = self.tokens(model, &m, input).await?;
         Ok((tokens.len() as u32, m.info.context_length))
     }
 
@@ -147,7 +163,7 @@ impl LlmService {
                 request.model
             )));
         }
-        let prompt = self.tokens(&model, request.input).await?;
+        let prompt = self.tokens(&request.model, &model, request.input).await?;
         if prompt.is_empty() {
             return Err(LlmError::Invalid(
                 "the input is empty after tokenizing".into(),
@@ -313,6 +329,7 @@ impl LlmService {
                         FinishReason::Length => "length",
                         FinishReason::Cancelled => "cancelled",
                         FinishReason::Error => "error",
+                        FinishReason::ToolCalls => "tool_calls",
                     }
                 };
                 metrics

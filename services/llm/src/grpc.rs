@@ -6,7 +6,6 @@ use std::sync::Arc;
 use futures::Stream;
 use llmesh_engine::sampler::SamplingParams;
 use llmesh_engine::scheduler::FinishReason;
-use llmesh_engine::template::Message;
 use llmesh_kit::authn::principal;
 use llmesh_kit::convert::{opt_timestamp, timestamp};
 use llmesh_kit::{Access, ApiError};
@@ -22,6 +21,7 @@ use crate::providers::{
 use crate::pull::Phase;
 use crate::registry::Kind;
 use crate::service::{GenEvent, Generation, Input, LlmService, ModelView, PullEvent, State};
+use crate::tools::{self, Chat, Role, ToolCall, ToolDef, Turn};
 
 pub const SERVICE_NAME: &str = "llmesh.llm.v1.LlmService";
 
@@ -373,30 +373,70 @@ fn input(input: Option<InputPb>, max_bytes: usize) -> Result<Input, ApiError> {
                     chat.messages.len()
                 )));
             }
-            let total: usize = chat.messages.iter().map(|m| m.content.len()).sum();
+            let total: usize = chat
+                .messages
+                .iter()
+                .map(|m| {
+                    m.content.len()
+                        + m.tool_calls
+                            .iter()
+                            .map(|c| c.arguments_json.len())
+                            .sum::<usize>()
+                })
+                .sum();
             if total > max_bytes {
                 return Err(ApiError::invalid(format!(
                     "chat.messages hold {total} bytes; the limit is {max_bytes}"
                 )));
             }
-            let mut messages = Vec::with_capacity(chat.messages.len());
+            let mut turns = Vec::with_capacity(chat.messages.len());
             for (i, m) in chat.messages.into_iter().enumerate() {
                 let role = match pb::ChatRole::try_from(m.role) {
-                    Ok(pb::ChatRole::System) => "system",
-                    Ok(pb::ChatRole::User) => "user",
-                    Ok(pb::ChatRole::Assistant) => "assistant",
+                    Ok(pb::ChatRole::System) => Role::System,
+                    Ok(pb::ChatRole::User) => Role::User,
+                    Ok(pb::ChatRole::Assistant) => Role::Assistant,
+                    Ok(pb::ChatRole::Tool) => Role::Tool,
                     _ => {
                         return Err(ApiError::invalid(format!(
-                            "chat.messages[{i}].role must be system, user or assistant"
+                            "chat.messages[{i}].role must be system, user, assistant or tool"
                         )));
                     }
                 };
-                messages.push(Message {
-                    role: role.into(),
+                turns.push(Turn {
+                    role,
                     content: m.content,
+                    tool_calls: m
+                        .tool_calls
+                        .into_iter()
+                        .map(|c| ToolCall {
+                            id: c.id,
+                            name: c.name,
+                            arguments: c.arguments_json,
+                        })
+                        .collect(),
+                    tool_call_id: m.tool_call_id,
                 });
             }
-            Ok(Input::Chat(messages))
+            let mut defs = Vec::with_capacity(chat.tools.len());
+            for (i, t) in chat.tools.into_iter().enumerate() {
+                let parameters = tools::parse_schema(
+                    &format!("chat.tools[{i}].parameters_json"),
+                    &t.parameters_json,
+                )?;
+                defs.push(ToolDef {
+                    name: t.name,
+                    description: t.description,
+                    parameters,
+                });
+            }
+            let choice = tools::parse_choice(&chat.tool_choice, &defs)?;
+            let chat = Chat {
+                turns,
+                tools: defs,
+                choice,
+            };
+            tools::check(&chat)?;
+            Ok(Input::Chat(chat))
         }
     }
 }
@@ -491,6 +531,14 @@ pub fn sampling_params(
 fn generate_event(event: GenEvent, currency: &str) -> Result<pb::GenerateResponse, Status> {
     let event = match event {
         GenEvent::Delta(text) => pb::generate_response::Event::Delta(text),
+        GenEvent::ToolCall { index, call } => {
+            pb::generate_response::Event::ToolCall(pb::ToolCallDelta {
+                index,
+                id: call.id,
+                name: call.name,
+                arguments: call.arguments,
+            })
+        }
         GenEvent::Done(done) => pb::generate_response::Event::Done(pb::GenerateDone {
             finish_reason: finish_pb(done.finish) as i32,
             usage: Some(TokenUsage {
@@ -591,6 +639,7 @@ fn finish_pb(f: FinishReason) -> pb::FinishReason {
         FinishReason::Length => pb::FinishReason::Length,
         FinishReason::Cancelled => pb::FinishReason::Cancelled,
         FinishReason::Error => pb::FinishReason::Error,
+        FinishReason::ToolCalls => pb::FinishReason::ToolCalls,
     }
 }
 

@@ -17,6 +17,7 @@ pub use llmesh_kit::fetch as pull;
 pub mod registry;
 pub mod service;
 pub mod spend;
+pub mod tools;
 
 pub use config::LlmConfig;
 pub use grpc::{ACCESS, GrpcLlmAdapter, SERVICE_NAME};

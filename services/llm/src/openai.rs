@@ -140,36 +140,18 @@ impl Door {
         if let Err(resp) = check_n(parsed.n) {
             return *resp;
         }
-        if parsed.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return invalid(
-                "tools",
-                "tools are not supported by this model: llmesh's local models do not call tools",
-            );
-        }
         let mut messages = Vec::with_capacity(parsed.messages.len());
         for (i, m) in parsed.messages.iter().enumerate() {
-            let role = match m.role.as_str() {
-                "system" | "developer" => pb::ChatRole::System,
-                "user" => pb::ChatRole::User,
-                "assistant" => pb::ChatRole::Assistant,
-                other => {
-                    return invalid(
-                        &format!("messages[{i}].role"),
-                        &format!(
-                            "role {other:?} is not supported: use system, developer, user or assistant"
-                        ),
-                    );
-                }
-            };
-            let content = match text_of(m.content.as_ref()) {
-                Ok(c) => c,
-                Err(why) => return invalid(&format!("messages[{i}].content"), &why),
-            };
-            messages.push(pb::ChatMessage {
-                role: role as i32,
-                content,
-            });
+            match chat_message(i, m) {
+                Ok(msg) => messages.push(msg),
+                Err(resp) => return *resp,
+            }
         }
+        let (tools, tool_choice) =
+            match tools_of(parsed.tools.as_deref(), parsed.tool_choice.as_ref()) {
+                Ok(t) => t,
+                Err(resp) => return *resp,
+            };
         let sampling = match sampling(&parsed.common, parsed.max_completion_tokens, None) {
             Ok(s) => s,
             Err(resp) => return *resp,
@@ -178,6 +160,8 @@ impl Door {
             model: parsed.model.clone(),
             input: Some(pb::generate_request::Input::Chat(pb::ChatInput {
                 messages,
+                tools,
+                tool_choice,
             })),
             sampling: Some(sampling),
             generation_id: String::new(),
@@ -268,10 +252,14 @@ impl Door {
         // Whole reply: read the stream to its end.
         let mut stream = stream;
         let mut text = String::new();
+        let mut calls: Vec<pb::ToolCallDelta> = Vec::new();
         loop {
             match stream.message().await {
                 Ok(Some(msg)) => match msg.event {
                     Some(pb::generate_response::Event::Delta(d)) => text.push_str(&d),
+                    Some(pb::generate_response::Event::ToolCall(piece)) => {
+                        join_call(&mut calls, piece)
+                    }
                     Some(pb::generate_response::Event::Done(done)) => {
                         if done.finish_reason == pb::FinishReason::Error as i32 {
                             return error(
@@ -284,12 +272,30 @@ impl Door {
                         let usage = usage_json(done.usage.as_ref());
                         let finish = finish_reason(done.finish_reason);
                         let choice = match shape {
-                            Shape::Chat => json!({
-                                "index": 0,
-                                "message": {"role": "assistant", "content": text},
-                                "logprobs": null,
-                                "finish_reason": finish,
-                            }),
+                            Shape::Chat => {
+                                let mut message = json!({"role": "assistant", "content": text});
+                                if !calls.is_empty() {
+                                    if text.is_empty() {
+                                        message["content"] = Value::Null;
+                                    }
+                                    message["tool_calls"] = calls
+                                        .iter()
+                                        .map(|c| {
+                                            json!({
+                                                "id": c.id,
+                                                "type": "function",
+                                                "function": {"name": c.name, "arguments": c.arguments},
+                                            })
+                                        })
+                                        .collect();
+                                }
+                                json!({
+                                    "index": 0,
+                                    "message": message,
+                                    "logprobs": null,
+                                    "finish_reason": finish,
+                                })
+                            }
                             Shape::Completion => json!({
                                 "index": 0,
                                 "text": text,
@@ -507,6 +513,8 @@ struct Common {
 struct ChatMessageIn {
     role: String,
     content: Option<Value>,
+    tool_calls: Option<Vec<Value>>,
+    tool_call_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -516,6 +524,7 @@ struct ChatRequest {
     n: Option<u64>,
     max_completion_tokens: Option<u64>,
     tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -593,6 +602,114 @@ fn check_n(n: Option<u64>) -> Result<(), Refused> {
         None | Some(1) => Ok(()),
         Some(_) => Err(Box::new(invalid("n", "only n = 1 is supported"))),
     }
+}
+
+/// A chat message of the request as llm's ChatMessage.
+fn chat_message(i: usize, m: &ChatMessageIn) -> Result<pb::ChatMessage, Refused> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => pb::ChatRole::System,
+        "user" => pb::ChatRole::User,
+        "assistant" => pb::ChatRole::Assistant,
+        "tool" => pb::ChatRole::Tool,
+        other => {
+            return Err(Box::new(invalid(
+                &format!("messages[{i}].role"),
+                &format!(
+                    "role {other:?} is not supported: use system, developer, user, assistant or tool"
+                ),
+            )));
+        }
+    };
+    let content = text_of(m.content.as_ref())
+        .map_err(|why| Box::new(invalid(&format!("messages[{i}].content"), &why)))?;
+    let mut tool_calls = Vec::new();
+    for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+        let field = format!("messages[{i}].tool_calls[{j}]");
+        let function = &c["function"];
+        let (Some(id), Some(name)) = (c["id"].as_str(), function["name"].as_str()) else {
+            return Err(Box::new(invalid(
+                &field,
+                "a tool call needs an id and function.name",
+            )));
+        };
+        let arguments = match &function["arguments"] {
+            Value::String(s) => s.clone(),
+            Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        tool_calls.push(pb::ToolCall {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            arguments_json: arguments,
+        });
+    }
+    Ok(pb::ChatMessage {
+        role: role as i32,
+        content,
+        tool_calls,
+        tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+    })
+}
+
+/// The request's tools (`{"type": "function", "function": {…}}`) and tool choice as
+/// llm's ChatInput takes them.
+fn tools_of(
+    tools: Option<&[Value]>,
+    choice: Option<&Value>,
+) -> Result<(Vec<pb::Tool>, String), Refused> {
+    let mut out = Vec::new();
+    for (i, t) in tools.unwrap_or_default().iter().enumerate() {
+        let kind = t["type"].as_str().unwrap_or("function");
+        if kind != "function" {
+            return Err(Box::new(invalid(
+                &format!("tools[{i}].type"),
+                &format!("tools of type {kind:?} are not supported: use function"),
+            )));
+        }
+        let f = &t["function"];
+        let Some(name) = f["name"].as_str() else {
+            return Err(Box::new(invalid(
+                &format!("tools[{i}].function.name"),
+                "is required",
+            )));
+        };
+        let parameters = match &f["parameters"] {
+            Value::Null => String::new(),
+            v @ Value::Object(_) => v.to_string(),
+            _ => {
+                return Err(Box::new(invalid(
+                    &format!("tools[{i}].function.parameters"),
+                    "must be a JSON Schema object",
+                )));
+            }
+        };
+        out.push(pb::Tool {
+            name: name.to_owned(),
+            description: f["description"].as_str().unwrap_or_default().to_owned(),
+            parameters_json: parameters,
+        });
+    }
+    let choice = match choice {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) if matches!(s.as_str(), "auto" | "none" | "required") => s.clone(),
+        Some(v) if v["function"]["name"].is_string() => v["function"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        Some(_) => {
+            return Err(Box::new(invalid(
+                "tool_choice",
+                "must be auto, none, required or {\"type\": \"function\", \"function\": {\"name\": …}}",
+            )));
+        }
+    };
+    // "none" with no tools asks for nothing: a plain reply.
+    let choice = if out.is_empty() && choice == "none" {
+        String::new()
+    } else {
+        choice
+    };
+    Ok((out, choice))
 }
 
 /// The text of a message's content: a string, or text parts (`{"type": "text"}`).
@@ -718,11 +835,41 @@ fn usage_json(usage: Option<&llmesh_proto::common::v1::TokenUsage>) -> Value {
 }
 
 fn finish_reason(reason: i32) -> &'static str {
-    if reason == pb::FinishReason::Length as i32 {
-        "length"
-    } else {
-        "stop"
+    match pb::FinishReason::try_from(reason) {
+        Ok(pb::FinishReason::Length) => "length",
+        Ok(pb::FinishReason::ToolCalls) => "tool_calls",
+        _ => "stop",
     }
+}
+
+/// Adds a streamed piece to the calls of a whole reply.
+fn join_call(calls: &mut Vec<pb::ToolCallDelta>, piece: pb::ToolCallDelta) {
+    match calls.iter_mut().find(|c| c.index == piece.index) {
+        Some(c) => {
+            if c.id.is_empty() {
+                c.id = piece.id;
+            }
+            if c.name.is_empty() {
+                c.name = piece.name;
+            }
+            c.arguments.push_str(&piece.arguments);
+        }
+        None => calls.push(piece),
+    }
+}
+
+/// A streamed piece of a tool call as OpenAI's chunk delta shows it: id, type and name on
+/// a call's first piece, argument text on every piece.
+fn tool_call_delta(piece: &pb::ToolCallDelta) -> Value {
+    let mut call = json!({"index": piece.index, "function": {"arguments": piece.arguments}});
+    if !piece.id.is_empty() {
+        call["id"] = json!(piece.id);
+        call["type"] = json!("function");
+    }
+    if !piece.name.is_empty() {
+        call["function"]["name"] = json!(piece.name);
+    }
+    json!({"tool_calls": [call]})
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
@@ -891,6 +1038,10 @@ fn stream_events(
             Shape::Completion => Vec::new(),
         },
         Event::Delta(d) => vec![chunk(piece(&d, None), None)],
+        Event::ToolCall(call) => vec![chunk(
+            json!({"index": 0, "delta": tool_call_delta(&call), "logprobs": null, "finish_reason": null}),
+            None,
+        )],
         Event::Done(done) => {
             if done.finish_reason == pb::FinishReason::Error as i32 {
                 return vec![
@@ -921,6 +1072,7 @@ fn stream_events(
 enum Event {
     Start,
     Delta(String),
+    ToolCall(pb::ToolCallDelta),
     Done(pb::GenerateDone),
     Failed(Status),
 }
@@ -942,6 +1094,9 @@ fn async_stream(
             Ok(Some(msg)) => match msg.event {
                 Some(pb::generate_response::Event::Delta(d)) => {
                     Some((render(Event::Delta(d)), (Some(stream), render, false)))
+                }
+                Some(pb::generate_response::Event::ToolCall(c)) => {
+                    Some((render(Event::ToolCall(c)), (Some(stream), render, false)))
                 }
                 Some(pb::generate_response::Event::Done(done)) => {
                     Some((render(Event::Done(done)), (None, render, false)))

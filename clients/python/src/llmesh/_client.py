@@ -319,6 +319,9 @@ class Generation:
         self.generation_id = generation_id
         self.done: Optional[llm_pb2.GenerateDone] = None
         self.text = ""
+        #: The tool calls received so far, their pieces joined (hosted models given
+        #: ``ChatInput.tools``; the reply then ends with FINISH_REASON_TOOL_CALLS).
+        self.tool_calls: list[llm_pb2.ToolCall] = []
 
     def __iter__(self) -> "Generation":
         return self
@@ -329,7 +332,9 @@ class Generation:
             if kind == "delta":
                 self.text += response.delta
                 return str(response.delta)
-            if kind == "done":
+            if kind == "tool_call":
+                _common.join_tool_call(self.tool_calls, response.tool_call)
+            elif kind == "done":
                 self.done = response.done
         raise StopIteration
 

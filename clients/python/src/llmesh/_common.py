@@ -233,5 +233,20 @@ def assistant(content: str) -> llm_pb2.ChatMessage:
     return llm_pb2.ChatMessage(role=llm_pb2.CHAT_ROLE_ASSISTANT, content=content)
 
 
+def join_tool_call(calls: list[llm_pb2.ToolCall], piece: llm_pb2.ToolCallDelta) -> None:
+    """Adds a streamed piece to the tool calls of a generation (llm numbers calls from 0
+    and sends at most 64)."""
+    if piece.index >= 64:
+        return
+    while len(calls) <= piece.index:
+        calls.append(llm_pb2.ToolCall())
+    call = calls[piece.index]
+    if piece.id:
+        call.id = piece.id
+    if piece.name:
+        call.name = piece.name
+    call.arguments_json += piece.arguments
+
+
 def generation_id() -> str:
     return os.urandom(16).hex()

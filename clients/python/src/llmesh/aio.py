@@ -237,6 +237,9 @@ class AsyncGeneration:
         self.generation_id = generation_id
         self.done: Optional[llm_pb2.GenerateDone] = None
         self.text = ""
+        #: The tool calls received so far, their pieces joined (hosted models given
+        #: ``ChatInput.tools``; the reply then ends with FINISH_REASON_TOOL_CALLS).
+        self.tool_calls: list[llm_pb2.ToolCall] = []
 
     def __aiter__(self) -> "AsyncGeneration":
         return self
@@ -247,7 +250,9 @@ class AsyncGeneration:
             if kind == "delta":
                 self.text += response.delta
                 return str(response.delta)
-            if kind == "done":
+            if kind == "tool_call":
+                _common.join_tool_call(self.tool_calls, response.tool_call)
+            elif kind == "done":
                 self.done = response.done
         raise StopAsyncIteration
 

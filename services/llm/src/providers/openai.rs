@@ -11,6 +11,7 @@ use super::wire::{self, ChatCall, WireEvent, WireStream};
 use super::{Provider, Secret, Target};
 use crate::error::{LlmError, Result};
 use crate::generate::Input;
+use crate::tools::{Role, ToolCall, ToolChoice, Turn};
 
 fn authorised(req: reqwest::RequestBuilder, secret: &Secret) -> reqwest::RequestBuilder {
     let req = wire::with_headers(req, secret);
@@ -45,11 +46,29 @@ pub fn body(provider: &Provider, call: &ChatCall) -> (String, Value) {
         body["stop"] = json!(call.stop);
     }
     let path = match &call.input {
-        Input::Chat(messages) => {
-            body["messages"] = messages
-                .iter()
-                .map(|m| json!({"role": m.role, "content": m.content}))
-                .collect();
+        Input::Chat(chat) => {
+            body["messages"] = chat.turns.iter().map(message).collect();
+            if !chat.tools.is_empty() {
+                body["tools"] = chat
+                    .tools
+                    .iter()
+                    .map(|t| {
+                        let mut f = json!({"name": t.name, "parameters": t.parameters});
+                        if !t.description.is_empty() {
+                            f["description"] = json!(t.description);
+                        }
+                        json!({"type": "function", "function": f})
+                    })
+                    .collect();
+                body["tool_choice"] = match &chat.choice {
+                    ToolChoice::Auto => json!("auto"),
+                    ToolChoice::None => json!("none"),
+                    ToolChoice::Required => json!("required"),
+                    ToolChoice::Named(name) => {
+                        json!({"type": "function", "function": {"name": name}})
+                    }
+                };
+            }
             "chat/completions"
         }
         Input::Prompt(text) => {
@@ -58,6 +77,33 @@ pub fn body(provider: &Provider, call: &ChatCall) -> (String, Value) {
         }
     };
     (wire::endpoint(&provider.base_url, path), body)
+}
+
+/// A chat message in OpenAI's shape.
+fn message(t: &Turn) -> Value {
+    match t.role {
+        Role::Tool => json!({"role": "tool", "tool_call_id": t.tool_call_id, "content": t.content}),
+        Role::Assistant if !t.tool_calls.is_empty() => {
+            let calls: Vec<Value> = t
+                .tool_calls
+                .iter()
+                .map(|c| {
+                    json!({
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    })
+                })
+                .collect();
+            let content = if t.content.is_empty() {
+                Value::Null
+            } else {
+                json!(t.content)
+            };
+            json!({"role": "assistant", "content": content, "tool_calls": calls})
+        }
+        role => json!({"role": role.as_str(), "content": t.content}),
+    }
 }
 
 pub async fn chat(http: &reqwest::Client, target: &Target, call: ChatCall) -> Result<WireStream> {
@@ -102,6 +148,22 @@ fn events_of(
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             out.push(Ok(WireEvent::Delta(t.to_owned())));
         }
+        if let Some(calls) = choice["delta"]["tool_calls"].as_array().filter(|_| chat) {
+            for (position, c) in calls.iter().enumerate() {
+                let index = c["index"].as_u64().map_or(position as u32, clamp);
+                let piece = ToolCall {
+                    id: c["id"].as_str().unwrap_or_default().to_owned(),
+                    name: c["function"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    arguments: arguments_text(&c["function"]["arguments"]),
+                };
+                if !(piece.id.is_empty() && piece.name.is_empty() && piece.arguments.is_empty()) {
+                    out.push(Ok(WireEvent::ToolCall { index, call: piece }));
+                }
+            }
+        }
         if let Some(reason) = choice["finish_reason"].as_str() {
             out.push(Ok(WireEvent::Finish(finish(reason))));
         }
@@ -119,9 +181,20 @@ fn clamp(n: u64) -> u32 {
     n.min(u64::from(u32::MAX)) as u32
 }
 
+/// Arguments as streamed: a piece of JSON text (OpenAI), or, from some servers, the
+/// arguments as a JSON value.
+fn arguments_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn finish(reason: &str) -> FinishReason {
     match reason {
         "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
         _ => FinishReason::Stop,
     }
 }
@@ -268,5 +341,29 @@ mod tests {
         );
         assert_eq!(got.len(), 2);
         assert!(events_of("p", true, ev(r#"{"error":{"message":"boom"}}"#))[0].is_err());
+        let got = events_of(
+            "p",
+            true,
+            ev(
+                r#"{"choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_9","type":"function","function":{"name":"lookup","arguments":"{\"q\""}}]},"finish_reason":null}]}"#,
+            ),
+        );
+        assert_eq!(
+            oks(got),
+            vec![WireEvent::ToolCall {
+                index: 1,
+                call: ToolCall {
+                    id: "call_9".into(),
+                    name: "lookup".into(),
+                    arguments: "{\"q\"".into()
+                }
+            }]
+        );
+        let got = events_of(
+            "p",
+            true,
+            ev(r#"{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}"#),
+        );
+        assert_eq!(oks(got), vec![WireEvent::Finish(FinishReason::ToolCalls)]);
     }
 }

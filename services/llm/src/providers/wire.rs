@@ -12,6 +12,7 @@ use super::sse::{self, SseError, SseEvent};
 use super::{Provider, ProviderKind, Secret, Target};
 use crate::error::{LlmError, Result};
 use crate::generate::Input;
+use crate::tools::{Role, ToolCall};
 
 /// One generation as sent to a provider.
 #[derive(Debug, Clone)]
@@ -32,6 +33,12 @@ pub struct ChatCall {
 #[derive(Debug, Clone, PartialEq)]
 pub enum WireEvent {
     Delta(String),
+    /// A piece of tool call `index`: its id and name on the first piece, then pieces of
+    /// the arguments' JSON.
+    ToolCall {
+        index: u32,
+        call: ToolCall,
+    },
     /// Usage as the provider reports it; a later report replaces an earlier one field by
     /// field.
     Usage {
@@ -290,32 +297,113 @@ pub fn stream_error(provider: &str, value: &serde_json::Value) -> LlmError {
     }
 }
 
-/// The messages of a chat call split into a system text and the rest, for providers that
-/// take the system prompt on its own; consecutive turns of one role are joined.
-pub fn split_system(input: &Input) -> (String, Vec<(String, String)>) {
-    match input {
-        Input::Prompt(text) => (String::new(), vec![("user".into(), text.clone())]),
-        Input::Chat(messages) => {
-            let mut system = Vec::new();
-            let mut turns: Vec<(String, String)> = Vec::new();
-            for m in messages {
-                if m.role == "system" {
-                    system.push(m.content.clone());
-                    continue;
-                }
-                match turns.last_mut() {
-                    Some((role, text)) if *role == m.role => {
-                        text.push_str("\n\n");
-                        text.push_str(&m.content);
-                    }
-                    _ => turns.push((m.role.clone(), m.content.clone())),
-                }
-            }
-            if turns.first().is_some_and(|(r, _)| r == "assistant") || turns.is_empty() {
-                turns.insert(0, ("user".into(), "Continue.".into()));
-            }
-            (system.join("\n\n"), turns)
+/// A piece of a turn, for providers whose messages hold typed blocks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    /// A call the assistant made.
+    Call(ToolCall),
+    /// A tool's result: the call's id, its function's name (where the chat knows it) and
+    /// the result text.
+    Result {
+        id: String,
+        name: String,
+        content: String,
+    },
+}
+
+/// A turn of a provider that takes the system prompt on its own and alternating user
+/// and assistant turns: tool results travel in user turns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    /// "user" or "assistant".
+    pub role: &'static str,
+    pub parts: Vec<Part>,
+}
+
+/// The messages of a chat call split into a system text and alternating turns, for
+/// providers that take the system prompt on its own; consecutive turns of one role are
+/// joined (texts with a blank line between them) and a chat that would open with the
+/// assistant opens with a short user turn.
+pub fn split_system(input: &Input) -> (String, Vec<Block>) {
+    let chat = match input {
+        Input::Prompt(text) => {
+            return (
+                String::new(),
+                vec![Block {
+                    role: "user",
+                    parts: vec![Part::Text(text.clone())],
+                }],
+            );
         }
+        Input::Chat(chat) => chat,
+    };
+    let mut system = Vec::new();
+    let mut blocks: Vec<Block> = Vec::new();
+    for t in &chat.turns {
+        let (role, mut parts) = match t.role {
+            Role::System => {
+                system.push(t.content.clone());
+                continue;
+            }
+            Role::User => ("user", vec![Part::Text(t.content.clone())]),
+            Role::Assistant => {
+                let mut parts = Vec::new();
+                if !t.content.is_empty() || t.tool_calls.is_empty() {
+                    parts.push(Part::Text(t.content.clone()));
+                }
+                parts.extend(t.tool_calls.iter().cloned().map(Part::Call));
+                ("assistant", parts)
+            }
+            Role::Tool => (
+                "user",
+                vec![Part::Result {
+                    id: t.tool_call_id.clone(),
+                    name: chat
+                        .call_name(&t.tool_call_id)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    content: t.content.clone(),
+                }],
+            ),
+        };
+        match blocks.last_mut() {
+            Some(last) if last.role == role => {
+                // Two texts in a row read as one, as a person would have written them.
+                if let (Some(Part::Text(prev)), Some(Part::Text(next))) =
+                    (last.parts.last_mut(), parts.first())
+                {
+                    prev.push_str("\n\n");
+                    prev.push_str(next);
+                    parts.remove(0);
+                }
+                last.parts.append(&mut parts);
+            }
+            _ => blocks.push(Block { role, parts }),
+        }
+    }
+    if blocks.first().is_none_or(|b| b.role == "assistant") {
+        blocks.insert(
+            0,
+            Block {
+                role: "user",
+                parts: vec![Part::Text("Continue.".into())],
+            },
+        );
+    }
+    (system.join("\n\n"), blocks)
+}
+
+/// Arguments JSON text as a JSON object (what Anthropic and Gemini take): an empty text
+/// is no arguments; text that is not an object is kept under "value".
+pub fn arguments_object(text: &str) -> serde_json::Value {
+    if text.trim().is_empty() {
+        return serde_json::json!({});
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if v.is_object() => v,
+        Ok(v) => serde_json::json!({ "value": v }),
+        Err(_) => serde_json::json!({ "value": text }),
     }
 }
 
@@ -383,20 +471,51 @@ mod tests {
 
     #[test]
     fn system_prompts_split_and_turns_alternate() {
-        use llmesh_engine::template::Message;
-        let m = |r: &str, c: &str| Message {
-            role: r.into(),
-            content: c.into(),
-        };
-        let (system, turns) = split_system(&Input::Chat(vec![
-            m("system", "Be brief."),
-            m("assistant", "Hi"),
-            m("user", "a"),
-            m("user", "b"),
-        ]));
+        use crate::tools::{Chat, Turn};
+        let (system, turns) = split_system(&Input::Chat(Chat::plain(vec![
+            Turn::new(Role::System, "Be brief."),
+            Turn::new(Role::Assistant, "Hi"),
+            Turn::new(Role::User, "a"),
+            Turn::new(Role::User, "b"),
+        ])));
         assert_eq!(system, "Be brief.");
-        assert_eq!(turns[0].0, "user");
-        assert_eq!(turns[1], ("assistant".into(), "Hi".into()));
-        assert_eq!(turns[2], ("user".into(), "a\n\nb".into()));
+        assert_eq!(turns[0].role, "user");
+        assert_eq!(turns[1].parts, vec![Part::Text("Hi".into())]);
+        assert_eq!(turns[2].parts, vec![Part::Text("a\n\nb".into())]);
+    }
+
+    #[test]
+    fn tool_results_travel_in_user_turns_after_the_call() {
+        use crate::tools::{Chat, Turn};
+        let call = ToolCall {
+            id: "c1".into(),
+            name: "lookup".into(),
+            arguments: r#"{"q":"x"}"#.into(),
+        };
+        let mut asked = Turn::new(Role::Assistant, "");
+        asked.tool_calls = vec![call.clone()];
+        let mut result = Turn::new(Role::Tool, "42");
+        result.tool_call_id = "c1".into();
+        let (_, turns) = split_system(&Input::Chat(Chat::plain(vec![
+            Turn::new(Role::User, "q"),
+            asked,
+            result,
+            Turn::new(Role::User, "and?"),
+        ])));
+        assert_eq!(turns.len(), 3);
+        assert_eq!(turns[1].parts, vec![Part::Call(call)]);
+        assert_eq!(
+            turns[2].parts,
+            vec![
+                Part::Result {
+                    id: "c1".into(),
+                    name: "lookup".into(),
+                    content: "42".into()
+                },
+                Part::Text("and?".into())
+            ]
+        );
+        assert_eq!(arguments_object(""), serde_json::json!({}));
+        assert_eq!(arguments_object("[1]"), serde_json::json!({"value": [1]}));
     }
 }
