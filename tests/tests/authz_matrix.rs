@@ -818,6 +818,83 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             write_nf,
         ),
         (
+            "CreateCollection",
+            Box::new(|_| chat::CreateCollectionRequest::default().encode_to_vec()),
+            write_ia,
+        ),
+        (
+            "ListCollections",
+            Box::new(|_| chat::ListCollectionsRequest {}.encode_to_vec()),
+            read_ok,
+        ),
+        (
+            "UpdateCollection",
+            Box::new(move |_| {
+                chat::UpdateCollectionRequest {
+                    id: some(),
+                    name: Some("x".into()),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "DeleteCollection",
+            Box::new(move |_| chat::DeleteCollectionRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "IngestDocument",
+            Box::new(move |_| {
+                chat::IngestDocumentRequest {
+                    collection_id: some(),
+                    upload_id: some(),
+                    format: 0,
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
+            "ListDocuments",
+            Box::new(move |_| {
+                chat::ListDocumentsRequest {
+                    collection_id: some(),
+                }
+                .encode_to_vec()
+            }),
+            read_nf,
+        ),
+        (
+            "GetChunk",
+            Box::new(move |_| {
+                chat::GetChunkRequest {
+                    id: some(),
+                    context: 1,
+                }
+                .encode_to_vec()
+            }),
+            read_nf,
+        ),
+        (
+            "DeleteDocument",
+            Box::new(move |_| chat::DeleteDocumentRequest { id: some() }.encode_to_vec()),
+            write_nf,
+        ),
+        (
+            "SearchKnowledge",
+            Box::new(move |_| {
+                chat::SearchKnowledgeRequest {
+                    collection_ids: vec![some()],
+                    query: "anything".into(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            }),
+            read_nf,
+        ),
+        (
             "ResolveApiKey",
             Box::new(move |_| {
                 pb::ResolveApiKeyRequest {

@@ -180,6 +180,7 @@ pub enum ImportEvent {
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub id: String,
+    pub file_name: String,
     pub size: u64,
     pub sha256: String,
     pub received: u64,
@@ -357,11 +358,28 @@ impl ChatService {
         .ok_or(ChatError::NotFound("upload"))?;
         Ok(Upload {
             id: row.try_get("", "id")?,
+            file_name: row.try_get("", "file_name")?,
             size: row.try_get::<i64>("", "size_bytes")? as u64,
             sha256: row.try_get("", "sha256")?,
             received: row.try_get::<i64>("", "received_bytes")? as u64,
             finished: row.try_get("", "finished")?,
         })
+    }
+
+    /// A finished upload of `p`'s: its description and its bytes.
+    pub(crate) async fn finished_upload(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<(Upload, Vec<u8>)> {
+        let u = self.upload(p, id).await?;
+        if !u.finished {
+            return Err(ChatError::Precondition(
+                "finish the upload (FinishUpload) before using it".into(),
+            ));
+        }
+        let bytes = self.upload_bytes(id).await?;
+        Ok((u, bytes))
     }
 
     pub async fn append_chunk(

@@ -20,6 +20,8 @@ pub struct ChatConfig {
     pub max_upload_bytes: u64,
     /// Largest chunk of an upload, in bytes; keep it below server.max_message_bytes.
     pub max_chunk_bytes: u32,
+    /// Knowledge bases (`[chat.knowledge]`).
+    pub knowledge: crate::knowledge::KnowledgeConfig,
 }
 
 impl Default for ChatConfig {
@@ -32,6 +34,7 @@ impl Default for ChatConfig {
             auto_title: true,
             max_upload_bytes: 256 * 1024 * 1024,
             max_chunk_bytes: 1024 * 1024,
+            knowledge: Default::default(),
         }
     }
 }
@@ -47,6 +50,6 @@ impl ChatConfig {
         if self.max_message_chars == 0 || self.max_system_prompt_chars == 0 {
             return Err(invalid("chat.max_message_chars", "limits must be positive"));
         }
-        Ok(())
+        self.knowledge.validate()
     }
 }

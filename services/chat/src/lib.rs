@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod import;
+pub mod knowledge;
 pub mod library;
 pub mod llm_client;
 pub mod service;
@@ -17,6 +18,7 @@ pub mod template_vars;
 pub use archive_grpc::{ARCHIVE_ACCESS, ARCHIVE_SERVICE_NAME, GrpcChatArchiveAdapter};
 pub use config::ChatConfig;
 pub use grpc::{ACCESS, GrpcChatAdapter, SERVICE_NAME};
+pub use knowledge::grpc::{KNOWLEDGE_ACCESS, KNOWLEDGE_SERVICE_NAME};
 pub use service::ChatService;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use llmesh_kit::peer::Peer;
 use llmesh_kit::serve::{Process, ServiceSet};
 use llmesh_proto::chat::v1::chat_archive_service_server::ChatArchiveServiceServer;
 use llmesh_proto::chat::v1::chat_service_server::ChatServiceServer;
+use llmesh_proto::chat::v1::knowledge_service_server::KnowledgeServiceServer;
 
 /// Starts chat in this process: the service reaching llm through `llm` (with the service
 /// credential), StopReply reaching other chat processes by signal, and both of its RPC
@@ -61,6 +64,18 @@ pub fn mount(
         ChatArchiveServiceServer::from_arc(Arc::new(GrpcChatArchiveAdapter::new(service.clone())))
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
+    );
+    let knowledge = Arc::new(knowledge::Knowledge::new(
+        service.clone(),
+        service.config.knowledge.clone(),
+    ));
+    set.add(
+        KNOWLEDGE_ACCESS,
+        KnowledgeServiceServer::from_arc(Arc::new(knowledge::grpc::GrpcKnowledgeAdapter::new(
+            knowledge,
+        )))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max),
     );
     service
 }

@@ -69,6 +69,24 @@ pub trait LlmClient: Send + Sync {
         model: &str,
         turns: Vec<Turn>,
     ) -> Result<(u32, u32)>;
+
+    /// Counts each text's tokens with `model`; returns the counts and, for an embedding
+    /// model, the tokens one input may hold.
+    async fn count_texts(
+        &self,
+        principal: &Principal,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<u32>, u32)>;
+
+    /// Embeds texts with `model` (billed to `principal`); returns unit vectors and the
+    /// input tokens.
+    async fn embed(
+        &self,
+        principal: &Principal,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, u32)>;
 }
 
 /// Chat's [`LlmClient`]: llm's contract through its generated client, over a [`Peer`]
@@ -122,6 +140,7 @@ impl LlmPeer {
 
 const STOP_GENERATION: &str = "/llmesh.llm.v1.LlmService/StopGeneration";
 const COUNT_TOKENS: &str = "/llmesh.llm.v1.LlmService/CountTokens";
+const EMBED: &str = "/llmesh.llm.v1.LlmService/Embed";
 
 fn chat_input(turns: Vec<Turn>) -> pb::ChatInput {
     pb::ChatInput {
@@ -320,5 +339,77 @@ impl LlmClient for LlmPeer {
             .await
             .map_err(from_status)?;
         Ok((reply.tokens, reply.context_length))
+    }
+
+    async fn count_texts(
+        &self,
+        principal: &Principal,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<u32>, u32)> {
+        let n = texts.len();
+        let list = pb::TextList { texts };
+        let reply = self
+            .peer
+            .unary(COUNT_TOKENS, || {
+                let req = self.forwarded(
+                    self.peer.request(pb::CountTokensRequest {
+                        model: model.to_owned(),
+                        input: Some(pb::count_tokens_request::Input::Texts(list.clone())),
+                    }),
+                    principal,
+                );
+                let mut client = self.client.clone();
+                async move {
+                    let req = req.map_err(|e| tonic::Status::internal(e.to_string()))?;
+                    client.count_tokens(req).await
+                }
+            })
+            .await
+            .map_err(from_status)?;
+        if reply.counts.len() != n {
+            return Err(ChatError::Unavailable(format!(
+                "llm counted {} of {n} texts; is it older than this chat?",
+                reply.counts.len()
+            )));
+        }
+        Ok((reply.counts, reply.context_length))
+    }
+
+    async fn embed(
+        &self,
+        principal: &Principal,
+        model: &str,
+        texts: Vec<String>,
+    ) -> Result<(Vec<Vec<f32>>, u32)> {
+        let n = texts.len();
+        let reply = self
+            .peer
+            .unary(EMBED, || {
+                let req = self.forwarded(
+                    self.peer.request(pb::EmbedRequest {
+                        model: model.to_owned(),
+                        texts: texts.clone(),
+                    }),
+                    principal,
+                );
+                let mut client = self.client.clone();
+                async move {
+                    let req = req.map_err(|e| tonic::Status::internal(e.to_string()))?;
+                    client.embed(req).await
+                }
+            })
+            .await
+            .map_err(from_status)?;
+        if reply.embeddings.len() != n {
+            return Err(ChatError::Unavailable(format!(
+                "llm embedded {} of {n} texts",
+                reply.embeddings.len()
+            )));
+        }
+        Ok((
+            reply.embeddings.into_iter().map(|e| e.values).collect(),
+            reply.prompt_tokens,
+        ))
     }
 }

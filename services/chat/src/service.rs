@@ -74,6 +74,13 @@ pub struct ChatService {
     signals: Arc<Signals>,
 }
 
+impl ChatService {
+    /// How chat reaches llm.
+    pub(crate) fn llm(&self) -> &Arc<dyn LlmClient> {
+        &self.llm
+    }
+}
+
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }

@@ -14,6 +14,8 @@ use crate::error::{EngineError, Result};
 pub struct EmbeddingModel {
     model: BertModel,
     tokenizer: Tokenizer,
+    /// The same tokenizer without padding or truncation, for counting.
+    counter: Tokenizer,
     device: Device,
     pub dimension: usize,
     /// Inputs longer than this many tokens are truncated, as sentence-transformers does.
@@ -62,13 +64,32 @@ impl EmbeddingModel {
         let model = BertModel::load(vb, &config)?;
         let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| EngineError::Load(format!("tokenizer.json: {e}")))?;
+        // tokenizer.json may truncate below max_seq_length: inputs end there.
+        let max_tokens = tokenizer
+            .get_truncation()
+            .map_or(max_tokens, |t| t.max_length.min(max_tokens));
+        let mut counter = tokenizer.clone();
+        counter.with_padding(None);
+        counter
+            .with_truncation(None)
+            .map_err(|e| EngineError::Load(format!("tokenizer.json: {e}")))?;
         Ok(EmbeddingModel {
             model,
             tokenizer,
+            counter,
             device,
             dimension: config.hidden_size,
             max_tokens,
         })
+    }
+
+    /// The tokens of `text`, without the special tokens added around every input.
+    pub fn count_tokens(&self, text: &str) -> Result<usize> {
+        let encoding = self
+            .counter
+            .encode(text, false)
+            .map_err(|e| EngineError::Invalid(format!("cannot tokenize the input: {e}")))?;
+        Ok(encoding.get_ids().len())
     }
 
     /// Embeds each text; returns unit vectors and the number of tokens read.

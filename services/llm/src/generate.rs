@@ -16,6 +16,9 @@ use crate::service::{LlmService, Runtime};
 use crate::spend::{SpendRequest, Usage};
 use crate::tools::{Chat, ToolCall};
 
+/// Most texts one CountTokens call may count.
+pub const MAX_COUNT_TEXTS: usize = 4096;
+
 /// What to generate from.
 #[derive(Debug, Clone)]
 pub enum Input {
@@ -99,6 +102,57 @@ impl LlmService {
         let m = self.chat_model(model).await?;
         let tokens = self.tokens(model, &m, input).await?;
         Ok((tokens.len() as u32, m.info.context_length))
+    }
+
+    /// Counts each text's tokens with `model` (chat or embedding; hosted models by the
+    /// estimate); returns the counts and the model's context (for embedding models, the
+    /// tokens one input may hold).
+    pub async fn count_texts(&self, model: &str, texts: Vec<String>) -> Result<(Vec<u32>, u32)> {
+        if texts.len() > MAX_COUNT_TEXTS {
+            return Err(LlmError::Invalid(format!(
+                "texts holds {} entries; the limit is {MAX_COUNT_TEXTS}",
+                texts.len()
+            )));
+        }
+        if let Some(target) = self.hosted(model).await? {
+            let name = target.model.name.clone();
+            let counts = tokio::task::spawn_blocking(move || {
+                texts
+                    .iter()
+                    .map(|t| crate::gateway::estimate(&Input::Prompt(t.clone()), &name))
+                    .collect::<Vec<u32>>()
+            })
+            .await
+            .map_err(|e| LlmError::Internal(format!("counting task: {e}")))?;
+            return Ok((counts, target.model.context_length));
+        }
+        let clamp = |n: usize| n.min(u32::MAX as usize) as u32;
+        match self.runtime(model).await? {
+            Runtime::Embedding(m) => {
+                let max = clamp(m.max_tokens);
+                let counts = tokio::task::spawn_blocking(move || {
+                    texts
+                        .iter()
+                        .map(|t| m.count_tokens(t).map(clamp))
+                        .collect::<std::result::Result<Vec<u32>, _>>()
+                })
+                .await
+                .map_err(|e| LlmError::Internal(format!("counting task: {e}")))??;
+                Ok((counts, max))
+            }
+            Runtime::Chat(m) => {
+                let context = m.info.context_length;
+                let counts = tokio::task::spawn_blocking(move || {
+                    texts
+                        .iter()
+                        .map(|t| m.text_tokens(t).map(|ids| clamp(ids.len())))
+                        .collect::<std::result::Result<Vec<u32>, _>>()
+                })
+                .await
+                .map_err(|e| LlmError::Internal(format!("counting task: {e}")))??;
+                Ok((counts, context))
+            }
+        }
     }
 
     /// Stops every running generation `principal` started under `id`, in this process or

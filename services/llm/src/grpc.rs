@@ -326,17 +326,34 @@ impl pb::llm_service_server::LlmService for GrpcLlmAdapter {
         req: Request<pb::CountTokensRequest>,
     ) -> Reply<pb::CountTokensResponse> {
         let r = req.into_inner();
-        let input = input(
-            r.input.map(|i| match i {
-                pb::count_tokens_request::Input::Chat(c) => InputPb::Chat(c),
-                pb::count_tokens_request::Input::Text(t) => InputPb::Text(t),
-            }),
-            self.service.config().max_prompt_bytes,
-        )?;
+        let max_bytes = self.service.config().max_prompt_bytes;
+        let given = match r.input {
+            Some(pb::count_tokens_request::Input::Texts(list)) => {
+                let total: usize = list.texts.iter().map(String::len).sum();
+                if total > max_bytes {
+                    return Err(ApiError::invalid(format!(
+                        "texts hold {total} bytes; the limit is {max_bytes}"
+                    ))
+                    .into());
+                }
+                let (counts, context_length) =
+                    self.service.count_texts(&r.model, list.texts).await?;
+                return Ok(Response::new(pb::CountTokensResponse {
+                    tokens: counts.iter().fold(0u32, |a, n| a.saturating_add(*n)),
+                    context_length,
+                    counts,
+                }));
+            }
+            Some(pb::count_tokens_request::Input::Chat(c)) => Some(InputPb::Chat(c)),
+            Some(pb::count_tokens_request::Input::Text(t)) => Some(InputPb::Text(t)),
+            None => None,
+        };
+        let input = input(given, max_bytes)?;
         let (tokens, context_length) = self.service.count_tokens(&r.model, input).await?;
         Ok(Response::new(pb::CountTokensResponse {
             tokens,
             context_length,
+            counts: Vec::new(),
         }))
     }
 }

@@ -40,6 +40,7 @@ pub const ALL_SERVICE_NAMES: &[&str] = &[
     llmesh_llm::SERVICE_NAME,
     llmesh_chat::SERVICE_NAME,
     llmesh_chat::ARCHIVE_SERVICE_NAME,
+    llmesh_chat::KNOWLEDGE_SERVICE_NAME,
     llmesh_sandbox::SERVICE_NAME,
 ];
 

@@ -1,0 +1,516 @@
+//! Knowledge bases end to end on a real server with the real MiniLM embedding model, on
+//! SQLite and Postgres: documents uploaded in chunks, ingested with progress, cut by the
+//! model's own tokens, searched by meaning and by words (fused), replaced atomically,
+//! shared read-only, and refused with reasons; every id-taking RPC against another
+//! user's ids is NOT_FOUND.
+
+use llmesh_proto::chat::v1 as pb;
+use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
+use llmesh_tests::{Backend, TestServer, bearer, price_and_credit};
+use sha2::{Digest, Sha256};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const EMBED: &str = "all-minilm-l6-v2";
+
+const GUIDE: &str = "# Greenhouse handbook
+
+## Watering
+
+Tomatoes need deep watering twice a week in summer. Water at the base of the plant in the
+early morning, so the leaves dry before the sun is strong.
+
+## Pests
+
+Aphids gather under young leaves. A spray of soapy water removes them without harming
+ladybirds, which eat aphids.
+
+## Heating
+
+In winter the greenhouse heater keeps the air above five degrees Celsius. A thermostat
+switches it off when the sun warms the glass.
+";
+
+async fn upload(channel: &Channel, token: &str, name: &str, bytes: &[u8]) -> String {
+    let mut a = ChatArchiveServiceClient::new(channel.clone());
+    let begun = a
+        .begin_upload(bearer(
+            token,
+            pb::BeginUploadRequest {
+                file_name: name.into(),
+                size_bytes: bytes.len() as u64,
+                sha256: hex::encode(Sha256::digest(bytes)),
+            },
+        ))
+        .await
+        .expect("begin")
+        .into_inner();
+    let mut offset = 0;
+    for chunk in bytes.chunks(begun.max_chunk_bytes as usize) {
+        a.append_upload_chunk(bearer(
+            token,
+            pb::AppendUploadChunkRequest {
+                upload_id: begun.upload_id.clone(),
+                offset,
+                data: chunk.to_vec(),
+            },
+        ))
+        .await
+        .expect("chunk");
+        offset += chunk.len() as u64;
+    }
+    a.finish_upload(bearer(
+        token,
+        pb::FinishUploadRequest {
+            upload_id: begun.upload_id.clone(),
+        },
+    ))
+    .await
+    .expect("finish");
+    begun.upload_id
+}
+
+/// Ingests an upload; returns the progress phases seen and the document (or the error).
+async fn ingest(
+    k: &mut KnowledgeServiceClient<Channel>,
+    token: &str,
+    collection: &str,
+    upload_id: &str,
+) -> Result<(Vec<i32>, pb::Document), tonic::Status> {
+    let mut stream = k
+        .ingest_document(bearer(
+            token,
+            pb::IngestDocumentRequest {
+                collection_id: collection.into(),
+                upload_id: upload_id.into(),
+                format: 0,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut phases = Vec::new();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::ingest_document_response::Event::Progress(p)) => phases.push(p.phase),
+            Some(pb::ingest_document_response::Event::Document(d)) => return Ok((phases, d)),
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal(
+        "the ingest ended without its document",
+    ))
+}
+
+async fn search(
+    k: &mut KnowledgeServiceClient<Channel>,
+    token: &str,
+    collections: &[&str],
+    query: &str,
+    mode: pb::SearchMode,
+) -> Result<Vec<pb::KnowledgeHit>, tonic::Status> {
+    Ok(k.search_knowledge(bearer(
+        token,
+        pb::SearchKnowledgeRequest {
+            collection_ids: collections.iter().map(|c| (*c).to_owned()).collect(),
+            query: query.into(),
+            limit: 3,
+            mode: mode as i32,
+        },
+    ))
+    .await?
+    .into_inner()
+    .hits)
+}
+
+fn top_heading(hits: &[pb::KnowledgeHit]) -> String {
+    hits.first()
+        .and_then(|h| h.chunk.as_ref())
+        .and_then(|c| c.headings.last().cloned())
+        .unwrap_or_default()
+}
+
+fn not_found<T>(r: Result<tonic::Response<T>, tonic::Status>) {
+    match r {
+        Err(e) if e.code() == Code::NotFound => {}
+        Err(e) => panic!("expected NOT_FOUND, got {e:?}"),
+        Ok(_) => panic!("expected NOT_FOUND, got a result"),
+    }
+}
+
+async fn knowledge_on(backend: Backend) {
+    let models = llmesh_tests::models::models_dir();
+    let Some(s) = TestServer::start_with(backend, |c| {
+        c.llm.models_dir = models.display().to_string();
+        // Small chunks, so the handbook makes several.
+        c.chat.knowledge.chunk_tokens = 48;
+        c.chat.knowledge.chunk_overlap_tokens = 8;
+    })
+    .await
+    else {
+        return;
+    };
+    let (owner, tokens) = s.signup("owner@example.com").await;
+    let t = tokens.access_token;
+    price_and_credit(&s.channel, &t, EMBED, &owner.id, 10_000_000).await;
+    let (other, other_tokens) = s.signup("other@example.com").await;
+    let o = other_tokens.access_token;
+    price_and_credit(&s.channel, &t, EMBED, &other.id, 10_000_000).await;
+    let mut k = KnowledgeServiceClient::new(s.channel.clone());
+
+    let garden = k
+        .create_collection(bearer(
+            &t,
+            pb::CreateCollectionRequest {
+                name: "Garden".into(),
+                description: "How we grow things".into(),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .collection
+        .expect("collection");
+    assert!(garden.writable);
+
+    let up = upload(&s.channel, &t, "handbook.md", GUIDE.as_bytes()).await;
+    let (phases, doc) = ingest(&mut k, &t, &garden.id, &up).await.expect("ingest");
+    assert_eq!(doc.format, pb::DocumentFormat::Markdown as i32);
+    assert!(doc.chunks >= 3, "one chunk or more per section: {doc:?}");
+    for phase in [
+        pb::IngestPhase::Parsing,
+        pb::IngestPhase::Chunking,
+        pb::IngestPhase::Embedding,
+        pb::IngestPhase::Indexing,
+    ] {
+        assert!(phases.contains(&(phase as i32)), "{phase:?} in {phases:?}");
+    }
+
+    // Meaning: a paraphrase that shares no key word with its passage.
+    let hits = search(
+        &mut k,
+        &t,
+        &[&garden.id],
+        "how do I get rid of small insects on my plants",
+        pb::SearchMode::Vector,
+    )
+    .await
+    .expect("vector search");
+    assert_eq!(top_heading(&hits), "Pests", "{hits:#?}");
+    assert!(hits[0].similarity > 0.2 && hits[0].vector_rank == 1);
+    // Words: full text finds the exact term, highlighted.
+    let hits = search(
+        &mut k,
+        &t,
+        &[&garden.id],
+        "thermostat",
+        pb::SearchMode::Text,
+    )
+    .await
+    .expect("text search");
+    assert_eq!(top_heading(&hits), "Heating", "{hits:#?}");
+    assert!(
+        hits[0].highlight.contains("«thermostat»"),
+        "{}",
+        hits[0].highlight
+    );
+    // Both, fused.
+    let hits = search(
+        &mut k,
+        &t,
+        &[&garden.id],
+        "when should tomatoes be watered",
+        pb::SearchMode::Hybrid,
+    )
+    .await
+    .expect("hybrid search");
+    assert_eq!(top_heading(&hits), "Watering", "{hits:#?}");
+    assert!(hits[0].vector_rank > 0 && hits[0].text_rank > 0);
+    let chunk = hits[0].chunk.clone().expect("chunk");
+    let around = k
+        .get_chunk(bearer(
+            &t,
+            pb::GetChunkRequest {
+                id: chunk.id.clone(),
+                context: 1,
+            },
+        ))
+        .await
+        .expect("get chunk")
+        .into_inner();
+    assert!(around.around.iter().any(|c| c.id == chunk.id));
+
+    // A changed document of the same name replaces the old one whole.
+    let changed = GUIDE.replace("thermostat", "timer switch");
+    let up = upload(&s.channel, &t, "handbook.md", changed.as_bytes()).await;
+    let (_, replaced) = ingest(&mut k, &t, &garden.id, &up)
+        .await
+        .expect("re-ingest");
+    let docs = k
+        .list_documents(bearer(
+            &t,
+            pb::ListDocumentsRequest {
+                collection_id: garden.id.clone(),
+            },
+        ))
+        .await
+        .expect("list documents")
+        .into_inner()
+        .documents;
+    assert_eq!(docs.len(), 1);
+    assert_eq!(docs[0].id, replaced.id);
+    let gone = search(
+        &mut k,
+        &t,
+        &[&garden.id],
+        "thermostat",
+        pb::SearchMode::Text,
+    )
+    .await
+    .expect("search");
+    assert!(
+        gone.is_empty(),
+        "the old chunks went with the old document: {gone:#?}"
+    );
+
+    // A file that cannot be read fails alone and leaves nothing.
+    let up = upload(
+        &s.channel,
+        &t,
+        "photo.txt",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00binary",
+    )
+    .await;
+    let err = ingest(&mut k, &t, &garden.id, &up)
+        .await
+        .expect_err("binary");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("photo.txt"), "{}", err.message());
+    let up = upload(&s.channel, &t, "report.pdf", b"%PDF-1.7\n...").await;
+    let err = ingest(&mut k, &t, &garden.id, &up).await.expect_err("pdf");
+    assert!(
+        err.message().contains("cannot be read yet"),
+        "{}",
+        err.message()
+    );
+
+    // Another user sees nothing of it: every id is NOT_FOUND.
+    let own = k
+        .create_collection(bearer(
+            &o,
+            pb::CreateCollectionRequest {
+                name: "Mine".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect("other's collection")
+        .into_inner()
+        .collection
+        .expect("collection");
+    let listed = k
+        .list_collections(bearer(&o, pb::ListCollectionsRequest {}))
+        .await
+        .expect("list")
+        .into_inner()
+        .collections;
+    assert_eq!(listed.len(), 1);
+    let err = search(
+        &mut k,
+        &o,
+        &[&garden.id],
+        "tomatoes",
+        pb::SearchMode::Hybrid,
+    )
+    .await
+    .expect_err("not theirs");
+    assert_eq!(err.code(), Code::NotFound);
+    not_found(
+        k.list_documents(bearer(
+            &o,
+            pb::ListDocumentsRequest {
+                collection_id: garden.id.clone(),
+            },
+        ))
+        .await,
+    );
+    not_found(
+        k.get_chunk(bearer(
+            &o,
+            pb::GetChunkRequest {
+                id: chunk.id.clone(),
+                context: 0,
+            },
+        ))
+        .await,
+    );
+    not_found(
+        k.delete_document(bearer(
+            &o,
+            pb::DeleteDocumentRequest {
+                id: replaced.id.clone(),
+            },
+        ))
+        .await,
+    );
+    not_found(
+        k.update_collection(bearer(
+            &o,
+            pb::UpdateCollectionRequest {
+                id: garden.id.clone(),
+                name: Some("taken".into()),
+                ..Default::default()
+            },
+        ))
+        .await,
+    );
+    not_found(
+        k.delete_collection(bearer(
+            &o,
+            pb::DeleteCollectionRequest {
+                id: garden.id.clone(),
+            },
+        ))
+        .await,
+    );
+    let theirs = upload(&s.channel, &o, "x.md", b"# x\n\nhello").await;
+    let err = ingest(&mut k, &o, &garden.id, &theirs)
+        .await
+        .expect_err("not theirs");
+    assert_eq!(err.code(), Code::NotFound);
+    // Nor may the owner ingest someone else's upload.
+    let err = ingest(&mut k, &t, &garden.id, &theirs)
+        .await
+        .expect_err("not their upload");
+    assert_eq!(err.code(), Code::NotFound);
+    // Only admins open a collection to everyone (the owner here is the first user: admin).
+    let err = k
+        .update_collection(bearer(
+            &o,
+            pb::UpdateCollectionRequest {
+                id: own.id.clone(),
+                everyone: Some(true),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("members cannot open to everyone");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Shared read-only: the reader searches it, cannot change it, and sees none of the
+    // owner's other collections.
+    k.create_collection(bearer(
+        &t,
+        pb::CreateCollectionRequest {
+            name: "Private".into(),
+            description: String::new(),
+        },
+    ))
+    .await
+    .expect("private");
+    let shared = k
+        .update_collection(bearer(
+            &t,
+            pb::UpdateCollectionRequest {
+                id: garden.id.clone(),
+                shared_with: Some(pb::UserList {
+                    user_ids: vec![other.id.clone()],
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("share")
+        .into_inner()
+        .collection
+        .expect("collection");
+    assert_eq!(shared.shared_with, vec![other.id.clone()]);
+    let listed = k
+        .list_collections(bearer(&o, pb::ListCollectionsRequest {}))
+        .await
+        .expect("list")
+        .into_inner()
+        .collections;
+    let names: Vec<&str> = listed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(listed.len(), 2, "{names:?}");
+    let seen = listed.iter().find(|c| c.id == garden.id).expect("shared");
+    assert!(!seen.writable && seen.shared_with.is_empty(), "{seen:?}");
+    let hits = search(
+        &mut k,
+        &o,
+        &[&garden.id, &own.id],
+        "aphids",
+        pb::SearchMode::Hybrid,
+    )
+    .await
+    .expect("the reader searches");
+    assert_eq!(top_heading(&hits), "Pests");
+    let err = k
+        .delete_document(bearer(
+            &o,
+            pb::DeleteDocumentRequest {
+                id: replaced.id.clone(),
+            },
+        ))
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = ingest(&mut k, &o, &garden.id, &theirs)
+        .await
+        .expect_err("read-only");
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    // Validation names the field.
+    let err = k
+        .create_collection(bearer(
+            &t,
+            pb::CreateCollectionRequest {
+                name: "x".repeat(201),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect_err("long name");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("name"), "{}", err.message());
+    let err = search(&mut k, &t, &[], "x", pb::SearchMode::Hybrid)
+        .await
+        .expect_err("no collections");
+    assert!(
+        err.message().contains("collection_ids"),
+        "{}",
+        err.message()
+    );
+
+    // Deleting takes the chunks with it.
+    k.delete_document(bearer(
+        &t,
+        pb::DeleteDocumentRequest {
+            id: replaced.id.clone(),
+        },
+    ))
+    .await
+    .expect("delete document");
+    let hits = search(&mut k, &t, &[&garden.id], "aphids", pb::SearchMode::Hybrid)
+        .await
+        .expect("search");
+    assert!(hits.is_empty());
+    k.delete_collection(bearer(
+        &t,
+        pb::DeleteCollectionRequest {
+            id: garden.id.clone(),
+        },
+    ))
+    .await
+    .expect("delete collection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowledge_bases_on_sqlite() {
+    knowledge_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knowledge_bases_on_postgres() {
+    knowledge_on(Backend::Postgres).await;
+}
