@@ -1,6 +1,8 @@
 //! Knowledge bases: collections, who they are shared with, documents, and their chunks
-//! with each chunk's embedding (float32 and an int8 copy with its scale) and a full-text
-//! index (SQLite FTS5, or a Postgres tsvector with a GIN index).
+//! with each chunk's embedding (float32 and an int8 copy with its scale), and their
+//! full-text index `kb_chunks_fts` (SQLite FTS5, or a Postgres table with a generated
+//! tsvector and a GIN index): the same table and columns on both, so backups move
+//! between them.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DatabaseBackend;
@@ -71,13 +73,8 @@ impl MigrationTrait for Migration {
                 tokens BIGINT NOT NULL,
                 embedding {bytes} NOT NULL,
                 quantised {bytes} NOT NULL,
-                scale {real} NOT NULL{}
-            )",
-            if postgres {
-                ",\n                tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED"
-            } else {
-                ""
-            }
+                scale {real} NOT NULL
+            )"
         ))
         .await?;
         db.execute_unprepared(
@@ -87,8 +84,23 @@ impl MigrationTrait for Migration {
         db.execute_unprepared("CREATE INDEX idx_kb_chunks_collection ON kb_chunks (collection_id)")
             .await?;
         if postgres {
-            db.execute_unprepared("CREATE INDEX idx_kb_chunks_tsv ON kb_chunks USING GIN (tsv)")
-                .await?;
+            db.execute_unprepared(
+                "CREATE TABLE kb_chunks_fts (
+                    chunk_id TEXT PRIMARY KEY,
+                    collection_id TEXT NOT NULL,
+                    body TEXT NOT NULL,
+                    tsv TSVECTOR GENERATED ALWAYS AS (to_tsvector('simple', body)) STORED
+                )",
+            )
+            .await?;
+            db.execute_unprepared(
+                "CREATE INDEX idx_kb_chunks_fts_tsv ON kb_chunks_fts USING GIN (tsv)",
+            )
+            .await?;
+            db.execute_unprepared(
+                "CREATE INDEX idx_kb_chunks_fts_collection ON kb_chunks_fts (collection_id)",
+            )
+            .await?;
         } else {
             db.execute_unprepared(
                 "CREATE VIRTUAL TABLE kb_chunks_fts USING fts5(
@@ -103,10 +115,13 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            db.execute_unprepared("DROP TABLE kb_chunks_fts").await?;
-        }
-        for table in ["kb_chunks", "kb_documents", "kb_shares", "kb_collections"] {
+        for table in [
+            "kb_chunks_fts",
+            "kb_chunks",
+            "kb_documents",
+            "kb_shares",
+            "kb_collections",
+        ] {
             db.execute_unprepared(&format!("DROP TABLE {table}"))
                 .await?;
         }

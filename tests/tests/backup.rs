@@ -781,7 +781,10 @@ async fn every_table_is_carried(backend: Backend) {
         .filter(|t| {
             !["_config", "_content", "_data", "_docsize", "_idx"]
                 .iter()
-                .any(|s| t.starts_with("chat_search") && t.ends_with(s))
+                .any(|s| {
+                    (t.starts_with("chat_search") || t.starts_with("kb_chunks_fts"))
+                        && t.ends_with(s)
+                })
         })
         .collect();
     expected.sort();

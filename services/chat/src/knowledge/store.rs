@@ -1,7 +1,8 @@
 //! Where knowledge lives: collections, shares and documents in plain SQL, and the chunk
 //! index behind one trait. [`SqlIndex`] keeps vectors with their chunks and searches them
 //! exactly (an int8 scan over the readable collections) beside the database's own
-//! full-text index (SQLite FTS5, Postgres tsvector); it runs on both backends.
+//! full-text index in `kb_chunks_fts` (SQLite FTS5, a Postgres tsvector); it runs on both
+//! backends.
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::db::{all, exec, from_micros, micros, one};
@@ -361,14 +362,12 @@ impl SqlIndex {
         db: &C,
         document: &str,
     ) -> Result<(), DbErr> {
-        if !self.postgres() {
-            exec(
-                db,
-                "DELETE FROM kb_chunks_fts WHERE chunk_id IN (SELECT id FROM kb_chunks WHERE document_id = ?)",
-                vec![document.into()],
-            )
-            .await?;
-        }
+        exec(
+            db,
+            "DELETE FROM kb_chunks_fts WHERE chunk_id IN (SELECT id FROM kb_chunks WHERE document_id = ?)",
+            vec![document.into()],
+        )
+        .await?;
         exec(
             db,
             "DELETE FROM kb_chunks WHERE document_id = ?",
@@ -444,14 +443,12 @@ impl ChunkIndex for SqlIndex {
                 values,
             )
             .await?;
-            if !self.postgres() {
-                exec(
-                    &txn,
-                    "INSERT INTO kb_chunks_fts (chunk_id, collection_id, body) VALUES (?, ?, ?)",
-                    vec![id.into(), doc.collection_id.clone().into(), c.text.into()],
-                )
-                .await?;
-            }
+            exec(
+                &txn,
+                "INSERT INTO kb_chunks_fts (chunk_id, collection_id, body) VALUES (?, ?, ?)",
+                vec![id.into(), doc.collection_id.clone().into(), c.text.into()],
+            )
+            .await?;
         }
         txn.commit().await
     }
@@ -470,15 +467,7 @@ impl ChunkIndex for SqlIndex {
 
     async fn delete_collection(&self, id: &str) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
-        if !self.postgres() {
-            exec(
-                &txn,
-                "DELETE FROM kb_chunks_fts WHERE collection_id = ?",
-                vec![id.into()],
-            )
-            .await?;
-        }
-        for table in ["kb_chunks", "kb_documents", "kb_shares"] {
+        for table in ["kb_chunks_fts", "kb_chunks", "kb_documents", "kb_shares"] {
             exec(
                 &txn,
                 &format!("DELETE FROM {table} WHERE collection_id = ?"),
@@ -553,9 +542,9 @@ impl ChunkIndex for SqlIndex {
             all(
                 &self.db,
                 &format!(
-                    "SELECT id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
-                     FROM kb_chunks, to_tsquery('simple', ?) q \
-                     WHERE tsv @@ q AND collection_id IN ({}) ORDER BY rank DESC, id LIMIT {k}",
+                    "SELECT chunk_id AS id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
+                     FROM kb_chunks_fts, to_tsquery('simple', ?) q \
+                     WHERE tsv @@ q AND collection_id IN ({}) ORDER BY rank DESC, chunk_id LIMIT {k}",
                     placeholders(collections.len())
                 ),
                 values,
