@@ -14,6 +14,7 @@ mod m20261129_000008_billing_fuel;
 mod m20261129_000009_chat_code_runs;
 mod m20261207_000010_llm_providers;
 mod m20261207_000011_knowledge;
+mod m20261207_000012_chat_knowledge;
 
 /// Runs the llmesh migrations in order.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000009_chat_code_runs::Migration),
             Box::new(m20261207_000010_llm_providers::Migration),
             Box::new(m20261207_000011_knowledge::Migration),
+            Box::new(m20261207_000012_chat_knowledge::Migration),
         ]
     }
 }

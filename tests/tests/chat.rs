@@ -102,6 +102,7 @@ async fn read_reply<T>(
             pb::reply_event::Event::UserMessage(m) => user = Some(m),
             pb::reply_event::Event::Delta(d) => text.push_str(&d),
             pb::reply_event::Event::AssistantMessage(m) => return (user, text, m),
+            pb::reply_event::Event::Citations(c) => panic!("no knowledge here, yet {c:?}"),
         }
     }
     panic!("the reply ended without the stored assistant message");

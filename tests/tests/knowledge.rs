@@ -6,6 +6,7 @@
 
 use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
 use llmesh_tests::{Backend, TestServer, bearer, price_and_credit};
 use sha2::{Digest, Sha256};
@@ -239,6 +240,108 @@ async fn knowledge_on(backend: Backend) {
         .expect("get chunk")
         .into_inner();
     assert!(around.around.iter().any(|c| c.id == chunk.id));
+
+    // Chat with knowledge: a conversation drawing on the collection gets the best chunks
+    // as numbered sources, streams them before the reply, and keeps them with it.
+    let mut chat = ChatServiceClient::new(s.channel.clone());
+    let conversation = chat
+        .create_conversation(bearer(
+            &t,
+            pb::CreateConversationRequest {
+                collection_ids: vec![garden.id.clone()],
+                sampling: Some(llmesh_proto::llm::v1::SamplingParams {
+                    max_tokens: Some(12),
+                    temperature: Some(0.0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a conversation with knowledge")
+        .into_inner()
+        .conversation
+        .expect("conversation");
+    assert_eq!(conversation.collection_ids, vec![garden.id.clone()]);
+    let mut stream = chat
+        .send_message(bearer(
+            &t,
+            pb::SendMessageRequest {
+                conversation_id: conversation.id.clone(),
+                content: "How do I get rid of the little insects under the leaves?".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("send")
+        .into_inner();
+    let mut streamed = Vec::new();
+    let mut saw_delta_first = false;
+    let mut reply = None;
+    while let Some(msg) = stream.message().await.expect("stream") {
+        match msg.event.and_then(|e| e.event) {
+            Some(pb::reply_event::Event::Citations(list)) => streamed = list.citations,
+            Some(pb::reply_event::Event::Delta(_)) if streamed.is_empty() => saw_delta_first = true,
+            Some(pb::reply_event::Event::AssistantMessage(m)) => reply = Some(m),
+            _ => {}
+        }
+    }
+    assert!(!saw_delta_first, "the sources come before the reply's text");
+    let reply = reply.expect("the stored reply");
+    assert!(!streamed.is_empty(), "sources were found");
+    assert_eq!(streamed[0].index, 1);
+    assert_eq!(
+        streamed[0].headings.last().map(String::as_str),
+        Some("Pests"),
+        "{streamed:#?}"
+    );
+    assert_eq!(streamed[0].document_name, "handbook.md");
+    assert_eq!(reply.citations, streamed, "stored with the reply");
+    let stored = chat
+        .get_conversation(bearer(
+            &t,
+            pb::GetConversationRequest {
+                id: conversation.id.clone(),
+            },
+        ))
+        .await
+        .expect("get conversation")
+        .into_inner();
+    let last = stored.messages.last().expect("messages");
+    assert_eq!(last.citations, streamed, "kept across reads");
+    // Someone else's collection cannot be attached.
+    let other_private = k
+        .create_collection(bearer(
+            &o,
+            pb::CreateCollectionRequest {
+                name: "Secret".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .collection
+        .expect("collection");
+    let err = chat
+        .create_conversation(bearer(
+            &t,
+            pb::CreateConversationRequest {
+                collection_ids: vec![other_private.id.clone()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("not theirs");
+    assert_eq!(err.code(), Code::NotFound);
+    k.delete_collection(bearer(
+        &o,
+        pb::DeleteCollectionRequest {
+            id: other_private.id,
+        },
+    ))
+    .await
+    .expect("delete");
 
     // A changed document of the same name replaces the old one whole.
     let changed = GUIDE.replace("thermostat", "timer switch");

@@ -23,6 +23,7 @@ pub struct Reply {
     user: Option<pb::Message>,
     assistant: Option<pb::Message>,
     text: String,
+    citations: Vec<pb::Citation>,
 }
 
 impl std::fmt::Debug for Reply {
@@ -58,6 +59,7 @@ impl Reply {
             client: client.clone(),
             conversation_id,
             user: None,
+            citations: Vec::new(),
             assistant: None,
             text: String::new(),
         }
@@ -107,6 +109,11 @@ impl Reply {
         &self.text
     }
 
+    /// The knowledge sources the reply was given (empty without knowledge collections).
+    pub fn citations(&self) -> &[pb::Citation] {
+        &self.citations
+    }
+
     /// The conversation the reply belongs to.
     pub fn conversation_id(&self) -> &str {
         &self.conversation_id
@@ -134,6 +141,7 @@ impl Stream for Reply {
                     return Poll::Ready(Some(Ok(text)));
                 }
                 Some(Event::UserMessage(m)) => self.user = Some(m),
+                Some(Event::Citations(list)) => self.citations = list.citations,
                 Some(Event::AssistantMessage(m)) => {
                     // The stored text is the whole reply, whatever the deltas said.
                     self.text = m.content.clone();

@@ -302,21 +302,8 @@ impl ChatService {
 
     // ---- uploads ----
 
-    /// The bytes received so far, in order: uploads live in the database, so every copy
-    /// of chat sees every chunk whichever copy took it.
     async fn upload_bytes(&self, id: &str) -> Result<Vec<u8>> {
-        let rows = all(
-            &self.store.db,
-            "SELECT data FROM upload_chunks WHERE upload_id = ? ORDER BY offset_bytes",
-            vec![id.into()],
-        )
-        .await?;
-        let mut bytes = Vec::new();
-        for row in rows {
-            let data: Vec<u8> = row.try_get("", "data")?;
-            bytes.extend_from_slice(&data);
-        }
-        Ok(bytes)
+        upload_bytes(&self.store, id).await
     }
 
     pub async fn begin_upload(
@@ -349,37 +336,7 @@ impl ChatService {
     }
 
     async fn upload(&self, p: &Principal, id: &str) -> Result<Upload> {
-        let row = one(
-            &self.store.db,
-            "SELECT * FROM uploads WHERE id = ? AND user_id = ?",
-            vec![id.into(), p.user_id.clone().into()],
-        )
-        .await?
-        .ok_or(ChatError::NotFound("upload"))?;
-        Ok(Upload {
-            id: row.try_get("", "id")?,
-            file_name: row.try_get("", "file_name")?,
-            size: row.try_get::<i64>("", "size_bytes")? as u64,
-            sha256: row.try_get("", "sha256")?,
-            received: row.try_get::<i64>("", "received_bytes")? as u64,
-            finished: row.try_get("", "finished")?,
-        })
-    }
-
-    /// A finished upload of `p`'s: its description and its bytes.
-    pub(crate) async fn finished_upload(
-        &self,
-        p: &Principal,
-        id: &str,
-    ) -> Result<(Upload, Vec<u8>)> {
-        let u = self.upload(p, id).await?;
-        if !u.finished {
-            return Err(ChatError::Precondition(
-                "finish the upload (FinishUpload) before using it".into(),
-            ));
-        }
-        let bytes = self.upload_bytes(id).await?;
-        Ok((u, bytes))
+        upload(&self.store, &p.user_id, id).await
     }
 
     pub async fn append_chunk(
@@ -673,6 +630,58 @@ fn snippet(body: &str, terms: &[String]) -> (String, Vec<(u32, u32)>) {
     }
     highlights.sort_unstable();
     (text.to_owned(), highlights)
+}
+
+/// The bytes of an upload received so far, in order: uploads live in the database, so
+/// every copy of chat sees every chunk whichever copy took it.
+async fn upload_bytes(store: &ChatStore, id: &str) -> Result<Vec<u8>> {
+    let rows = all(
+        &store.db,
+        "SELECT data FROM upload_chunks WHERE upload_id = ? ORDER BY offset_bytes",
+        vec![id.into()],
+    )
+    .await?;
+    let mut bytes = Vec::new();
+    for row in rows {
+        let data: Vec<u8> = row.try_get("", "data")?;
+        bytes.extend_from_slice(&data);
+    }
+    Ok(bytes)
+}
+
+/// An upload of `user`'s, or NOT_FOUND.
+async fn upload(store: &ChatStore, user: &str, id: &str) -> Result<Upload> {
+    let row = one(
+        &store.db,
+        "SELECT * FROM uploads WHERE id = ? AND user_id = ?",
+        vec![id.into(), user.into()],
+    )
+    .await?
+    .ok_or(ChatError::NotFound("upload"))?;
+    Ok(Upload {
+        id: row.try_get("", "id")?,
+        file_name: row.try_get("", "file_name")?,
+        size: row.try_get::<i64>("", "size_bytes")? as u64,
+        sha256: row.try_get("", "sha256")?,
+        received: row.try_get::<i64>("", "received_bytes")? as u64,
+        finished: row.try_get("", "finished")?,
+    })
+}
+
+/// A finished upload of `user`'s: its description and its bytes.
+pub(crate) async fn finished_upload(
+    store: &ChatStore,
+    user: &str,
+    id: &str,
+) -> Result<(Upload, Vec<u8>)> {
+    let u = upload(store, user, id).await?;
+    if !u.finished {
+        return Err(ChatError::Precondition(
+            "finish the upload (FinishUpload) before using it".into(),
+        ));
+    }
+    let bytes = upload_bytes(store, id).await?;
+    Ok((u, bytes))
 }
 
 #[cfg(test)]

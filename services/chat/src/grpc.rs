@@ -121,6 +121,7 @@ impl GrpcChatAdapter {
                 .iter()
                 .map(|r| code_run_pb(r, &self.currency))
                 .collect(),
+            citations: v.citations.iter().map(citation_pb).collect(),
         }
     }
 
@@ -141,6 +142,11 @@ impl GrpcChatAdapter {
                         pb::reply_event::Event::UserMessage(adapter.message_pb(&v))
                     }
                     ReplyEvent::Delta(d) => pb::reply_event::Event::Delta(d),
+                    ReplyEvent::Citations(list) => {
+                        pb::reply_event::Event::Citations(pb::CitationList {
+                            citations: list.iter().map(citation_pb).collect(),
+                        })
+                    }
                     ReplyEvent::AssistantMessage(v) => {
                         pb::reply_event::Event::AssistantMessage(adapter.message_pb(&v))
                     }
@@ -211,6 +217,20 @@ fn folder_pb(f: &Folder) -> pb::Folder {
     }
 }
 
+fn citation_pb(c: &crate::store::Citation) -> pb::Citation {
+    pb::Citation {
+        index: c.index,
+        chunk_id: c.chunk_id.clone(),
+        document_id: c.document_id.clone(),
+        document_name: c.document_name.clone(),
+        collection_id: c.collection_id.clone(),
+        page: c.page,
+        headings: c.headings.clone(),
+        score: c.score,
+        quote: c.quote.clone(),
+    }
+}
+
 fn conversation_pb(c: &Conversation) -> pb::Conversation {
     pb::Conversation {
         id: c.id.clone(),
@@ -226,6 +246,7 @@ fn conversation_pb(c: &Conversation) -> pb::Conversation {
         active_leaf_id: c.active_leaf_id.clone().unwrap_or_default(),
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
+        collection_ids: c.collection_ids.clone(),
     }
 }
 
@@ -240,6 +261,7 @@ fn assistant_pb(a: &Assistant) -> pb::Assistant {
         sampling: Some(sampling_pb(&a.sampling)),
         global: a.global,
         owner_id: a.owner_id.clone(),
+        collection_ids: a.collection_ids.clone(),
     }
 }
 
@@ -254,6 +276,7 @@ fn assistant_from_pb(a: pb::Assistant) -> Assistant {
         system_prompt: a.system_prompt,
         model: a.model,
         sampling: sampling_from_pb(a.sampling),
+        collection_ids: a.collection_ids,
     }
 }
 
@@ -374,6 +397,7 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
                     folder_id: opt_id("folder_id", &r.folder_id)?,
                     system_prompt: r.system_prompt,
                     sampling: sampling_from_pb(r.sampling),
+                    collection_ids: r.collection_ids,
                 },
             )
             .await?;
@@ -450,6 +474,7 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
                     model: r.model,
                     sampling: r.sampling.map(|s| sampling_from_pb(Some(s))),
                     system_prompt: r.system_prompt,
+                    collection_ids: r.collection_ids.map(|c| c.ids),
                 },
             )
             .await?;

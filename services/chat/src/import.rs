@@ -297,6 +297,7 @@ pub(crate) async fn import_one(
         system_prompt: c.system_prompt,
         assistant_id: None,
         folder_id: None,
+        collection_ids: Vec::new(),
         tags: c.tags,
         pinned: c.pinned,
         archived: c.archived,

@@ -40,14 +40,19 @@ pub fn mount(
 ) -> Arc<ChatService> {
     set.readiness
         .require(SERVICE_NAME, &llm, "llmesh.llm.v1.LlmService");
+    let llm_client: Arc<dyn llm_client::LlmClient> =
+        Arc::new(llm_client::LlmPeer::new(llm, process.service_token.clone()));
+    let chat_store = store::ChatStore::new(process.db.clone());
+    let knowledge = Arc::new(knowledge::Knowledge::new(
+        chat_store.clone(),
+        llm_client.clone(),
+        process.clock.clone(),
+        config.knowledge.clone(),
+    ));
     let service = Arc::new(
-        ChatService::new(
-            store::ChatStore::new(process.db.clone()),
-            Arc::new(llm_client::LlmPeer::new(llm, process.service_token.clone())),
-            config,
-            process.clock.clone(),
-        )
-        .with_signals(process.signals.clone()),
+        ChatService::new(chat_store, llm_client, config, process.clock.clone())
+            .with_signals(process.signals.clone())
+            .with_knowledge(knowledge.clone()),
     );
     let max = set.max_message_bytes();
     set.add(
@@ -65,10 +70,6 @@ pub fn mount(
             .max_decoding_message_size(max)
             .max_encoding_message_size(max),
     );
-    let knowledge = Arc::new(knowledge::Knowledge::new(
-        service.clone(),
-        service.config.knowledge.clone(),
-    ));
     set.add(
         KNOWLEDGE_ACCESS,
         KnowledgeServiceServer::from_arc(Arc::new(knowledge::grpc::GrpcKnowledgeAdapter::new(

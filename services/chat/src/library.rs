@@ -20,6 +20,9 @@ impl ChatService {
                 "only admins can create global assistants".into(),
             ));
         }
+        a.collection_ids = self
+            .attached(p, "assistant.collection_ids", &a.collection_ids)
+            .await?;
         a.id = new_id();
         a.owner_id = p.user_id.clone();
         self.store.insert_assistant(&a, self.clock.now()).await?;
@@ -55,9 +58,29 @@ impl ChatService {
     pub async fn update_assistant(&self, p: &Principal, a: Assistant) -> Result<Assistant> {
         let current = self.writable_assistant(p, &a.id).await?;
         validate_assistant(&a, self.config.max_system_prompt_chars)?;
+        // Collections already attached stay even if the editor cannot read them (an admin
+        // keeps a global assistant's); new ones must be readable.
+        let mut kept = Vec::new();
+        let mut added = Vec::new();
+        for id in &a.collection_ids {
+            if current.collection_ids.contains(id) {
+                kept.push(id.clone());
+            } else {
+                added.push(id.clone());
+            }
+        }
+        kept.extend(self.attached(p, "assistant.collection_ids", &added).await?);
+        if kept.len() > crate::knowledge::MAX_ATTACHED {
+            return Err(ChatError::Invalid(format!(
+                "assistant.collection_ids holds {} collections; the limit is {}",
+                kept.len(),
+                crate::knowledge::MAX_ATTACHED
+            )));
+        }
         let updated = Assistant {
             owner_id: current.owner_id,
             global: current.global,
+            collection_ids: kept,
             ..a
         };
         self.store

@@ -12,9 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ChatConfig;
 use crate::error::{ChatError, Result};
+use crate::knowledge::Knowledge;
 use crate::llm_client::{Finish, LlmClient, ReplyDone, ReplyPiece, Turn};
 use crate::store::{
-    ChatStore, CodeRun, Conversation, ConversationFilter, Folder, Message, Sampling,
+    ChatStore, Citation, CodeRun, Conversation, ConversationFilter, Folder, Message, Sampling,
 };
 
 /// The title a conversation has until one is written or generated.
@@ -31,12 +32,16 @@ pub struct MessageView {
     pub sibling_ids: Vec<String>,
     /// Results of running its code blocks, in block order.
     pub code_runs: Vec<CodeRun>,
+    /// The knowledge sources it was given.
+    pub citations: Vec<Citation>,
 }
 
 /// What a reply streams.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyEvent {
     UserMessage(MessageView),
+    /// The sources found for the reply, before its first delta.
+    Citations(Vec<Citation>),
     Delta(String),
     AssistantMessage(MessageView),
 }
@@ -52,6 +57,7 @@ pub struct ConversationPatch {
     pub model: Option<String>,
     pub sampling: Option<Sampling>,
     pub system_prompt: Option<String>,
+    pub collection_ids: Option<Vec<String>>,
 }
 
 /// A new conversation.
@@ -63,6 +69,7 @@ pub struct NewConversation {
     pub folder_id: Option<String>,
     pub system_prompt: String,
     pub sampling: Sampling,
+    pub collection_ids: Vec<String>,
 }
 
 pub struct ChatService {
@@ -72,13 +79,8 @@ pub struct ChatService {
     pub(crate) clock: Arc<dyn Clock>,
     /// How StopReply reaches the copy of chat that streams the reply.
     signals: Arc<Signals>,
-}
-
-impl ChatService {
-    /// How chat reaches llm.
-    pub(crate) fn llm(&self) -> &Arc<dyn LlmClient> {
-        &self.llm
-    }
+    /// Knowledge collections replies draw on, when this process serves them.
+    knowledge: Option<Arc<Knowledge>>,
 }
 
 pub(crate) fn new_id() -> String {
@@ -184,6 +186,31 @@ impl ChatService {
             config,
             clock,
             signals: Signals::local(),
+            knowledge: None,
+        }
+    }
+
+    /// Lets conversations and assistants draw on knowledge collections.
+    pub fn with_knowledge(mut self, knowledge: Arc<Knowledge>) -> Self {
+        self.knowledge = Some(knowledge);
+        self
+    }
+
+    /// Checks collections to attach (readable by `p`, at most 20).
+    pub(crate) async fn attached(
+        &self,
+        p: &Principal,
+        field: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.knowledge {
+            Some(k) => k.check_attached(p, field, ids).await,
+            None => Err(ChatError::Precondition(
+                "knowledge collections are not served by this chat process".into(),
+            )),
         }
     }
 
@@ -311,6 +338,9 @@ impl ChatService {
         if let Some(folder) = &new.folder_id {
             self.folder(p, folder).await?;
         }
+        let collection_ids = self
+            .attached(p, "collection_ids", &new.collection_ids)
+            .await?;
         if model.is_empty() {
             model = self.config.default_model.clone();
         }
@@ -334,6 +364,7 @@ impl ChatService {
             archived: false,
             active_leaf_id: None,
             titled,
+            collection_ids,
             created_at: now,
             updated_at: now,
         };
@@ -405,6 +436,9 @@ impl ChatService {
             )?;
             c.system_prompt = sp;
         }
+        if let Some(ids) = patch.collection_ids {
+            c.collection_ids = self.attached(p, "collection_ids", &ids).await?;
+        }
         c.updated_at = self.clock.now();
         ChatStore::update_conversation(&self.store.db, &c).await?;
         if retitled {
@@ -429,11 +463,13 @@ impl ChatService {
         let c = self.conversation(p, id).await?;
         let messages = self.store.messages(&c.id).await?;
         let mut runs = self.store.code_runs(&c.id).await?;
+        let mut cited = self.store.citations(&c.id).await?;
         let path = path_to(&messages, c.active_leaf_id.as_deref());
         let views = path
             .into_iter()
             .map(|m| MessageView {
                 code_runs: runs.remove(&m.id).unwrap_or_default(),
+                citations: cited.remove(&m.id).unwrap_or_default(),
                 ..view(&messages, m)
             })
             .collect();
@@ -458,8 +494,10 @@ impl ChatService {
         ChatStore::upsert_code_run(&self.store.db, &m, &run).await?;
         let messages = self.store.messages(&m.conversation_id).await?;
         let mut runs = self.store.code_runs(&m.conversation_id).await?;
+        let mut cited = self.store.citations(&m.conversation_id).await?;
         Ok(MessageView {
             code_runs: runs.remove(&m.id).unwrap_or_default(),
+            citations: cited.remove(&m.id).unwrap_or_default(),
             ..view(&messages, &m)
         })
     }
@@ -634,6 +672,9 @@ impl ChatService {
             .unwrap_or_else(|| c.model.clone());
         let sampling = sampling.unwrap_or_else(|| c.sampling.clone());
         let system = self.system_prompt(p, &c).await?;
+        let citations = self.sources(p, &c, &path).await?;
+        let system = with_sources(system, &citations);
+        let citations: Vec<Citation> = citations.into_iter().map(|(c, _)| c).collect();
         let turns = self
             .fit_context(p, &model, system, &path, &sampling)
             .await?;
@@ -669,6 +710,9 @@ impl ChatService {
             let _ = tx
                 .send(Ok(ReplyEvent::UserMessage(view(&messages, u))))
                 .await;
+        }
+        if !citations.is_empty() {
+            let _ = tx.send(Ok(ReplyEvent::Citations(citations.clone()))).await;
         }
         let this = self.clone();
         let principal = p.clone();
@@ -719,7 +763,9 @@ impl ChatService {
                 error: Some("the model stopped without a final message".into()),
             });
             match this
-                .store_reply(&principal, &c.id, &prompt_id, &model, text, &done)
+                .store_reply(
+                    &principal, &c.id, &prompt_id, &model, text, &done, &citations,
+                )
                 .await
             {
                 Ok(view) => {
@@ -738,6 +784,7 @@ impl ChatService {
         Ok(rx)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn store_reply(
         &self,
         p: &Principal,
@@ -746,6 +793,7 @@ impl ChatService {
         model: &str,
         text: String,
         done: &ReplyDone,
+        citations: &[Citation],
     ) -> Result<MessageView> {
         let state = match done.finish {
             Finish::Cancelled => "stopped",
@@ -766,11 +814,58 @@ impl ChatService {
             cost_micros: done.cost_micros,
             created_at: self.clock.now(),
         };
-        ChatStore::insert_message(&self.store.db, &m).await?;
+        {
+            use sea_orm::TransactionTrait;
+            let txn = self.store.db.begin().await?;
+            ChatStore::insert_message(&txn, &m).await?;
+            ChatStore::insert_citations(&txn, &m, citations).await?;
+            txn.commit().await?;
+        }
         let c = self.conversation(p, conversation_id).await?;
         ChatStore::set_active_leaf(&self.store.db, &c, &m.id, self.clock.now()).await?;
         let messages = self.store.messages(conversation_id).await?;
-        Ok(view(&messages, &m))
+        Ok(MessageView {
+            citations: citations.to_vec(),
+            ..view(&messages, &m)
+        })
+    }
+
+    /// The knowledge sources for a reply: the conversation's and its assistant's
+    /// collections searched with the prompt being answered. None without collections; a
+    /// search that fails leaves the reply without sources (logged), it does not stop it.
+    async fn sources(
+        &self,
+        p: &Principal,
+        c: &Conversation,
+        path: &[Message],
+    ) -> Result<Vec<(Citation, String)>> {
+        let Some(knowledge) = &self.knowledge else {
+            return Ok(Vec::new());
+        };
+        let mut collections = c.collection_ids.clone();
+        if let Some(id) = &c.assistant_id
+            && let Some(a) = self.store.assistant(&p.user_id, id).await?
+        {
+            for id in a.collection_ids {
+                if !collections.contains(&id) {
+                    collections.push(id);
+                }
+            }
+        }
+        let Some(prompt) = path.last().filter(|m| m.role == "user") else {
+            return Ok(Vec::new());
+        };
+        if collections.is_empty() {
+            return Ok(Vec::new());
+        }
+        match knowledge.retrieve(p, &collections, &prompt.content).await {
+            Ok(found) => Ok(found),
+            Err(e @ (ChatError::Exhausted(..) | ChatError::Precondition(_))) => Err(e),
+            Err(e) => {
+                tracing::warn!(conversation = %c.id, error = %e, "knowledge search failed; replying without sources");
+                Ok(Vec::new())
+            }
+        }
     }
 
     async fn system_prompt(&self, p: &Principal, c: &Conversation) -> Result<String> {
@@ -932,7 +1027,37 @@ fn view(messages: &[Message], m: &Message) -> MessageView {
         sibling_count: siblings.len().max(1) as u32,
         sibling_ids: siblings.iter().map(|x| x.id.clone()).collect(),
         code_runs: Vec::new(),
+        citations: Vec::new(),
     }
+}
+
+/// The system prompt with the numbered sources after it, and how to cite them.
+fn with_sources(system: String, sources: &[(Citation, String)]) -> String {
+    if sources.is_empty() {
+        return system;
+    }
+    let mut out = system;
+    if !out.trim().is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(
+        "Answer from the numbered sources below where they hold the answer, and cite each \
+         source you use by its number in brackets, like [1]. If they do not hold the answer, \
+         say so and answer from what you know.\n",
+    );
+    for (c, text) in sources {
+        out.push_str(&format!("\n[{}] {}", c.index, c.document_name));
+        if !c.headings.is_empty() {
+            out.push_str(&format!(" — {}", c.headings.join(" > ")));
+        }
+        if c.page > 0 {
+            out.push_str(&format!(" (page {})", c.page));
+        }
+        out.push('\n');
+        out.push_str(text);
+        out.push('\n');
+    }
+    out
 }
 
 /// The signal that stops the reply streaming in `conversation`.

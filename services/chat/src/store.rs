@@ -50,6 +50,8 @@ pub struct Conversation {
     pub archived: bool,
     pub active_leaf_id: Option<String>,
     pub titled: bool,
+    /// Knowledge collections its replies draw on.
+    pub collection_ids: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -138,6 +140,24 @@ pub struct Assistant {
     pub system_prompt: String,
     pub model: String,
     pub sampling: Sampling,
+    /// Knowledge collections its conversations draw on.
+    pub collection_ids: Vec<String>,
+}
+
+/// A source given to a reply, as stored with the message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Citation {
+    /// The number the reply cites it by (1-based).
+    pub index: u32,
+    pub chunk_id: String,
+    pub document_id: String,
+    pub document_name: String,
+    pub collection_id: String,
+    pub page: u32,
+    #[serde(default)]
+    pub headings: Vec<String>,
+    pub score: f64,
+    pub quote: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -173,6 +193,7 @@ fn conversation(r: &QueryResult) -> Result<Conversation, DbErr> {
         archived: r.try_get("", "archived")?,
         active_leaf_id: r.try_get("", "active_leaf_id")?,
         titled: r.try_get("", "titled")?,
+        collection_ids: parse_json(&r.try_get::<String>("", "collection_ids")?),
         created_at: from_micros(r.try_get("", "created_at")?),
         updated_at: from_micros(r.try_get("", "updated_at")?),
     })
@@ -206,6 +227,7 @@ fn assistant(r: &QueryResult) -> Result<Assistant, DbErr> {
         system_prompt: r.try_get("", "system_prompt")?,
         model: r.try_get("", "model")?,
         sampling: parse_json(&r.try_get::<String>("", "sampling")?),
+        collection_ids: parse_json(&r.try_get::<String>("", "collection_ids")?),
     })
 }
 
@@ -411,12 +433,13 @@ impl ChatStore {
         exec(
             &self.db,
             "INSERT INTO conversations (id, user_id, title, model, sampling, system_prompt, assistant_id, folder_id, tags, \
-             pinned, archived, active_leaf_id, titled, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             pinned, archived, active_leaf_id, titled, collection_ids, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
                 c.id.clone().into(), c.user_id.clone().into(), c.title.clone().into(), c.model.clone().into(),
                 json(&c.sampling).into(), c.system_prompt.clone().into(), c.assistant_id.clone().into(),
                 c.folder_id.clone().into(), json(&c.tags).into(), c.pinned.into(), c.archived.into(),
-                c.active_leaf_id.clone().into(), c.titled.into(), micros(c.created_at).into(), micros(c.updated_at).into(),
+                c.active_leaf_id.clone().into(), c.titled.into(), json(&c.collection_ids).into(),
+                micros(c.created_at).into(), micros(c.updated_at).into(),
             ],
         )
         .await?;
@@ -441,11 +464,11 @@ impl ChatStore {
         Ok(exec(
             db,
             "UPDATE conversations SET title = ?, model = ?, sampling = ?, system_prompt = ?, folder_id = ?, tags = ?, \
-             pinned = ?, archived = ?, titled = ?, updated_at = ? WHERE id = ? AND user_id = ?",
+             pinned = ?, archived = ?, titled = ?, collection_ids = ?, updated_at = ? WHERE id = ? AND user_id = ?",
             vec![
                 c.title.clone().into(), c.model.clone().into(), json(&c.sampling).into(), c.system_prompt.clone().into(),
                 c.folder_id.clone().into(), json(&c.tags).into(), c.pinned.into(), c.archived.into(),
-                c.titled.into(), micros(c.updated_at).into(), c.id.clone().into(),
+                c.titled.into(), json(&c.collection_ids).into(), micros(c.updated_at).into(), c.id.clone().into(),
                 c.user_id.clone().into(),
             ],
         )
@@ -501,6 +524,12 @@ impl ChatStore {
             exec(
                 &txn,
                 "DELETE FROM messages WHERE conversation_id = ?",
+                vec![id.into()],
+            )
+            .await?;
+            exec(
+                &txn,
+                "DELETE FROM message_citations WHERE conversation_id = ?",
                 vec![id.into()],
             )
             .await?;
@@ -608,6 +637,58 @@ impl ChatStore {
         Ok(())
     }
 
+    /// Stores the sources a reply was given.
+    pub async fn insert_citations<C: ConnectionTrait>(
+        db: &C,
+        m: &Message,
+        citations: &[Citation],
+    ) -> Result<(), DbErr> {
+        for (position, c) in citations.iter().enumerate() {
+            exec(
+                db,
+                "INSERT INTO message_citations (message_id, position, conversation_id, chunk_id, document_id, document_name, \
+                 collection_id, page, headings, score, quote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    m.id.clone().into(), (position as i64).into(), m.conversation_id.clone().into(), c.chunk_id.clone().into(),
+                    c.document_id.clone().into(), c.document_name.clone().into(), c.collection_id.clone().into(),
+                    i64::from(c.page).into(), json(&c.headings).into(), c.score.into(), c.quote.clone().into(),
+                ],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The citations of a conversation's messages, by message id, in order.
+    pub async fn citations(
+        &self,
+        conversation_id: &str,
+    ) -> Result<BTreeMap<String, Vec<Citation>>, DbErr> {
+        let rows = all(
+            &self.db,
+            "SELECT * FROM message_citations WHERE conversation_id = ? ORDER BY message_id, position",
+            vec![conversation_id.into()],
+        )
+        .await?;
+        let mut out: BTreeMap<String, Vec<Citation>> = BTreeMap::new();
+        for r in &rows {
+            let message_id: String = r.try_get("", "message_id")?;
+            let position: i64 = r.try_get("", "position")?;
+            out.entry(message_id).or_default().push(Citation {
+                index: position as u32 + 1,
+                chunk_id: r.try_get("", "chunk_id")?,
+                document_id: r.try_get("", "document_id")?,
+                document_name: r.try_get("", "document_name")?,
+                collection_id: r.try_get("", "collection_id")?,
+                page: r.try_get::<i64>("", "page")? as u32,
+                headings: parse_json(&r.try_get::<String>("", "headings")?),
+                score: r.try_get("", "score")?,
+                quote: r.try_get("", "quote")?,
+            });
+        }
+        Ok(out)
+    }
+
     /// The code runs of a conversation's messages, by message id, in block order.
     pub async fn code_runs(
         &self,
@@ -702,12 +783,12 @@ impl ChatStore {
     pub async fn insert_assistant(&self, a: &Assistant, now: DateTime<Utc>) -> Result<(), DbErr> {
         exec(
             &self.db,
-            "INSERT INTO assistants (id, owner_id, global, name, description, icon, system_prompt, model, sampling, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO assistants (id, owner_id, global, name, description, icon, system_prompt, model, sampling, collection_ids, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             vec![
                 a.id.clone().into(), a.owner_id.clone().into(), a.global.into(), a.name.clone().into(), a.description.clone().into(),
                 a.icon.clone().into(), a.system_prompt.clone().into(), a.model.clone().into(), json(&a.sampling).into(),
-                micros(now).into(), micros(now).into(),
+                json(&a.collection_ids).into(), micros(now).into(), micros(now).into(),
             ],
         )
         .await?;
@@ -739,10 +820,10 @@ impl ChatStore {
     pub async fn update_assistant(&self, a: &Assistant, now: DateTime<Utc>) -> Result<bool, DbErr> {
         Ok(exec(
             &self.db,
-            "UPDATE assistants SET name = ?, description = ?, icon = ?, system_prompt = ?, model = ?, sampling = ?, updated_at = ? WHERE id = ?",
+            "UPDATE assistants SET name = ?, description = ?, icon = ?, system_prompt = ?, model = ?, sampling = ?, collection_ids = ?, updated_at = ? WHERE id = ?",
             vec![
                 a.name.clone().into(), a.description.clone().into(), a.icon.clone().into(), a.system_prompt.clone().into(),
-                a.model.clone().into(), json(&a.sampling).into(), micros(now).into(), a.id.clone().into(),
+                a.model.clone().into(), json(&a.sampling).into(), json(&a.collection_ids).into(), micros(now).into(), a.id.clone().into(),
             ],
         )
         .await?

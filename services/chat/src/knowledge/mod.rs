@@ -17,8 +17,12 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tokio::sync::mpsc;
 
+use llmesh_kit::Clock;
+
 use crate::error::{ChatError, Result};
-use crate::service::{ChatService, check_text, new_id};
+use crate::llm_client::LlmClient;
+use crate::service::{check_text, new_id};
+use crate::store::{ChatStore, Citation};
 use parse::Format;
 use store::{ChunkIndex, ChunkRow, CollectionRow, DocumentRow, KnowledgeStore, NewChunk, SqlIndex};
 
@@ -42,6 +46,10 @@ pub struct KnowledgeConfig {
     pub max_collections_per_user: u32,
     /// Texts per Embed call while ingesting.
     pub embed_batch: usize,
+    /// Chunks a reply is given from a conversation's collections, at most.
+    pub retrieve_chunks: u32,
+    /// Tokens of sources a reply is given, at most (counted as the embedding model does).
+    pub retrieve_tokens: u32,
 }
 
 impl Default for KnowledgeConfig {
@@ -55,6 +63,8 @@ impl Default for KnowledgeConfig {
             max_documents_per_collection: 1000,
             max_collections_per_user: 100,
             embed_batch: 32,
+            retrieve_chunks: 5,
+            retrieve_tokens: 1500,
         }
     }
 }
@@ -67,6 +77,9 @@ impl KnowledgeConfig {
                 "chat.knowledge.chunk_tokens",
                 "chunks must hold at least 16 tokens, more than chunk_overlap_tokens",
             ));
+        }
+        if !(1..=20).contains(&self.retrieve_chunks) {
+            return Err(invalid("chat.knowledge.retrieve_chunks", "must be 1 to 20"));
         }
         if !(1..=64).contains(&self.embed_batch) {
             return Err(invalid("chat.knowledge.embed_batch", "must be 1 to 64"));
@@ -122,19 +135,31 @@ const CANDIDATES: usize = 50;
 /// Most texts in one CountTokens call.
 const COUNT_BATCH: usize = 1024;
 
+/// Most collections a conversation or an assistant may draw on.
+pub const MAX_ATTACHED: usize = 20;
+
 /// The knowledge service: chat's uploads and llm client, and the knowledge store.
 pub struct Knowledge {
-    chat: Arc<ChatService>,
+    uploads: ChatStore,
+    llm: Arc<dyn LlmClient>,
+    clock: Arc<dyn Clock>,
     store: KnowledgeStore,
     index: Arc<dyn ChunkIndex>,
     config: KnowledgeConfig,
 }
 
 impl Knowledge {
-    pub fn new(chat: Arc<ChatService>, config: KnowledgeConfig) -> Knowledge {
-        let db = chat.store.db.clone();
+    pub fn new(
+        uploads: ChatStore,
+        llm: Arc<dyn LlmClient>,
+        clock: Arc<dyn Clock>,
+        config: KnowledgeConfig,
+    ) -> Knowledge {
+        let db = uploads.db.clone();
         Knowledge {
-            chat,
+            uploads,
+            llm,
+            clock,
             store: KnowledgeStore::new(db.clone()),
             index: Arc::new(SqlIndex::new(db)),
             config,
@@ -142,7 +167,89 @@ impl Knowledge {
     }
 
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
-        self.chat.clock.now()
+        self.clock.now()
+    }
+
+    /// Checks collections to attach to a conversation or an assistant: at most 20, each
+    /// readable by `p`; returns them without duplicates. `field` names the request field.
+    pub async fn check_attached(
+        &self,
+        p: &Principal,
+        field: &str,
+        ids: &[String],
+    ) -> Result<Vec<String>> {
+        if ids.len() > MAX_ATTACHED {
+            return Err(ChatError::Invalid(format!(
+                "{field} holds {} collections; the limit is {MAX_ATTACHED}",
+                ids.len()
+            )));
+        }
+        let mut out: Vec<String> = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            check_id(&format!("{field}[{i}]"), id)?;
+            if self.store.readable(&p.user_id, id).await?.is_none() {
+                return Err(ChatError::NotFound("collection"));
+            }
+            if !out.contains(id) {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sources for a reply to `query` from `collections` (those `p` may still read;
+    /// others are left out): the best chunks by hybrid search, at most
+    /// knowledge.retrieve_chunks of them and knowledge.retrieve_tokens in all, numbered
+    /// from 1.
+    pub async fn retrieve(
+        &self,
+        p: &Principal,
+        collections: &[String],
+        query: &str,
+    ) -> Result<Vec<(Citation, String)>> {
+        let mut readable = Vec::new();
+        for id in collections {
+            if self.store.readable(&p.user_id, id).await?.is_some() {
+                readable.push(id.clone());
+            }
+        }
+        let query: String = query.chars().take(2000).collect();
+        if readable.is_empty() || query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let (hits, _) = self
+            .search(
+                p,
+                &readable,
+                &query,
+                self.config.retrieve_chunks,
+                Mode::Hybrid,
+            )
+            .await?;
+        let mut out = Vec::new();
+        let mut budget = self.config.retrieve_tokens;
+        for h in hits {
+            if h.chunk.tokens > budget && !out.is_empty() {
+                break;
+            }
+            budget = budget.saturating_sub(h.chunk.tokens);
+            let c = h.chunk;
+            out.push((
+                Citation {
+                    index: out.len() as u32 + 1,
+                    chunk_id: c.id,
+                    document_id: c.document_id,
+                    document_name: c.document_name,
+                    collection_id: c.collection_id,
+                    page: c.page,
+                    headings: c.headings,
+                    score: h.score,
+                    quote: c.text.chars().take(300).collect(),
+                },
+                c.text,
+            ));
+        }
+        Ok(out)
     }
 
     /// A collection `p` may read, or NOT_FOUND.
@@ -321,7 +428,8 @@ impl Knowledge {
     ) -> Result<mpsc::Receiver<Result<IngestEvent>>> {
         let c = self.owned(p, collection).await?;
         check_id("upload_id", upload_id)?;
-        let (upload, bytes) = self.chat.finished_upload(p, upload_id).await?;
+        let (upload, bytes) =
+            crate::archive::finished_upload(&self.uploads, &p.user_id, upload_id).await?;
         if bytes.len() as u64 > self.config.max_document_bytes {
             return Err(ChatError::Invalid(format!(
                 "the document is {} bytes; chat.knowledge.max_document_bytes allows {}",
@@ -391,8 +499,7 @@ impl Knowledge {
         for batch in drafts.chunks(self.config.embed_batch) {
             let texts: Vec<String> = batch.iter().map(embed_text).collect();
             let (vectors, _) = self
-                .chat
-                .llm()
+                .llm
                 .embed(p, &self.config.embedding_model, texts)
                 .await?;
             for (d, v) in batch.iter().zip(vectors) {
@@ -436,7 +543,7 @@ impl Knowledge {
         let mut limit = self.config.chunk_tokens;
         for batch in units.chunks(COUNT_BATCH) {
             let texts = batch.iter().map(|u| u.text.clone()).collect();
-            let (n, max_input) = self.chat.llm().count_texts(p, model, texts).await?;
+            let (n, max_input) = self.llm.count_texts(p, model, texts).await?;
             // The model's two special tokens and a few for the heading line.
             limit = limit.min(max_input.saturating_sub(12).max(16));
             counts.extend(n);
@@ -468,7 +575,7 @@ impl Knowledge {
             }
             for batch in pieces.chunks(COUNT_BATCH) {
                 let texts = batch.iter().map(|&i| next_units[i].text.clone()).collect();
-                let (n, _) = self.chat.llm().count_texts(p, model, texts).await?;
+                let (n, _) = self.llm.count_texts(p, model, texts).await?;
                 for (&i, c) in batch.iter().zip(n) {
                     next_counts[i] = c;
                 }
@@ -517,8 +624,7 @@ impl Knowledge {
             Vec::new()
         } else {
             let (mut v, tokens) = self
-                .chat
-                .llm()
+                .llm
                 .embed(p, &self.config.embedding_model, vec![query.to_owned()])
                 .await?;
             query_tokens = tokens;

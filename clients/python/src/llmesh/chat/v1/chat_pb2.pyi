@@ -295,6 +295,7 @@ class Conversation(_message.Message):
     ACTIVE_LEAF_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    COLLECTION_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
     model: _builtins.str
@@ -312,6 +313,12 @@ class Conversation(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def collection_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Knowledge collections replies draw on (KnowledgeService), up to 20; the assistant's
+        collections count too.
+        """
+
     def __init__(
         self,
         *,
@@ -328,10 +335,11 @@ class Conversation(_message.Message):
         active_leaf_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        collection_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "sampling", b"sampling", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leaf_id", b"active_leaf_id", "archived", b"archived", "assistant_id", b"assistant_id", "created_at", b"created_at", "folder_id", b"folder_id", "id", b"id", "model", b"model", "pinned", b"pinned", "sampling", b"sampling", "system_prompt", b"system_prompt", "tags", b"tags", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leaf_id", b"active_leaf_id", "archived", b"archived", "assistant_id", b"assistant_id", "collection_ids", b"collection_ids", "created_at", b"created_at", "folder_id", b"folder_id", "id", b"id", "model", b"model", "pinned", b"pinned", "sampling", b"sampling", "system_prompt", b"system_prompt", "tags", b"tags", "title", b"title", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,6 +363,7 @@ class Message(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SIBLING_IDS_FIELD_NUMBER: _builtins.int
     CODE_RUNS_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     conversation_id: _builtins.str
     parent_id: _builtins.str
@@ -379,6 +388,10 @@ class Message(_message.Message):
     def code_runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CodeRun]:
         """Results of running the message's code blocks, by block."""
 
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]:
+        """The knowledge the reply was given, numbered as the reply cites them ([1], [2], …)."""
+
     def __init__(
         self,
         *,
@@ -396,14 +409,85 @@ class Message(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         sibling_ids: _abc.Iterable[_builtins.str] | None = ...,
         code_runs: _abc.Iterable[Global___CodeRun] | None = ...,
+        citations: _abc.Iterable[Global___Citation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost", "created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_runs", b"code_runs", "content", b"content", "conversation_id", b"conversation_id", "cost", b"cost", "created_at", b"created_at", "id", b"id", "model", b"model", "parent_id", b"parent_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_ids", b"sibling_ids", "sibling_index", b"sibling_index", "state", b"state", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations", "code_runs", b"code_runs", "content", b"content", "conversation_id", b"conversation_id", "cost", b"cost", "created_at", b"created_at", "id", b"id", "model", b"model", "parent_id", b"parent_id", "role", b"role", "sibling_count", b"sibling_count", "sibling_ids", b"sibling_ids", "sibling_index", b"sibling_index", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class Citation(_message.Message):
+    """A source a reply was given: a chunk of a document in a knowledge collection."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    CHUNK_ID_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    DOCUMENT_NAME_FIELD_NUMBER: _builtins.int
+    COLLECTION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_FIELD_NUMBER: _builtins.int
+    HEADINGS_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    QUOTE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The number the reply cites it by."""
+    chunk_id: _builtins.str
+    document_id: _builtins.str
+    document_name: _builtins.str
+    collection_id: _builtins.str
+    page: _builtins.int
+    """1-based PDF page; 0 when the format has none."""
+    score: _builtins.float
+    """The search's fused score."""
+    quote: _builtins.str
+    """The start of the chunk's text (up to 300 characters)."""
+    @_builtins.property
+    def headings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        chunk_id: _builtins.str = ...,
+        document_id: _builtins.str = ...,
+        document_name: _builtins.str = ...,
+        collection_id: _builtins.str = ...,
+        page: _builtins.int = ...,
+        headings: _abc.Iterable[_builtins.str] | None = ...,
+        score: _builtins.float = ...,
+        quote: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_id", b"chunk_id", "collection_id", b"collection_id", "document_id", b"document_id", "document_name", b"document_name", "headings", b"headings", "index", b"index", "page", b"page", "quote", b"quote", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Citation: _TypeAlias = Citation  # noqa: Y015
+
+@_typing.final
+class CitationList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CITATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]: ...
+    def __init__(
+        self,
+        *,
+        citations: _abc.Iterable[Global___Citation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["citations", b"citations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CitationList: _TypeAlias = CitationList  # noqa: Y015
 
 @_typing.final
 class CodeRun(_message.Message):
@@ -511,6 +595,7 @@ class CreateConversationRequest(_message.Message):
     FOLDER_ID_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
+    COLLECTION_IDS_FIELD_NUMBER: _builtins.int
     title: _builtins.str
     model: _builtins.str
     assistant_id: _builtins.str
@@ -518,6 +603,10 @@ class CreateConversationRequest(_message.Message):
     system_prompt: _builtins.str
     @_builtins.property
     def sampling(self) -> _llm_pb2.SamplingParams: ...
+    @_builtins.property
+    def collection_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Knowledge collections the caller can read (up to 20)."""
+
     def __init__(
         self,
         *,
@@ -527,10 +616,11 @@ class CreateConversationRequest(_message.Message):
         folder_id: _builtins.str = ...,
         system_prompt: _builtins.str = ...,
         sampling: _llm_pb2.SamplingParams | None = ...,
+        collection_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "folder_id", b"folder_id", "model", b"model", "sampling", b"sampling", "system_prompt", b"system_prompt", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_id", b"assistant_id", "collection_ids", b"collection_ids", "folder_id", b"folder_id", "model", b"model", "sampling", b"sampling", "system_prompt", b"system_prompt", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -681,6 +771,7 @@ class UpdateConversationRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    COLLECTION_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     title: _builtins.str
     folder_id: _builtins.str
@@ -693,6 +784,10 @@ class UpdateConversationRequest(_message.Message):
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def sampling(self) -> _llm_pb2.SamplingParams: ...
+    @_builtins.property
+    def collection_ids(self) -> Global___CollectionIds:
+        """Replaces the knowledge collections when set."""
+
     def __init__(
         self,
         *,
@@ -706,13 +801,16 @@ class UpdateConversationRequest(_message.Message):
         model: _builtins.str | None = ...,
         sampling: _llm_pb2.SamplingParams | None = ...,
         system_prompt: _builtins.str | None = ...,
+        collection_ids: Global___CollectionIds | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_folder_id", b"_folder_id", "_model", b"_model", "_pinned", b"_pinned", "_system_prompt", b"_system_prompt", "_title", b"_title", "archived", b"archived", "folder_id", b"folder_id", "model", b"model", "pinned", b"pinned", "sampling", b"sampling", "system_prompt", b"system_prompt", "title", b"title"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_collection_ids", b"_collection_ids", "_folder_id", b"_folder_id", "_model", b"_model", "_pinned", b"_pinned", "_system_prompt", b"_system_prompt", "_title", b"_title", "archived", b"archived", "collection_ids", b"collection_ids", "folder_id", b"folder_id", "model", b"model", "pinned", b"pinned", "sampling", b"sampling", "system_prompt", b"system_prompt", "title", b"title"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_folder_id", b"_folder_id", "_model", b"_model", "_pinned", b"_pinned", "_system_prompt", b"_system_prompt", "_title", b"_title", "archived", b"archived", "folder_id", b"folder_id", "id", b"id", "model", b"model", "pinned", b"pinned", "replace_tags", b"replace_tags", "sampling", b"sampling", "system_prompt", b"system_prompt", "tags", b"tags", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_archived", b"_archived", "_collection_ids", b"_collection_ids", "_folder_id", b"_folder_id", "_model", b"_model", "_pinned", b"_pinned", "_system_prompt", b"_system_prompt", "_title", b"_title", "archived", b"archived", "collection_ids", b"collection_ids", "folder_id", b"folder_id", "id", b"id", "model", b"model", "pinned", b"pinned", "replace_tags", b"replace_tags", "sampling", b"sampling", "system_prompt", b"system_prompt", "tags", b"tags", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__archived: _TypeAlias = _typing.Literal["archived"]  # noqa: Y015
     _WhichOneofArgType__archived: _TypeAlias = _typing.Literal["_archived", b"_archived"]  # noqa: Y015
+    _WhichOneofReturnType__collection_ids: _TypeAlias = _typing.Literal["collection_ids"]  # noqa: Y015
+    _WhichOneofArgType__collection_ids: _TypeAlias = _typing.Literal["_collection_ids", b"_collection_ids"]  # noqa: Y015
     _WhichOneofReturnType__folder_id: _TypeAlias = _typing.Literal["folder_id"]  # noqa: Y015
     _WhichOneofArgType__folder_id: _TypeAlias = _typing.Literal["_folder_id", b"_folder_id"]  # noqa: Y015
     _WhichOneofReturnType__model: _TypeAlias = _typing.Literal["model"]  # noqa: Y015
@@ -726,6 +824,8 @@ class UpdateConversationRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__archived) -> _WhichOneofReturnType__archived | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__collection_ids) -> _WhichOneofReturnType__collection_ids | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__folder_id) -> _WhichOneofReturnType__folder_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__model) -> _WhichOneofReturnType__model | None: ...
@@ -737,6 +837,26 @@ class UpdateConversationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__title) -> _WhichOneofReturnType__title | None: ...
 
 Global___UpdateConversationRequest: _TypeAlias = UpdateConversationRequest  # noqa: Y015
+
+@_typing.final
+class CollectionIds(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ids", b"ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionIds: _TypeAlias = CollectionIds  # noqa: Y015
 
 @_typing.final
 class UpdateConversationResponse(_message.Message):
@@ -801,6 +921,7 @@ class ReplyEvent(_message.Message):
     USER_MESSAGE_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     ASSISTANT_MESSAGE_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """A piece of the assistant's reply."""
@@ -811,6 +932,12 @@ class ReplyEvent(_message.Message):
     @_builtins.property
     def assistant_message(self) -> Global___Message:
         """The stored assistant message with usage and cost."""
+
+    @_builtins.property
+    def citations(self) -> Global___CitationList:
+        """The sources found for the reply, before its first delta (only when the
+        conversation or its assistant has knowledge collections and something matched).
+        """
 
     @_builtins.property
     def sent_at(self) -> _timestamp_pb2.Timestamp:
@@ -824,13 +951,14 @@ class ReplyEvent(_message.Message):
         user_message: Global___Message | None = ...,
         delta: _builtins.str = ...,
         assistant_message: Global___Message | None = ...,
+        citations: Global___CitationList | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "delta", b"delta", "event", b"event", "sent_at", b"sent_at", "user_message", b"user_message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "citations", b"citations", "delta", b"delta", "event", b"event", "sent_at", b"sent_at", "user_message", b"user_message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "delta", b"delta", "event", b"event", "sent_at", b"sent_at", "user_message", b"user_message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assistant_message", b"assistant_message", "citations", b"citations", "delta", b"delta", "event", b"event", "sent_at", b"sent_at", "user_message", b"user_message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["user_message", "delta", "assistant_message"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["user_message", "delta", "assistant_message", "citations"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 
@@ -1073,6 +1201,7 @@ class Assistant(_message.Message):
     SAMPLING_FIELD_NUMBER: _builtins.int
     GLOBAL_FIELD_NUMBER: _builtins.int
     OWNER_ID_FIELD_NUMBER: _builtins.int
+    COLLECTION_IDS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     description: _builtins.str
@@ -1082,6 +1211,12 @@ class Assistant(_message.Message):
     owner_id: _builtins.str
     @_builtins.property
     def sampling(self) -> _llm_pb2.SamplingParams: ...
+    @_builtins.property
+    def collection_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Knowledge collections its conversations draw on (up to 20); each user's replies use
+        those they can read.
+        """
+
     def __init__(
         self,
         *,
@@ -1093,10 +1228,11 @@ class Assistant(_message.Message):
         model: _builtins.str = ...,
         sampling: _llm_pb2.SamplingParams | None = ...,
         owner_id: _builtins.str = ...,
+        collection_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "global", b"global", "icon", b"icon", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "sampling", b"sampling", "system_prompt", b"system_prompt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection_ids", b"collection_ids", "description", b"description", "global", b"global", "icon", b"icon", "id", b"id", "model", b"model", "name", b"name", "owner_id", b"owner_id", "sampling", b"sampling", "system_prompt", b"system_prompt"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
