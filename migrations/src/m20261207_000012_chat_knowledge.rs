@@ -22,6 +22,7 @@ impl MigrationTrait for Migration {
             "CREATE TABLE message_citations (
                 message_id TEXT NOT NULL,
                 position BIGINT NOT NULL,
+                cited_as BIGINT NOT NULL,
                 conversation_id TEXT NOT NULL,
                 chunk_id TEXT NOT NULL,
                 document_id TEXT NOT NULL,

@@ -309,6 +309,78 @@ async fn knowledge_on(backend: Backend) {
         .into_inner();
     let last = stored.messages.last().expect("messages");
     assert_eq!(last.citations, streamed, "kept across reads");
+    // Exports keep the citations; an import keeps those the importer can still read.
+    let mut archive = ChatArchiveServiceClient::new(s.channel.clone());
+    let mut export = archive
+        .export_conversations(bearer(
+            &t,
+            pb::ExportConversationsRequest {
+                conversation_id: conversation.id.clone(),
+                format: pb::ExportFormat::Json as i32,
+            },
+        ))
+        .await
+        .expect("export")
+        .into_inner();
+    let mut exported = Vec::new();
+    while let Some(part) = export.message().await.expect("export stream") {
+        exported.extend(part.chunk);
+    }
+    let text = String::from_utf8(exported.clone()).expect("JSON");
+    assert!(text.contains("\"citations\"") && text.contains(&streamed[0].chunk_id));
+    for (who, token, keeps) in [("owner", &t, true), ("other", &o, false)] {
+        let up = upload(&s.channel, token, "export.json", &exported).await;
+        let mut events = archive
+            .import_conversations(bearer(
+                token,
+                pb::ImportConversationsRequest {
+                    upload_id: up,
+                    source: pb::ImportSource::LlmeshJson as i32,
+                },
+            ))
+            .await
+            .expect("import")
+            .into_inner();
+        while events.message().await.expect("import stream").is_some() {}
+        let listed = chat
+            .list_conversations(bearer(token, pb::ListConversationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .conversations;
+        let imported = listed
+            .iter()
+            .find(|c| c.id != conversation.id)
+            .expect("the imported conversation");
+        let got = chat
+            .get_conversation(bearer(
+                token,
+                pb::GetConversationRequest {
+                    id: imported.id.clone(),
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        let cites = &got.messages.last().expect("messages").citations;
+        if keeps {
+            assert_eq!(cites, &streamed, "{who} keeps the citations");
+        } else {
+            assert!(
+                cites.is_empty(),
+                "{who} cannot read the collection: {cites:?}"
+            );
+        }
+        chat.delete_conversation(bearer(
+            token,
+            pb::DeleteConversationRequest {
+                id: imported.id.clone(),
+            },
+        ))
+        .await
+        .expect("delete the copy");
+    }
+
     // Someone else's collection cannot be attached.
     let other_private = k
         .create_collection(bearer(

@@ -78,6 +78,10 @@ pub struct ExportMessage {
     /// Results of running the message's code blocks in the sandbox.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub code_runs: Vec<ExportCodeRun>,
+    /// The knowledge sources the reply was given; an import keeps those whose chunk the
+    /// importing user can still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub citations: Vec<store::Citation>,
 }
 
 /// A code block's run as exports carry it (output as text: bytes that are not UTF-8 become
@@ -504,6 +508,7 @@ impl ExportWorker {
             .ok_or(ChatError::NotFound("conversation"))?;
         let messages = self.store.messages(&c.id).await?;
         let runs = self.store.code_runs(&c.id).await?;
+        let cited = self.store.citations(&c.id).await?;
         if markdown {
             let mut out = format!("# {}\n\n", c.title);
             for m in path_to(&messages, c.active_leaf_id.as_deref()) {
@@ -516,11 +521,27 @@ impl ExportWorker {
                 for run in runs.get(&m.id).into_iter().flatten() {
                     markdown_run(&mut out, run);
                 }
+                let sources = cited.get(&m.id).map(Vec::as_slice).unwrap_or_default();
+                if !sources.is_empty() {
+                    out.push_str("*Sources:*\n\n");
+                    for c in sources {
+                        let mut line = format!("{}. {}", c.index, c.document_name);
+                        if !c.headings.is_empty() {
+                            line.push_str(&format!(" — {}", c.headings.join(" > ")));
+                        }
+                        if c.page > 0 {
+                            line.push_str(&format!(", page {}", c.page));
+                        }
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                    out.push('\n');
+                }
             }
             out.push_str("---\n\n");
             return Ok(out.into_bytes());
         }
-        let doc = to_export(c, messages, runs);
+        let doc = to_export(c, messages, runs, cited);
         let mut bytes = if comma { b",".to_vec() } else { Vec::new() };
         serde_json::to_writer(&mut bytes, &doc)
             .map_err(|e| ChatError::Internal(format!("export: {e}")))?;
@@ -556,6 +577,7 @@ fn to_export(
     c: Conversation,
     messages: Vec<Message>,
     mut runs: BTreeMap<String, Vec<CodeRun>>,
+    mut cited: BTreeMap<String, Vec<store::Citation>>,
 ) -> ExportConversation {
     ExportConversation {
         id: c.id,
@@ -587,6 +609,7 @@ fn to_export(
                     .into_iter()
                     .map(ExportCodeRun::from)
                     .collect(),
+                citations: cited.remove(&m.id).unwrap_or_default(),
                 id: m.id,
             })
             .collect(),

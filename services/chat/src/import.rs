@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use llmesh_kit::db::exec;
+use llmesh_kit::db::{exec, one};
 
 use crate::archive::{EXPORT_FORMAT, ExportConversation, ExportDoc, ExportMessage};
 use crate::error::{ChatError, Result};
@@ -147,6 +147,7 @@ pub(crate) fn parse_chatgpt(bytes: &[u8]) -> Result<Vec<ExportConversation>> {
                                 &format!("{path}.message.create_time"),
                             )?,
                             code_runs: Vec::new(),
+                            citations: Vec::new(),
                         })
                     })
                     .transpose()?
@@ -243,6 +244,22 @@ pub(crate) async fn import_one(
         for run in &m.code_runs {
             crate::service::check_code_run(&CodeRun::from(run.clone()))
                 .map_err(|e| format!("message {} has an invalid code run: {e}", m.id))?;
+        }
+        if m.citations.len() > 20 {
+            return Err(format!("message {} has more than 20 citations", m.id));
+        }
+        for c in &m.citations {
+            let long = c.chunk_id.len() > 64
+                || c.document_id.len() > 64
+                || c.collection_id.len() > 64
+                || c.document_name.chars().count() > 255
+                || c.quote.chars().count() > 300
+                || c.headings.len() > 16
+                || c.headings.iter().any(|h| h.chars().count() > 200)
+                || !c.score.is_finite();
+            if long {
+                return Err(format!("message {} has a citation out of bounds", m.id));
+            }
         }
         if let Some(pid) = &m.parent_id {
             if pid.starts_with("cycle:") {
@@ -342,6 +359,23 @@ pub(crate) async fn import_one(
                 created_at: m.created_at,
             };
             ChatStore::insert_message(&txn, &msg).await?;
+            // Citations stay where the importing user can still read the cited chunk.
+            let mut kept = Vec::new();
+            for c in &m.citations {
+                let readable = one(
+                    &txn,
+                    "SELECT 1 AS found FROM kb_chunks k JOIN kb_collections c ON c.id = k.collection_id \
+                     WHERE k.id = ? AND k.document_id = ? AND (c.user_id = ? OR c.everyone = ? OR EXISTS \
+                     (SELECT 1 FROM kb_shares s WHERE s.collection_id = c.id AND s.user_id = ?))",
+                    vec![c.chunk_id.clone().into(), c.document_id.clone().into(), user.into(), true.into(), user.into()],
+                )
+                .await?
+                .is_some();
+                if readable {
+                    kept.push(c.clone());
+                }
+            }
+            ChatStore::insert_citations(&txn, &msg, &kept).await?;
             for run in &m.code_runs {
                 ChatStore::upsert_code_run(&txn, &msg, &CodeRun::from(run.clone())).await?;
             }

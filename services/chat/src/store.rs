@@ -646,10 +646,10 @@ impl ChatStore {
         for (position, c) in citations.iter().enumerate() {
             exec(
                 db,
-                "INSERT INTO message_citations (message_id, position, conversation_id, chunk_id, document_id, document_name, \
-                 collection_id, page, headings, score, quote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO message_citations (message_id, position, cited_as, conversation_id, chunk_id, document_id, document_name, \
+                 collection_id, page, headings, score, quote) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 vec![
-                    m.id.clone().into(), (position as i64).into(), m.conversation_id.clone().into(), c.chunk_id.clone().into(),
+                    m.id.clone().into(), (position as i64).into(), i64::from(c.index).into(), m.conversation_id.clone().into(), c.chunk_id.clone().into(),
                     c.document_id.clone().into(), c.document_name.clone().into(), c.collection_id.clone().into(),
                     i64::from(c.page).into(), json(&c.headings).into(), c.score.into(), c.quote.clone().into(),
                 ],
@@ -673,9 +673,8 @@ impl ChatStore {
         let mut out: BTreeMap<String, Vec<Citation>> = BTreeMap::new();
         for r in &rows {
             let message_id: String = r.try_get("", "message_id")?;
-            let position: i64 = r.try_get("", "position")?;
             out.entry(message_id).or_default().push(Citation {
-                index: position as u32 + 1,
+                index: r.try_get::<i64>("", "cited_as")? as u32,
                 chunk_id: r.try_get("", "chunk_id")?,
                 document_id: r.try_get("", "document_id")?,
                 document_name: r.try_get("", "document_name")?,
