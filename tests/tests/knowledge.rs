@@ -463,8 +463,9 @@ async fn knowledge_on(backend: Backend) {
     assert!(err.message().contains("photo.txt"), "{}", err.message());
     let up = upload(&s.channel, &t, "report.pdf", b"%PDF-1.7\n...").await;
     let err = ingest(&mut k, &t, &garden.id, &up).await.expect_err("pdf");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(
-        err.message().contains("cannot be read yet"),
+        err.message().contains("report.pdf: the PDF"),
         "{}",
         err.message()
     );

@@ -40,6 +40,8 @@ pub struct KnowledgeConfig {
     pub max_document_bytes: u64,
     /// Most chunks one document may make.
     pub max_chunks_per_document: u32,
+    /// Most pages of one PDF.
+    pub max_pages: u32,
     /// Most documents in one collection.
     pub max_documents_per_collection: u32,
     /// Most collections one user may own.
@@ -60,6 +62,7 @@ impl Default for KnowledgeConfig {
             chunk_overlap_tokens: 40,
             max_document_bytes: 32 * 1024 * 1024,
             max_chunks_per_document: 5000,
+            max_pages: 2000,
             max_documents_per_collection: 1000,
             max_collections_per_user: 100,
             embed_batch: 32,
@@ -480,7 +483,12 @@ impl Knowledge {
         let format = format.unwrap_or_else(|| Format::guess(name, &bytes));
         let parsed = {
             let bytes = bytes.clone();
-            tokio::task::spawn_blocking(move || parse::parse(format, &bytes))
+            let limits = parse::Limits {
+                max_pages: self.config.max_pages,
+                // A DOCX's XML may expand well past its zip; not without bound.
+                max_expanded_bytes: self.config.max_document_bytes.saturating_mul(16),
+            };
+            tokio::task::spawn_blocking(move || parse::parse_with(format, &bytes, limits))
                 .await
                 .map_err(|e| ChatError::Internal(format!("parsing task: {e}")))?
                 .map_err(|why| ChatError::Invalid(format!("{name}: {why}")))?
