@@ -13,9 +13,8 @@ use crate::error::{EngineError, Result};
 /// A loaded embedding model.
 pub struct EmbeddingModel {
     model: BertModel,
+    /// Without padding or truncation (see [`EmbeddingModel::load`]).
     tokenizer: Tokenizer,
-    /// The same tokenizer without padding or truncation, for counting.
-    counter: Tokenizer,
     device: Device,
     pub dimension: usize,
     /// Inputs longer than this many tokens are truncated, as sentence-transformers does.
@@ -62,21 +61,18 @@ impl EmbeddingModel {
         let weights = read("model.safetensors")?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
         let model = BertModel::load(vb, &config)?;
-        let tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| EngineError::Load(format!("tokenizer.json: {e}")))?;
-        // tokenizer.json may truncate below max_seq_length: inputs end there.
-        let max_tokens = tokenizer
-            .get_truncation()
-            .map_or(max_tokens, |t| t.max_length.min(max_tokens));
-        let mut counter = tokenizer.clone();
-        counter.with_padding(None);
-        counter
+        // tokenizer.json may pad and truncate every input (all-MiniLM-L6-v2's pads to 128).
+        // sentence-transformers does neither for one text: padding would enter the mean, and
+        // inputs are cut at max_seq_length below. So the tokenizer used has both off.
+        tokenizer.with_padding(None);
+        tokenizer
             .with_truncation(None)
             .map_err(|e| EngineError::Load(format!("tokenizer.json: {e}")))?;
         Ok(EmbeddingModel {
             model,
             tokenizer,
-            counter,
             device,
             dimension: config.hidden_size,
             max_tokens,
@@ -86,7 +82,7 @@ impl EmbeddingModel {
     /// The tokens of `text`, without the special tokens added around every input.
     pub fn count_tokens(&self, text: &str) -> Result<usize> {
         let encoding = self
-            .counter
+            .tokenizer
             .encode(text, false)
             .map_err(|e| EngineError::Invalid(format!("cannot tokenize the input: {e}")))?;
         Ok(encoding.get_ids().len())

@@ -658,7 +658,16 @@ impl Knowledge {
             e.3 = rank as u32 + 1;
         }
         let mut order: Vec<(String, (f64, f32, u32, u32))> = fused.into_iter().collect();
-        order.sort_by(|a, b| b.1.0.total_cmp(&a.1.0).then_with(|| a.0.cmp(&b.0)));
+        // Ties (a chunk first by meaning and second by words, another the other way round)
+        // go to the better vector rank: the words may match by chance, the meaning less so.
+        let rank = |r: u32| if r == 0 { u32::MAX } else { r };
+        order.sort_by(|a, b| {
+            b.1.0
+                .total_cmp(&a.1.0)
+                .then_with(|| rank(a.1.2).cmp(&rank(b.1.2)))
+                .then_with(|| rank(a.1.3).cmp(&rank(b.1.3)))
+                .then_with(|| a.0.cmp(&b.0))
+        });
         order.truncate(limit as usize);
         let chunk_ids: Vec<String> = order.iter().map(|(id, _)| id.clone()).collect();
         let mut rows: HashMap<String, ChunkRow> = self
@@ -697,14 +706,31 @@ fn embed_text(d: &chunk::Draft) -> String {
     }
 }
 
-/// The words of a query for full-text search (letters and digits, lowercased, at most 32).
+/// English function words, left out of full-text queries: matching "how do I" finds every
+/// document and drowns the words that carry the question.
+const STOP_WORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "before", "being", "but", "by", "can", "could", "did", "do", "does", "doing", "for",
+    "from", "get", "gets", "got", "had", "has", "have", "having", "he", "her", "here", "him",
+    "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "mine", "more", "most",
+    "my", "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other", "our", "out",
+    "over", "own", "same", "she", "should", "so", "some", "such", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "those", "to", "too", "under", "up", "us",
+    "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why",
+    "will", "with", "would", "you", "your",
+];
+
+/// The words of a query for full-text search: letters and digits, lowercased, without
+/// function words, at most 32.
 fn words(query: &str) -> Vec<String> {
-    let mut out: Vec<String> = query
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    out.dedup();
+    let mut out: Vec<String> = Vec::new();
+    for w in query.split(|c: char| !c.is_alphanumeric()) {
+        let w = w.to_lowercase();
+        if w.is_empty() || STOP_WORDS.contains(&w.as_str()) || out.contains(&w) {
+            continue;
+        }
+        out.push(w);
+    }
     out.truncate(32);
     out
 }
@@ -760,11 +786,14 @@ mod tests {
 
     #[test]
     fn highlights_mark_whole_words() {
-        let terms = words("Rust, async!");
-        assert_eq!(terms, vec!["rust".to_owned(), "async".to_owned()]);
+        let terms = words("How do I write Rust, async!");
+        assert_eq!(
+            terms,
+            vec!["write".to_owned(), "rust".to_owned(), "async".to_owned()]
+        );
         assert_eq!(
             highlight("Rustaceans write async Rust.", &terms),
-            "Rustaceans write «async» «Rust»."
+            "Rustaceans «write» «async» «Rust»."
         );
     }
 }
