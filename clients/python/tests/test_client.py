@@ -276,3 +276,22 @@ def test_only_calls_marked_safe_are_retried() -> None:
             assert flaky.calls["Register"] == 1
     finally:
         server.stop(None)
+
+
+def test_a_document_goes_into_a_knowledge_collection(client: llmesh.Client) -> None:
+    from llmesh.chat.v1 import knowledge_pb2
+
+    collection = client.knowledge.CreateCollection(knowledge_pb2.CreateCollectionRequest(name="pytest notes")).collection
+    seen: list[llmesh.Progress] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = pathlib.Path(scratch) / "notes.md"
+        path.write_text("# Notes\n\nThe blue door opens with the brass key kept under the mat.\n")
+        doc = client.ingest_document(collection.id, path, progress=seen.append)
+    assert doc.name == "notes.md" and doc.chunks >= 1
+    assert doc.format == knowledge_pb2.DOCUMENT_FORMAT_MARKDOWN
+    assert [p.phase for p in seen if p.phase != "uploading"][:2] == ["parsing", "chunking"]
+    hits = client.knowledge.SearchKnowledge(
+        knowledge_pb2.SearchKnowledgeRequest(collection_ids=[collection.id], query="which key opens the door")
+    ).hits
+    assert hits and "brass" in hits[0].chunk.text
+    client.knowledge.DeleteCollection(knowledge_pb2.DeleteCollectionRequest(id=collection.id))

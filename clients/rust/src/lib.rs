@@ -54,6 +54,7 @@ use deadline::DeadlineLayer;
 use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
 use llmesh_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
@@ -273,6 +274,13 @@ impl Client {
     /// Search, export and import of conversations.
     pub fn archive(&self) -> ChatArchiveServiceClient<Transport> {
         ChatArchiveServiceClient::new(self.transport())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Knowledge collections: documents in (after an upload), search, citations.
+    pub fn knowledge(&self) -> KnowledgeServiceClient<Transport> {
+        KnowledgeServiceClient::new(self.transport())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }

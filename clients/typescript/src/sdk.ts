@@ -19,6 +19,7 @@ import {
   type Message,
   type ReplyEvent,
 } from "./gen/llmesh/chat/v1/chat_pb.js";
+import { KnowledgeService } from "./gen/llmesh/chat/v1/knowledge_pb.js";
 import type { Money, TokenUsage } from "./gen/llmesh/common/v1/common_pb.js";
 import {
   ChatRole,
@@ -582,6 +583,7 @@ export class LlmeshClient {
   readonly auth: Client<typeof AuthService>;
   readonly chat: Client<typeof ChatService>;
   readonly archive: Client<typeof ChatArchiveService>;
+  readonly knowledge: Client<typeof KnowledgeService>;
   readonly llm: Client<typeof LlmService>;
   readonly billing: Client<typeof BillingService>;
   readonly sandbox: Client<typeof SandboxService>;
@@ -593,6 +595,7 @@ export class LlmeshClient {
     this.auth = createClient(AuthService, transport);
     this.chat = createClient(ChatService, transport);
     this.archive = createClient(ChatArchiveService, transport);
+    this.knowledge = createClient(KnowledgeService, transport);
     this.llm = createClient(LlmService, transport);
     this.billing = createClient(BillingService, transport);
     this.sandbox = createClient(SandboxService, transport);

@@ -15,7 +15,7 @@ from llmesh._common import Access, Progress, ProgressFn, Source, Upload
 from llmesh._errors import Error
 from llmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmesh.billing.v1 import billing_pb2_grpc
-from llmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from llmesh.chat.v1 import chat_pb2, chat_pb2_grpc, knowledge_pb2, knowledge_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.llm.v1 import llm_pb2, llm_pb2_grpc
 from llmesh.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -408,7 +408,7 @@ class Client:
     """A connection to one llmesh deployment, signed in as one caller.
 
     The generated stubs are its attributes (:attr:`auth`, :attr:`chat`, :attr:`archive`,
-    :attr:`llm`, :attr:`billing`, :attr:`sandbox`); every call through them carries the
+    :attr:`knowledge`, :attr:`llm`, :attr:`billing`, :attr:`sandbox`); every call through them carries the
     credentials and a deadline, is retried after UNAVAILABLE when proto/ marks it safe to
     repeat, and fails with :class:`llmesh.Error`. Use it as a context manager, or call
     :meth:`close`.
@@ -458,6 +458,7 @@ class Client:
         self.auth = auth_pb2_grpc.AuthServiceStub(channel)
         self.chat = chat_pb2_grpc.ChatServiceStub(channel)
         self.archive = chat_pb2_grpc.ChatArchiveServiceStub(channel)
+        self.knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
         self.llm = llm_pb2_grpc.LlmServiceStub(channel)
         self.billing = billing_pb2_grpc.BillingServiceStub(channel)
         self.sandbox = sandbox_pb2_grpc.SandboxServiceStub(channel)
@@ -551,6 +552,35 @@ class Client:
             report(Progress("uploading", offset, content.size))
         self.archive.FinishUpload(chat_pb2.FinishUploadRequest(upload_id=begun.upload_id))
         return str(begun.upload_id)
+
+    def ingest_document(
+        self,
+        collection_id: str,
+        source: Source,
+        *,
+        name: Optional[str] = None,
+        progress: Optional[ProgressFn] = None,
+    ) -> knowledge_pb2.Document:
+        """Uploads a document (text, Markdown, HTML, PDF, DOCX, CSV or code; the format is
+        guessed from the name and the bytes) and reads it into a knowledge collection,
+        reporting the upload's bytes and then each phase's progress. A document of the
+        same name in the collection is replaced. Returns the stored document."""
+        upload_id = self.upload(source, name=name, progress=progress)
+        report = progress or _common._ignore
+        phases = {1: "parsing", 2: "chunking", 3: "embedding", 4: "indexing"}
+        for event in self.knowledge.IngestDocument(
+            knowledge_pb2.IngestDocumentRequest(collection_id=collection_id, upload_id=upload_id)
+        ):
+            which = event.WhichOneof("event")
+            if which == "progress":
+                p = event.progress
+                report(Progress(phases.get(p.phase, "ingesting"), p.done, p.total))
+            elif which == "document":
+                return event.document
+        raise Error(
+            grpc.StatusCode.UNAVAILABLE,
+            "the ingest ended without its document; the server may have restarted: list the collection's documents before trying again",
+        )
 
     def import_conversations(
         self,

@@ -26,7 +26,7 @@ from llmesh._common import Access, Progress, ProgressFn, Source, Upload
 from llmesh._errors import Error
 from llmesh.auth.v1 import auth_pb2, auth_pb2_grpc
 from llmesh.billing.v1 import billing_pb2_grpc
-from llmesh.chat.v1 import chat_pb2, chat_pb2_grpc
+from llmesh.chat.v1 import chat_pb2, chat_pb2_grpc, knowledge_pb2, knowledge_pb2_grpc
 from llmesh.common.v1 import common_pb2
 from llmesh.llm.v1 import llm_pb2, llm_pb2_grpc
 from llmesh.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -337,6 +337,7 @@ class AsyncClient:
         self.auth = auth_pb2_grpc.AuthServiceStub(self._channel_)
         self.chat = chat_pb2_grpc.ChatServiceStub(self._channel_)
         self.archive = chat_pb2_grpc.ChatArchiveServiceStub(self._channel_)
+        self.knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(self._channel_)
         self.llm = llm_pb2_grpc.LlmServiceStub(self._channel_)
         self.billing = billing_pb2_grpc.BillingServiceStub(self._channel_)
         self.sandbox = sandbox_pb2_grpc.SandboxServiceStub(self._channel_)
@@ -434,6 +435,35 @@ class AsyncClient:
             report(Progress("uploading", offset, content.size))
         await self.archive.FinishUpload(chat_pb2.FinishUploadRequest(upload_id=begun.upload_id))
         return str(begun.upload_id)
+
+    async def ingest_document(
+        self,
+        collection_id: str,
+        source: Source,
+        *,
+        name: Optional[str] = None,
+        progress: Optional[ProgressFn] = None,
+    ) -> knowledge_pb2.Document:
+        """Uploads a document (text, Markdown, HTML, PDF, DOCX, CSV or code; the format is
+        guessed from the name and the bytes) and reads it into a knowledge collection,
+        reporting the upload's bytes and then each phase's progress. A document of the
+        same name in the collection is replaced. Returns the stored document."""
+        upload_id = await self.upload(source, name=name, progress=progress)
+        report = progress or _common._ignore
+        phases = {1: "parsing", 2: "chunking", 3: "embedding", 4: "indexing"}
+        async for event in self.knowledge.IngestDocument(
+            knowledge_pb2.IngestDocumentRequest(collection_id=collection_id, upload_id=upload_id)
+        ):
+            which = event.WhichOneof("event")
+            if which == "progress":
+                p = event.progress
+                report(Progress(phases.get(p.phase, "ingesting"), p.done, p.total))
+            elif which == "document":
+                return event.document
+        raise Error(
+            grpc.StatusCode.UNAVAILABLE,
+            "the ingest ended without its document; the server may have restarted: list the collection's documents before trying again",
+        )
 
     async def import_conversations(
         self,
