@@ -14,6 +14,15 @@ async function* events(list: chat.ReplyEvent[], fail?: Error) {
 }
 
 describe("reply drafts", () => {
+  it("keeps the sources sent before the text", () => {
+    const source = create(chat.CitationSchema, { index: 1, documentName: "handbook.md", headings: ["Pests"], quote: "Aphids" });
+    let d = applyEvent(startDraft(), ev({ case: "citations", value: create(chat.CitationListSchema, { citations: [source] }) }));
+    expect(d.citations?.[0].documentName).toBe("handbook.md");
+    d = applyEvent(d, ev({ case: "delta", value: "Use soap [1]." }));
+    expect(d).toMatchObject({ text: "Use soap [1].", phase: "streaming" });
+    expect(d.citations).toHaveLength(1);
+  });
+
   it("folds user message, deltas and the stored reply", () => {
     let d = startDraft();
     expect(d.phase).toBe("waiting");

@@ -16,6 +16,8 @@ export interface ReplyDraft {
   error?: string;
   /** Delta events received. */
   deltas: number;
+  /** The knowledge sources the reply was given, sent before its text. */
+  citations?: chat.Citation[];
 }
 
 export function startDraft(): ReplyDraft {
@@ -28,6 +30,8 @@ export function applyEvent(draft: ReplyDraft, event: chat.ReplyEvent): ReplyDraf
   switch (e.case) {
     case "userMessage":
       return { ...draft, userMessage: e.value };
+    case "citations":
+      return { ...draft, citations: e.value.citations };
     case "delta":
       if (draft.phase !== "waiting" && draft.phase !== "streaming") return draft;
       return { ...draft, text: draft.text + e.value, phase: "streaming", deltas: draft.deltas + 1 };

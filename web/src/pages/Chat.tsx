@@ -626,6 +626,7 @@ function MessageView({
           <Markdown text={m.content} />
         </CodeRunContext.Provider>
       </div>
+      <Sources citations={m.citations} />
       <div className="meta">
         <Branch m={m} onSwitch={onSwitch} disabled={readOnly} />
         {m.state === MESSAGE_STATE_STOPPED && <span className="badge warn">stopped</span>}
@@ -645,6 +646,27 @@ function MessageView({
   );
 }
 
+/** The knowledge sources a reply was given: [n] document — headings (page), each opening
+ * to the start of its passage. */
+function Sources({ citations }: { citations: chat.Citation[] }) {
+  if (citations.length === 0) return null;
+  return (
+    <div className="sources" data-testid="sources">
+      <span className="muted">Sources</span>
+      {citations.map((c) => (
+        <details key={`${c.index}-${c.chunkId}`} className="source" data-testid="source">
+          <summary>
+            [{c.index}] {c.documentName}
+            {c.headings.length > 0 && <span className="muted"> — {c.headings.join(" › ")}</span>}
+            {c.page > 0 && <span className="muted"> (page {c.page})</span>}
+          </summary>
+          <blockquote>{c.quote}{c.quote.length >= 300 ? "…" : ""}</blockquote>
+        </details>
+      ))}
+    </div>
+  );
+}
+
 function PendingView({ pending }: { pending: Pending }) {
   const d = pending.draft;
   const userText = d.userMessage?.content ?? pending.userText;
@@ -659,6 +681,7 @@ function PendingView({ pending }: { pending: Pending }) {
         <div className={`bubble ${isActive(d) ? "typing" : ""}`}>
           {d.text ? <Markdown text={d.text} /> : d.phase === "waiting" ? <span className="muted">Thinking…</span> : null}
         </div>
+        <Sources citations={d.citations ?? []} />
         <div className="meta">
           {d.phase === "stopped" && <span className="badge warn">stopped, saving…</span>}
           {d.phase === "failed" && (
