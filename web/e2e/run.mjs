@@ -4,7 +4,8 @@
 //   register (first user → admin) → admin prices the default model and adds credit →
 //   chat, watching the reply stream → stop a reply → regenerate → search finds it →
 //   create an API key (and use it) → run a reply's Python code block in the sandbox (and
-//   see it kept after a reload) → the sandbox page (upload, streaming output, kept files,
+//   see it kept after a reload) → a reply drawing on a knowledge collection shows its
+//   sources → the sandbox page (upload, streaming output, kept files,
 //   stop) → usage shows spend = tokens × price.
 //
 // Along the way it writes a screenshot of every screen at 1280×800 and 390×844 into
@@ -457,6 +458,56 @@ async function main() {
     await page.getByTestId("code-run").first().getByText(/^ran /).waitFor({ timeout: 30_000 });
     const kept = await page.getByTestId("code-run").first().getByTestId("run-stdout").innerText();
     if (kept.trim() !== "1\n4\n9") fail(`after a reload the block shows ${JSON.stringify(kept)}`);
+
+    // 8c. Knowledge: a document ingested through the API key, a conversation drawing on
+    // its collection, and the reply's sources shown under it.
+    step("knowledge: a reply shows the sources it was given");
+    const guide = new TextEncoder().encode(
+      "# Greenhouse\n\n## Pests\n\nAphids gather under young leaves. A spray of soapy water removes them.\n\n## Heating\n\nA thermostat keeps the air above five degrees.\n",
+    );
+    const shelf = (await viaKey.knowledge.createCollection({ name: "Greenhouse" })).collection;
+    const upGuide = await viaKey.archive.beginUpload({
+      fileName: "greenhouse.md",
+      sizeBytes: BigInt(guide.length),
+      sha256: createHash("sha256").update(guide).digest("hex"),
+    });
+    await viaKey.archive.appendUploadChunk({ uploadId: upGuide.uploadId, offset: 0n, data: guide });
+    await viaKey.archive.finishUpload({ uploadId: upGuide.uploadId });
+    let ingested;
+    for await (const res of viaKey.knowledge.ingestDocument({ collectionId: shelf.id, uploadId: upGuide.uploadId })) {
+      if (res.event.case === "document") ingested = res.event.value;
+    }
+    if (!ingested || ingested.chunks < 1) fail("the knowledge document was not ingested");
+    const grounded = (
+      await viaKey.chat.createConversation({ title: "Greenhouse questions", collectionIds: [shelf.id], sampling: { maxTokens: 16 } })
+    ).conversation;
+    await page.goto(url);
+    await page.getByTestId("conversation-item").filter({ hasText: "Greenhouse questions" }).locator("a").click();
+    // The new conversation is on screen (empty) before anything is typed.
+    await page.waitForFunction(
+      (id) => location.pathname.endsWith(id) && document.querySelectorAll('[data-testid="assistant-message"]').length === 0,
+      grounded.id,
+      { timeout: 30_000 },
+    );
+    const ask = page.getByLabel("Message");
+    await ask.fill("How do I get rid of the little insects on my plants?");
+    await ask.press("Enter");
+    await waitForReply(page, 0);
+    const stored = await viaKey.chat.getConversation({ id: grounded.id });
+    const cites = stored.messages.map((m) => m.citations.length);
+    if (!cites.some((n) => n > 0)) fail(`the reply was given no sources (citations per message: ${JSON.stringify(cites)}; collections ${JSON.stringify(stored.conversation?.collectionIds)})`);
+    const source = page.getByTestId("assistant-message").last().getByTestId("source").first();
+    await source.waitFor({ timeout: 30_000 });
+    const label = await source.locator("summary").innerText();
+    if (!label.includes("greenhouse.md") || !label.includes("Pests")) fail(`the first source reads ${JSON.stringify(label)}`);
+    await source.locator("summary").click();
+    if (!(await source.locator("blockquote").innerText()).includes("Aphids")) fail("a source does not open to its passage");
+    await shot(page, "chat-sources-desktop");
+    const groundedUsage = await usageOf(page, page.getByTestId("assistant-message").last());
+    billed.set(groundedUsage.id, groundedUsage);
+    // Kept with the message: a reload shows the same sources.
+    await page.reload();
+    await page.getByTestId("assistant-message").last().getByTestId("source").first().waitFor({ timeout: 30_000 });
 
     // 8b. The sandbox page: a workspace file, output that streams, kept files, Stop.
     step("sandbox page: upload, streaming run, kept files, stop");

@@ -54,8 +54,8 @@ use deadline::DeadlineLayer;
 use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use llmesh_proto::billing::v1::billing_service_client::BillingServiceClient;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
-use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
+use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
 use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
 use llmesh_proto::sandbox::v1::sandbox_service_client::SandboxServiceClient;
 

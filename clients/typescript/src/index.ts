@@ -11,6 +11,7 @@ import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/prot
 import { AuthService } from "./gen/llmesh/auth/v1/auth_pb.js";
 import { BillingService } from "./gen/llmesh/billing/v1/billing_pb.js";
 import { ChatArchiveService, ChatService } from "./gen/llmesh/chat/v1/chat_pb.js";
+import { KnowledgeService } from "./gen/llmesh/chat/v1/knowledge_pb.js";
 import { LlmService } from "./gen/llmesh/llm/v1/llm_pb.js";
 import { SandboxService } from "./gen/llmesh/sandbox/v1/sandbox_pb.js";
 
@@ -18,9 +19,10 @@ export * as auth from "./gen/llmesh/auth/v1/auth_pb.js";
 export * as billing from "./gen/llmesh/billing/v1/billing_pb.js";
 export * as chat from "./gen/llmesh/chat/v1/chat_pb.js";
 export * as common from "./gen/llmesh/common/v1/common_pb.js";
+export * as knowledge from "./gen/llmesh/chat/v1/knowledge_pb.js";
 export * as llm from "./gen/llmesh/llm/v1/llm_pb.js";
 export * as sandbox from "./gen/llmesh/sandbox/v1/sandbox_pb.js";
-export { AuthService, BillingService, ChatArchiveService, ChatService, LlmService, SandboxService };
+export { AuthService, BillingService, ChatArchiveService, ChatService, KnowledgeService, LlmService, SandboxService };
 export { Code, ConnectError, timestampDate, timestampFromDate, type Timestamp };
 export * from "./sdk.js";
 
@@ -48,6 +50,7 @@ export interface LlmeshClients {
   auth: Client<typeof AuthService>;
   chat: Client<typeof ChatService>;
   archive: Client<typeof ChatArchiveService>;
+  knowledge: Client<typeof KnowledgeService>;
   llm: Client<typeof LlmService>;
   billing: Client<typeof BillingService>;
   sandbox: Client<typeof SandboxService>;
@@ -74,6 +77,7 @@ export function createClients(options: ClientOptions): LlmeshClients {
     auth: createClient(AuthService, transport),
     chat: createClient(ChatService, transport),
     archive: createClient(ChatArchiveService, transport),
+    knowledge: createClient(KnowledgeService, transport),
     llm: createClient(LlmService, transport),
     billing: createClient(BillingService, transport),
     sandbox: createClient(SandboxService, transport),
