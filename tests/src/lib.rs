@@ -609,3 +609,47 @@ pub fn promtool_accepts(scrape: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Uploads `bytes` as `name` through chat's chunked upload (BeginUpload, chunks of the
+/// size the server names, FinishUpload); returns the upload id.
+pub async fn upload(channel: &Channel, token: &str, name: &str, bytes: &[u8]) -> String {
+    use llmesh_proto::chat::v1 as cpb;
+    use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
+    use sha2::Digest;
+    let mut a = ChatArchiveServiceClient::new(channel.clone());
+    let begun = a
+        .begin_upload(bearer(
+            token,
+            cpb::BeginUploadRequest {
+                file_name: name.into(),
+                size_bytes: bytes.len() as u64,
+                sha256: hex::encode(sha2::Sha256::digest(bytes)),
+            },
+        ))
+        .await
+        .expect("begin the upload")
+        .into_inner();
+    let mut offset = 0;
+    for chunk in bytes.chunks(begun.max_chunk_bytes.max(1) as usize) {
+        a.append_upload_chunk(bearer(
+            token,
+            cpb::AppendUploadChunkRequest {
+                upload_id: begun.upload_id.clone(),
+                offset,
+                data: chunk.to_vec(),
+            },
+        ))
+        .await
+        .expect("append a chunk");
+        offset += chunk.len() as u64;
+    }
+    a.finish_upload(bearer(
+        token,
+        cpb::FinishUploadRequest {
+            upload_id: begun.upload_id.clone(),
+        },
+    ))
+    .await
+    .expect("finish the upload");
+    begun.upload_id
+}

@@ -8,8 +8,7 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
-use llmesh_tests::{Backend, TestServer, bearer, price_and_credit};
-use sha2::{Digest, Sha256};
+use llmesh_tests::{Backend, TestServer, bearer, price_and_credit, upload};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -32,45 +31,6 @@ ladybirds, which eat aphids.
 In winter the greenhouse heater keeps the air above five degrees Celsius. A thermostat
 switches it off when the sun warms the glass.
 ";
-
-async fn upload(channel: &Channel, token: &str, name: &str, bytes: &[u8]) -> String {
-    let mut a = ChatArchiveServiceClient::new(channel.clone());
-    let begun = a
-        .begin_upload(bearer(
-            token,
-            pb::BeginUploadRequest {
-                file_name: name.into(),
-                size_bytes: bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(bytes)),
-            },
-        ))
-        .await
-        .expect("begin")
-        .into_inner();
-    let mut offset = 0;
-    for chunk in bytes.chunks(begun.max_chunk_bytes as usize) {
-        a.append_upload_chunk(bearer(
-            token,
-            pb::AppendUploadChunkRequest {
-                upload_id: begun.upload_id.clone(),
-                offset,
-                data: chunk.to_vec(),
-            },
-        ))
-        .await
-        .expect("chunk");
-        offset += chunk.len() as u64;
-    }
-    a.finish_upload(bearer(
-        token,
-        pb::FinishUploadRequest {
-            upload_id: begun.upload_id.clone(),
-        },
-    ))
-    .await
-    .expect("finish");
-    begun.upload_id
-}
 
 /// Ingests an upload; returns the progress phases seen and the document (or the error).
 async fn ingest(

@@ -8,11 +8,9 @@
 use std::collections::HashSet;
 
 use llmesh_proto::chat::v1 as pb;
-use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
-use llmesh_tests::{Backend, TestServer, bearer, price_and_credit};
+use llmesh_tests::{Backend, TestServer, bearer, price_and_credit, upload};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 #[derive(Deserialize)]
 struct Corpus {
@@ -73,46 +71,6 @@ fn the_corpus_keeps_its_promises() {
             q.doc
         );
     }
-}
-
-async fn upload(
-    channel: &tonic::transport::Channel,
-    token: &str,
-    name: &str,
-    bytes: &[u8],
-) -> String {
-    let mut a = ChatArchiveServiceClient::new(channel.clone());
-    let begun = a
-        .begin_upload(bearer(
-            token,
-            pb::BeginUploadRequest {
-                file_name: name.into(),
-                size_bytes: bytes.len() as u64,
-                sha256: hex::encode(Sha256::digest(bytes)),
-            },
-        ))
-        .await
-        .expect("begin")
-        .into_inner();
-    a.append_upload_chunk(bearer(
-        token,
-        pb::AppendUploadChunkRequest {
-            upload_id: begun.upload_id.clone(),
-            offset: 0,
-            data: bytes.to_vec(),
-        },
-    ))
-    .await
-    .expect("chunk");
-    a.finish_upload(bearer(
-        token,
-        pb::FinishUploadRequest {
-            upload_id: begun.upload_id.clone(),
-        },
-    ))
-    .await
-    .expect("finish");
-    begun.upload_id
 }
 
 async fn recall_on(backend: Backend) {
