@@ -4,10 +4,12 @@
 //! llama.cpp beside it); `llmesh-bench mesh` measures what splitting the services into
 //! processes behind nginx costs (see `bench/mesh.sh`); `llmesh-bench sandbox` measures
 //! sandbox runs against native CPython and the wasmtime PyPI package (see
-//! `bench/sandbox.sh`).
+//! `bench/sandbox.sh`); `llmesh-bench knowledge` measures knowledge ingest and search
+//! (see `bench/knowledge.sh`).
 
 mod door;
 mod engine;
+mod knowledge;
 mod mesh;
 mod sandbox;
 
@@ -131,6 +133,26 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         pool: usize,
     },
+    /// Knowledge bases: ingest speed beside sentence-transformers, and hybrid search
+    /// latency at many chunks (see `bench/knowledge.sh`).
+    Knowledge {
+        /// Run on the Postgres with pgvector (`scripts/pgvector start`; the URL from
+        /// LLMESH_TEST_PGVECTOR_URL) instead of SQLite.
+        #[arg(long)]
+        pgvector: bool,
+        /// Chunks in the collection searched.
+        #[arg(long, default_value_t = 100_000)]
+        chunks: usize,
+        /// Searches to time.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// A Python with sentence-transformers, for the ingest peer.
+        #[arg(long)]
+        peer_python: Option<std::path::PathBuf>,
+        /// Only the search half.
+        #[arg(long)]
+        search_only: bool,
+    },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
         /// Messages to store before measuring.
@@ -153,6 +175,26 @@ async fn main() -> anyhow::Result<()> {
             queries,
             postgres,
         } => search(messages, queries, postgres).await,
+        Command::Knowledge {
+            pgvector,
+            chunks,
+            queries,
+            peer_python,
+            search_only,
+        } => {
+            knowledge::run(knowledge::Options {
+                backend: if pgvector {
+                    llmesh_tests::Backend::Pgvector
+                } else {
+                    llmesh_tests::Backend::Sqlite
+                },
+                chunks,
+                queries,
+                peer_python,
+                search_only,
+            })
+            .await
+        }
         Command::Door {
             binary,
             models_dir,

@@ -21,6 +21,9 @@ use tonic::transport::Channel;
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Postgres with pgvector (PostgreSQL 18 from `scripts/pgvector`): the knowledge
+    /// store's Postgres. The database is a Postgres one like any other.
+    Pgvector,
     /// Every service in processes of its own (llm and chat twice) on one Postgres,
     /// reached through an nginx edge (see [`mesh::Mesh`]).
     Mesh,
@@ -32,13 +35,20 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The admin URL of the Postgres with pgvector (`scripts/pgvector start` prints it).
+pub fn pgvector_admin_url() -> String {
+    std::env::var("LLMESH_TEST_PGVECTOR_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
+}
+
 /// A fresh, empty database for one test. Postgres databases are dropped at the end of
 /// the test when possible; SQLite files live in a temporary directory.
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
     dir: TempDir,
-    pg_name: Option<String>,
+    /// The Postgres database this test made, and the admin URL it was made through.
+    pg: Option<(String, String)>,
 }
 
 impl TestDb {
@@ -53,18 +63,24 @@ impl TestDb {
                     url,
                     backend,
                     dir,
-                    pg_name: None,
+                    pg: None,
                 })
             }
-            Backend::Postgres | Backend::Mesh => {
-                let admin = postgres_admin_url();
+            Backend::Postgres | Backend::Mesh | Backend::Pgvector => {
+                let (admin, start) = if backend == Backend::Pgvector {
+                    (pgvector_admin_url(), "scripts/pgvector start")
+                } else {
+                    (postgres_admin_url(), "start Postgres")
+                };
                 let conn = match Database::connect(admin.as_str()).await {
                     Ok(c) => c,
                     Err(e) => {
                         if std::env::var_os("CI").is_some() {
-                            panic!("Postgres at {admin} is required in CI: {e}");
+                            panic!("Postgres at {admin} is required in CI ({start}): {e}");
                         }
-                        eprintln!("skipping the Postgres variant: cannot reach {admin}: {e}");
+                        eprintln!(
+                            "SKIPPED: the {backend:?} variant cannot reach {admin} ({start}): {e}"
+                        );
                         return None;
                     }
                 };
@@ -77,7 +93,7 @@ impl TestDb {
                     url: format!("{base}/{name}"),
                     backend: Backend::Postgres,
                     dir: TempDir::new("llmesh-test"),
-                    pg_name: Some(name),
+                    pg: Some((admin, name)),
                 })
             }
         }
@@ -96,16 +112,15 @@ impl TestDb {
             url: self.url.clone(),
             backend: self.backend,
             dir: TempDir::new("llmesh-test"),
-            pg_name: None,
+            pg: None,
         }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Some(name) = self.pg_name.take() {
+        if let Some((admin, name)) = self.pg.take() {
             // Best effort, on a thread of its own: Drop cannot await.
-            let admin = postgres_admin_url();
             let _ = std::thread::spawn(move || {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                     .enable_all()

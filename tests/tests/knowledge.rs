@@ -647,6 +647,151 @@ async fn knowledge_bases_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn knowledge_bases_on_postgres() {
-    knowledge_on(Backend::Postgres).await;
+async fn knowledge_bases_on_postgres_with_pgvector() {
+    knowledge_on(Backend::Pgvector).await;
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    db.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DatabaseBackend::Postgres,
+        sql,
+    ))
+    .await
+    .expect("count")
+    .expect("a row")
+    .try_get_by_index(0)
+    .expect("a number")
+}
+
+/// pgvector's table is derived from the chunks: what a restore (or a database from before
+/// pgvector) lacks is filled in when knowledge starts, what no chunk owns is dropped, and
+/// deleting a document takes its vectors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgvector_vectors_follow_the_chunks_across_restarts() {
+    use sea_orm::ConnectionTrait;
+    let models = llmesh_tests::models::models_dir();
+    let with_models = |c: &mut llmesh::Config| c.llm.models_dir = models.display().to_string();
+    let Some(s) = TestServer::start_with(Backend::Pgvector, with_models).await else {
+        return;
+    };
+    let (owner, tokens) = s.signup("owner@example.com").await;
+    let t = tokens.access_token;
+    price_and_credit(&s.channel, &t, EMBED, &owner.id, 10_000_000).await;
+    let mut k = KnowledgeServiceClient::new(s.channel.clone());
+    let garden = k
+        .create_collection(bearer(
+            &t,
+            pb::CreateCollectionRequest {
+                name: "Garden".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .collection
+        .expect("collection");
+    let up = upload(&s.channel, &t, "handbook.md", GUIDE.as_bytes()).await;
+    let (_, doc) = ingest(&mut k, &t, &garden.id, &up).await.expect("ingest");
+    let db = sea_orm::Database::connect(s.db.url.as_str())
+        .await
+        .expect("connect");
+    let vectors = "SELECT COUNT(*) FROM kb_vectors";
+    assert_eq!(count(&db, vectors).await, i64::from(doc.chunks));
+    let pests = "how do I get rid of small insects on my plants";
+
+    // As a restore leaves it: no vectors, and one that belongs to no chunk.
+    db.execute_unprepared("DELETE FROM kb_vectors")
+        .await
+        .expect("empty");
+    let ones = vec!["1"; 384].join(",");
+    db.execute_unprepared(&format!(
+        "INSERT INTO kb_vectors VALUES ('gone', '{}', 384, '[{ones}]')",
+        garden.id
+    ))
+    .await
+    .expect("a stray vector");
+    let s = s.restart(chrono::Duration::zero(), with_models).await;
+    let mut k = KnowledgeServiceClient::new(s.channel.clone());
+    let hits = search(&mut k, &t, &[&garden.id], pests, pb::SearchMode::Vector)
+        .await
+        .expect("vector search after the restart");
+    assert_eq!(top_heading(&hits), "Pests", "{hits:#?}");
+    assert!(hits.iter().all(|h| h.chunk.is_some()));
+    assert_eq!(count(&db, vectors).await, i64::from(doc.chunks));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM kb_vectors WHERE chunk_id = 'gone'"
+        )
+        .await,
+        0
+    );
+
+    k.delete_document(bearer(&t, pb::DeleteDocumentRequest { id: doc.id }))
+        .await
+        .expect("delete");
+    assert_eq!(count(&db, vectors).await, 0);
+}
+
+/// On a Postgres without pgvector (the system Postgres 15 here) llmesh migrates and runs;
+/// knowledge calls say what to install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_pgvector_knowledge_is_a_failed_precondition() {
+    let Some(s) = TestServer::start(Backend::Postgres).await else {
+        return;
+    };
+    let db = sea_orm::Database::connect(s.db.url.as_str())
+        .await
+        .expect("connect");
+    let has = "SELECT COUNT(*) FROM pg_available_extensions WHERE name = 'vector'";
+    if count(&db, has).await > 0 {
+        eprintln!("SKIPPED: the test Postgres has pgvector, so it cannot show its absence");
+        return;
+    }
+    let (_, tokens) = s.signup("owner@example.com").await;
+    let t = tokens.access_token;
+    let mut k = KnowledgeServiceClient::new(s.channel.clone());
+    let precondition = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("pgvector"), "{}", e.message());
+    };
+    precondition(
+        k.create_collection(bearer(
+            &t,
+            pb::CreateCollectionRequest {
+                name: "Garden".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect_err("no pgvector"),
+    );
+    precondition(
+        k.list_collections(bearer(&t, pb::ListCollectionsRequest::default()))
+            .await
+            .expect_err("no pgvector"),
+    );
+    precondition(
+        search(&mut k, &t, &["c1"], "aphids", pb::SearchMode::Hybrid)
+            .await
+            .expect_err("no pgvector"),
+    );
+    let mut chat = ChatServiceClient::new(s.channel.clone());
+    precondition(
+        chat.create_conversation(bearer(
+            &t,
+            pb::CreateConversationRequest {
+                collection_ids: vec!["c1".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("no pgvector"),
+    );
+    // Everything else runs.
+    chat.create_conversation(bearer(&t, pb::CreateConversationRequest::default()))
+        .await
+        .expect("a conversation without knowledge");
 }

@@ -174,6 +174,6 @@ async fn recall_at_5_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recall_at_5_on_postgres() {
-    recall_on(Backend::Postgres).await;
+async fn recall_at_5_on_postgres_with_pgvector() {
+    recall_on(Backend::Pgvector).await;
 }

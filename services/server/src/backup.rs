@@ -160,8 +160,8 @@ impl RowSum {
 
 /// Every table of llmesh's schema in the connected database, parents before the tables
 /// whose foreign keys point at them. Skipped: the migration bookkeeping (the header
-/// records it) and SQLite's full-text shadow tables (their virtual table is copied as
-/// rows and reindexes itself).
+/// records it), SQLite's full-text shadow tables (their virtual table is copied as
+/// rows and reindexes itself) and pgvector's `kb_vectors` (rebuilt from `kb_chunks`).
 async fn tables<C: ConnectionTrait>(db: &C) -> anyhow::Result<Vec<Table>> {
     let backend = db.get_database_backend();
     let mut tables = Vec::new();
@@ -233,7 +233,9 @@ async fn tables<C: ConnectionTrait>(db: &C) -> anyhow::Result<Vec<Table>> {
             .await?;
             for r in &rows {
                 let name: String = r.try_get_by_index(0)?;
-                if name == "seaql_migrations" {
+                // kb_vectors is pgvector's copy of kb_chunks.embedding, made again from
+                // it when knowledge starts (and absent where pgvector is).
+                if name == "seaql_migrations" || name == "kb_vectors" {
                     continue;
                 }
                 let cols = all(

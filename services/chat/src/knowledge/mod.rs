@@ -5,6 +5,7 @@
 pub mod chunk;
 pub mod grpc;
 pub mod parse;
+pub mod pgvector;
 pub mod store;
 pub mod vector;
 
@@ -159,13 +160,29 @@ impl Knowledge {
         config: KnowledgeConfig,
     ) -> Knowledge {
         let db = uploads.db.clone();
+        // SQLite scans its vectors; Postgres searches them with pgvector's HNSW.
+        let index: Arc<dyn ChunkIndex> =
+            if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+                Arc::new(pgvector::PgvectorIndex::new(db.clone()))
+            } else {
+                Arc::new(SqlIndex::new(db.clone()))
+            };
         Knowledge {
             uploads,
             llm,
             clock,
-            store: KnowledgeStore::new(db.clone()),
-            index: Arc::new(SqlIndex::new(db)),
+            store: KnowledgeStore::new(db),
+            index,
             config,
+        }
+    }
+
+    /// FAILED_PRECONDITION, saying what to install, while the index cannot serve
+    /// (Postgres without pgvector); every knowledge call asks first.
+    async fn ready(&self) -> Result<()> {
+        match self.index.ready().await? {
+            None => Ok(()),
+            Some(reason) => Err(ChatError::Precondition(reason)),
         }
     }
 
@@ -181,6 +198,9 @@ impl Knowledge {
         field: &str,
         ids: &[String],
     ) -> Result<Vec<String>> {
+        if !ids.is_empty() {
+            self.ready().await?;
+        }
         if ids.len() > MAX_ATTACHED {
             return Err(ChatError::Invalid(format!(
                 "{field} holds {} collections; the limit is {MAX_ATTACHED}",
@@ -210,6 +230,10 @@ impl Knowledge {
         collections: &[String],
         query: &str,
     ) -> Result<Vec<(Citation, String)>> {
+        if collections.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ready().await?;
         let mut readable = Vec::new();
         for id in collections {
             if self.store.readable(&p.user_id, id).await?.is_some() {
@@ -257,6 +281,7 @@ impl Knowledge {
 
     /// A collection `p` may read, or NOT_FOUND.
     async fn readable(&self, p: &Principal, id: &str) -> Result<CollectionRow> {
+        self.ready().await?;
         check_id("id", id)?;
         self.store
             .readable(&p.user_id, id)
@@ -282,6 +307,7 @@ impl Knowledge {
         name: &str,
         description: &str,
     ) -> Result<CollectionRow> {
+        self.ready().await?;
         check_text("name", name, 200, true)?;
         check_text("description", description, 2000, false)?;
         let owned = self.store.count_collections(&p.user_id).await?;
@@ -311,6 +337,7 @@ impl Knowledge {
     }
 
     pub async fn list_collections(&self, p: &Principal) -> Result<Vec<CollectionRow>> {
+        self.ready().await?;
         Ok(self.store.list_readable(&p.user_id).await?)
     }
 
@@ -374,6 +401,7 @@ impl Knowledge {
     }
 
     pub async fn delete_document(&self, p: &Principal, id: &str) -> Result<()> {
+        self.ready().await?;
         check_id("id", id)?;
         let doc = self
             .store
@@ -396,6 +424,7 @@ impl Knowledge {
         id: &str,
         context: u32,
     ) -> Result<(ChunkRow, Vec<ChunkRow>)> {
+        self.ready().await?;
         check_id("id", id)?;
         if context > 5 {
             return Err(ChatError::Invalid("context must be 0 to 5".into()));

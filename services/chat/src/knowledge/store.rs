@@ -72,6 +72,9 @@ pub struct Scored {
 /// The chunk index: what a store of chunks and vectors must do.
 #[async_trait::async_trait]
 pub trait ChunkIndex: Send + Sync {
+    /// Whether the index can serve: `Some(reason)` when it cannot (pgvector missing),
+    /// saying what to do.
+    async fn ready(&self) -> Result<Option<String>, DbErr>;
     /// Replaces a document (by collection and name) with `doc` and its chunks in one
     /// transaction; the old document's chunks and vectors go with it.
     async fn replace_document(&self, doc: &DocumentRow, chunks: Vec<NewChunk>)
@@ -105,7 +108,7 @@ pub struct KnowledgeStore {
     pub db: DatabaseConnection,
 }
 
-fn placeholders(n: usize) -> String {
+pub(super) fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
@@ -178,14 +181,30 @@ impl KnowledgeStore {
         Ok(row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))? as u64)
     }
 
-    async fn shares(&self, collection: &str) -> Result<Vec<String>, DbErr> {
+    /// Who each of `collections` is shared with, by collection (users in order).
+    async fn shares(
+        &self,
+        collections: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, DbErr> {
+        let mut out: std::collections::HashMap<String, Vec<String>> = Default::default();
+        if collections.is_empty() {
+            return Ok(out);
+        }
         let rows = all(
             &self.db,
-            "SELECT user_id FROM kb_shares WHERE collection_id = ? ORDER BY user_id",
-            vec![collection.into()],
+            &format!(
+                "SELECT collection_id, user_id FROM kb_shares WHERE collection_id IN ({}) ORDER BY user_id",
+                placeholders(collections.len())
+            ),
+            collections.iter().map(|c| c.clone().into()).collect(),
         )
         .await?;
-        rows.iter().map(|r| r.try_get("", "user_id")).collect()
+        for r in rows {
+            out.entry(r.try_get("", "collection_id")?)
+                .or_default()
+                .push(r.try_get("", "user_id")?);
+        }
+        Ok(out)
     }
 
     /// A collection `user` may read: owned, shared with them, or open to everyone.
@@ -204,7 +223,10 @@ impl KnowledgeStore {
                 let owner: String = r.try_get("", "user_id")?;
                 // Only the owner sees who else reads it.
                 let shared = if owner == user {
-                    self.shares(id).await?
+                    self.shares(&[id.to_owned()])
+                        .await?
+                        .remove(id)
+                        .unwrap_or_default()
                 } else {
                     Vec::new()
                 };
@@ -226,16 +248,18 @@ impl KnowledgeStore {
             vec![user.into(), true.into(), user.into()],
         )
         .await?;
+        let mut owned = Vec::new();
+        for r in &rows {
+            if r.try_get::<String>("", "user_id")? == user {
+                owned.push(r.try_get::<String>("", "id")?);
+            }
+        }
+        let mut shares = self.shares(&owned).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let id: String = r.try_get("", "id")?;
-            let owner: String = r.try_get("", "user_id")?;
-            let shared = if owner == user {
-                self.shares(&id).await?
-            } else {
-                Vec::new()
-            };
-            out.push(collection_row(&r, shared)?);
+            // Only the owner sees who else reads it (others' rows have no entry).
+            out.push(collection_row(&r, shares.remove(&id).unwrap_or_default())?);
         }
         Ok(out)
     }
@@ -342,8 +366,211 @@ fn chunk_row(r: &QueryResult) -> Result<ChunkRow, DbErr> {
     })
 }
 
+/// Writes a document and its chunks (vectors, int8 copies and full-text rows) in `db`,
+/// a transaction, after removing the document of the same name in that collection;
+/// returns the new chunks' ids in order.
+pub(super) async fn write_document<C: ConnectionTrait>(
+    db: &C,
+    doc: &DocumentRow,
+    chunks: &[NewChunk],
+) -> Result<Vec<String>, DbErr> {
+    let old = all(
+        db,
+        "SELECT id FROM kb_documents WHERE collection_id = ? AND name = ?",
+        vec![doc.collection_id.clone().into(), doc.name.clone().into()],
+    )
+    .await?;
+    for r in old {
+        let id: String = r.try_get("", "id")?;
+        delete_document_rows(db, &id).await?;
+    }
+    exec(
+        db,
+        "INSERT INTO kb_documents (id, collection_id, user_id, name, format, size_bytes, sha256, pages, chunks, tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        vec![
+            doc.id.clone().into(),
+            doc.collection_id.clone().into(),
+            doc.user_id.clone().into(),
+            doc.name.clone().into(),
+            doc.format.clone().into(),
+            (doc.size_bytes as i64).into(),
+            doc.sha256.clone().into(),
+            i64::from(doc.pages).into(),
+            i64::from(doc.chunks).into(),
+            (doc.tokens as i64).into(),
+            micros(doc.created_at).into(),
+        ],
+    )
+    .await?;
+    let mut ids = Vec::with_capacity(chunks.len());
+    for (position, c) in chunks.iter().enumerate() {
+        let id = uuid::Uuid::now_v7().to_string();
+        let (quantised, scale) = vector::quantise(&c.embedding);
+        let headings = serde_json::to_string(&c.headings).unwrap_or_else(|_| "[]".into());
+        let values: Vec<Value> = vec![
+            id.clone().into(),
+            doc.id.clone().into(),
+            doc.collection_id.clone().into(),
+            (position as i64).into(),
+            i64::from(c.page).into(),
+            headings.into(),
+            c.text.clone().into(),
+            i64::from(c.tokens).into(),
+            vector::to_bytes(&c.embedding).into(),
+            quantised.into(),
+            f64::from(scale).into(),
+        ];
+        exec(
+            db,
+            "INSERT INTO kb_chunks (id, document_id, collection_id, position, page, headings, body, tokens, embedding, quantised, scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+        .await?;
+        exec(
+            db,
+            "INSERT INTO kb_chunks_fts (chunk_id, collection_id, body) VALUES (?, ?, ?)",
+            vec![
+                id.clone().into(),
+                doc.collection_id.clone().into(),
+                c.text.clone().into(),
+            ],
+        )
+        .await?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// Removes a document with its chunks and full-text rows.
+pub(super) async fn delete_document_rows<C: ConnectionTrait>(
+    db: &C,
+    document: &str,
+) -> Result<(), DbErr> {
+    exec(
+        db,
+        "DELETE FROM kb_chunks_fts WHERE chunk_id IN (SELECT id FROM kb_chunks WHERE document_id = ?)",
+        vec![document.into()],
+    )
+    .await?;
+    exec(
+        db,
+        "DELETE FROM kb_chunks WHERE document_id = ?",
+        vec![document.into()],
+    )
+    .await?;
+    exec(
+        db,
+        "DELETE FROM kb_documents WHERE id = ?",
+        vec![document.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Removes a collection with its shares, documents, chunks and full-text rows.
+pub(super) async fn delete_collection_rows<C: ConnectionTrait>(
+    db: &C,
+    id: &str,
+) -> Result<(), DbErr> {
+    for table in ["kb_chunks_fts", "kb_chunks", "kb_documents", "kb_shares"] {
+        exec(
+            db,
+            &format!("DELETE FROM {table} WHERE collection_id = ?"),
+            vec![id.into()],
+        )
+        .await?;
+    }
+    exec(
+        db,
+        "DELETE FROM kb_collections WHERE id = ?",
+        vec![id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The `k` best full-text matches of any of `terms` in `collections`: FTS5's bm25 on
+/// SQLite, `ts_rank` over the tsvector on Postgres.
+pub(super) async fn full_text(
+    db: &DatabaseConnection,
+    collections: &[String],
+    terms: &[String],
+    k: usize,
+) -> Result<Vec<Scored>, DbErr> {
+    if collections.is_empty() || terms.is_empty() || k == 0 {
+        return Ok(Vec::new());
+    }
+    let mut values: Vec<Value> = Vec::new();
+    let rows = if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        // Any of the words, as in SQLite. The terms are letters and digits only (the
+        // caller splits the query at everything else), so none is tsquery syntax.
+        values.push(terms.join(" | ").into());
+        values.extend(collections.iter().map(|c| Value::from(c.clone())));
+        all(
+            db,
+            &format!(
+                "SELECT chunk_id AS id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
+                 FROM kb_chunks_fts, to_tsquery('simple', ?) q \
+                 WHERE tsv @@ q AND collection_id IN ({}) ORDER BY rank DESC, chunk_id LIMIT {k}",
+                placeholders(collections.len())
+            ),
+            values,
+        )
+        .await?
+    } else {
+        // Any of the words; each quoted, so input never reaches FTS5's syntax.
+        let query = terms
+            .iter()
+            .map(|t| format!("\"{}\"", t.replace('"', "")))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        values.push(query.into());
+        values.extend(collections.iter().map(|c| Value::from(c.clone())));
+        all(
+            db,
+            &format!(
+                "SELECT chunk_id AS id, -bm25(kb_chunks_fts) AS rank FROM kb_chunks_fts \
+                 WHERE kb_chunks_fts MATCH ? AND collection_id IN ({}) \
+                 ORDER BY bm25(kb_chunks_fts), chunk_id LIMIT {k}",
+                placeholders(collections.len())
+            ),
+            values,
+        )
+        .await?
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(Scored {
+                chunk_id: r.try_get("", "id")?,
+                score: r.try_get::<f64>("", "rank")? as f32,
+            })
+        })
+        .collect()
+}
+
+/// Chunks by id, with their document's name.
+pub(super) async fn chunk_rows(
+    db: &DatabaseConnection,
+    ids: &[String],
+) -> Result<Vec<ChunkRow>, DbErr> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = all(
+        db,
+        &format!(
+            "SELECT k.id, k.document_id, d.name AS document_name, k.collection_id, k.position, k.page, k.headings, k.body, k.tokens \
+             FROM kb_chunks k JOIN kb_documents d ON d.id = k.document_id WHERE k.id IN ({})",
+            placeholders(ids.len())
+        ),
+        ids.iter().map(|i| i.clone().into()).collect(),
+    )
+    .await?;
+    rows.iter().map(chunk_row).collect()
+}
+
 /// The chunk index in the same SQL database: exact int8 scan and the backend's
-/// full-text index.
+/// full-text index. The embedded default; on Postgres it is what tests of the scan use.
 pub struct SqlIndex {
     db: DatabaseConnection,
 }
@@ -352,135 +579,33 @@ impl SqlIndex {
     pub fn new(db: DatabaseConnection) -> SqlIndex {
         SqlIndex { db }
     }
-
-    fn postgres(&self) -> bool {
-        self.db.get_database_backend() == sea_orm::DatabaseBackend::Postgres
-    }
-
-    async fn delete_chunks_of<C: ConnectionTrait>(
-        &self,
-        db: &C,
-        document: &str,
-    ) -> Result<(), DbErr> {
-        exec(
-            db,
-            "DELETE FROM kb_chunks_fts WHERE chunk_id IN (SELECT id FROM kb_chunks WHERE document_id = ?)",
-            vec![document.into()],
-        )
-        .await?;
-        exec(
-            db,
-            "DELETE FROM kb_chunks WHERE document_id = ?",
-            vec![document.into()],
-        )
-        .await?;
-        Ok(())
-    }
 }
 
 #[async_trait::async_trait]
 impl ChunkIndex for SqlIndex {
+    async fn ready(&self) -> Result<Option<String>, DbErr> {
+        Ok(None)
+    }
+
     async fn replace_document(
         &self,
         doc: &DocumentRow,
         chunks: Vec<NewChunk>,
     ) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
-        let old = all(
-            &txn,
-            "SELECT id FROM kb_documents WHERE collection_id = ? AND name = ?",
-            vec![doc.collection_id.clone().into(), doc.name.clone().into()],
-        )
-        .await?;
-        for r in old {
-            let id: String = r.try_get("", "id")?;
-            self.delete_chunks_of(&txn, &id).await?;
-            exec(
-                &txn,
-                "DELETE FROM kb_documents WHERE id = ?",
-                vec![id.into()],
-            )
-            .await?;
-        }
-        exec(
-            &txn,
-            "INSERT INTO kb_documents (id, collection_id, user_id, name, format, size_bytes, sha256, pages, chunks, tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            vec![
-                doc.id.clone().into(),
-                doc.collection_id.clone().into(),
-                doc.user_id.clone().into(),
-                doc.name.clone().into(),
-                doc.format.clone().into(),
-                (doc.size_bytes as i64).into(),
-                doc.sha256.clone().into(),
-                i64::from(doc.pages).into(),
-                i64::from(doc.chunks).into(),
-                (doc.tokens as i64).into(),
-                micros(doc.created_at).into(),
-            ],
-        )
-        .await?;
-        for (position, c) in chunks.into_iter().enumerate() {
-            let id = uuid::Uuid::now_v7().to_string();
-            let (quantised, scale) = vector::quantise(&c.embedding);
-            let headings = serde_json::to_string(&c.headings).unwrap_or_else(|_| "[]".into());
-            let values: Vec<Value> = vec![
-                id.clone().into(),
-                doc.id.clone().into(),
-                doc.collection_id.clone().into(),
-                (position as i64).into(),
-                i64::from(c.page).into(),
-                headings.into(),
-                c.text.clone().into(),
-                i64::from(c.tokens).into(),
-                vector::to_bytes(&c.embedding).into(),
-                quantised.into(),
-                f64::from(scale).into(),
-            ];
-            exec(
-                &txn,
-                "INSERT INTO kb_chunks (id, document_id, collection_id, position, page, headings, body, tokens, embedding, quantised, scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                values,
-            )
-            .await?;
-            exec(
-                &txn,
-                "INSERT INTO kb_chunks_fts (chunk_id, collection_id, body) VALUES (?, ?, ?)",
-                vec![id.into(), doc.collection_id.clone().into(), c.text.into()],
-            )
-            .await?;
-        }
+        write_document(&txn, doc, &chunks).await?;
         txn.commit().await
     }
 
     async fn delete_document(&self, id: &str) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
-        self.delete_chunks_of(&txn, id).await?;
-        exec(
-            &txn,
-            "DELETE FROM kb_documents WHERE id = ?",
-            vec![id.into()],
-        )
-        .await?;
+        delete_document_rows(&txn, id).await?;
         txn.commit().await
     }
 
     async fn delete_collection(&self, id: &str) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
-        for table in ["kb_chunks_fts", "kb_chunks", "kb_documents", "kb_shares"] {
-            exec(
-                &txn,
-                &format!("DELETE FROM {table} WHERE collection_id = ?"),
-                vec![id.into()],
-            )
-            .await?;
-        }
-        exec(
-            &txn,
-            "DELETE FROM kb_collections WHERE id = ?",
-            vec![id.into()],
-        )
-        .await?;
+        delete_collection_rows(&txn, id).await?;
         txn.commit().await
     }
 
@@ -530,71 +655,10 @@ impl ChunkIndex for SqlIndex {
         terms: &[String],
         k: usize,
     ) -> Result<Vec<Scored>, DbErr> {
-        if collections.is_empty() || terms.is_empty() || k == 0 {
-            return Ok(Vec::new());
-        }
-        let mut values: Vec<Value> = Vec::new();
-        let rows = if self.postgres() {
-            // Any of the words, as in SQLite. The terms are letters and digits only (the
-            // caller splits the query at everything else), so none is tsquery syntax.
-            values.push(terms.join(" | ").into());
-            values.extend(collections.iter().map(|c| Value::from(c.clone())));
-            all(
-                &self.db,
-                &format!(
-                    "SELECT chunk_id AS id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
-                     FROM kb_chunks_fts, to_tsquery('simple', ?) q \
-                     WHERE tsv @@ q AND collection_id IN ({}) ORDER BY rank DESC, chunk_id LIMIT {k}",
-                    placeholders(collections.len())
-                ),
-                values,
-            )
-            .await?
-        } else {
-            // Any of the words; each quoted, so input never reaches FTS5's syntax.
-            let query = terms
-                .iter()
-                .map(|t| format!("\"{}\"", t.replace('"', "")))
-                .collect::<Vec<_>>()
-                .join(" OR ");
-            values.push(query.into());
-            values.extend(collections.iter().map(|c| Value::from(c.clone())));
-            all(
-                &self.db,
-                &format!(
-                    "SELECT chunk_id AS id, -bm25(kb_chunks_fts) AS rank FROM kb_chunks_fts \
-                     WHERE kb_chunks_fts MATCH ? AND collection_id IN ({}) \
-                     ORDER BY bm25(kb_chunks_fts), chunk_id LIMIT {k}",
-                    placeholders(collections.len())
-                ),
-                values,
-            )
-            .await?
-        };
-        rows.iter()
-            .map(|r| {
-                Ok(Scored {
-                    chunk_id: r.try_get("", "id")?,
-                    score: r.try_get::<f64>("", "rank")? as f32,
-                })
-            })
-            .collect()
+        full_text(&self.db, collections, terms, k).await
     }
 
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRow>, DbErr> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = all(
-            &self.db,
-            &format!(
-                "SELECT k.id, k.document_id, d.name AS document_name, k.collection_id, k.position, k.page, k.headings, k.body, k.tokens \
-                 FROM kb_chunks k JOIN kb_documents d ON d.id = k.document_id WHERE k.id IN ({})",
-                placeholders(ids.len())
-            ),
-            ids.iter().map(|i| i.clone().into()).collect(),
-        )
-        .await?;
-        rows.iter().map(chunk_row).collect()
+        chunk_rows(&self.db, ids).await
     }
 }
