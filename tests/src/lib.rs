@@ -24,8 +24,8 @@ pub enum Backend {
     /// Postgres with pgvector (PostgreSQL 18 from `scripts/pgvector`): the knowledge
     /// store's Postgres. The database is a Postgres one like any other.
     Pgvector,
-    /// Every service in processes of its own (llm and chat twice) on one Postgres,
-    /// reached through an nginx edge (see [`mesh::Mesh`]).
+    /// Every service in processes of its own (llm and chat twice) on one Postgres (the
+    /// one with pgvector), reached through an nginx edge (see [`mesh::Mesh`]).
     Mesh,
 }
 
@@ -67,7 +67,8 @@ impl TestDb {
                 })
             }
             Backend::Postgres | Backend::Mesh | Backend::Pgvector => {
-                let (admin, start) = if backend == Backend::Pgvector {
+                // The mesh is the production shape, and production Postgres has pgvector.
+                let (admin, start) = if backend != Backend::Postgres {
                     (pgvector_admin_url(), "scripts/pgvector start")
                 } else {
                     (postgres_admin_url(), "start Postgres")

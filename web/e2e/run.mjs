@@ -4,8 +4,9 @@
 //   register (first user → admin) → admin prices the default model and adds credit →
 //   chat, watching the reply stream → stop a reply → regenerate → search finds it →
 //   create an API key (and use it) → run a reply's Python code block in the sandbox (and
-//   see it kept after a reload) → a reply drawing on a knowledge collection shows its
-//   sources → the sandbox page (upload, streaming output, kept files,
+//   see it kept after a reload) → knowledge: a collection, a document dropped in, a search
+//   → a reply drawing on it (attached from the composer) shows its sources, each opening
+//   in its document → the sandbox page (upload, streaming output, kept files,
 //   stop) → usage shows spend = tokens × price.
 //
 // Along the way it writes a screenshot of every screen at 1280×800 and 390×844 into
@@ -459,27 +460,38 @@ async function main() {
     const kept = await page.getByTestId("code-run").first().getByTestId("run-stdout").innerText();
     if (kept.trim() !== "1\n4\n9") fail(`after a reload the block shows ${JSON.stringify(kept)}`);
 
-    // 8c. Knowledge: a document ingested through the API key, a conversation drawing on
-    // its collection, and the reply's sources shown under it.
-    step("knowledge: a reply shows the sources it was given");
-    const guide = new TextEncoder().encode(
+    // 8c. Knowledge: a collection made on the Knowledge page, a document dropped into it
+    // (upload and ingest with progress), a search that opens the passage; then a
+    // conversation that attaches the collection from the composer, and the reply's sources
+    // shown under it, each opening its passage in the document.
+    step("knowledge: collection, upload, search; a reply shows the sources it was given");
+    await page.goto(url);
+    await page.getByRole("link", { name: "Knowledge" }).click();
+    await page.getByRole("button", { name: "New collection" }).click();
+    const newCollection = page.getByRole("form", { name: "New collection" });
+    await newCollection.getByLabel("Name").fill("Greenhouse");
+    await newCollection.getByRole("button", { name: "Create" }).click();
+    await page.getByRole("heading", { name: "Greenhouse" }).waitFor({ timeout: 30_000 });
+    const guideFile = join(scratch, "greenhouse.md");
+    writeFileSync(
+      guideFile,
       "# Greenhouse\n\n## Pests\n\nAphids gather under young leaves. A spray of soapy water removes them.\n\n## Heating\n\nA thermostat keeps the air above five degrees.\n",
     );
-    const shelf = (await viaKey.knowledge.createCollection({ name: "Greenhouse" })).collection;
-    const upGuide = await viaKey.archive.beginUpload({
-      fileName: "greenhouse.md",
-      sizeBytes: BigInt(guide.length),
-      sha256: createHash("sha256").update(guide).digest("hex"),
-    });
-    await viaKey.archive.appendUploadChunk({ uploadId: upGuide.uploadId, offset: 0n, data: guide });
-    await viaKey.archive.finishUpload({ uploadId: upGuide.uploadId });
-    let ingested;
-    for await (const res of viaKey.knowledge.ingestDocument({ collectionId: shelf.id, uploadId: upGuide.uploadId })) {
-      if (res.event.case === "document") ingested = res.event.value;
-    }
-    if (!ingested || ingested.chunks < 1) fail("the knowledge document was not ingested");
+    await page.locator('input[aria-label="Add documents"]').setInputFiles(guideFile);
+    await page.locator('[data-testid="incoming"][data-phase="done"]').waitFor({ timeout: 120_000 });
+    await page.getByTestId("document").filter({ hasText: "greenhouse.md" }).waitFor({ timeout: 30_000 });
+    await page.getByLabel("Search query").fill("small insects on my plants");
+    await page.getByRole("button", { name: "Search", exact: true }).click();
+    const hit = page.getByTestId("hit").first();
+    await hit.waitFor({ timeout: 30_000 });
+    if (!(await hit.innerText()).includes("Pests")) fail(`the first hit reads ${JSON.stringify(await hit.innerText())}`);
+    await hit.locator("a").click();
+    if (!(await page.getByTestId("cited-passage").innerText({ timeout: 30_000 })).includes("Aphids")) fail("a hit does not open its passage");
+    await shot(page, "knowledge-desktop");
+    const shelf = (await viaKey.knowledge.listCollections({})).collections.find((c) => c.name === "Greenhouse");
+    if (!shelf || shelf.documents !== 1) fail(`the collection holds ${JSON.stringify(shelf?.documents)} documents`);
     const grounded = (
-      await viaKey.chat.createConversation({ title: "Greenhouse questions", collectionIds: [shelf.id], sampling: { maxTokens: 16 } })
+      await viaKey.chat.createConversation({ title: "Greenhouse questions", sampling: { maxTokens: 16 } })
     ).conversation;
     await page.goto(url);
     await page.getByTestId("conversation-item").filter({ hasText: "Greenhouse questions" }).locator("a").click();
@@ -489,6 +501,9 @@ async function main() {
       grounded.id,
       { timeout: 30_000 },
     );
+    await page.getByRole("button", { name: /^Knowledge/ }).click();
+    await page.getByLabel(/^Greenhouse/).check();
+    await page.getByRole("button", { name: "Knowledge (1)" }).waitFor({ timeout: 30_000 });
     const ask = page.getByLabel("Message");
     await ask.fill("How do I get rid of the little insects on my plants?");
     await ask.press("Enter");
@@ -505,9 +520,13 @@ async function main() {
     await shot(page, "chat-sources-desktop");
     const groundedUsage = await usageOf(page, page.getByTestId("assistant-message").last());
     billed.set(groundedUsage.id, groundedUsage);
-    // Kept with the message: a reload shows the same sources.
+    // Kept with the message: a reload shows the same sources; one opens in its document.
     await page.reload();
-    await page.getByTestId("assistant-message").last().getByTestId("source").first().waitFor({ timeout: 30_000 });
+    const keptSource = page.getByTestId("assistant-message").last().getByTestId("source").first();
+    await keptSource.waitFor({ timeout: 30_000 });
+    await keptSource.locator("summary").click();
+    await keptSource.getByRole("link", { name: "Open in the document" }).click();
+    if (!(await page.getByTestId("cited-passage").innerText({ timeout: 30_000 })).includes("Aphids")) fail("a source does not open in its document");
 
     // 8b. The sandbox page: a workspace file, output that streams, kept files, Stop.
     step("sandbox page: upload, streaming run, kept files, stop");

@@ -11,6 +11,7 @@ const Settings = lazy(() => import("./pages/Settings"));
 const Usage = lazy(() => import("./pages/Usage"));
 const Admin = lazy(() => import("./pages/Admin"));
 const Sandbox = lazy(() => import("./pages/Sandbox"));
+const Knowledge = lazy(() => import("./pages/Knowledge"));
 
 function Shell() {
   const { me, loading, signOut } = useApp();
@@ -24,11 +25,13 @@ function Shell() {
 
   const isAdmin = me.role === ROLE_ADMIN;
   const chat = match("/c/:id", path);
+  const collection = match("/knowledge/:id", path);
   let page: React.ReactNode;
   if (path === "/" || chat) page = <ChatPage conversationId={chat?.id} />;
   else if (path.startsWith("/settings")) page = <Settings />;
   else if (path === "/usage") page = <Usage />;
   else if (path === "/sandbox") page = <Sandbox />;
+  else if (path === "/knowledge" || collection) page = <Knowledge collectionId={collection?.id} />;
   else if (path.startsWith("/admin") && isAdmin) page = <Admin />;
   else {
     navigate("/", true);
@@ -36,6 +39,7 @@ function Shell() {
   }
   const nav = [
     { to: "/", label: "Chat", active: path === "/" || !!chat },
+    { to: "/knowledge", label: "Knowledge", active: path === "/knowledge" || !!collection },
     { to: "/sandbox", label: "Sandbox", active: path === "/sandbox" },
     { to: "/usage", label: "Usage", active: path === "/usage" },
     { to: "/settings", label: "Settings", active: path.startsWith("/settings") },

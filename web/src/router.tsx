@@ -12,9 +12,18 @@ export function navigate(path: string, replace = false): void {
 }
 
 export function usePath(): string {
-  const [path, setPath] = useState(window.location.pathname);
+  return useLocationPart(() => window.location.pathname);
+}
+
+/** The query string (`?chunk=…`), following navigation like [`usePath`]. */
+export function useSearch(): URLSearchParams {
+  return new URLSearchParams(useLocationPart(() => window.location.search));
+}
+
+function useLocationPart(read: () => string): string {
+  const [path, setPath] = useState(read);
   useEffect(() => {
-    const update = () => setPath(window.location.pathname);
+    const update = () => setPath(read());
     listeners.add(update);
     window.addEventListener("popstate", update);
     return () => {

@@ -6,26 +6,11 @@ import { chat, describeError, type auth } from "@llmesh/client";
 import { api } from "../api";
 import { conversationsReload } from "../events";
 import { ROLE_MEMBER, useApp } from "../app";
+import { uploadBytes } from "../upload";
 import { formatBytes, saveFile } from "../util";
-
-/** Used only if the server does not say how large a chunk may be (it always should). */
-const DEFAULT_CHUNK = 1 << 20;
-
-async function sha256Hex(data: ArrayBuffer): Promise<string> {
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
-}
+import { Progress } from "./forms";
 
 const isAbort = (err: unknown) => err instanceof DOMException && err.name === "AbortError";
-
-function Progress({ value, max, label }: { value: number; max: number; label: string }) {
-  const pct = max > 0 ? Math.min(100, Math.round((value / max) * 100)) : 0;
-  return (
-    <div className="progress" role="progressbar" aria-label={label} aria-valuemin={0} aria-valuemax={100} aria-valuenow={pct}>
-      <div style={{ width: `${pct}%` }} />
-    </div>
-  );
-}
 
 type ImportPhase = "idle" | "hashing" | "uploading" | "importing" | "done";
 
@@ -97,26 +82,17 @@ export function SettingsArchive({ me }: { me: auth.User }) {
     setProgress({ done: 0, total: 0 });
     try {
       setPhase("hashing");
-      const buffer = await file.arrayBuffer();
-      const data = new Uint8Array(buffer);
-      const sha256 = await sha256Hex(buffer);
+      const data = new Uint8Array(await file.arrayBuffer());
       if (signal.aborted) throw new DOMException("stopped", "AbortError");
-
-      // Browsers cannot stream a request body over grpc-web, so the file goes up in pieces.
-      setPhase("uploading");
-      const begun = await api.archive.beginUpload({ fileName: file.name, sizeBytes: BigInt(data.length), sha256 }, { signal });
-      const chunk = begun.maxChunkBytes > 0 ? begun.maxChunkBytes : DEFAULT_CHUNK;
-      for (let offset = 0; offset < data.length; ) {
-        const piece = data.subarray(offset, Math.min(offset + chunk, data.length));
-        const res = await api.archive.appendUploadChunk({ uploadId: begun.uploadId, offset: BigInt(offset), data: piece }, { signal });
-        offset += piece.length;
-        setSent(Number(res.receivedBytes) || offset);
-      }
-      await api.archive.finishUpload({ uploadId: begun.uploadId }, { signal });
+      const uploadId = await uploadBytes(file.name, data, {
+        signal,
+        onHashed: () => setPhase("uploading"),
+        onSent: setSent,
+      });
 
       setPhase("importing");
       let final: chat.ImportReport | undefined;
-      for await (const res of api.archive.importConversations({ uploadId: begun.uploadId, source }, { signal })) {
+      for await (const res of api.archive.importConversations({ uploadId, source }, { signal })) {
         const ev = res.event;
         if (ev.case === "progress") setProgress({ done: ev.value.done, total: ev.value.total });
         else if (ev.case === "report") final = ev.value;

@@ -6,11 +6,12 @@ import { chat, llm } from "@llmesh/client";
 import { api } from "../api";
 import { ROLE_VIEWER, useApp } from "../app";
 import { CodeRunContext, type CodeRunHost } from "../components/CodeRunner";
+import { CollectionPicker } from "../components/CollectionPicker";
 import { CopyButton, Markdown } from "../components/Markdown";
 import { Sidebar } from "../components/Sidebar";
 import { TemplatePicker } from "../components/TemplatePicker";
 import { conversationChanged, onConversationChange } from "../events";
-import { navigate } from "../router";
+import { Link, navigate } from "../router";
 import { consumeReply, isActive, sentAtMs, type ReplyDraft } from "../stream";
 import { formatMoney } from "../util";
 import { recordTokenLatency } from "../metrics";
@@ -51,6 +52,8 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
   const [draftAssistant, setDraftAssistant] = useState("");
   const [draftTemperature, setDraftTemperature] = useState<number>();
   const [draftSystem, setDraftSystem] = useState("");
+  const [draftCollections, setDraftCollections] = useState<string[]>([]);
+  const [showKnowledge, setShowKnowledge] = useState(false);
   const abort = useRef<AbortController>(undefined);
   const scroller = useRef<HTMLDivElement>(null);
   const stickToBottom = useRef(true);
@@ -258,6 +261,7 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
           assistantId: draftAssistant,
           systemPrompt: draftSystem,
           sampling: draftTemperature !== undefined ? { temperature: draftTemperature } : undefined,
+          collectionIds: draftCollections,
         });
         target = res.conversation!;
         setConv(target);
@@ -300,7 +304,12 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
     }
   }
 
-  async function updateConv(req: { model?: string; systemPrompt?: string; sampling?: llm.SamplingParams | { temperature?: number } }) {
+  async function updateConv(req: {
+    model?: string;
+    systemPrompt?: string;
+    sampling?: llm.SamplingParams | { temperature?: number };
+    collectionIds?: { ids: string[] };
+  }) {
     if (!conv) return;
     try {
       const res = await api.chat.updateConversation({ id: conv.id, ...req });
@@ -329,6 +338,7 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
   const shown = pending ? pending.base : messages;
   const temperature = conv ? conv.sampling?.temperature : draftTemperature;
   const systemPrompt = conv ? conv.systemPrompt : draftSystem;
+  const attached = conv ? conv.collectionIds : draftCollections;
   const modelChoices = models.some((m) => m.id === currentModel) || !currentModel ? models : [...models, { id: currentModel } as llm.Model];
 
   return (
@@ -446,9 +456,21 @@ export function ChatPage({ conversationId }: { conversationId?: string }) {
                 <button type="button" className="ghost" onClick={() => setShowTemplates(true)}>
                   Templates
                 </button>
+                <button type="button" className={showKnowledge ? "" : "ghost"} aria-expanded={showKnowledge} onClick={() => setShowKnowledge((s) => !s)}>
+                  Knowledge{attached.length > 0 ? ` (${attached.length})` : ""}
+                </button>
                 <span className="spacer" />
                 {streaming && <span>Esc stops</span>}
               </div>
+              {showKnowledge && (
+                <div className="composer-knowledge">
+                  <CollectionPicker
+                    value={attached}
+                    disabled={streaming}
+                    onChange={(ids) => (conv ? void updateConv({ collectionIds: { ids } }) : setDraftCollections(ids))}
+                  />
+                </div>
+              )}
               <div className="composer-inner">
                 <textarea
                   ref={textarea}
@@ -661,6 +683,7 @@ function Sources({ citations }: { citations: chat.Citation[] }) {
             {c.page > 0 && <span className="muted"> (page {c.page})</span>}
           </summary>
           <blockquote>{c.quote}{c.quote.length >= 300 ? "…" : ""}</blockquote>
+          <Link to={`/knowledge/${c.collectionId}?chunk=${c.chunkId}`}>Open in the document</Link>
         </details>
       ))}
     </div>

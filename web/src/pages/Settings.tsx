@@ -2,10 +2,12 @@
 // templates, and export/import of their conversations. The open tab lives in the URL hash
 // (#keys, #assistants, …) so a reload or a shared link lands on the same tab.
 
-import { useCallback, useEffect, useState, type FormEvent, type ReactNode } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { chat, common, llm, timestampFromDate, type auth } from "@llmesh/client";
 import { api } from "../api";
-import { ROLE_ADMIN, ROLE_MEMBER, roleName, useApp } from "../app";
+import { roleName, useApp } from "../app";
+import { CollectionPicker } from "../components/CollectionPicker";
+import { canWrite, Field, isAdmin, Listing, ReadOnlyNote, useAction, useList } from "../components/forms";
 import { CopyButton } from "../components/Markdown";
 import { SettingsArchive } from "../components/SettingsArchive";
 import { relativeTime, toDate } from "../util";
@@ -69,90 +71,15 @@ export default function Settings() {
 // ---------------------------------------------------------------------------------------
 // Shared pieces
 
-const canWrite = (me: auth.User) => me.role >= ROLE_MEMBER;
-const isAdmin = (me: auth.User) => me.role === ROLE_ADMIN;
 /** Own items may be changed; global ones only by admins. Viewers change nothing. */
 const mayEdit = (me: auth.User, item: { ownerId: string; global: boolean }) =>
   canWrite(me) && (item.global ? isAdmin(me) : item.ownerId === me.id);
 const shortDate = (d: Date | undefined) => (d ? d.toLocaleDateString() : "—");
 
-/** Runs a write, tracking "busy" and showing any failure in words. */
-function useAction() {
-  const { report } = useApp();
-  const [busy, setBusy] = useState(false);
-  const run = useCallback(
-    async (fn: () => Promise<void>) => {
-      setBusy(true);
-      try {
-        await fn();
-      } catch (err) {
-        report(err);
-      } finally {
-        setBusy(false);
-      }
-    },
-    [report],
-  );
-  return [busy, run] as const;
-}
-
-/** Loads a list once (and again on reload()); undefined while the first load runs. */
-function useList<T>(fetch: () => Promise<T[]>): [T[] | undefined, () => void] {
-  const { report } = useApp();
-  const [items, setItems] = useState<T[]>();
-  const reload = useCallback(() => {
-    fetch()
-      .then(setItems)
-      .catch((err) => {
-        setItems((old) => old ?? []);
-        report(err);
-      });
-  }, [fetch, report]);
-  useEffect(reload, [reload]);
-  return [items, reload];
-}
-
 const fetchKeys = () => api.auth.listApiKeys({}).then((r) => r.apiKeys);
 const fetchAssistants = () => api.chat.listAssistants({}).then((r) => r.assistants);
 const fetchTemplates = () => api.chat.listTemplates({}).then((r) => r.templates);
 const fetchChatModels = () => api.llm.listModels({}).then((r) => r.models.filter((m) => m.kind === llm.ModelKind.CHAT));
-
-/** A list in a scrollable table, or a line saying it is loading or empty. */
-function Listing<T>({ items, empty, head, row }: { items?: T[]; empty: string; head: string[]; row: (item: T) => ReactNode }) {
-  if (!items) return <p className="muted">Loading…</p>;
-  if (items.length === 0) return <p className="muted">{empty}</p>;
-  return (
-    <div className="table-wrap">
-      <table className="data">
-        <thead>
-          <tr>{head.map((h, i) => <th key={i}>{h}</th>)}</tr>
-        </thead>
-        <tbody>{items.map(row)}</tbody>
-      </table>
-    </div>
-  );
-}
-
-/** The sentence shown in place of (or next to) write actions for viewers. */
-function ReadOnlyNote({ children }: { children: ReactNode }) {
-  return (
-    <p className="banner" data-testid="read-only">
-      Your account has the viewer role, which can read but not change anything: {children} Ask an administrator for
-      the member role if you need it.
-    </p>
-  );
-}
-
-/** A labelled form control, with an optional hint under it. */
-function Field({ label, hint, children }: { label: ReactNode; hint?: ReactNode; children: ReactNode }) {
-  return (
-    <label>
-      {label}
-      {children}
-      {hint && <span className="hint">{hint}</span>}
-    </label>
-  );
-}
 
 function EditDelete({ onEdit, onDelete }: { onEdit: () => void; onDelete: () => void }) {
   return (
@@ -411,9 +338,19 @@ interface AssistantDraft {
   /** As typed; empty means the server's default. */
   temperature: string;
   global: boolean;
+  collectionIds: string[];
 }
 
-const newAssistant = (): AssistantDraft => ({ name: "", description: "", icon: "🤖", systemPrompt: "", model: "", temperature: "", global: false });
+const newAssistant = (): AssistantDraft => ({
+  name: "",
+  description: "",
+  icon: "🤖",
+  systemPrompt: "",
+  model: "",
+  temperature: "",
+  global: false,
+  collectionIds: [],
+});
 
 const assistantDraft = (a: chat.Assistant): AssistantDraft => ({
   base: a,
@@ -425,6 +362,7 @@ const assistantDraft = (a: chat.Assistant): AssistantDraft => ({
   // Stored as a 32-bit float: 0.7 comes back as 0.69999…, so round for display.
   temperature: a.sampling?.temperature !== undefined ? String(Number(a.sampling.temperature.toFixed(2))) : "",
   global: a.global,
+  collectionIds: a.collectionIds,
 });
 
 /** A stored SamplingParams as request input: the same fields, minus the message's own tags. */
@@ -464,6 +402,7 @@ function AssistantsTab({ me }: { me: auth.User }) {
       // Keep any other sampling settings the assistant already had.
       sampling: { ...samplingInit(base?.sampling), temperature },
       global: isAdmin(me) ? draft.global : (base?.global ?? false),
+      collectionIds: draft.collectionIds,
     };
     void run(async () => {
       if (draft.base) await api.chat.updateAssistant({ assistant });
@@ -519,6 +458,8 @@ function AssistantsTab({ me }: { me: auth.User }) {
               <input type="number" min={0} max={2} step={0.1} placeholder="default (0.7)" value={draft.temperature} onChange={(e) => set({ temperature: e.target.value })} />
             </Field>
           </div>
+          <CollectionPicker value={draft.collectionIds} onChange={(collectionIds) => set({ collectionIds })} />
+          <span className="hint">Its conversations draw on these collections and cite them; each person's replies use those they can read.</span>
           {isAdmin(me) && (
             <label className="row">
               <input type="checkbox" checked={draft.global} onChange={(e) => set({ global: e.target.checked })} /> Global (everyone sees it)

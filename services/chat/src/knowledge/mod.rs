@@ -6,6 +6,7 @@ pub mod chunk;
 pub mod grpc;
 pub mod parse;
 pub mod pgvector;
+mod scan;
 pub mod store;
 pub mod vector;
 

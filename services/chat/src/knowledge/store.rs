@@ -569,15 +569,20 @@ pub(super) async fn chunk_rows(
     rows.iter().map(chunk_row).collect()
 }
 
-/// The chunk index in the same SQL database: exact int8 scan and the backend's
-/// full-text index. The embedded default; on Postgres it is what tests of the scan use.
+/// The chunk index in the same SQL database: an exact int8 scan over each collection's
+/// vectors (held in memory, see [`super::scan`]) and the backend's full-text index. The
+/// embedded default (SQLite).
 pub struct SqlIndex {
     db: DatabaseConnection,
+    scan: super::scan::Scan,
 }
 
 impl SqlIndex {
     pub fn new(db: DatabaseConnection) -> SqlIndex {
-        SqlIndex { db }
+        SqlIndex {
+            db,
+            scan: Default::default(),
+        }
     }
 }
 
@@ -594,19 +599,35 @@ impl ChunkIndex for SqlIndex {
     ) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
         write_document(&txn, doc, &chunks).await?;
-        txn.commit().await
+        txn.commit().await?;
+        self.scan.forget(&doc.collection_id);
+        Ok(())
     }
 
     async fn delete_document(&self, id: &str) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
+        let collection = one(
+            &txn,
+            "SELECT collection_id FROM kb_documents WHERE id = ?",
+            vec![id.into()],
+        )
+        .await?
+        .map(|r| r.try_get::<String>("", "collection_id"))
+        .transpose()?;
         delete_document_rows(&txn, id).await?;
-        txn.commit().await
+        txn.commit().await?;
+        if let Some(c) = collection {
+            self.scan.forget(&c);
+        }
+        Ok(())
     }
 
     async fn delete_collection(&self, id: &str) -> Result<(), DbErr> {
         let txn = self.db.begin().await?;
         delete_collection_rows(&txn, id).await?;
-        txn.commit().await
+        txn.commit().await?;
+        self.scan.forget(id);
+        Ok(())
     }
 
     async fn nearest(
@@ -618,35 +639,7 @@ impl ChunkIndex for SqlIndex {
         if collections.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let rows = all(
-            &self.db,
-            &format!(
-                "SELECT id, quantised, scale FROM kb_chunks WHERE collection_id IN ({})",
-                placeholders(collections.len())
-            ),
-            collections.iter().map(|c| c.clone().into()).collect(),
-        )
-        .await?;
-        // A bounded best-k list: the scan keeps k entries whatever the corpus size.
-        let mut best: Vec<Scored> = Vec::with_capacity(k + 1);
-        for r in rows {
-            let q: Vec<u8> = r.try_get("", "quantised")?;
-            let scale: f64 = r.try_get("", "scale")?;
-            let score = vector::dot_q(query, &q, scale as f32);
-            if best.len() == k && best.last().is_some_and(|w| w.score >= score) {
-                continue;
-            }
-            let at = best.partition_point(|s| s.score >= score);
-            best.insert(
-                at,
-                Scored {
-                    chunk_id: r.try_get("", "id")?,
-                    score,
-                },
-            );
-            best.truncate(k);
-        }
-        Ok(best)
+        self.scan.nearest(&self.db, collections, query, k).await
     }
 
     async fn matching(
