@@ -995,7 +995,8 @@ async fn authorization_matrix_sqlite() {
     matrix(Backend::Sqlite).await;
 }
 
+/// On the Postgres with pgvector: the matrix covers the knowledge RPCs, which need it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix_postgres() {
-    matrix(Backend::Postgres).await;
+    matrix(Backend::Pgvector).await;
 }

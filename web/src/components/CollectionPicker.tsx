@@ -13,6 +13,10 @@ const MAX = 20;
 export function CollectionPicker({ value, onChange, disabled }: { value: string[]; onChange: (ids: string[]) => void; disabled?: boolean }) {
   const [collections, setCollections] = useState<knowledge.Collection[]>();
   const [error, setError] = useState<string>();
+  // A choice shows at once; `value` catches up when the owner has saved it (a
+  // conversation's update is a round trip to the server).
+  const [chosen, setChosen] = useState(value);
+  useEffect(() => setChosen(value), [value]);
   useEffect(() => {
     api.knowledge
       .listCollections({})
@@ -22,7 +26,7 @@ export function CollectionPicker({ value, onChange, disabled }: { value: string[
   if (error) return <p className="muted">{error}</p>;
   if (!collections) return <p className="muted">Loading collections…</p>;
   // Attached collections no longer readable (unshared, deleted) stay listed so they can be removed.
-  const gone = value.filter((id) => !collections.some((c) => c.id === id));
+  const gone = chosen.filter((id) => !collections.some((c) => c.id === id));
   if (collections.length === 0 && gone.length === 0) {
     return (
       <p className="muted">
@@ -30,7 +34,11 @@ export function CollectionPicker({ value, onChange, disabled }: { value: string[
       </p>
     );
   }
-  const toggle = (id: string, on: boolean) => onChange(on ? [...value, id] : value.filter((v) => v !== id));
+  const toggle = (id: string, on: boolean) => {
+    const next = on ? [...chosen, id] : chosen.filter((v) => v !== id);
+    setChosen(next);
+    onChange(next);
+  };
   return (
     <fieldset className="collection-picker" disabled={disabled}>
       <legend>Knowledge</legend>
@@ -38,8 +46,8 @@ export function CollectionPicker({ value, onChange, disabled }: { value: string[
         <label key={c.id} className="row">
           <input
             type="checkbox"
-            checked={value.includes(c.id)}
-            disabled={!value.includes(c.id) && value.length >= MAX}
+            checked={chosen.includes(c.id)}
+            disabled={!chosen.includes(c.id) && chosen.length >= MAX}
             onChange={(e) => toggle(c.id, e.target.checked)}
           />
           {c.name}

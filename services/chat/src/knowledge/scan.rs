@@ -148,22 +148,44 @@ impl Scan {
     }
 }
 
-/// A bounded best-k pass over the slabs: it keeps k entries whatever their size.
+/// The best k of the slabs, the rows split between the cores.
 fn best_k(slabs: &[Arc<Slab>], query: &[f32], k: usize) -> Vec<Scored> {
-    let mut best: Vec<(f32, usize, usize)> = Vec::with_capacity(k + 1);
-    for (s, slab) in slabs.iter().enumerate() {
-        if slab.dims != query.len() {
-            continue;
-        }
-        for (row, code) in slab.codes.chunks_exact(slab.dims).enumerate() {
-            let score = vector::dot_q(query, code, slab.scales[row]);
-            if best.len() == k && best.last().is_some_and(|w| w.0 >= score) {
-                continue;
-            }
-            let at = best.partition_point(|b| b.0 >= score);
-            best.insert(at, (score, s, row));
-            best.truncate(k);
-        }
+    let (query, query_scale) = vector::quantise_query(query);
+    let rows: usize = slabs.iter().map(|s| s.ids.len()).sum();
+    // Below this a second thread costs more than it saves.
+    let threads = if rows < 20_000 {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    };
+    let mut parts: Vec<Vec<(f32, usize, usize)>> = Vec::new();
+    std::thread::scope(|scope| {
+        let work: Vec<_> = (0..threads)
+            .map(|t| {
+                let query = &query;
+                scope.spawn(move || {
+                    let mut best = Vec::with_capacity(k + 1);
+                    for (s, slab) in slabs.iter().enumerate() {
+                        if slab.dims != query.len() {
+                            continue;
+                        }
+                        let n = slab.ids.len();
+                        let (from, to) = (n * t / threads, n * (t + 1) / threads);
+                        for row in from..to {
+                            let code = &slab.codes[row * slab.dims..(row + 1) * slab.dims];
+                            let score = vector::dot_i8(query, query_scale, code, slab.scales[row]);
+                            keep(&mut best, k, (score, s, row));
+                        }
+                    }
+                    best
+                })
+            })
+            .collect();
+        parts = work.into_iter().filter_map(|h| h.join().ok()).collect();
+    });
+    let mut best = Vec::with_capacity(k + 1);
+    for entry in parts.into_iter().flatten() {
+        keep(&mut best, k, entry);
     }
     best.into_iter()
         .map(|(score, s, row)| Scored {
@@ -171,4 +193,14 @@ fn best_k(slabs: &[Arc<Slab>], query: &[f32], k: usize) -> Vec<Scored> {
             score,
         })
         .collect()
+}
+
+/// Offers an entry to a best-first list of at most k.
+fn keep(best: &mut Vec<(f32, usize, usize)>, k: usize, entry: (f32, usize, usize)) {
+    if best.len() == k && best.last().is_some_and(|w| w.0 >= entry.0) {
+        return;
+    }
+    let at = best.partition_point(|b| b.0 >= entry.0);
+    best.insert(at, entry);
+    best.truncate(k);
 }

@@ -1,8 +1,8 @@
 //! Vectors as the store keeps them: unit float32 vectors in little-endian bytes, and an
-//! int8 copy scaled by its largest component for the exact scan. A float query against
-//! int8 chunks keeps the ranking of float cosine almost exactly (see the tests) at a
-//! quarter of the memory traffic; the loops are written in fixed-width lanes the compiler
-//! turns into SIMD.
+//! int8 copy scaled by its largest component for the exact scan. The query is made int8
+//! the same way, and integer dot products keep the ranking of float cosine almost exactly
+//! (see the tests) at a quarter of the memory traffic; the loops are written in
+//! fixed-width lanes the compiler turns into SIMD.
 
 /// Bytes of a float vector (little-endian).
 pub fn to_bytes(v: &[f32]) -> Vec<u8> {
@@ -35,25 +35,31 @@ pub fn quantise(v: &[f32]) -> (Vec<u8>, f32) {
     (q, scale)
 }
 
-/// The dot product of a float query with an int8 vector, scaled back: the cosine
-/// similarity when both are unit vectors.
-pub fn dot_q(query: &[f32], q: &[u8], scale: f32) -> f32 {
-    const LANES: usize = 16;
+/// The int8 form of a float query and its scale, for [`dot_i8`].
+pub fn quantise_query(v: &[f32]) -> (Vec<i8>, f32) {
+    let (q, scale) = quantise(v);
+    (q.into_iter().map(|b| b as i8).collect(), scale)
+}
+
+/// The dot product of two int8 vectors, scaled back: integer multiply-adds, which the
+/// compiler turns into wide SIMD (about four times the float path's speed).
+pub fn dot_i8(query: &[i8], query_scale: f32, q: &[u8], scale: f32) -> f32 {
+    const LANES: usize = 32;
     let n = query.len().min(q.len());
     let (query, q) = (&query[..n], &q[..n]);
-    let mut acc = [0f32; LANES];
+    let mut acc = [0i32; LANES];
     let mut qc = q.chunks_exact(LANES);
     let mut fc = query.chunks_exact(LANES);
     for (a, b) in (&mut fc).zip(&mut qc) {
         for i in 0..LANES {
-            acc[i] += a[i] * f32::from(b[i] as i8);
+            acc[i] += i32::from(a[i]) * i32::from(b[i] as i8);
         }
     }
-    let mut sum: f32 = acc.iter().sum();
+    let mut sum: i32 = acc.iter().sum();
     for (a, b) in fc.remainder().iter().zip(qc.remainder()) {
-        sum += a * f32::from(*b as i8);
+        sum += i32::from(*a) * i32::from(*b as i8);
     }
-    sum * scale
+    sum as f32 * query_scale * scale
 }
 
 /// The dot product of two float vectors.
@@ -126,10 +132,11 @@ mod tests {
                 idx
             };
             let exact = top(&|i| dot(&q, &corpus[i]));
-            let approx = top(&|i| dot_q(&q, &quantised[i].0, quantised[i].1));
+            let (qq, qs) = quantise_query(&q);
+            let approx = top(&|i| dot_i8(&qq, qs, &quantised[i].0, quantised[i].1));
             kept += exact.iter().filter(|i| approx.contains(i)).count();
             let (a, s) = (&quantised[exact[0]].0, quantised[exact[0]].1);
-            assert!((dot_q(&q, a, s) - dot(&q, &corpus[exact[0]])).abs() < 0.01);
+            assert!((dot_i8(&qq, qs, a, s) - dot(&q, &corpus[exact[0]])).abs() < 0.01);
         }
         let recall = kept as f64 / (queries * 10) as f64;
         assert!(recall >= 0.97, "int8 recall@10 against float: {recall}");
