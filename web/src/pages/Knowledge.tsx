@@ -476,7 +476,10 @@ function Passage({ chunkId, onError }: { chunkId: string; onError: (err: unknown
       .then(setRes)
       .catch(onError);
   }, [chunkId, onError]);
-  useEffect(() => view.current?.scrollIntoView({ block: "start" }), [res]);
+  // Braces: newer browsers return a promise from scrollIntoView, which an effect must not.
+  useEffect(() => {
+    view.current?.scrollIntoView({ block: "start" });
+  }, [res]);
   if (!res?.chunk) return null;
   const c = res.chunk;
   return (
