@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use llmesh_chat::knowledge::pgvector::PgvectorIndex;
 use llmesh_chat::knowledge::store::{ChunkIndex, DocumentRow, NewChunk, SqlIndex};
+use llmesh_chat::knowledge::vector::{self, dot};
 use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
 use llmesh_proto::llm::v1 as llm_pb;
 use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
-use llmesh_tests::{Backend, TestServer, bearer, price_and_credit, upload};
+use llmesh_tests::{Backend, TestServer, bearer, ingest, price_and_credit, upload};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sea_orm::ConnectionTrait;
@@ -52,31 +53,6 @@ fn documents() -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     }
     anyhow::ensure!(!docs.is_empty(), "run from the repository root");
     Ok(docs)
-}
-
-async fn ingest(
-    k: &mut KnowledgeServiceClient<tonic::transport::Channel>,
-    token: &str,
-    collection: &str,
-    upload_id: &str,
-) -> anyhow::Result<pb::Document> {
-    let mut stream = k
-        .ingest_document(bearer(
-            token,
-            pb::IngestDocumentRequest {
-                collection_id: collection.into(),
-                upload_id: upload_id.into(),
-                format: 0,
-            },
-        ))
-        .await?
-        .into_inner();
-    while let Some(event) = stream.message().await? {
-        if let Some(pb::ingest_document_response::Event::Document(d)) = event.event {
-            return Ok(d);
-        }
-    }
-    anyhow::bail!("the ingest ended without its document")
 }
 
 async fn collection(
@@ -120,11 +96,7 @@ async fn stored_chunks(
         } else {
             format!("{}\n{body}", headings.join(" > "))
         };
-        let v = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        out.push((text, v));
+        out.push((text, vector::from_bytes(&bytes).unwrap_or_default()));
     }
     Ok(out)
 }
@@ -192,7 +164,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut chunks = 0;
         for up in &uploads {
-            chunks += ingest(&mut k, &t, &docs_id, up).await?.chunks;
+            chunks += ingest(&mut k, &t, &docs_id, up).await?.1.chunks;
         }
         let ingest_s = started.elapsed().as_secs_f64();
         let stored = stored_chunks(&db, &docs_id).await?;
@@ -381,10 +353,6 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         }
     );
     Ok(())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// Fills `collection` with `n` chunks in documents of 1,000: texts of the seeds' words,

@@ -669,3 +669,38 @@ pub async fn upload(channel: &Channel, token: &str, name: &str, bytes: &[u8]) ->
     .expect("finish the upload");
     begun.upload_id
 }
+
+/// Ingests an upload; returns the progress phases seen and the document (or the error).
+pub async fn ingest(
+    k: &mut llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient<Channel>,
+    token: &str,
+    collection: &str,
+    upload_id: &str,
+) -> Result<(Vec<i32>, llmesh_proto::chat::v1::Document), tonic::Status> {
+    let mut stream = k
+        .ingest_document(bearer(
+            token,
+            llmesh_proto::chat::v1::IngestDocumentRequest {
+                collection_id: collection.into(),
+                upload_id: upload_id.into(),
+                format: 0,
+            },
+        ))
+        .await?
+        .into_inner();
+    let mut phases = Vec::new();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(llmesh_proto::chat::v1::ingest_document_response::Event::Progress(p)) => {
+                phases.push(p.phase)
+            }
+            Some(llmesh_proto::chat::v1::ingest_document_response::Event::Document(d)) => {
+                return Ok((phases, d));
+            }
+            None => {}
+        }
+    }
+    Err(tonic::Status::internal(
+        "the ingest ended without its document",
+    ))
+}

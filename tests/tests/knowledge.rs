@@ -8,7 +8,7 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::chat::v1::knowledge_service_client::KnowledgeServiceClient;
-use llmesh_tests::{Backend, TestServer, bearer, price_and_credit, upload};
+use llmesh_tests::{Backend, TestServer, bearer, ingest, price_and_credit, upload};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -31,37 +31,6 @@ ladybirds, which eat aphids.
 In winter the greenhouse heater keeps the air above five degrees Celsius. A thermostat
 switches it off when the sun warms the glass.
 ";
-
-/// Ingests an upload; returns the progress phases seen and the document (or the error).
-async fn ingest(
-    k: &mut KnowledgeServiceClient<Channel>,
-    token: &str,
-    collection: &str,
-    upload_id: &str,
-) -> Result<(Vec<i32>, pb::Document), tonic::Status> {
-    let mut stream = k
-        .ingest_document(bearer(
-            token,
-            pb::IngestDocumentRequest {
-                collection_id: collection.into(),
-                upload_id: upload_id.into(),
-                format: 0,
-            },
-        ))
-        .await?
-        .into_inner();
-    let mut phases = Vec::new();
-    while let Some(event) = stream.message().await? {
-        match event.event {
-            Some(pb::ingest_document_response::Event::Progress(p)) => phases.push(p.phase),
-            Some(pb::ingest_document_response::Event::Document(d)) => return Ok((phases, d)),
-            None => {}
-        }
-    }
-    Err(tonic::Status::internal(
-        "the ingest ended without its document",
-    ))
-}
 
 async fn search(
     k: &mut KnowledgeServiceClient<Channel>,
