@@ -306,7 +306,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         index.nearest(&ids, &vectors[i % vectors.len()], 50).await?;
         let vector_took = started.elapsed();
         let started = Instant::now();
-        index.matching(&ids, &terms, 50).await?;
+        let candidates = llmesh_chat::knowledge::KnowledgeConfig::default().text_candidates;
+        index.matching(&ids, &terms, 50, candidates as usize).await?;
         if i >= 20 {
             vector_only.push(vector_took);
             text_only.push(started.elapsed());

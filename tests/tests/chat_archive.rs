@@ -6,7 +6,7 @@ use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClien
 use llmesh_proto::chat::v1::chat_service_client::ChatServiceClient;
 use llmesh_proto::common::v1::PageRequest;
 use llmesh_proto::sandbox::v1 as sbx;
-use llmesh_tests::{TestServer, bearer, every_shape};
+use llmesh_tests::{TestServer, bearer, both_backends, every_shape};
 use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -524,3 +524,127 @@ every_shape!(malformed_imports_and_uploads, |backend| async move {
         Code::FailedPrecondition
     );
 });
+
+/// A ChatGPT export of one conversation whose messages form a chain, oldest first.
+fn chatgpt_chain(title: &str, texts: &[String]) -> Vec<u8> {
+    let mut mapping = serde_json::Map::new();
+    mapping.insert(
+        "root".into(),
+        serde_json::json!({"id": "root", "message": null, "parent": null, "children": ["m0"]}),
+    );
+    for (i, text) in texts.iter().enumerate() {
+        let id = format!("m{i}");
+        let parent = if i == 0 { "root".into() } else { format!("m{}", i - 1) };
+        let children: Vec<String> = if i + 1 < texts.len() {
+            vec![format!("m{}", i + 1)]
+        } else {
+            Vec::new()
+        };
+        mapping.insert(
+            id.clone(),
+            serde_json::json!({
+                "id": id,
+                "parent": parent,
+                "children": children,
+                "message": {
+                    "id": id,
+                    "author": {"role": if i % 2 == 0 { "user" } else { "assistant" }},
+                    "create_time": 1_718_000_000.0 + i as f64,
+                    "content": {"content_type": "text", "parts": [text]},
+                },
+            }),
+        );
+    }
+    serde_json::to_vec(&serde_json::json!([{
+        "title": title,
+        "create_time": 1_718_000_000.0,
+        "update_time": 1_718_000_100.0,
+        "current_node": format!("m{}", texts.len() - 1),
+        "mapping": mapping,
+    }]))
+    .expect("json")
+}
+
+both_backends!(
+    common_words_rank_within_the_newest_matches,
+    |backend| async move {
+        let Some(s) = TestServer::start_with(backend, |c| c.chat.search_candidates = 10).await
+        else {
+            return;
+        };
+        let (_, tokens) = s.signup("a@example.com").await;
+        let t = tokens.access_token;
+        let mut ar = archive(&s);
+        // Message 0 is the most relevant for "lantern" and the oldest; "quartz" is rare.
+        let texts: Vec<String> = (0..30)
+            .map(|i| match i {
+                0 => "lantern lantern lantern lantern quartz".to_string(),
+                5 | 20 => format!("lantern filler{i} quartz"),
+                _ => format!("lantern filler{i}"),
+            })
+            .collect();
+        let id = upload(&mut ar, &t, &chatgpt_chain("Bounded search", &texts)).await;
+        let report = import(&mut ar, &t, &id, pb::ImportSource::Chatgpt)
+            .await
+            .expect("import");
+        assert!(report.imported == 1 && report.skipped.is_empty(), "{report:?}");
+
+        let mut seen = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = ar
+                .search(bearer(
+                    &t,
+                    pb::SearchRequest {
+                        query: "lantern".into(),
+                        page: Some(PageRequest {
+                            page_size: 4,
+                            page_token: page_token.clone(),
+                        }),
+                    },
+                ))
+                .await
+                .expect("search")
+                .into_inner();
+            seen.extend(page.hits.into_iter().map(|h| h.snippet));
+            page_token = page.page.expect("page").next_page_token;
+            if page_token.is_empty() {
+                break;
+            }
+        }
+        // Ten candidates, the ten newest messages, each once across the pages.
+        assert_eq!(seen.len(), 10, "{seen:?}");
+        let mut numbers: Vec<u32> = seen
+            .iter()
+            .map(|s| {
+                s.split("filler")
+                    .nth(1)
+                    .and_then(|n| n.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| panic!("an older message came back: {s}"))
+            })
+            .collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (20..30).collect::<Vec<u32>>());
+
+        // A rare word has fewer matches than candidates: every one is ranked, old ones too.
+        let rare = ar
+            .search(bearer(
+                &t,
+                pb::SearchRequest {
+                    query: "quartz".into(),
+                    page: Some(PageRequest {
+                        page_size: 10,
+                        page_token: String::new(),
+                    }),
+                },
+            ))
+            .await
+            .expect("search")
+            .into_inner()
+            .hits;
+        assert_eq!(rare.len(), 3, "{rare:?}");
+        assert!(rare.iter().any(|h| h.snippet.starts_with("lantern lantern")));
+        assert!(rare.windows(2).all(|w| w[0].rank >= w[1].rank), "ranked");
+    }
+);

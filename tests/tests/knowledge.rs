@@ -764,3 +764,103 @@ async fn without_pgvector_knowledge_is_a_failed_precondition() {
         .await
         .expect("a conversation without knowledge");
 }
+
+/// Full-text ranking is bounded: with `text_candidates` at 3, a word in six chunks ranks
+/// the newest three, and a common word beside a rare one is left out of the query.
+async fn full_text_is_bounded_on(backend: Backend) {
+    use sea_orm::ConnectionTrait;
+    let models = llmesh_tests::models::models_dir();
+    let Some(s) = TestServer::start_with(backend, |c| {
+        c.llm.models_dir = models.display().to_string();
+        c.chat.knowledge.text_candidates = 3;
+    })
+    .await
+    else {
+        return;
+    };
+    let (owner, tokens) = s.signup("owner@example.com").await;
+    let t = tokens.access_token;
+    price_and_credit(&s.channel, &t, EMBED, &owner.id, 10_000_000).await;
+    let mut k = KnowledgeServiceClient::new(s.channel.clone());
+    let notes = k
+        .create_collection(bearer(
+            &t,
+            pb::CreateCollectionRequest {
+                name: "Notes".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect("create")
+        .into_inner()
+        .collection
+        .expect("collection");
+    let mut names = Vec::new();
+    for i in 0..6 {
+        let text = if i == 1 || i == 4 {
+            format!("Alpha note {i}: a zebra crossed the road.")
+        } else {
+            format!("Alpha note {i}: nothing happened today.")
+        };
+        let name = format!("note{i}.txt");
+        let up = upload(&s.channel, &t, &name, text.as_bytes()).await;
+        ingest(&mut k, &t, &notes.id, &up).await.expect("ingest");
+        names.push(name);
+    }
+    if backend == Backend::Pgvector {
+        // Postgres learns word frequencies from the planner's statistics.
+        let db = sea_orm::Database::connect(s.db.url.as_str())
+            .await
+            .expect("connect");
+        db.execute_unprepared("ANALYZE kb_chunks_fts")
+            .await
+            .expect("analyze");
+    }
+    let found = |query: &'static str| {
+        let mut k = k.clone();
+        let t = t.clone();
+        let id = notes.id.clone();
+        async move {
+            let mut docs: Vec<String> = k
+                .search_knowledge(bearer(
+                    &t,
+                    pb::SearchKnowledgeRequest {
+                        collection_ids: vec![id],
+                        query: query.into(),
+                        limit: 10,
+                        mode: pb::SearchMode::Text as i32,
+                    },
+                ))
+                .await
+                .expect("search")
+                .into_inner()
+                .hits
+                .into_iter()
+                .map(|h| h.chunk.expect("chunk").document_name)
+                .collect();
+            docs.sort();
+            docs
+        }
+    };
+    assert_eq!(found("zebra").await, ["note1.txt", "note4.txt"]);
+    assert_eq!(
+        found("alpha").await,
+        ["note3.txt", "note4.txt", "note5.txt"],
+        "the newest three"
+    );
+    assert_eq!(
+        found("alpha zebra").await,
+        ["note1.txt", "note4.txt"],
+        "the frequent word is left out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_text_is_bounded_on_sqlite() {
+    full_text_is_bounded_on(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_text_is_bounded_on_postgres_with_pgvector() {
+    full_text_is_bounded_on(Backend::Pgvector).await;
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use governor::clock::{Clock as _, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota as RateQuota, RateLimiter};
+use llmesh_kit::csv::{self, Cell};
 use llmesh_kit::{Clock, Principal};
 
 use crate::config::BillingConfig;
@@ -828,7 +829,19 @@ impl BillingService {
             return Err(BillingError::Invalid("end must be after start".into()));
         }
         let entries = self.store.entries(user, &["settle"], start, end).await?;
-        let mut lines = vec!["time,user_id,model,api_key_id,prompt_tokens,completion_tokens,charged_micros,currency,fuel\n".to_owned()];
+        let header = [
+            "time",
+            "user_id",
+            "model",
+            "api_key_id",
+            "prompt_tokens",
+            "completion_tokens",
+            "charged_micros",
+            "currency",
+            "fuel",
+        ]
+        .map(Cell::Text);
+        let mut lines = vec![String::from_utf8_lossy(&csv::record(&header)).into_owned()];
         lines.extend(entries.iter().map(|e| csv_line(e, &self.config.currency)));
         Ok(lines)
     }
@@ -857,26 +870,21 @@ impl BillingService {
     }
 }
 
+/// One settled entry as a CSV record, through the kit's spreadsheet-safe writer.
 fn csv_line(e: &Entry, currency: &str) -> String {
-    let field = |s: &str| {
-        if s.contains([',', '"', '\n']) {
-            format!("\"{}\"", s.replace('"', "\"\""))
-        } else {
-            s.to_owned()
-        }
-    };
-    format!(
-        "{},{},{},{},{},{},{},{},{}\n",
-        e.created_at.to_rfc3339(),
-        field(&e.user_id),
-        field(e.model.as_deref().unwrap_or("")),
-        field(e.api_key_id.as_deref().unwrap_or("")),
-        e.prompt_tokens,
-        e.completion_tokens,
-        e.charged_micros,
-        currency,
-        e.fuel
-    )
+    let time = e.created_at.to_rfc3339();
+    let record = csv::record(&[
+        Cell::Text(&time),
+        Cell::Text(&e.user_id),
+        Cell::Text(e.model.as_deref().unwrap_or("")),
+        Cell::Text(e.api_key_id.as_deref().unwrap_or("")),
+        Cell::Int(e.prompt_tokens),
+        Cell::Int(e.completion_tokens),
+        Cell::Int(e.charged_micros),
+        Cell::Text(currency),
+        Cell::Int(e.fuel),
+    ]);
+    String::from_utf8_lossy(&record).into_owned()
 }
 
 #[cfg(test)]

@@ -215,7 +215,16 @@ impl ChatService {
                 "query has no words to search for".into(),
             ));
         }
-        let hits = self.store.search(&p.user_id, &terms, limit, offset).await?;
+        let hits = self
+            .store
+            .search(
+                &p.user_id,
+                &terms,
+                limit,
+                offset,
+                self.config.search_candidates,
+            )
+            .await?;
         let mut titles: HashMap<String, String> = HashMap::new();
         let mut out = Vec::with_capacity(hits.len());
         for h in hits {

@@ -20,6 +20,11 @@ pub struct ChatConfig {
     pub max_upload_bytes: u64,
     /// Largest chunk of an upload, in bytes; keep it below server.max_message_bytes.
     pub max_chunk_bytes: u32,
+    /// Search ranks relevance within this many of the newest matches: a common word
+    /// answers from recent messages instead of ranking every one. Rare words rank all.
+    pub search_candidates: u64,
+    /// Most conversations one batch call (archive, delete, tag, move, export) may name.
+    pub max_batch: usize,
     /// Knowledge bases (`[chat.knowledge]`).
     pub knowledge: crate::knowledge::KnowledgeConfig,
 }
@@ -34,6 +39,8 @@ impl Default for ChatConfig {
             auto_title: true,
             max_upload_bytes: 256 * 1024 * 1024,
             max_chunk_bytes: 1024 * 1024,
+            search_candidates: 2000,
+            max_batch: 500,
             knowledge: Default::default(),
         }
     }
@@ -49,6 +56,15 @@ impl ChatConfig {
         }
         if self.max_message_chars == 0 || self.max_system_prompt_chars == 0 {
             return Err(invalid("chat.max_message_chars", "limits must be positive"));
+        }
+        if self.search_candidates == 0 || self.search_candidates > 1_000_000 {
+            return Err(invalid(
+                "chat.search_candidates",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if self.max_batch == 0 || self.max_batch > 10_000 {
+            return Err(invalid("chat.max_batch", "must be between 1 and 10000"));
         }
         self.knowledge.validate()
     }

@@ -729,22 +729,35 @@ impl ChatStore {
         .transpose()
     }
 
-    /// Full-text search over one user's documents; `terms` are plain words.
+    /// Full-text search over one user's documents; `terms` are plain words, all required.
+    ///
+    /// Relevance is ranked within the newest `candidates` matches, and pages end there: a
+    /// word found in most messages is answered from the recent ones rather than by
+    /// ranking every match (which took hundreds of milliseconds for common words). A query
+    /// with fewer matches than that ranks all of them, exactly as without the bound.
     pub async fn search(
         &self,
         user: &str,
         terms: &[String],
         limit: u64,
         offset: u64,
+        candidates: u64,
     ) -> Result<Vec<Hit>, DbErr> {
         let backend = self.db.get_database_backend();
+        let candidates = candidates.max(1);
         let rows = if backend == sea_orm::DatabaseBackend::Postgres {
             let query = terms.join(" ");
+            // The newest candidates by message id (ids are time-ordered UUIDv7s); the
+            // planner walks the primary key backwards for common words and uses the GIN
+            // index for rare ones.
             all(
                 &self.db,
                 &format!(
-                    "SELECT conversation_id, message_id, body, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
-                     FROM chat_search, plainto_tsquery('simple', ?) q WHERE user_id = ? AND tsv @@ q \
+                    "SELECT conversation_id, message_id, body, rank FROM ( \
+                       SELECT doc_id, conversation_id, message_id, body, \
+                         CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
+                       FROM chat_search, plainto_tsquery('simple', ?) q WHERE user_id = ? AND tsv @@ q \
+                       ORDER BY doc_id DESC LIMIT {candidates}) c \
                      ORDER BY rank DESC, doc_id LIMIT {limit} OFFSET {offset}"
                 ),
                 vec![query.into(), user.into()],
@@ -757,13 +770,19 @@ impl ChatStore {
                 .map(|t| format!("\"{}\"", t.replace('"', "")))
                 .collect::<Vec<_>>()
                 .join(" ");
+            // The rowid of the `candidates`-th newest match bounds the ranked set; FTS5
+            // walks its doclists by rowid, so finding it reads only that many rows.
             all(
                 &self.db,
                 &format!(
                     "SELECT conversation_id, message_id, body, -bm25(chat_search) AS rank FROM chat_search \
-                     WHERE chat_search MATCH ? AND user_id = ? ORDER BY bm25(chat_search), doc_id LIMIT {limit} OFFSET {offset}"
+                     WHERE chat_search MATCH ? AND user_id = ? AND rowid >= coalesce( \
+                       (SELECT rowid FROM chat_search WHERE chat_search MATCH ? AND user_id = ? \
+                        ORDER BY rowid DESC LIMIT 1 OFFSET {}), 0) \
+                     ORDER BY bm25(chat_search), doc_id LIMIT {limit} OFFSET {offset}",
+                    candidates - 1
                 ),
-                vec![query.into(), user.into()],
+                vec![query.clone().into(), user.into(), query.into(), user.into()],
             )
             .await?
         };

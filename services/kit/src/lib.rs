@@ -6,6 +6,7 @@ pub mod authn;
 pub mod clock;
 pub mod config;
 pub mod convert;
+pub mod csv;
 pub mod db;
 pub mod deadline;
 pub mod error;

@@ -54,6 +54,9 @@ pub struct KnowledgeConfig {
     pub retrieve_chunks: u32,
     /// Tokens of sources a reply is given, at most (counted as the embedding model does).
     pub retrieve_tokens: u32,
+    /// Full-text search ranks at most this many matching chunks: past it, a query's most
+    /// frequent words are left out and the newest matches of the rest are ranked.
+    pub text_candidates: u32,
 }
 
 impl Default for KnowledgeConfig {
@@ -70,6 +73,7 @@ impl Default for KnowledgeConfig {
             embed_batch: 32,
             retrieve_chunks: 5,
             retrieve_tokens: 1500,
+            text_candidates: 5000,
         }
     }
 }
@@ -85,6 +89,12 @@ impl KnowledgeConfig {
         }
         if !(1..=20).contains(&self.retrieve_chunks) {
             return Err(invalid("chat.knowledge.retrieve_chunks", "must be 1 to 20"));
+        }
+        if !(1..=1_000_000).contains(&self.text_candidates) {
+            return Err(invalid(
+                "chat.knowledge.text_candidates",
+                "must be 1 to 1000000",
+            ));
         }
         if !(1..=64).contains(&self.embed_batch) {
             return Err(invalid("chat.knowledge.embed_batch", "must be 1 to 64"));
@@ -657,23 +667,34 @@ impl Knowledge {
         ids.sort();
         ids.dedup();
         let terms = words(query);
-        let mut query_tokens = 0;
-        let vector_hits = if mode == Mode::Text {
-            Vec::new()
-        } else {
+        // The words need no embedding: both searches run at once.
+        let by_meaning = async {
+            if mode == Mode::Text {
+                return Ok((Vec::new(), 0));
+            }
             let (mut v, tokens) = self
                 .llm
                 .embed(p, &self.config.embedding_model, vec![query.to_owned()])
                 .await?;
-            query_tokens = tokens;
             let query_vector = v.pop().unwrap_or_default();
-            self.index.nearest(&ids, &query_vector, CANDIDATES).await?
+            let hits = self.index.nearest(&ids, &query_vector, CANDIDATES).await?;
+            Ok::<_, ChatError>((hits, tokens))
         };
-        let text_hits = if mode == Mode::Vector {
-            Vec::new()
-        } else {
-            self.index.matching(&ids, &terms, CANDIDATES).await?
+        let by_words = async {
+            if mode == Mode::Vector {
+                return Ok(Vec::new());
+            }
+            Ok::<_, ChatError>(self
+                .index
+                .matching(
+                    &ids,
+                    &terms,
+                    CANDIDATES,
+                    self.config.text_candidates as usize,
+                )
+                .await?)
         };
+        let ((vector_hits, query_tokens), text_hits) = tokio::try_join!(by_meaning, by_words)?;
         // Reciprocal rank fusion: each list adds 1 / (k + rank).
         let mut fused: HashMap<String, (f64, f32, u32, u32)> = HashMap::new();
         for (rank, s) in vector_hits.iter().enumerate() {

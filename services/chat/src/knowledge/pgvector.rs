@@ -321,8 +321,9 @@ impl ChunkIndex for PgvectorIndex {
         collections: &[String],
         terms: &[String],
         k: usize,
+        candidates: usize,
     ) -> Result<Vec<Scored>, DbErr> {
-        full_text(&self.db, collections, terms, k).await
+        full_text(&self.db, collections, terms, k, candidates).await
     }
 
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRow>, DbErr> {

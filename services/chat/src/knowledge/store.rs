@@ -91,12 +91,13 @@ pub trait ChunkIndex: Send + Sync {
         k: usize,
     ) -> Result<Vec<Scored>, DbErr>;
     /// The `k` best full-text matches of any of `terms` (letters and digits only) in
-    /// `collections`.
+    /// `collections`, ranked within at most `candidates` matches (see [`full_text`]).
     async fn matching(
         &self,
         collections: &[String],
         terms: &[String],
         k: usize,
+        candidates: usize,
     ) -> Result<Vec<Scored>, DbErr>;
     /// Chunks by id, with their document's name.
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRow>, DbErr>;
@@ -491,48 +492,66 @@ pub(super) async fn delete_collection_rows<C: ConnectionTrait>(
 
 /// The `k` best full-text matches of any of `terms` in `collections`: FTS5's bm25 on
 /// SQLite, `ts_rank` over the tsvector on Postgres.
+///
+/// Ranking reads every chunk it scores, so it is bounded: past `candidates` matches the
+/// most frequent words of the query are left out (they weigh least in either score; see
+/// [`selective`]), and then only the newest `candidates` matches of the rest are ranked.
+/// A query whose words match fewer chunks than that ranks them all, as without a bound.
 pub(super) async fn full_text(
     db: &DatabaseConnection,
     collections: &[String],
     terms: &[String],
     k: usize,
+    candidates: usize,
 ) -> Result<Vec<Scored>, DbErr> {
     if collections.is_empty() || terms.is_empty() || k == 0 {
         return Ok(Vec::new());
     }
+    let candidates = candidates.max(1);
+    let terms = selective(db, terms, candidates).await?;
+    let in_collections = placeholders(collections.len());
     let mut values: Vec<Value> = Vec::new();
     let rows = if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
         // Any of the words, as in SQLite. The terms are letters and digits only (the
-        // caller splits the query at everything else), so none is tsquery syntax.
+        // caller splits the query at everything else), so none is tsquery syntax. Chunk
+        // ids are time-ordered, so the inner cut keeps the newest candidates.
         values.push(terms.join(" | ").into());
         values.extend(collections.iter().map(|c| Value::from(c.clone())));
         all(
             db,
             &format!(
-                "SELECT chunk_id AS id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
-                 FROM kb_chunks_fts, to_tsquery('simple', ?) q \
-                 WHERE tsv @@ q AND collection_id IN ({}) ORDER BY rank DESC, chunk_id LIMIT {k}",
-                placeholders(collections.len())
+                "SELECT id, rank FROM ( \
+                   SELECT chunk_id AS id, CAST(ts_rank(tsv, q) AS DOUBLE PRECISION) AS rank \
+                   FROM kb_chunks_fts, to_tsquery('simple', ?) q \
+                   WHERE tsv @@ q AND collection_id IN ({in_collections}) \
+                   ORDER BY chunk_id DESC LIMIT {candidates}) c \
+                 ORDER BY rank DESC, id LIMIT {k}"
             ),
             values,
         )
         .await?
     } else {
-        // Any of the words; each quoted, so input never reaches FTS5's syntax.
+        // Any of the words; each quoted, so input never reaches FTS5's syntax. The rowid
+        // of the newest `candidates`-th match bounds the ranked set.
         let query = terms
             .iter()
             .map(|t| format!("\"{}\"", t.replace('"', "")))
             .collect::<Vec<_>>()
             .join(" OR ");
-        values.push(query.into());
-        values.extend(collections.iter().map(|c| Value::from(c.clone())));
+        for _ in 0..2 {
+            values.push(query.clone().into());
+            values.extend(collections.iter().map(|c| Value::from(c.clone())));
+        }
         all(
             db,
             &format!(
                 "SELECT chunk_id AS id, -bm25(kb_chunks_fts) AS rank FROM kb_chunks_fts \
-                 WHERE kb_chunks_fts MATCH ? AND collection_id IN ({}) \
+                 WHERE kb_chunks_fts MATCH ? AND collection_id IN ({in_collections}) \
+                 AND rowid >= coalesce((SELECT rowid FROM kb_chunks_fts \
+                   WHERE kb_chunks_fts MATCH ? AND collection_id IN ({in_collections}) \
+                   ORDER BY rowid DESC LIMIT 1 OFFSET {}), 0) \
                  ORDER BY bm25(kb_chunks_fts), chunk_id LIMIT {k}",
-                placeholders(collections.len())
+                candidates - 1
             ),
             values,
         )
@@ -546,6 +565,78 @@ pub(super) async fn full_text(
             })
         })
         .collect()
+}
+
+/// The words of `terms` worth ranking by: all of them when together they match at most
+/// `budget` chunks; otherwise the rarest first, for as long as their matches stay within
+/// the budget (always at least the rarest one). Frequencies are estimates over the whole
+/// index: counted up to the budget in SQLite's FTS5 doclists (no row is read), taken from
+/// the planner's statistics of the tsvector column in Postgres (words too rare to be
+/// listed there count as rare).
+async fn selective(
+    db: &DatabaseConnection,
+    terms: &[String],
+    budget: usize,
+) -> Result<Vec<String>, DbErr> {
+    let mut frequency: Vec<(f64, &String)> = terms.iter().map(|t| (0.0, t)).collect();
+    if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        let rows = all(
+            db,
+            &format!(
+                "SELECT e.elem, CAST(e.freq * c.reltuples AS DOUBLE PRECISION) AS df \
+                 FROM pg_stats s JOIN pg_class c ON c.oid = to_regclass('kb_chunks_fts') \
+                 CROSS JOIN unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(elem, freq) \
+                 WHERE s.schemaname = current_schema() AND s.tablename = 'kb_chunks_fts' \
+                 AND s.attname = 'tsv' AND e.elem IN ({})",
+                placeholders(terms.len())
+            ),
+            terms.iter().map(|t| Value::from(t.clone())).collect(),
+        )
+        .await?;
+        for r in &rows {
+            let elem: String = r.try_get("", "elem")?;
+            let df: f64 = r.try_get("", "df")?;
+            if let Some(f) = frequency.iter_mut().find(|f| *f.1 == elem) {
+                f.0 = df;
+            }
+        }
+    } else {
+        let cap = budget + 1;
+        let sql = (0..terms.len())
+            .map(|i| {
+                format!(
+                    "SELECT {i} AS i, count(*) AS n FROM \
+                     (SELECT 1 FROM kb_chunks_fts WHERE kb_chunks_fts MATCH ? LIMIT {cap})"
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        let values = terms
+            .iter()
+            .map(|t| Value::from(format!("\"{}\"", t.replace('"', ""))))
+            .collect();
+        for r in all(db, &sql, values).await? {
+            let i: i64 = r.try_get("", "i")?;
+            let n: i64 = r.try_get("", "n")?;
+            if let Some(f) = frequency.get_mut(i as usize) {
+                f.0 = n as f64;
+            }
+        }
+    }
+    if frequency.iter().map(|f| f.0).sum::<f64>() <= budget as f64 {
+        return Ok(terms.to_vec());
+    }
+    frequency.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
+    let mut kept = Vec::new();
+    let mut total = 0.0;
+    for (df, term) in frequency {
+        if !kept.is_empty() && total + df > budget as f64 {
+            break;
+        }
+        total += df;
+        kept.push(term.clone());
+    }
+    Ok(kept)
 }
 
 /// Chunks by id, with their document's name.
@@ -647,8 +738,9 @@ impl ChunkIndex for SqlIndex {
         collections: &[String],
         terms: &[String],
         k: usize,
+        candidates: usize,
     ) -> Result<Vec<Scored>, DbErr> {
-        full_text(&self.db, collections, terms, k).await
+        full_text(&self.db, collections, terms, k, candidates).await
     }
 
     async fn chunks(&self, ids: &[String]) -> Result<Vec<ChunkRow>, DbErr> {
