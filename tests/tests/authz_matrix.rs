@@ -627,6 +627,19 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             write_nf,
         ),
         (
+            "BatchUpdateConversations",
+            Box::new(move |_| {
+                chat::BatchUpdateConversationsRequest {
+                    conversation_ids: vec![some(), some()],
+                    action: Some(
+                        chat::batch_update_conversations_request::Action::Archived(true),
+                    ),
+                }
+                .encode_to_vec()
+            }),
+            write_nf,
+        ),
+        (
             "SendMessage",
             Box::new(move |_| {
                 chat::SendMessageRequest {

@@ -90,22 +90,34 @@ async fn export(
     token: &str,
     format: pb::ExportFormat,
 ) -> Vec<u8> {
+    export_some(a, token, format, Vec::new())
+        .await
+        .expect("export")
+}
+
+/// Exports `ids` (all conversations when empty).
+async fn export_some(
+    a: &mut ChatArchiveServiceClient<Channel>,
+    token: &str,
+    format: pb::ExportFormat,
+    ids: Vec<String>,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut stream = a
         .export_conversations(bearer(
             token,
             pb::ExportConversationsRequest {
                 conversation_id: String::new(),
                 format: format as i32,
+                conversation_ids: ids,
             },
         ))
-        .await
-        .expect("export")
+        .await?
         .into_inner();
     let mut out = Vec::new();
-    while let Some(msg) = stream.message().await.expect("chunk") {
+    while let Some(msg) = stream.message().await? {
         out.extend(msg.chunk);
     }
-    out
+    Ok(out)
 }
 
 /// An export with ids replaced by their order of appearance, for comparing round trips.
@@ -646,5 +658,243 @@ both_backends!(
         assert_eq!(rare.len(), 3, "{rare:?}");
         assert!(rare.iter().any(|h| h.snippet.starts_with("lantern lantern")));
         assert!(rare.windows(2).all(|w| w[0].rank >= w[1].rank), "ranked");
+    }
+);
+
+both_backends!(
+    batch_actions_are_all_or_nothing_and_exports_select,
+    |backend| async move {
+        let Some(s) = TestServer::start_with(backend, |c| c.chat.max_batch = 4).await else {
+            return;
+        };
+        let (_, a_tokens) = s.signup("a@example.com").await;
+        let (_, b_tokens) = s.signup("b@example.com").await;
+        let (ta, tb) = (a_tokens.access_token, b_tokens.access_token);
+        let mut chat = ChatServiceClient::new(s.channel.clone());
+        let mut ar = archive(&s);
+        let create = |token: String, title: &'static str| {
+            let mut chat = chat.clone();
+            async move {
+                chat.create_conversation(bearer(
+                    &token,
+                    pb::CreateConversationRequest {
+                        title: title.into(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+                .expect("create")
+                .into_inner()
+                .conversation
+                .expect("conversation")
+                .id
+            }
+        };
+        let a1 = create(ta.clone(), "one").await;
+        let a2 = create(ta.clone(), "two").await;
+        let a3 = create(ta.clone(), "three").await;
+        let b1 = create(tb.clone(), "theirs").await;
+        // A spreadsheet-hostile conversation, imported.
+        let texts: Vec<String> = [
+            "=HYPERLINK(\"http://example.com\",\"x\")",
+            "a reply, with \"quotes\"\nand a second line",
+            "@SUM(1+1) quasar",
+        ]
+        .map(String::from)
+        .to_vec();
+        let up = upload(&mut ar, &ta, &chatgpt_chain("+cmd title", &texts)).await;
+        import(&mut ar, &ta, &up, pb::ImportSource::Chatgpt)
+            .await
+            .expect("import");
+        let listed = chat
+            .list_conversations(bearer(&ta, pb::ListConversationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .conversations;
+        let hostile = listed
+            .iter()
+            .find(|c| c.title == "+cmd title")
+            .expect("imported")
+            .id
+            .clone();
+        let folder = chat
+            .create_folder(bearer(
+                &ta,
+                pb::CreateFolderRequest {
+                    name: "Work".into(),
+                    parent_id: String::new(),
+                },
+            ))
+            .await
+            .expect("folder")
+            .into_inner()
+            .folder
+            .expect("folder")
+            .id;
+
+        use pb::batch_update_conversations_request::Action;
+        let batch = |token: &str, ids: &[&String], action: Option<Action>| {
+            bearer(
+                token,
+                pb::BatchUpdateConversationsRequest {
+                    conversation_ids: ids.iter().map(|i| (*i).clone()).collect(),
+                    action,
+                },
+            )
+        };
+        let reader = chat.clone();
+        let get = |id: &String| {
+            let mut chat = reader.clone();
+            let req = bearer(&ta, pb::GetConversationRequest { id: id.clone() });
+            async move {
+                chat.get_conversation(req)
+                    .await
+                    .map(|r| r.into_inner().conversation.expect("conversation"))
+            }
+        };
+        let done = chat
+            .batch_update_conversations(batch(&ta, &[&a1, &a2, &a1], Some(Action::Archived(true))))
+            .await
+            .expect("archive")
+            .into_inner();
+        assert_eq!(done.conversations, 2, "a repeated id counts once");
+        assert!(get(&a1).await.expect("a1").archived && get(&a2).await.expect("a2").archived);
+        assert!(!get(&a3).await.expect("a3").archived);
+
+        // Someone else's id anywhere: NOT_FOUND, and nothing changed.
+        for ids in [vec![&a3, &b1], vec![&b1]] {
+            let e = chat
+                .batch_update_conversations(batch(&ta, &ids, Some(Action::Pinned(true))))
+                .await
+                .expect_err("not theirs");
+            assert_eq!(e.code(), Code::NotFound, "{e:?}");
+            assert!(!e.message().contains(&b1), "{e:?}");
+        }
+        assert!(!get(&a3).await.expect("a3").pinned);
+        let e = chat
+            .batch_update_conversations(batch(&ta, &[&a1], Some(Action::Delete(true))))
+            .await;
+        assert!(e.is_ok());
+        assert_eq!(get(&a1).await.expect_err("deleted").code(), Code::NotFound);
+
+        // Folders and tags.
+        chat.batch_update_conversations(batch(
+            &ta,
+            &[&a2, &a3],
+            Some(Action::FolderId(folder.clone())),
+        ))
+        .await
+        .expect("move");
+        assert_eq!(get(&a3).await.expect("a3").folder_id, folder);
+        let e = chat
+            .batch_update_conversations(batch(
+                &tb,
+                &[&b1],
+                Some(Action::FolderId(folder.clone())),
+            ))
+            .await
+            .expect_err("not their folder");
+        assert_eq!(e.code(), Code::NotFound);
+        chat.batch_update_conversations(batch(&ta, &[&a2, &a3], Some(Action::FolderId(String::new()))))
+            .await
+            .expect("out of the folder");
+        assert_eq!(get(&a2).await.expect("a2").folder_id, "");
+        for _ in 0..2 {
+            chat.batch_update_conversations(batch(
+                &ta,
+                &[&a2, &a3],
+                Some(Action::AddTag("urgent".into())),
+            ))
+            .await
+            .expect("tag");
+        }
+        assert_eq!(get(&a3).await.expect("a3").tags, ["urgent"]);
+        chat.batch_update_conversations(batch(&ta, &[&a3], Some(Action::RemoveTag("urgent".into()))))
+            .await
+            .expect("untag");
+        assert!(get(&a3).await.expect("a3").tags.is_empty());
+        assert_eq!(get(&a2).await.expect("a2").tags, ["urgent"]);
+
+        // Refusals name what is wrong.
+        let (x, y, z, w, v) = (
+            "0190b000-0000-7000-8000-000000000001".to_string(),
+            "0190b000-0000-7000-8000-000000000002".to_string(),
+            "0190b000-0000-7000-8000-000000000003".to_string(),
+            "0190b000-0000-7000-8000-000000000004".to_string(),
+            "0190b000-0000-7000-8000-000000000005".to_string(),
+        );
+        for (ids, action, needle) in [
+            (vec![&x, &y, &z, &w, &v], Some(Action::Pinned(true)), "chat.max_batch"),
+            (vec![], Some(Action::Pinned(true)), "conversation_ids"),
+            (vec![&a2], None, "action"),
+            (vec![&a2], Some(Action::Delete(false)), "delete"),
+            (vec![&a2], Some(Action::AddTag(" ".into())), "tag"),
+        ] {
+            let e = chat
+                .batch_update_conversations(batch(&ta, &ids, action))
+                .await
+                .expect_err("refused");
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(needle), "{needle}: {e:?}");
+        }
+        let bad = "not an id".to_string();
+        let e = chat
+            .batch_update_conversations(batch(&ta, &[&a2, &bad], Some(Action::Pinned(true))))
+            .await
+            .expect_err("bad id");
+        assert!(e.message().contains("conversation_ids[1]"), "{e:?}");
+
+        // CSV of a selection, read back with a CSV parser: no cell can run as a formula.
+        let bytes = export_some(&mut ar, &ta, pb::ExportFormat::Csv, vec![hostile.clone(), a2.clone()])
+            .await
+            .expect("csv");
+        let mut reader = csv::Reader::from_reader(bytes.as_slice());
+        let header: Vec<String> = reader.headers().expect("header").iter().map(str::to_owned).collect();
+        assert_eq!(header[0], "conversation_id");
+        assert_eq!(header.last().map(String::as_str), Some("content"));
+        let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+        assert_eq!(rows.len(), 3, "three messages; the empty conversation has none");
+        for (row, text) in rows.iter().zip(&texts) {
+            assert_eq!(&row[0], hostile.as_str());
+            assert_eq!(&row[1], "'+cmd title");
+            for cell in row.iter() {
+                assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "{cell:?}");
+            }
+            assert_eq!(row[10].trim_start_matches('\''), text.as_str());
+        }
+        assert_eq!(&rows[0][3], "user");
+        assert_eq!(&rows[1][3], "assistant");
+        let text = String::from_utf8(
+            export_some(&mut ar, &ta, pb::ExportFormat::Text, vec![hostile.clone()])
+                .await
+                .expect("text"),
+        )
+        .expect("utf-8");
+        assert!(text.starts_with("+cmd title\n==========\n\nUser, "), "{text}");
+        assert!(text.contains("and a second line"), "{text}");
+        let e = export_some(&mut ar, &ta, pb::ExportFormat::Csv, vec![a2.clone(), b1.clone()])
+            .await
+            .expect_err("not theirs");
+        assert_eq!(e.code(), Code::NotFound);
+
+        // Deleting takes the conversation out of search too.
+        let search = |query: &str| {
+            let mut ar = ar.clone();
+            let req = bearer(
+                &ta,
+                pb::SearchRequest {
+                    query: query.into(),
+                    page: None,
+                },
+            );
+            async move { ar.search(req).await.expect("search").into_inner().hits }
+        };
+        assert_eq!(search("quasar").await.len(), 1);
+        chat.batch_update_conversations(batch(&ta, &[&hostile, &a3], Some(Action::Delete(true))))
+            .await
+            .expect("delete");
+        assert!(search("quasar").await.is_empty(), "no hit from a deleted conversation");
+        assert!(search("cmd").await.is_empty(), "nor its title");
     }
 );

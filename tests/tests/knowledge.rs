@@ -246,6 +246,7 @@ async fn knowledge_on(backend: Backend) {
             pb::ExportConversationsRequest {
                 conversation_id: conversation.id.clone(),
                 format: pb::ExportFormat::Json as i32,
+                ..Default::default()
             },
         ))
         .await

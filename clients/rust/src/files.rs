@@ -252,24 +252,47 @@ impl Client {
     }
 
     /// Writes one conversation (or, with `None`, all of the caller's) to `path` as JSON
-    /// (lossless, importable) or Markdown. Returns the bytes written. The file is complete
-    /// only when this returns `Ok`; on error it is removed.
+    /// (lossless, importable), Markdown, CSV or plain text. Returns the bytes written. The
+    /// file is complete only when this returns `Ok`; on error it is removed.
     pub async fn export_conversations(
         &self,
         conversation_id: Option<&str>,
         format: chat::ExportFormat,
         path: impl AsRef<Path>,
     ) -> Result<u64> {
+        let request = chat::ExportConversationsRequest {
+            conversation_id: conversation_id.unwrap_or_default().to_owned(),
+            format: format as i32,
+            conversation_ids: Vec::new(),
+        };
+        self.export(request, path.as_ref()).await
+    }
+
+    /// Like [`Client::export_conversations`] for a selection of conversations (at most the
+    /// server's `chat.max_batch`), in the order given; NOT_FOUND when any is not the
+    /// caller's.
+    pub async fn export_selected_conversations(
+        &self,
+        conversation_ids: &[&str],
+        format: chat::ExportFormat,
+        path: impl AsRef<Path>,
+    ) -> Result<u64> {
+        let request = chat::ExportConversationsRequest {
+            conversation_id: String::new(),
+            format: format as i32,
+            conversation_ids: conversation_ids.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        self.export(request, path.as_ref()).await
+    }
+
+    async fn export(&self, request: chat::ExportConversationsRequest, path: &Path) -> Result<u64> {
         let stream = self
             .archive()
-            .export_conversations(chat::ExportConversationsRequest {
-                conversation_id: conversation_id.unwrap_or_default().to_owned(),
-                format: format as i32,
-            })
+            .export_conversations(request)
             .await?
             .into_inner()
             .map(|r| r.map(|m| m.chunk));
-        save(stream, path.as_ref(), &mut |_| {}).await
+        save(stream, path, &mut |_| {}).await
     }
 
     /// Writes a file into the caller's sandbox workspace, in chunks, reporting bytes sent.

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use llmesh_kit::Principal;
+use llmesh_kit::csv::{self, Cell};
 use llmesh_kit::db::{all, exec, one};
 use sea_orm::TransactionTrait;
 use serde::{Deserialize, Serialize};
@@ -11,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::error::{ChatError, Result};
-use crate::service::{ChatService, check_text, new_id, path_to};
-use crate::store::{self, ChatStore, CodeRun, Conversation, Message, Sampling};
+use crate::service::{ChatService, DEFAULT_TITLE, check_tags, check_text, new_id, path_to};
+use crate::store::{self, ChatStore, Citation, CodeRun, Conversation, Message, Sampling};
 
 /// One search result with its snippet.
 #[derive(Debug, Clone, PartialEq)]
@@ -249,18 +250,113 @@ impl ChatService {
         Ok(out)
     }
 
+    // ---- many at once ----
+
+    /// The distinct ids of a batch, checked against chat.max_batch.
+    fn batch_ids(&self, field: &str, ids: &[String]) -> Result<Vec<String>> {
+        let mut distinct: Vec<String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if !distinct.contains(id) {
+                distinct.push(id.clone());
+            }
+        }
+        if distinct.is_empty() || distinct.len() > self.config.max_batch {
+            return Err(ChatError::Invalid(format!(
+                "{field} must name 1 to {} conversations (chat.max_batch)",
+                self.config.max_batch
+            )));
+        }
+        Ok(distinct)
+    }
+
+    /// NOT_FOUND unless every one of `ids` is a conversation of `p`'s (which ones are not
+    /// is not said).
+    pub(crate) async fn owned_all(
+        &self,
+        p: &Principal,
+        ids: &[String],
+        field: &str,
+    ) -> Result<Vec<Conversation>> {
+        let ids = self.batch_ids(field, ids)?;
+        let found = ChatStore::conversations_by_id(&self.store.db, &p.user_id, &ids).await?;
+        if found.len() != ids.len() {
+            return Err(ChatError::NotFound("conversation"));
+        }
+        Ok(found)
+    }
+
+    /// Applies `action` to every conversation of `ids` in one transaction, or to none:
+    /// NOT_FOUND when any is not `p`'s. Returns how many conversations it acted on.
+    pub async fn batch_update(
+        &self,
+        p: &Principal,
+        ids: &[String],
+        action: BatchAction,
+    ) -> Result<u32> {
+        let ids = self.batch_ids("conversation_ids", ids)?;
+        match &action {
+            BatchAction::MoveTo(Some(folder)) => {
+                self.folder(p, folder).await?;
+            }
+            BatchAction::AddTag(tag) | BatchAction::RemoveTag(tag) => {
+                check_text("tag", tag, 50, true)?;
+            }
+            _ => {}
+        }
+        let txn = self.store.db.begin().await?;
+        let mut found = ChatStore::conversations_by_id(&txn, &p.user_id, &ids).await?;
+        if found.len() != ids.len() {
+            return Err(ChatError::NotFound("conversation"));
+        }
+        if action == BatchAction::Delete {
+            ChatStore::delete_conversations(&txn, &p.user_id, &ids).await?;
+            txn.commit().await?;
+            return Ok(ids.len() as u32);
+        }
+        let now = self.clock.now();
+        for c in &mut found {
+            match &action {
+                BatchAction::Archive(v) => c.archived = *v,
+                BatchAction::Pin(v) => c.pinned = *v,
+                BatchAction::MoveTo(folder) => c.folder_id = folder.clone(),
+                BatchAction::AddTag(tag) => {
+                    let tag = tag.trim();
+                    if !c.tags.iter().any(|t| t == tag) {
+                        c.tags.push(tag.to_owned());
+                        check_tags(&c.tags).map_err(|_| {
+                            ChatError::Invalid(format!(
+                                "add_tag: conversation {} already has 20 tags",
+                                c.id
+                            ))
+                        })?;
+                    }
+                }
+                BatchAction::RemoveTag(tag) => c.tags.retain(|t| t != tag.trim()),
+                BatchAction::Delete => {}
+            }
+            c.updated_at = now;
+            ChatStore::update_conversation(&txn, c).await?;
+        }
+        txn.commit().await?;
+        Ok(ids.len() as u32)
+    }
+
     // ---- export ----
 
-    /// Streams an export as chunks of bytes: llmesh JSON (every branch) or Markdown (the
-    /// active path).
+    /// Streams an export as chunks of bytes: llmesh JSON (every branch), or the active
+    /// path as Markdown, CSV or plain text. `selection` names conversations (each must be
+    /// the caller's); `None` exports all of them.
     pub async fn export(
         &self,
         p: &Principal,
-        conversation: Option<String>,
-        markdown: bool,
+        selection: Option<Vec<String>>,
+        format: ExportKind,
     ) -> Result<mpsc::Receiver<Result<Vec<u8>>>> {
-        let ids: Vec<String> = match conversation {
-            Some(id) => vec![self.conversation(p, &id).await?.id],
+        let ids: Vec<String> = match selection {
+            Some(ids) => {
+                self.owned_all(p, &ids, "conversation_ids").await?;
+                ids
+            }
             None => {
                 let mut ids = Vec::new();
                 let mut after = None;
@@ -292,21 +388,23 @@ impl ChatService {
         let user = p.user_id.clone();
         let this = ExportWorker { store };
         tokio::spawn(async move {
-            if !markdown {
-                let _ = tx
-                    .send(Ok(format!(
-                        "{{\"format\":\"{EXPORT_FORMAT}\",\"conversations\":["
-                    )
-                    .into_bytes()))
-                    .await;
+            let head = match format {
+                ExportKind::Json => {
+                    format!("{{\"format\":\"{EXPORT_FORMAT}\",\"conversations\":[").into_bytes()
+                }
+                ExportKind::Csv => csv::record(&CSV_HEADER.map(Cell::Text)),
+                ExportKind::Markdown | ExportKind::Text => Vec::new(),
+            };
+            if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
+                return;
             }
             for (i, id) in ids.iter().enumerate() {
-                let chunk = this.chunk(&user, id, markdown, i > 0).await;
+                let chunk = this.chunk(&user, id, format, i > 0).await;
                 if tx.send(chunk).await.is_err() {
                     return;
                 }
             }
-            if !markdown {
+            if format == ExportKind::Json {
                 let _ = tx.send(Ok(b"]}".to_vec())).await;
             }
         });
@@ -509,7 +607,13 @@ struct ExportWorker {
 }
 
 impl ExportWorker {
-    async fn chunk(&self, user: &str, id: &str, markdown: bool, comma: bool) -> Result<Vec<u8>> {
+    async fn chunk(
+        &self,
+        user: &str,
+        id: &str,
+        format: ExportKind,
+        comma: bool,
+    ) -> Result<Vec<u8>> {
         let c = self
             .store
             .conversation(user, id)
@@ -518,7 +622,12 @@ impl ExportWorker {
         let messages = self.store.messages(&c.id).await?;
         let runs = self.store.code_runs(&c.id).await?;
         let cited = self.store.citations(&c.id).await?;
-        if markdown {
+        match format {
+            ExportKind::Csv => return Ok(csv_rows(&c, &messages)),
+            ExportKind::Text => return Ok(plain_text(&c, &messages, &runs, &cited).into_bytes()),
+            ExportKind::Json | ExportKind::Markdown => {}
+        }
+        if format == ExportKind::Markdown {
             let mut out = format!("# {}\n\n", c.title);
             for m in path_to(&messages, c.active_leaf_id.as_deref()) {
                 let who = match m.role.as_str() {
@@ -556,6 +665,123 @@ impl ExportWorker {
             .map_err(|e| ChatError::Internal(format!("export: {e}")))?;
         Ok(bytes)
     }
+}
+
+/// What a batch call does to each of its conversations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchAction {
+    Archive(bool),
+    Pin(bool),
+    /// Into a folder of the caller's, or out of any (`None`).
+    MoveTo(Option<String>),
+    AddTag(String),
+    RemoveTag(String),
+    Delete,
+}
+
+/// What an export writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    /// llmesh JSON: every branch, importable.
+    Json,
+    /// The active path as Markdown.
+    Markdown,
+    /// The active path, a row per message.
+    Csv,
+    /// The active path as plain text.
+    Text,
+}
+
+/// The CSV export's columns.
+pub const CSV_HEADER: [&str; 11] = [
+    "conversation_id",
+    "conversation_title",
+    "message_id",
+    "role",
+    "model",
+    "created_at",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_micros",
+    "state",
+    "content",
+];
+
+/// A conversation's active path as CSV records (see [`CSV_HEADER`]).
+fn csv_rows(c: &Conversation, messages: &[Message]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for m in path_to(messages, c.active_leaf_id.as_deref()) {
+        let at = m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        out.extend(csv::record(&[
+            Cell::Text(&c.id),
+            Cell::Text(&c.title),
+            Cell::Text(&m.id),
+            Cell::Text(&m.role),
+            Cell::Text(&m.model),
+            Cell::Text(&at),
+            Cell::Int(m.prompt_tokens),
+            Cell::Int(m.completion_tokens),
+            Cell::Int(m.cost_micros),
+            Cell::Text(&m.state),
+            Cell::Text(&m.content),
+        ]));
+    }
+    out
+}
+
+/// A conversation's active path as plain text: the title underlined, then each message
+/// under its speaker and time, with code runs and sources after it.
+fn plain_text(
+    c: &Conversation,
+    messages: &[Message],
+    runs: &BTreeMap<String, Vec<CodeRun>>,
+    cited: &BTreeMap<String, Vec<Citation>>,
+) -> String {
+    let title = if c.title.is_empty() { DEFAULT_TITLE } else { &c.title };
+    let mut out = format!("{title}\n{}\n\n", "=".repeat(title.chars().count().clamp(3, 80)));
+    for m in path_to(messages, c.active_leaf_id.as_deref()) {
+        let who = match m.role.as_str() {
+            "assistant" if !m.model.is_empty() => format!("Assistant ({})", m.model),
+            "assistant" => "Assistant".into(),
+            "system" => "System".into(),
+            _ => "User".into(),
+        };
+        out.push_str(&format!(
+            "{who}, {}:\n{}\n\n",
+            m.created_at.format("%Y-%m-%d %H:%M UTC"),
+            m.content.trim_end()
+        ));
+        for run in runs.get(&m.id).into_iter().flatten() {
+            out.push_str(&format!(
+                "[ran code block {} ({}): {}]\n",
+                run.block + 1,
+                run.language,
+                run.status.replace('_', " ")
+            ));
+            for text in [&run.stdout, &run.stderr] {
+                let text = String::from_utf8_lossy(text);
+                if !text.is_empty() {
+                    out.push_str(text.trim_end_matches('\n'));
+                    out.push('\n');
+                }
+            }
+            out.push('\n');
+        }
+        let sources = cited.get(&m.id).map(Vec::as_slice).unwrap_or_default();
+        if !sources.is_empty() {
+            out.push_str("Sources:\n");
+            for s in sources {
+                out.push_str(&format!("  {}. {}", s.index, s.document_name));
+                if s.page > 0 {
+                    out.push_str(&format!(", page {}", s.page));
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+    }
+    out.push_str("\n");
+    out
 }
 
 /// A code block's run under its message: what it wrote, fenced so output cannot break out.

@@ -12,7 +12,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::archive::{ImportEvent, ImportSource};
+use crate::archive::{ExportKind, ImportEvent, ImportSource};
 use crate::grpc::id;
 use crate::service::ChatService;
 
@@ -108,17 +108,31 @@ impl pb::chat_archive_service_server::ChatArchiveService for GrpcChatArchiveAdap
     ) -> Reply<Self::ExportConversationsStream> {
         let p = principal(&req)?;
         let r = req.into_inner();
-        let conversation = if r.conversation_id.is_empty() {
-            None
-        } else {
-            Some(id("conversation_id", &r.conversation_id)?)
+        let selection = match (r.conversation_id.is_empty(), r.conversation_ids.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(vec![id("conversation_id", &r.conversation_id)?]),
+            (true, false) => Some(
+                r.conversation_ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| id(&format!("conversation_ids[{i}]"), c))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            (false, false) => {
+                return Err(ApiError::invalid(
+                    "conversation_id and conversation_ids: set one of them, not both",
+                )
+                .into());
+            }
         };
-        let markdown = match pb::ExportFormat::try_from(r.format) {
-            Ok(pb::ExportFormat::Markdown) => true,
-            Ok(pb::ExportFormat::Json) | Ok(pb::ExportFormat::Unspecified) => false,
+        let format = match pb::ExportFormat::try_from(r.format) {
+            Ok(pb::ExportFormat::Markdown) => ExportKind::Markdown,
+            Ok(pb::ExportFormat::Csv) => ExportKind::Csv,
+            Ok(pb::ExportFormat::Text) => ExportKind::Text,
+            Ok(pb::ExportFormat::Json) | Ok(pb::ExportFormat::Unspecified) => ExportKind::Json,
             Err(_) => return Err(ApiError::invalid("format is not a known export format").into()),
         };
-        let rx = self.service.export(&p, conversation, markdown).await?;
+        let rx = self.service.export(&p, selection, format).await?;
         let stream = ReceiverStream::new(rx).map(|chunk| {
             chunk
                 .map(|chunk| pb::ExportConversationsResponse { chunk })

@@ -16,6 +16,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::archive::BatchAction;
 use crate::service::{ChatService, ConversationPatch, MessageView, NewConversation, ReplyEvent};
 use crate::store::{
     Assistant, CodeRun, Conversation, ConversationFilter, Folder, Sampling, Template,
@@ -47,6 +48,10 @@ pub const ACCESS: &[(&str, Access)] = &[
     ),
     (
         "/llmesh.chat.v1.ChatService/DeleteConversation",
+        Access::Member,
+    ),
+    (
+        "/llmesh.chat.v1.ChatService/BatchUpdateConversations",
         Access::Member,
     ),
     ("/llmesh.chat.v1.ChatService/SendMessage", Access::Member),
@@ -493,6 +498,42 @@ impl pb::chat_service_server::ChatService for GrpcChatAdapter {
         Ok(Response::new(pb::DeleteConversationResponse {}))
     }
 
+    async fn batch_update_conversations(
+        &self,
+        req: Request<pb::BatchUpdateConversationsRequest>,
+    ) -> Reply<pb::BatchUpdateConversationsResponse> {
+        use pb::batch_update_conversations_request::Action;
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let ids = r
+            .conversation_ids
+            .iter()
+            .enumerate()
+            .map(|(i, c)| id(&format!("conversation_ids[{i}]"), c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let action = match r.action {
+            Some(Action::Archived(v)) => BatchAction::Archive(v),
+            Some(Action::Pinned(v)) => BatchAction::Pin(v),
+            Some(Action::FolderId(f)) => BatchAction::MoveTo(opt_id("folder_id", &f)?),
+            Some(Action::AddTag(t)) => BatchAction::AddTag(t),
+            Some(Action::RemoveTag(t)) => BatchAction::RemoveTag(t),
+            Some(Action::Delete(true)) => BatchAction::Delete,
+            Some(Action::Delete(false)) => {
+                return Err(ApiError::invalid("delete must be true when set").into());
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    "action: set one of archived, pinned, folder_id, add_tag, remove_tag, delete",
+                )
+                .into());
+            }
+        };
+        let conversations = self.service.batch_update(&p, &ids, action).await?;
+        Ok(Response::new(pb::BatchUpdateConversationsResponse {
+            conversations,
+        }))
+    }
+
     type SendMessageStream =
         Pin<Box<dyn Stream<Item = Result<pb::SendMessageResponse, Status>> + Send>>;
 
@@ -818,7 +859,7 @@ mod tests {
 
     #[test]
     fn every_rpc_has_an_access_rule() {
-        assert_eq!(ACCESS.len(), 25);
+        assert_eq!(ACCESS.len(), 26);
         assert!(ACCESS.iter().all(|(path, _)| path.starts_with(P)));
     }
 }

@@ -163,7 +163,7 @@ pub(crate) fn check_code_run(run: &CodeRun) -> Result<()> {
     Ok(())
 }
 
-fn check_tags(tags: &[String]) -> Result<()> {
+pub(crate) fn check_tags(tags: &[String]) -> Result<()> {
     if tags.len() > 20 {
         return Err(ChatError::Invalid("at most 20 tags".into()));
     }
@@ -247,7 +247,7 @@ impl ChatService {
         Ok(self.store.folders(&p.user_id).await?)
     }
 
-    async fn folder(&self, p: &Principal, id: &str) -> Result<Folder> {
+    pub(crate) async fn folder(&self, p: &Principal, id: &str) -> Result<Folder> {
         self.store
             .folders(&p.user_id)
             .await?

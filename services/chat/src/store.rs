@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use llmesh_kit::db::{all, exec, one};
 pub use llmesh_kit::db::{from_micros, micros};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, QueryResult, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
 /// Sampling settings as chat stores them (all optional: unset means the model's default).
@@ -402,7 +402,6 @@ impl ChatStore {
         id: &str,
         parent: Option<String>,
     ) -> Result<bool, DbErr> {
-        use sea_orm::TransactionTrait;
         let txn = self.db.begin().await?;
         let deleted = exec(
             &txn,
@@ -511,37 +510,75 @@ impl ChatStore {
     }
 
     pub async fn delete_conversation(&self, user: &str, id: &str) -> Result<bool, DbErr> {
-        use sea_orm::TransactionTrait;
         let txn = self.db.begin().await?;
+        let deleted = Self::delete_conversations(&txn, user, &[id.to_owned()]).await? == 1;
+        txn.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Deletes those of `ids` that are `user`'s, with their messages, citations, code runs
+    /// and search documents (titles and messages); returns how many. The caller owns the
+    /// transaction.
+    pub async fn delete_conversations<C: ConnectionTrait>(
+        db: &C,
+        user: &str,
+        ids: &[String],
+    ) -> Result<u64, DbErr> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // Dependent rows are cleared by the ids found to be the user's, never by the
+        // ids asked for: another user's conversation id must not reach a DELETE.
+        let owned: Vec<String> = Self::conversations_by_id(db, user, ids)
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        if owned.is_empty() {
+            return Ok(0);
+        }
+        let list = vec!["?"; owned.len()].join(", ");
+        let values = || owned.iter().map(|i| Value::from(i.clone())).collect::<Vec<_>>();
+        let mut with_user: Vec<Value> = vec![user.into()];
+        with_user.extend(values());
         let deleted = exec(
-            &txn,
-            "DELETE FROM conversations WHERE id = ? AND user_id = ?",
-            vec![id.into(), user.into()],
+            db,
+            &format!("DELETE FROM conversations WHERE user_id = ? AND id IN ({list})"),
+            with_user,
         )
-        .await?
-            == 1;
-        if deleted {
+        .await?;
+        for table in ["messages", "message_citations", "message_code_runs", "chat_search"] {
             exec(
-                &txn,
-                "DELETE FROM messages WHERE conversation_id = ?",
-                vec![id.into()],
-            )
-            .await?;
-            exec(
-                &txn,
-                "DELETE FROM message_citations WHERE conversation_id = ?",
-                vec![id.into()],
-            )
-            .await?;
-            exec(
-                &txn,
-                "DELETE FROM message_code_runs WHERE conversation_id = ?",
-                vec![id.into()],
+                db,
+                &format!("DELETE FROM {table} WHERE conversation_id IN ({list})"),
+                values(),
             )
             .await?;
         }
-        txn.commit().await?;
         Ok(deleted)
+    }
+
+    /// The conversations of `user` among `ids` (any order).
+    pub async fn conversations_by_id<C: ConnectionTrait>(
+        db: &C,
+        user: &str,
+        ids: &[String],
+    ) -> Result<Vec<Conversation>, DbErr> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut values: Vec<Value> = vec![user.into()];
+        values.extend(ids.iter().map(|i| Value::from(i.clone())));
+        let rows = all(
+            db,
+            &format!(
+                "SELECT * FROM conversations WHERE user_id = ? AND id IN ({})",
+                vec!["?"; ids.len()].join(", ")
+            ),
+            values,
+        )
+        .await?;
+        rows.iter().map(conversation).collect()
     }
 
     pub async fn conversations(

@@ -28,6 +28,7 @@ RETRY_SAFE: frozenset[str] = frozenset(
         "/llmesh.chat.v1.ChatArchiveService/AppendUploadChunk",
         "/llmesh.chat.v1.ChatArchiveService/ExportConversations",
         "/llmesh.chat.v1.ChatArchiveService/Search",
+        "/llmesh.chat.v1.ChatService/BatchUpdateConversations",
         "/llmesh.chat.v1.ChatService/GetAssistant",
         "/llmesh.chat.v1.ChatService/GetConversation",
         "/llmesh.chat.v1.ChatService/ListAssistants",

@@ -56,6 +56,13 @@ class _ExportFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportFo
     """Lossless, every branch; importable."""
     EXPORT_FORMAT_MARKDOWN: _ExportFormat.ValueType  # 2
     """The active path, for reading."""
+    EXPORT_FORMAT_CSV: _ExportFormat.ValueType  # 3
+    """One row per message on the active path: conversation id and title, message id, role,
+    model, time, tokens and cost. Text cells that a spreadsheet would run as a formula
+    (starting with =, +, -, @, tab or carriage return) begin with an apostrophe.
+    """
+    EXPORT_FORMAT_TEXT: _ExportFormat.ValueType  # 4
+    """The active path as plain text."""
 
 class ExportFormat(_ExportFormat, metaclass=_ExportFormatEnumTypeWrapper):
     """ExportFormat chooses how conversations are written out."""
@@ -65,6 +72,13 @@ EXPORT_FORMAT_JSON: ExportFormat.ValueType  # 1
 """Lossless, every branch; importable."""
 EXPORT_FORMAT_MARKDOWN: ExportFormat.ValueType  # 2
 """The active path, for reading."""
+EXPORT_FORMAT_CSV: ExportFormat.ValueType  # 3
+"""One row per message on the active path: conversation id and title, message id, role,
+model, time, tokens and cost. Text cells that a spreadsheet would run as a formula
+(starting with =, +, -, @, tab or carriage return) begin with an apostrophe.
+"""
+EXPORT_FORMAT_TEXT: ExportFormat.ValueType  # 4
+"""The active path as plain text."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
 class _ImportSource:
@@ -877,6 +891,74 @@ class UpdateConversationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateConversationResponse: _TypeAlias = UpdateConversationResponse  # noqa: Y015
+
+@_typing.final
+class BatchUpdateConversationsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
+    ARCHIVED_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
+    FOLDER_ID_FIELD_NUMBER: _builtins.int
+    ADD_TAG_FIELD_NUMBER: _builtins.int
+    REMOVE_TAG_FIELD_NUMBER: _builtins.int
+    DELETE_FIELD_NUMBER: _builtins.int
+    archived: _builtins.bool
+    """Archives (true) or unarchives (false)."""
+    pinned: _builtins.bool
+    """Pins (true) or unpins (false)."""
+    folder_id: _builtins.str
+    """Moves them into this folder of the caller's; empty: out of any folder."""
+    add_tag: _builtins.str
+    """Adds this tag where it is missing."""
+    remove_tag: _builtins.str
+    """Removes this tag where it is present."""
+    delete: _builtins.bool
+    """Deletes them with their messages; must be true."""
+    @_builtins.property
+    def conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """1 to chat.max_batch conversation ids; repeats count once."""
+
+    def __init__(
+        self,
+        *,
+        conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
+        archived: _builtins.bool = ...,
+        pinned: _builtins.bool = ...,
+        folder_id: _builtins.str = ...,
+        add_tag: _builtins.str = ...,
+        remove_tag: _builtins.str = ...,
+        delete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "add_tag", b"add_tag", "archived", b"archived", "delete", b"delete", "folder_id", b"folder_id", "pinned", b"pinned", "remove_tag", b"remove_tag"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "add_tag", b"add_tag", "archived", b"archived", "conversation_ids", b"conversation_ids", "delete", b"delete", "folder_id", b"folder_id", "pinned", b"pinned", "remove_tag", b"remove_tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["archived", "pinned", "folder_id", "add_tag", "remove_tag", "delete"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
+
+Global___BatchUpdateConversationsRequest: _TypeAlias = BatchUpdateConversationsRequest  # noqa: Y015
+
+@_typing.final
+class BatchUpdateConversationsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATIONS_FIELD_NUMBER: _builtins.int
+    conversations: _builtins.int
+    """Conversations acted on (each distinct id once)."""
+    def __init__(
+        self,
+        *,
+        conversations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversations", b"conversations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchUpdateConversationsResponse: _TypeAlias = BatchUpdateConversationsResponse  # noqa: Y015
 
 @_typing.final
 class DeleteConversationRequest(_message.Message):
@@ -1794,18 +1876,26 @@ class ExportConversationsRequest(_message.Message):
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
+    CONVERSATION_IDS_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
-    """Empty: all of the caller's conversations."""
+    """One conversation. Empty, with conversation_ids empty too: all of the caller's."""
     format: Global___ExportFormat.ValueType
+    @_builtins.property
+    def conversation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """A selection of the caller's conversations (at most chat.max_batch), exported in this
+        order. NOT_FOUND when any of them is not the caller's. Not with conversation_id.
+        """
+
     def __init__(
         self,
         *,
         conversation_id: _builtins.str = ...,
         format: Global___ExportFormat.ValueType = ...,
+        conversation_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "format", b"format"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "conversation_ids", b"conversation_ids", "format", b"format"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

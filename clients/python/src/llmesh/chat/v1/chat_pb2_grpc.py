@@ -84,6 +84,11 @@ class ChatServiceStub:
                 request_serializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.SerializeToString,
                 response_deserializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.FromString,
                 _registered_method=True)
+        self.BatchUpdateConversations = channel.unary_unary(
+                '/llmesh.chat.v1.ChatService/BatchUpdateConversations',
+                request_serializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsRequest.SerializeToString,
+                response_deserializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsResponse.FromString,
+                _registered_method=True)
         self.SendMessage = channel.unary_stream(
                 '/llmesh.chat.v1.ChatService/SendMessage',
                 request_serializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.SendMessageRequest.SerializeToString,
@@ -232,6 +237,16 @@ class ChatServiceServicer:
 
     def DeleteConversation(self, request, context):
         """Deletes a conversation and all its messages. NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchUpdateConversations(self, request, context):
+        """Acts on many of the caller's conversations at once: archive or unarchive, pin or
+        unpin, move to a folder, add or remove a tag, or delete. At most chat.max_batch ids.
+        All or nothing: NOT_FOUND, and nothing changes, when any id is not the caller's.
+        Member or admin.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -403,6 +418,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.DeleteConversation,
                     request_deserializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.FromString,
                     response_serializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.SerializeToString,
+            ),
+            'BatchUpdateConversations': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchUpdateConversations,
+                    request_deserializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsRequest.FromString,
+                    response_serializer=llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsResponse.SerializeToString,
             ),
             'SendMessage': grpc.unary_stream_rpc_method_handler(
                     servicer.SendMessage,
@@ -733,6 +753,33 @@ class ChatService:
             '/llmesh.chat.v1.ChatService/DeleteConversation',
             llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationRequest.SerializeToString,
             llmesh_dot_chat_dot_v1_dot_chat__pb2.DeleteConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchUpdateConversations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmesh.chat.v1.ChatService/BatchUpdateConversations',
+            llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsRequest.SerializeToString,
+            llmesh_dot_chat_dot_v1_dot_chat__pb2.BatchUpdateConversationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1238,7 +1285,8 @@ class ChatArchiveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportConversations(self, request, context):
-        """Streams one conversation or all of the caller's as JSON (lossless) or Markdown. Any role.
+        """Streams one conversation, a selection or all of the caller's as JSON (lossless),
+        Markdown, CSV or plain text. Any role.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

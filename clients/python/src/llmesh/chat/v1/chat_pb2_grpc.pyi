@@ -56,6 +56,12 @@ class ChatServiceStub:
     """Updates title, folder, tags, pinned, archived, model, sampling, system prompt. NOT_FOUND."""
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_chat_pb2.DeleteConversationRequest, _chat_pb2.DeleteConversationResponse]
     """Deletes a conversation and all its messages. NOT_FOUND."""
+    BatchUpdateConversations: _grpc.UnaryUnaryMultiCallable[_chat_pb2.BatchUpdateConversationsRequest, _chat_pb2.BatchUpdateConversationsResponse]
+    """Acts on many of the caller's conversations at once: archive or unarchive, pin or
+    unpin, move to a folder, add or remove a tag, or delete. At most chat.max_batch ids.
+    All or nothing: NOT_FOUND, and nothing changes, when any id is not the caller's.
+    Member or admin.
+    """
     SendMessage: _grpc.UnaryStreamMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]
     """Appends a user message and streams the assistant's reply. Member or admin.
     NOT_FOUND: conversation or parent. Errors of llm.Generate pass through.
@@ -127,6 +133,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """Updates title, folder, tags, pinned, archived, model, sampling, system prompt. NOT_FOUND."""
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_chat_pb2.DeleteConversationRequest, _chat_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Deletes a conversation and all its messages. NOT_FOUND."""
+    BatchUpdateConversations: _aio.UnaryUnaryMultiCallable[_chat_pb2.BatchUpdateConversationsRequest, _chat_pb2.BatchUpdateConversationsResponse]  # type: ignore[assignment]
+    """Acts on many of the caller's conversations at once: archive or unarchive, pin or
+    unpin, move to a folder, add or remove a tag, or delete. At most chat.max_batch ids.
+    All or nothing: NOT_FOUND, and nothing changes, when any id is not the caller's.
+    Member or admin.
+    """
     SendMessage: _aio.UnaryStreamMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Appends a user message and streams the assistant's reply. Member or admin.
     NOT_FOUND: conversation or parent. Errors of llm.Generate pass through.
@@ -249,6 +261,18 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.DeleteConversationResponse, _abc.Awaitable[_chat_pb2.DeleteConversationResponse]]:
         """Deletes a conversation and all its messages. NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def BatchUpdateConversations(
+        self,
+        request: _chat_pb2.BatchUpdateConversationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.BatchUpdateConversationsResponse, _abc.Awaitable[_chat_pb2.BatchUpdateConversationsResponse]]:
+        """Acts on many of the caller's conversations at once: archive or unarchive, pin or
+        unpin, move to a folder, add or remove a tag, or delete. At most chat.max_batch ids.
+        All or nothing: NOT_FOUND, and nothing changes, when any id is not the caller's.
+        Member or admin.
+        """
 
     @_abc_1.abstractmethod
     def SendMessage(
@@ -405,7 +429,9 @@ class ChatArchiveServiceStub:
     Search: _grpc.UnaryUnaryMultiCallable[_chat_pb2.SearchRequest, _chat_pb2.SearchResponse]
     """Full-text search over the caller's messages and titles, ranked, with snippets. Any role."""
     ExportConversations: _grpc.UnaryStreamMultiCallable[_chat_pb2.ExportConversationsRequest, _chat_pb2.ExportConversationsResponse]
-    """Streams one conversation or all of the caller's as JSON (lossless) or Markdown. Any role."""
+    """Streams one conversation, a selection or all of the caller's as JSON (lossless),
+    Markdown, CSV or plain text. Any role.
+    """
     BeginUpload: _grpc.UnaryUnaryMultiCallable[_chat_pb2.BeginUploadRequest, _chat_pb2.BeginUploadResponse]
     """Starts a chunked upload (browsers have no client streaming). Member or admin."""
     AppendUploadChunk: _grpc.UnaryUnaryMultiCallable[_chat_pb2.AppendUploadChunkRequest, _chat_pb2.AppendUploadChunkResponse]
@@ -433,7 +459,9 @@ class ChatArchiveServiceAsyncStub(ChatArchiveServiceStub):
     Search: _aio.UnaryUnaryMultiCallable[_chat_pb2.SearchRequest, _chat_pb2.SearchResponse]  # type: ignore[assignment]
     """Full-text search over the caller's messages and titles, ranked, with snippets. Any role."""
     ExportConversations: _aio.UnaryStreamMultiCallable[_chat_pb2.ExportConversationsRequest, _chat_pb2.ExportConversationsResponse]  # type: ignore[assignment]
-    """Streams one conversation or all of the caller's as JSON (lossless) or Markdown. Any role."""
+    """Streams one conversation, a selection or all of the caller's as JSON (lossless),
+    Markdown, CSV or plain text. Any role.
+    """
     BeginUpload: _aio.UnaryUnaryMultiCallable[_chat_pb2.BeginUploadRequest, _chat_pb2.BeginUploadResponse]  # type: ignore[assignment]
     """Starts a chunked upload (browsers have no client streaming). Member or admin."""
     AppendUploadChunk: _aio.UnaryUnaryMultiCallable[_chat_pb2.AppendUploadChunkRequest, _chat_pb2.AppendUploadChunkResponse]  # type: ignore[assignment]
@@ -470,7 +498,9 @@ class ChatArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_pb2.ExportConversationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_pb2.ExportConversationsResponse], _abc.AsyncIterator[_chat_pb2.ExportConversationsResponse]]:
-        """Streams one conversation or all of the caller's as JSON (lossless) or Markdown. Any role."""
+        """Streams one conversation, a selection or all of the caller's as JSON (lossless),
+        Markdown, CSV or plain text. Any role.
+        """
 
     @_abc_1.abstractmethod
     def BeginUpload(
