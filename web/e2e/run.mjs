@@ -402,6 +402,32 @@ async function main() {
     if (!/1 conversation imported/.test(await report.innerText())) fail(`import report: ${await report.innerText()}`);
     await shot(page, "settings-import-done-desktop");
 
+    // Many at once: select the conversation and its imported copy (click, then shift-click
+    // for the range), archive both in one batch, find them archived, bring them back.
+    step("batch: select two conversations and archive them together");
+    await page.getByRole("link", { name: "Chat" }).click();
+    const sidebar = page.getByRole("complementary", { name: "Conversations" });
+    await sidebar.getByRole("button", { name: "Select conversations" }).click();
+    const boxes = sidebar.getByRole("checkbox", { name: "Select Lighthouse notes" });
+    await boxes.nth(1).waitFor();
+    await boxes.first().click();
+    await boxes.nth(1).click({ modifiers: ["Shift"] });
+    const count = sidebar.getByTestId("selected-count");
+    if (!/^2 selected$/.test(await count.innerText())) fail(`selection: ${await count.innerText()}`);
+    await shot(page, "sidebar-selection-desktop");
+    await sidebar.getByRole("toolbar", { name: "Selected conversations" }).getByRole("button", { name: "Archive", exact: true }).click();
+    await page.getByText("2 conversations archived.").waitFor();
+    await sidebar.getByRole("link", { name: "Lighthouse notes" }).first().waitFor({ state: "detached", timeout: 10_000 });
+    await sidebar.getByRole("checkbox", { name: "archived" }).check();
+    await boxes.nth(1).waitFor();
+    await sidebar.getByRole("button", { name: "All in view" }).click();
+    await sidebar.getByRole("toolbar", { name: "Selected conversations" }).getByRole("button", { name: "Unarchive" }).click();
+    await page.getByText(/conversations? unarchived\./).waitFor();
+    await sidebar.getByRole("checkbox", { name: "archived" }).uncheck();
+    await sidebar.getByRole("link", { name: "Lighthouse notes" }).nth(1).waitFor();
+    await sidebar.getByRole("button", { name: "Done selecting" }).click();
+    await page.getByRole("link", { name: "Settings" }).click();
+
     // A prompt template with variables, inserted through its form; then an edited prompt.
     step("template with variables, then edit a prompt");
     await page.getByRole("button", { name: "Templates", exact: true }).click();

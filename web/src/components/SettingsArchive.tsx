@@ -7,7 +7,8 @@ import { api } from "../api";
 import { conversationsReload } from "../events";
 import { ROLE_MEMBER, useApp } from "../app";
 import { uploadBytes } from "../upload";
-import { formatBytes, saveFile } from "../util";
+import { downloadExport, EXPORT_FORMATS } from "../exporting";
+import { formatBytes } from "../util";
 import { Progress } from "./forms";
 
 const isAbort = (err: unknown) => err instanceof DOMException && err.name === "AbortError";
@@ -47,18 +48,8 @@ export function SettingsArchive({ me }: { me: auth.User }) {
     exportAbort.current = ctl;
     setExporting(true);
     setReceived(0);
-    const parts: Uint8Array[] = [];
-    let bytes = 0;
     try {
-      for await (const res of api.archive.exportConversations({ conversationId: "", format }, { signal: ctl.signal })) {
-        if (res.chunk.length === 0) continue;
-        parts.push(res.chunk);
-        bytes += res.chunk.length;
-        setReceived(bytes);
-      }
-      const json = format === chat.ExportFormat.JSON;
-      const stamp = new Date().toISOString().slice(0, 10);
-      saveFile(parts, `llmesh-conversations-${stamp}.${json ? "json" : "md"}`, json ? "application/json" : "text/markdown");
+      const bytes = await downloadExport(format, [], setReceived, ctl.signal);
       notify(`Export ready (${formatBytes(bytes)}).`);
     } catch (err) {
       if (ctl.signal.aborted || isAbort(err)) notify("Export stopped.");
@@ -119,7 +110,7 @@ export function SettingsArchive({ me }: { me: auth.User }) {
 
   const running = phase === "hashing" || phase === "uploading" || phase === "importing";
   const formatOption = (value: chat.ExportFormat, label: string, note: string) => (
-    <label className="row">
+    <label className="row" key={value}>
       <input type="radio" name="export-format" checked={format === value} disabled={exporting} onChange={() => setFormat(value)} />
       {label} <span className="muted">({note})</span>
     </label>
@@ -131,8 +122,7 @@ export function SettingsArchive({ me }: { me: auth.User }) {
         <h2>Export</h2>
         <p className="muted">Download all your conversations as one file.</p>
         <div role="radiogroup" aria-label="Export format">
-          {formatOption(chat.ExportFormat.JSON, "JSON", "lossless, every branch; can be imported again")}
-          {formatOption(chat.ExportFormat.MARKDOWN, "Markdown", "for reading; the active branch only")}
+          {EXPORT_FORMATS.map((f) => formatOption(f.value, f.label, f.note))}
         </div>
         {exporting && <p role="status" data-testid="export-progress">Received {formatBytes(received)}…</p>}
         <div className="row end">

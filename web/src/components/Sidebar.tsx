@@ -1,19 +1,21 @@
 // The conversation sidebar: new chat, search with highlighted snippets, pinned, folders,
-// recent conversations with infinite scroll, and per-item rename / pin / move / archive /
-// delete.
+// recent conversations with infinite scroll, per-item rename / pin / move / archive /
+// delete, and a selection mode (checkboxes, shift-click ranges, all in view or in a folder)
+// whose actions go to the server as one all-or-nothing batch.
 
 import { useCallback, useEffect, useRef, useState } from "react";
 import type { chat } from "@llmesh/client";
 import { api } from "../api";
 import { ROLE_VIEWER, useApp } from "../app";
-import { conversationChanged, conversationRemoved, onConversationChange } from "../events";
+import { conversationChanged, conversationRemoved, conversationsReload, onConversationChange } from "../events";
 import { Link, navigate } from "../router";
 import { highlightSegments, mergeConversations, upsertConversation } from "../util";
+import { downloadExport, EXPORT_FORMATS } from "../exporting";
 
 const PAGE = 30;
 
 export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: boolean; onClose: () => void }) {
-  const { report, me } = useApp();
+  const { report, notify, me } = useApp();
   const readOnly = me?.role === ROLE_VIEWER;
   const [convs, setConvs] = useState<chat.Conversation[]>([]);
   const [folders, setFolders] = useState<chat.Folder[]>([]);
@@ -27,6 +29,10 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
   const [newFolder, setNewFolder] = useState<string>();
   const sentinel = useRef<HTMLDivElement>(null);
   const generation = useRef(0);
+  const [selecting, setSelecting] = useState(false);
+  const [selected, setSelected] = useState<string[]>([]);
+  const [busy, setBusy] = useState(false);
+  const anchor = useRef<string | undefined>(undefined);
 
   const loadPage = useCallback(
     async (token: string, reset: boolean) => {
@@ -156,6 +162,70 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
 
   const pinned = convs.filter((c) => c.pinned);
   const loose = convs.filter((c) => !c.pinned && !folders.some((f) => f.id === c.folderId));
+  // What is on screen, top to bottom: the order shift-click ranges and "All" follow.
+  const inView: string[] =
+    hits !== undefined
+      ? [...new Set(hits.map((h) => h.conversationId))]
+      : [
+          ...pinned.map((c) => c.id),
+          ...folders.flatMap((f) => ((collapsed[f.id] ?? true) ? [] : convs.filter((c) => c.folderId === f.id && !c.pinned).map((c) => c.id))),
+          ...loose.map((c) => c.id),
+        ];
+
+  function check(id: string, range: boolean) {
+    const from = anchor.current ? inView.indexOf(anchor.current) : -1;
+    const to = inView.indexOf(id);
+    if (range && from >= 0 && to >= 0) {
+      const span = inView.slice(Math.min(from, to), Math.max(from, to) + 1);
+      setSelected((s) => [...new Set([...s, ...span])]);
+    } else {
+      setSelected((s) => (s.includes(id) ? s.filter((x) => x !== id) : [...s, id]));
+    }
+    anchor.current = id;
+  }
+
+  function stopSelecting() {
+    setSelecting(false);
+    setSelected([]);
+    anchor.current = undefined;
+  }
+
+  async function batch(action: chat.BatchUpdateConversationsRequest["action"], done: string) {
+    if (selected.length === 0) return;
+    setBusy(true);
+    try {
+      const res = await api.chat.batchUpdateConversations({ conversationIds: selected, action });
+      notify(`${res.conversations} conversation${res.conversations === 1 ? "" : "s"} ${done}.`);
+      if (action.case === "delete" && activeId && selected.includes(activeId)) navigate("/");
+      setSelected([]);
+      reload();
+      conversationsReload();
+    } catch (err) {
+      report(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  async function exportSelected(format: chat.ExportFormat) {
+    if (selected.length === 0) return;
+    setBusy(true);
+    try {
+      const bytes = await downloadExport(format, selected, () => {});
+      notify(`Exported ${selected.length} conversation${selected.length === 1 ? "" : "s"} (${bytes} bytes).`);
+    } catch (err) {
+      report(err);
+    } finally {
+      setBusy(false);
+    }
+  }
+
+  function askTag(add: boolean) {
+    const tag = window.prompt(add ? "Tag to add to the selected conversations" : "Tag to remove from the selected conversations");
+    if (!tag?.trim()) return;
+    void batch(add ? { case: "addTag", value: tag.trim() } : { case: "removeTag", value: tag.trim() }, add ? `tagged “${tag.trim()}”` : `untagged “${tag.trim()}”`);
+  }
+
   const item = (c: chat.Conversation) => (
     <ConversationItem
       key={c.id}
@@ -163,11 +233,18 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
       active={c.id === activeId}
       folders={folders}
       readOnly={readOnly}
+      selecting={selecting}
+      checked={selected.includes(c.id)}
+      onCheck={(range) => check(c.id, range)}
       onNavigate={onClose}
       onUpdate={update}
       onDelete={() => void remove(c)}
     />
   );
+  const checkbox = (id: string, label: string) => (
+    <input type="checkbox" aria-label={`Select ${label}`} checked={selected.includes(id)} readOnly onClick={(e) => check(id, e.shiftKey)} />
+  );
+  const none = selected.length === 0 || busy;
 
   return (
     <aside className={`sidebar ${open ? "open" : ""}`} aria-label="Conversations">
@@ -185,6 +262,74 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
           maxLength={256}
           onChange={(e) => setQuery(e.target.value)}
         />
+        {!readOnly && (
+          <button type="button" className="ghost" aria-pressed={selecting} onClick={() => (selecting ? stopSelecting() : setSelecting(true))}>
+            {selecting ? "Done selecting" : "Select conversations"}
+          </button>
+        )}
+        {selecting && (
+          <div className="batch-bar" role="toolbar" aria-label="Selected conversations">
+            <span data-testid="selected-count">{selected.length} selected</span>
+            <button type="button" className="ghost" onClick={() => setSelected((s) => [...new Set([...s, ...inView])])}>
+              All in view
+            </button>
+            <button type="button" className="ghost" disabled={selected.length === 0} onClick={() => setSelected([])}>
+              None
+            </button>
+            <button type="button" disabled={none} onClick={() => void batch({ case: "archived", value: !archived }, archived ? "unarchived" : "archived")}>
+              {archived ? "Unarchive" : "Archive"}
+            </button>
+            <button type="button" disabled={none} onClick={() => void batch({ case: "pinned", value: true }, "pinned")}>
+              Pin
+            </button>
+            <button type="button" disabled={none} onClick={() => void batch({ case: "pinned", value: false }, "unpinned")}>
+              Unpin
+            </button>
+            <select
+              aria-label="Move the selected conversations"
+              value="-"
+              disabled={none}
+              onChange={(e) => void batch({ case: "folderId", value: e.target.value }, e.target.value ? "moved" : "taken out of their folders")}
+            >
+              <option value="-" disabled>
+                Move to…
+              </option>
+              <option value="">No folder</option>
+              {folders.map((f) => (
+                <option key={f.id} value={f.id}>
+                  {f.name}
+                </option>
+              ))}
+            </select>
+            <button type="button" disabled={none} onClick={() => askTag(true)}>
+              Tag…
+            </button>
+            <button type="button" disabled={none} onClick={() => askTag(false)}>
+              Untag…
+            </button>
+            <select aria-label="Export the selected conversations" value="-" disabled={none} onChange={(e) => void exportSelected(Number(e.target.value) as chat.ExportFormat)}>
+              <option value="-" disabled>
+                Export…
+              </option>
+              {EXPORT_FORMATS.map((f) => (
+                <option key={f.value} value={f.value}>
+                  {f.label}
+                </option>
+              ))}
+            </select>
+            <button
+              type="button"
+              className="danger"
+              disabled={none}
+              onClick={() => {
+                if (window.confirm(`Delete ${selected.length} conversation${selected.length === 1 ? "" : "s"} and all their messages? This cannot be undone.`))
+                  void batch({ case: "delete", value: true }, "deleted");
+              }}
+            >
+              Delete
+            </button>
+          </div>
+        )}
       </div>
       <div className="sidebar-list">
         {hits !== undefined ? (
@@ -192,12 +337,15 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
             <div className="section-title">{searching ? "Searching…" : `${hits.length} result${hits.length === 1 ? "" : "s"}`}</div>
             {hits.length === 0 && !searching && <p className="muted" style={{ padding: "0 0.5rem" }}>Nothing matches “{query.trim()}”.</p>}
             {hits.map((h, i) => (
-              <Link key={`${h.conversationId}-${h.messageId}-${i}`} to={`/c/${h.conversationId}`} className="search-hit" onClick={onClose}>
-                <div className="title">{h.conversationTitle || "Untitled"}</div>
-                <div className="snippet">
-                  {highlightSegments(h.snippet, h.highlights).map((s, j) => (s.hit ? <mark key={j}>{s.text}</mark> : <span key={j}>{s.text}</span>))}
-                </div>
-              </Link>
+              <div key={`${h.conversationId}-${h.messageId}-${i}`} className="search-row">
+                {selecting && checkbox(h.conversationId, h.conversationTitle || "Untitled")}
+                <Link to={`/c/${h.conversationId}`} className="search-hit" onClick={onClose}>
+                  <div className="title">{h.conversationTitle || "Untitled"}</div>
+                  <div className="snippet">
+                    {highlightSegments(h.snippet, h.highlights).map((s, j) => (s.hit ? <mark key={j}>{s.text}</mark> : <span key={j}>{s.text}</span>))}
+                  </div>
+                </Link>
+              </div>
             ))}
           </div>
         ) : (
@@ -247,6 +395,17 @@ export function Sidebar({ activeId, open, onClose }: { activeId?: string; open: 
                       >
                         {isCollapsed ? "▸" : "▾"} {f.name} <span className="muted">({inside.length})</span>
                       </button>
+                      {selecting && (
+                        <button
+                          type="button"
+                          className="icon"
+                          title="Select all in this folder"
+                          aria-label={`Select all in folder ${f.name}`}
+                          onClick={() => setSelected((s) => [...new Set([...s, ...convs.filter((c) => c.folderId === f.id).map((c) => c.id)])])}
+                        >
+                          ☑
+                        </button>
+                      )}
                       {!readOnly && (
                         <>
                           <button type="button" className="icon" title="Rename folder" aria-label={`Rename folder ${f.name}`} onClick={() => void renameFolder(f)}>
@@ -289,6 +448,9 @@ function ConversationItem({
   active,
   folders,
   readOnly,
+  selecting,
+  checked,
+  onCheck,
   onNavigate,
   onUpdate,
   onDelete,
@@ -297,6 +459,9 @@ function ConversationItem({
   active: boolean;
   folders: chat.Folder[];
   readOnly: boolean;
+  selecting: boolean;
+  checked: boolean;
+  onCheck: (range: boolean) => void;
   onNavigate: () => void;
   onUpdate: (req: Parameters<typeof api.chat.updateConversation>[0]) => Promise<void>;
   onDelete: () => void;
@@ -322,6 +487,7 @@ function ConversationItem({
 
   return (
     <div ref={ref} className={`conv-item ${active ? "active" : ""}`} data-testid="conversation-item">
+      {selecting && <input type="checkbox" aria-label={`Select ${conv.title || "Untitled"}`} checked={checked} readOnly onClick={(e) => onCheck(e.shiftKey)} />}
       {renaming !== undefined ? (
         <input
           autoFocus
