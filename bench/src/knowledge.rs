@@ -307,7 +307,9 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         let vector_took = started.elapsed();
         let started = Instant::now();
         let candidates = llmesh_chat::knowledge::KnowledgeConfig::default().text_candidates;
-        index.matching(&ids, &terms, 50, candidates as usize).await?;
+        index
+            .matching(&ids, &terms, 50, candidates as usize)
+            .await?;
         if i >= 20 {
             vector_only.push(vector_took);
             text_only.push(started.elapsed());

@@ -164,6 +164,10 @@ enum Command {
         /// A Postgres server URL (a fresh database is created on it); SQLite otherwise.
         #[arg(long)]
         postgres: Option<String>,
+        /// chat.search_candidates for the run (1000000 ranks every match, as before the
+        /// bound).
+        #[arg(long)]
+        candidates: Option<u64>,
     },
 }
 
@@ -174,7 +178,8 @@ async fn main() -> anyhow::Result<()> {
             messages,
             queries,
             postgres,
-        } => search(messages, queries, postgres).await,
+            candidates,
+        } => search(messages, queries, postgres, candidates).await,
         Command::Knowledge {
             pgvector,
             chunks,
@@ -305,7 +310,12 @@ fn zipf(rng: &mut StdRng, n: usize) -> usize {
     ((n as f64).powf(u) as usize).saturating_sub(1).min(n - 1)
 }
 
-async fn search(messages: usize, queries: usize, postgres: Option<String>) -> anyhow::Result<()> {
+async fn search(
+    messages: usize,
+    queries: usize,
+    postgres: Option<String>,
+    candidates: Option<u64>,
+) -> anyhow::Result<()> {
     let scratch =
         std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
@@ -330,6 +340,10 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     config.llm.models_dir = scratch.join("models").display().to_string();
     config.llm.pull_defaults = false;
     config.llm.load_at_start = Some(Vec::new());
+    if let Some(n) = candidates {
+        config.chat.search_candidates = n;
+    }
+    let candidates = config.chat.search_candidates;
     let (app, channel) = start_local(config, &["auth", "llm", "billing", "chat"]).await?;
 
     let mut auth = AuthServiceClient::new(channel.clone());
@@ -451,7 +465,8 @@ async fn search(messages: usize, queries: usize, postgres: Option<String>) -> an
     all.sort();
     println!();
     println!(
-        "chat search over gRPC: {backend}, {messages} messages, {queries} queries, page size 20"
+        "chat search over gRPC: {backend}, {messages} messages, {queries} queries, page size 20, \
+         search_candidates {candidates}"
     );
     println!("| queries | p50 | p90 | p99 | max | mean hits |");
     println!("|---|---|---|---|---|---|");

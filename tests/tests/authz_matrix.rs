@@ -631,9 +631,9 @@ fn rows(f: &Fixture) -> Vec<(&'static str, Probe, [Code; 9])> {
             Box::new(move |_| {
                 chat::BatchUpdateConversationsRequest {
                     conversation_ids: vec![some(), some()],
-                    action: Some(
-                        chat::batch_update_conversations_request::Action::Archived(true),
-                    ),
+                    action: Some(chat::batch_update_conversations_request::Action::Archived(
+                        true,
+                    )),
                 }
                 .encode_to_vec()
             }),

@@ -546,7 +546,11 @@ fn chatgpt_chain(title: &str, texts: &[String]) -> Vec<u8> {
     );
     for (i, text) in texts.iter().enumerate() {
         let id = format!("m{i}");
-        let parent = if i == 0 { "root".into() } else { format!("m{}", i - 1) };
+        let parent = if i == 0 {
+            "root".into()
+        } else {
+            format!("m{}", i - 1)
+        };
         let children: Vec<String> = if i + 1 < texts.len() {
             vec![format!("m{}", i + 1)]
         } else {
@@ -599,7 +603,10 @@ both_backends!(
         let report = import(&mut ar, &t, &id, pb::ImportSource::Chatgpt)
             .await
             .expect("import");
-        assert!(report.imported == 1 && report.skipped.is_empty(), "{report:?}");
+        assert!(
+            report.imported == 1 && report.skipped.is_empty(),
+            "{report:?}"
+        );
 
         let mut seen = Vec::new();
         let mut page_token = String::new();
@@ -656,7 +663,10 @@ both_backends!(
             .into_inner()
             .hits;
         assert_eq!(rare.len(), 3, "{rare:?}");
-        assert!(rare.iter().any(|h| h.snippet.starts_with("lantern lantern")));
+        assert!(
+            rare.iter()
+                .any(|h| h.snippet.starts_with("lantern lantern"))
+        );
         assert!(rare.windows(2).all(|w| w[0].rank >= w[1].rank), "ranked");
     }
 );
@@ -788,17 +798,17 @@ both_backends!(
         .expect("move");
         assert_eq!(get(&a3).await.expect("a3").folder_id, folder);
         let e = chat
-            .batch_update_conversations(batch(
-                &tb,
-                &[&b1],
-                Some(Action::FolderId(folder.clone())),
-            ))
+            .batch_update_conversations(batch(&tb, &[&b1], Some(Action::FolderId(folder.clone()))))
             .await
             .expect_err("not their folder");
         assert_eq!(e.code(), Code::NotFound);
-        chat.batch_update_conversations(batch(&ta, &[&a2, &a3], Some(Action::FolderId(String::new()))))
-            .await
-            .expect("out of the folder");
+        chat.batch_update_conversations(batch(
+            &ta,
+            &[&a2, &a3],
+            Some(Action::FolderId(String::new())),
+        ))
+        .await
+        .expect("out of the folder");
         assert_eq!(get(&a2).await.expect("a2").folder_id, "");
         for _ in 0..2 {
             chat.batch_update_conversations(batch(
@@ -810,9 +820,13 @@ both_backends!(
             .expect("tag");
         }
         assert_eq!(get(&a3).await.expect("a3").tags, ["urgent"]);
-        chat.batch_update_conversations(batch(&ta, &[&a3], Some(Action::RemoveTag("urgent".into()))))
-            .await
-            .expect("untag");
+        chat.batch_update_conversations(batch(
+            &ta,
+            &[&a3],
+            Some(Action::RemoveTag("urgent".into())),
+        ))
+        .await
+        .expect("untag");
         assert!(get(&a3).await.expect("a3").tags.is_empty());
         assert_eq!(get(&a2).await.expect("a2").tags, ["urgent"]);
 
@@ -825,7 +839,11 @@ both_backends!(
             "0190b000-0000-7000-8000-000000000005".to_string(),
         );
         for (ids, action, needle) in [
-            (vec![&x, &y, &z, &w, &v], Some(Action::Pinned(true)), "chat.max_batch"),
+            (
+                vec![&x, &y, &z, &w, &v],
+                Some(Action::Pinned(true)),
+                "chat.max_batch",
+            ),
             (vec![], Some(Action::Pinned(true)), "conversation_ids"),
             (vec![&a2], None, "action"),
             (vec![&a2], Some(Action::Delete(false)), "delete"),
@@ -846,20 +864,37 @@ both_backends!(
         assert!(e.message().contains("conversation_ids[1]"), "{e:?}");
 
         // CSV of a selection, read back with a CSV parser: no cell can run as a formula.
-        let bytes = export_some(&mut ar, &ta, pb::ExportFormat::Csv, vec![hostile.clone(), a2.clone()])
-            .await
-            .expect("csv");
+        let bytes = export_some(
+            &mut ar,
+            &ta,
+            pb::ExportFormat::Csv,
+            vec![hostile.clone(), a2.clone()],
+        )
+        .await
+        .expect("csv");
         let mut reader = csv::Reader::from_reader(bytes.as_slice());
-        let header: Vec<String> = reader.headers().expect("header").iter().map(str::to_owned).collect();
+        let header: Vec<String> = reader
+            .headers()
+            .expect("header")
+            .iter()
+            .map(str::to_owned)
+            .collect();
         assert_eq!(header[0], "conversation_id");
         assert_eq!(header.last().map(String::as_str), Some("content"));
         let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
-        assert_eq!(rows.len(), 3, "three messages; the empty conversation has none");
+        assert_eq!(
+            rows.len(),
+            3,
+            "three messages; the empty conversation has none"
+        );
         for (row, text) in rows.iter().zip(&texts) {
             assert_eq!(&row[0], hostile.as_str());
             assert_eq!(&row[1], "'+cmd title");
             for cell in row.iter() {
-                assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "{cell:?}");
+                assert!(
+                    !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                    "{cell:?}"
+                );
             }
             assert_eq!(row[10].trim_start_matches('\''), text.as_str());
         }
@@ -871,11 +906,19 @@ both_backends!(
                 .expect("text"),
         )
         .expect("utf-8");
-        assert!(text.starts_with("+cmd title\n==========\n\nUser, "), "{text}");
+        assert!(
+            text.starts_with("+cmd title\n==========\n\nUser, "),
+            "{text}"
+        );
         assert!(text.contains("and a second line"), "{text}");
-        let e = export_some(&mut ar, &ta, pb::ExportFormat::Csv, vec![a2.clone(), b1.clone()])
-            .await
-            .expect_err("not theirs");
+        let e = export_some(
+            &mut ar,
+            &ta,
+            pb::ExportFormat::Csv,
+            vec![a2.clone(), b1.clone()],
+        )
+        .await
+        .expect_err("not theirs");
         assert_eq!(e.code(), Code::NotFound);
 
         // Deleting takes the conversation out of search too.
@@ -894,7 +937,149 @@ both_backends!(
         chat.batch_update_conversations(batch(&ta, &[&hostile, &a3], Some(Action::Delete(true))))
             .await
             .expect("delete");
-        assert!(search("quasar").await.is_empty(), "no hit from a deleted conversation");
+        assert!(
+            search("quasar").await.is_empty(),
+            "no hit from a deleted conversation"
+        );
         assert!(search("cmd").await.is_empty(), "nor its title");
+    }
+);
+
+fn import_fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/fixtures/imports/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
+}
+
+both_backends!(
+    other_apps_exports_are_detected_imported_and_round_trip,
+    |backend| async move {
+        let Some(s) = TestServer::start(backend).await else {
+            return;
+        };
+        let (_, a_tokens) = s.signup("a@example.com").await;
+        let (_, b_tokens) = s.signup("b@example.com").await;
+        let (ta, tb) = (a_tokens.access_token, b_tokens.access_token);
+        let mut ar = archive(&s);
+        let mut chat = ChatServiceClient::new(s.channel.clone());
+        use pb::ImportSource as S;
+        // (file, the format it must be seen as, conversations, how many have notes)
+        let files = [
+            ("openwebui.json", S::OpenWebui, 2, 1),
+            ("librechat.json", S::Librechat, 1, 1),
+            ("typingmind.json", S::Typingmind, 1, 1),
+            ("claude.json", S::Claude, 2, 1),
+            ("generic.json", S::Generic, 2, 1),
+            ("generic.jsonl", S::Generic, 2, 0),
+        ];
+        for (file, source, conversations, noted) in files {
+            let up = upload(&mut ar, &ta, &import_fixture(file)).await;
+            let report = import(&mut ar, &ta, &up, S::Unspecified)
+                .await
+                .unwrap_or_else(|e| panic!("{file}: {e:?}"));
+            assert_eq!(report.source, source as i32, "{file} detected");
+            assert_eq!(report.imported, conversations, "{file}: {report:?}");
+            assert!(report.skipped.is_empty(), "{file}: {report:?}");
+            assert_eq!(report.left_out.len(), noted, "{file}: {report:?}");
+            for l in &report.left_out {
+                assert!(l.reason.starts_with("not imported: "), "{l:?}");
+            }
+        }
+
+        // The Open WebUI tree: the active leaf's path runs through the second answer.
+        let listed = chat
+            .list_conversations(bearer(&ta, pb::ListConversationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .conversations;
+        let sourdough = listed
+            .iter()
+            .find(|c| c.title == "Sourdough starter")
+            .expect("imported");
+        assert!(sourdough.pinned);
+        assert_eq!(sourdough.tags, ["baking", "fermentation"]);
+        let path: Vec<String> = chat
+            .get_conversation(bearer(
+                &ta,
+                pb::GetConversationRequest {
+                    id: sourdough.id.clone(),
+                },
+            ))
+            .await
+            .expect("get")
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|m| m.content)
+            .collect();
+        assert_eq!(path.len(), 4, "{path:?}");
+        assert!(
+            path[1].starts_with("Feed it every 12 to 24 hours"),
+            "{path:?}"
+        );
+        // Folders by name: made once, then reused.
+        let folders = chat
+            .list_folders(bearer(&ta, pb::ListFoldersRequest {}))
+            .await
+            .expect("folders")
+            .into_inner()
+            .folders;
+        let mut names: Vec<&str> = folders.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["Homework", "Outdoors"]);
+        let hike = listed
+            .iter()
+            .find(|c| c.title == "Packing for a hike")
+            .expect("imported");
+        assert_eq!(
+            folders
+                .iter()
+                .find(|f| f.id == hike.folder_id)
+                .map(|f| f.name.as_str()),
+            Some("Outdoors")
+        );
+
+        // Round trip: A's export imported by B exports the same.
+        let first = export(&mut ar, &ta, pb::ExportFormat::Json).await;
+        let up = upload(&mut ar, &tb, &first).await;
+        let report = import(&mut ar, &tb, &up, S::Unspecified)
+            .await
+            .expect("re-import");
+        assert_eq!(report.source, S::LlmeshJson as i32);
+        assert_eq!(report.imported, 10);
+        let second = export(&mut ar, &tb, pb::ExportFormat::Json).await;
+        assert_eq!(normalized(&first), normalized(&second));
+
+        // A loop of parents skips that conversation with its reason; a wrong type anywhere
+        // refuses the file, naming the field, and writes nothing.
+        let looped = br#"{"conversationId":"x","title":"Loop","messages":[
+            {"messageId":"a","parentMessageId":"b","isCreatedByUser":true,"text":"1"},
+            {"messageId":"b","parentMessageId":"a","isCreatedByUser":false,"text":"2"}]}"#;
+        let up = upload(&mut ar, &ta, looped).await;
+        let report = import(&mut ar, &ta, &up, S::Librechat)
+            .await
+            .expect("import");
+        assert_eq!(report.imported, 0);
+        assert!(report.skipped[0].reason.contains("cycle"), "{report:?}");
+        let before = export(&mut ar, &ta, pb::ExportFormat::Json).await;
+        let bad = br#"[{"uuid":"x","name":"Fine","chat_messages":[]},{"uuid":"y","chat_messages":[{"uuid":"m","sender":7}]}]"#;
+        let up = upload(&mut ar, &ta, bad).await;
+        let e = import(&mut ar, &ta, &up, S::Unspecified)
+            .await
+            .expect_err("wrong type");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("$[1].chat_messages[0].sender"),
+            "{e:?}"
+        );
+        assert_eq!(export(&mut ar, &ta, pb::ExportFormat::Json).await, before);
+        let up = upload(&mut ar, &ta, b"\x00\x01 not json at all").await;
+        let e = import(&mut ar, &ta, &up, S::Unspecified)
+            .await
+            .expect_err("not json");
+        assert_eq!(e.code(), Code::InvalidArgument);
     }
 );

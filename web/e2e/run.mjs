@@ -428,6 +428,21 @@ async function main() {
     await sidebar.getByRole("button", { name: "Done selecting" }).click();
     await page.getByRole("link", { name: "Settings" }).click();
 
+    // Moving in from another product: an Open WebUI export, its format left to the server.
+    step("import an Open WebUI export, format detected");
+    await page.getByRole("button", { name: "Export & import", exact: true }).click();
+    const picker = page.getByLabel("Source");
+    if ((await picker.inputValue()) !== String(chat.ImportSource.UNSPECIFIED)) fail("the import source does not start on auto");
+    await page.locator('input[type="file"]').setInputFiles(resolve(here, "../../tests/fixtures/imports/openwebui.json"));
+    await page.getByRole("button", { name: "Import", exact: true }).click();
+    await page.getByTestId("import-source").filter({ hasText: "Open WebUI" }).waitFor({ timeout: 60_000 });
+    const owui = await page.getByTestId("import-report").innerText();
+    if (!/2 conversations imported/.test(owui)) fail(`Open WebUI import report: ${owui}`);
+    await page.getByTestId("import-report").getByText(/with parts llmesh cannot hold/).click();
+    const note = await page.getByTestId("import-report").locator("details").innerText();
+    if (!/Sourdough starter: not imported: 1 × attachment/.test(note)) fail(`the report does not list the attachment it left out: ${note}`);
+    await shot(page, "settings-import-openwebui-desktop");
+
     // A prompt template with variables, inserted through its form; then an edited prompt.
     step("template with variables, then edit a prompt");
     await page.getByRole("button", { name: "Templates", exact: true }).click();

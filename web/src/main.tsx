@@ -12,6 +12,7 @@ const Usage = lazy(() => import("./pages/Usage"));
 const Admin = lazy(() => import("./pages/Admin"));
 const Sandbox = lazy(() => import("./pages/Sandbox"));
 const Knowledge = lazy(() => import("./pages/Knowledge"));
+const Docs = lazy(() => import("./pages/Docs"));
 
 function Shell() {
   const { me, loading, signOut } = useApp();
@@ -21,6 +22,13 @@ function Shell() {
   useEffect(() => setMenuOpen(false), [path]);
 
   if (loading) return <div className="splash">Loading…</div>;
+  // The API reference is public: it documents what the server answers, not anyone's data.
+  if (!me && path === "/docs")
+    return (
+      <Suspense fallback={<div className="splash">Loading…</div>}>
+        <Docs />
+      </Suspense>
+    );
   if (!me) return <SignIn />;
 
   const isAdmin = me.role === ROLE_ADMIN;
@@ -31,6 +39,7 @@ function Shell() {
   else if (path.startsWith("/settings")) page = <Settings />;
   else if (path === "/usage") page = <Usage />;
   else if (path === "/sandbox") page = <Sandbox />;
+  else if (path === "/docs") page = <Docs />;
   else if (path === "/knowledge" || collection) page = <Knowledge collectionId={collection?.id} />;
   else if (path.startsWith("/admin") && isAdmin) page = <Admin />;
   else {
@@ -43,6 +52,7 @@ function Shell() {
     { to: "/sandbox", label: "Sandbox", active: path === "/sandbox" },
     { to: "/usage", label: "Usage", active: path === "/usage" },
     { to: "/settings", label: "Settings", active: path.startsWith("/settings") },
+    { to: "/docs", label: "API", active: path === "/docs" },
     ...(isAdmin ? [{ to: "/admin", label: "Admin", active: path.startsWith("/admin") }] : []),
   ];
   return (

@@ -52,6 +52,10 @@ pub struct ExportConversation {
     pub pinned: bool,
     #[serde(default)]
     pub archived: bool,
+    /// The name of the folder it is in (a top-level folder of that name is used, or made,
+    /// on import).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
     pub active_leaf_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -166,6 +170,11 @@ fn complete() -> String {
 pub enum ImportSource {
     Llmesh,
     ChatGpt,
+    OpenWebUi,
+    LibreChat,
+    TypingMind,
+    Claude,
+    Generic,
 }
 
 /// Import progress, then a report.
@@ -178,6 +187,10 @@ pub enum ImportEvent {
     Report {
         imported: u32,
         skipped: Vec<(String, String)>,
+        /// The format read: the one asked for, or the one the file looked like.
+        source: ImportSource,
+        /// Per conversation title, what it held that llmesh cannot.
+        left_out: Vec<(String, String)>,
     },
 }
 
@@ -413,10 +426,6 @@ impl ChatService {
 
     // ---- uploads ----
 
-    async fn upload_bytes(&self, id: &str) -> Result<Vec<u8>> {
-        upload_bytes(&self.store, id).await
-    }
-
     pub async fn begin_upload(
         &self,
         p: &Principal,
@@ -532,8 +541,14 @@ impl ChatService {
                 u.received, u.size
             )));
         }
-        let bytes = self.upload_bytes(id).await?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        // A chunk at a time, so finishing a large upload does not hold it in memory.
+        let mut hasher = Sha256::new();
+        let mut from = 0;
+        while let Some((at, data)) = upload_chunk(&self.store, id, from).await? {
+            hasher.update(&data);
+            from = at + data.len() as i64;
+        }
+        let digest = hex::encode(hasher.finalize());
         if digest != u.sha256 {
             return Err(ChatError::Precondition(format!(
                 "sha256 mismatch: declared {}, received {digest}",
@@ -558,7 +573,7 @@ impl ChatService {
         &self,
         p: &Principal,
         upload_id: &str,
-        source: ImportSource,
+        source: Option<ImportSource>,
     ) -> Result<mpsc::Receiver<Result<ImportEvent>>> {
         let u = self.upload(p, upload_id).await?;
         if !u.finished {
@@ -566,39 +581,146 @@ impl ChatService {
                 "finish the upload before importing it".into(),
             ));
         }
-        let bytes = self.upload_bytes(upload_id).await?;
-        let conversations = match source {
-            ImportSource::Llmesh => crate::import::parse_llmesh(&bytes)?,
-            ImportSource::ChatGpt => crate::import::parse_chatgpt(&bytes)?,
+        // The file is read a chunk at a time on a blocking thread: once to check every
+        // conversation (a wrong type anywhere fails the import before anything is
+        // written), then again to write each conversation as it is read.
+        let open = {
+            let db = self.store.db.clone();
+            let id = upload_id.to_owned();
+            let handle = tokio::runtime::Handle::current();
+            move || -> Result<UploadReader> {
+                Ok(UploadReader {
+                    store: ChatStore { db: db.clone() },
+                    id: id.clone(),
+                    handle: handle.clone(),
+                    next: 0,
+                    chunk: Vec::new(),
+                    pos: 0,
+                    done: false,
+                })
+            }
+        };
+        let reading = {
+            let open = open.clone();
+            tokio::task::spawn_blocking(move || crate::import::stream::check(&open, source))
+                .await
+                .map_err(|e| ChatError::Internal(format!("import check: {e}")))??
         };
         let (tx, rx) = mpsc::channel(16);
         let store = self.store.clone();
         let user = p.user_id.clone();
         let max_chars = self.config.max_message_chars;
         tokio::spawn(async move {
-            let total = conversations.len() as u32;
+            let total = reading.total as u32;
+            let source = reading.source;
+            let (ctx, mut crx) = mpsc::channel::<crate::import::apps::Parsed>(2);
+            let reader = tokio::task::spawn_blocking(move || {
+                crate::import::stream::each(&open, &reading, &mut |parsed| {
+                    ctx.blocking_send(parsed)
+                        .map_err(|_| ChatError::Internal("the import was abandoned".into()))
+                })
+            });
+            let mut done = 0;
             let mut imported = 0;
             let mut skipped = Vec::new();
-            for (i, c) in conversations.into_iter().enumerate() {
-                let title = c.title.clone();
-                match crate::import::import_one(&store, &user, c, max_chars).await {
-                    Ok(()) => imported += 1,
-                    Err(reason) => skipped.push((title, reason)),
+            let mut left_out = Vec::new();
+            while let Some(parsed) = crx.recv().await {
+                left_out.extend(parsed.left_out);
+                for c in parsed.conversations {
+                    let title = c.title.clone();
+                    match crate::import::import_one(&store, &user, c, max_chars).await {
+                        Ok(()) => imported += 1,
+                        Err(reason) => skipped.push((title, reason)),
+                    }
+                    done += 1;
+                    let progress = ImportEvent::Progress {
+                        done,
+                        total: total.max(done),
+                    };
+                    if tx.send(Ok(progress)).await.is_err() {
+                        return;
+                    }
                 }
-                if tx
-                    .send(Ok(ImportEvent::Progress {
-                        done: i as u32 + 1,
-                        total,
-                    }))
-                    .await
-                    .is_err()
-                {
+            }
+            match reader.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(ChatError::Internal(format!("import reader: {e}"))))
+                        .await;
                     return;
                 }
             }
-            let _ = tx.send(Ok(ImportEvent::Report { imported, skipped })).await;
+            let _ = tx
+                .send(Ok(ImportEvent::Report {
+                    imported,
+                    skipped,
+                    source,
+                    left_out,
+                }))
+                .await;
         });
         Ok(rx)
+    }
+}
+
+/// An upload's bytes as a reader for parsers on a blocking thread, fetching one chunk
+/// at a time from the store.
+struct UploadReader {
+    store: ChatStore,
+    id: String,
+    handle: tokio::runtime::Handle,
+    next: i64,
+    chunk: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+impl std::io::Read for UploadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            if self.done {
+                return Ok(0);
+            }
+            let next = self
+                .handle
+                .block_on(upload_chunk(&self.store, &self.id, self.next))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            match next {
+                Some((at, data)) => {
+                    self.next = at + data.len() as i64;
+                    self.chunk = data;
+                    self.pos = 0;
+                }
+                None => self.done = true,
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The chunk of upload `id` that starts at or after byte `from`, with its offset.
+async fn upload_chunk(store: &ChatStore, id: &str, from: i64) -> Result<Option<(i64, Vec<u8>)>> {
+    let row = one(
+        &store.db,
+        "SELECT offset_bytes, data FROM upload_chunks WHERE upload_id = ? AND offset_bytes >= ? \
+         ORDER BY offset_bytes LIMIT 1",
+        vec![id.into(), from.into()],
+    )
+    .await?;
+    match row {
+        Some(row) => Ok(Some((
+            row.try_get("", "offset_bytes")?,
+            row.try_get("", "data")?,
+        ))),
+        None => Ok(None),
     }
 }
 
@@ -659,7 +781,17 @@ impl ExportWorker {
             out.push_str("---\n\n");
             return Ok(out.into_bytes());
         }
-        let doc = to_export(c, messages, runs, cited);
+        let folder = match &c.folder_id {
+            Some(f) => self
+                .store
+                .folders(user)
+                .await?
+                .into_iter()
+                .find(|x| &x.id == f)
+                .map(|x| x.name),
+            None => None,
+        };
+        let doc = to_export(c, folder, messages, runs, cited);
         let mut bytes = if comma { b",".to_vec() } else { Vec::new() };
         serde_json::to_writer(&mut bytes, &doc)
             .map_err(|e| ChatError::Internal(format!("export: {e}")))?;
@@ -711,7 +843,9 @@ pub const CSV_HEADER: [&str; 11] = [
 fn csv_rows(c: &Conversation, messages: &[Message]) -> Vec<u8> {
     let mut out = Vec::new();
     for m in path_to(messages, c.active_leaf_id.as_deref()) {
-        let at = m.created_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let at = m
+            .created_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         out.extend(csv::record(&[
             Cell::Text(&c.id),
             Cell::Text(&c.title),
@@ -737,8 +871,15 @@ fn plain_text(
     runs: &BTreeMap<String, Vec<CodeRun>>,
     cited: &BTreeMap<String, Vec<Citation>>,
 ) -> String {
-    let title = if c.title.is_empty() { DEFAULT_TITLE } else { &c.title };
-    let mut out = format!("{title}\n{}\n\n", "=".repeat(title.chars().count().clamp(3, 80)));
+    let title = if c.title.is_empty() {
+        DEFAULT_TITLE
+    } else {
+        &c.title
+    };
+    let mut out = format!(
+        "{title}\n{}\n\n",
+        "=".repeat(title.chars().count().clamp(3, 80))
+    );
     for m in path_to(messages, c.active_leaf_id.as_deref()) {
         let who = match m.role.as_str() {
             "assistant" if !m.model.is_empty() => format!("Assistant ({})", m.model),
@@ -810,6 +951,7 @@ fn markdown_run(out: &mut String, run: &CodeRun) {
 /// A conversation and all its messages as the export format writes them.
 fn to_export(
     c: Conversation,
+    folder: Option<String>,
     messages: Vec<Message>,
     mut runs: BTreeMap<String, Vec<CodeRun>>,
     mut cited: BTreeMap<String, Vec<store::Citation>>,
@@ -823,6 +965,7 @@ fn to_export(
         tags: c.tags,
         pinned: c.pinned,
         archived: c.archived,
+        folder,
         active_leaf_id: c.active_leaf_id,
         created_at: c.created_at,
         updated_at: c.updated_at,

@@ -194,14 +194,15 @@ impl pb::chat_archive_service_server::ChatArchiveService for GrpcChatArchiveAdap
         let r = req.into_inner();
         let upload = id("upload_id", &r.upload_id)?;
         let source = match pb::ImportSource::try_from(r.source) {
-            Ok(pb::ImportSource::LlmeshJson) => ImportSource::Llmesh,
-            Ok(pb::ImportSource::Chatgpt) => ImportSource::ChatGpt,
-            _ => {
-                return Err(ApiError::invalid(
-                    "source must be IMPORT_SOURCE_LLMESH_JSON or IMPORT_SOURCE_CHATGPT",
-                )
-                .into());
-            }
+            Ok(pb::ImportSource::Unspecified) => None,
+            Ok(pb::ImportSource::LlmeshJson) => Some(ImportSource::Llmesh),
+            Ok(pb::ImportSource::Chatgpt) => Some(ImportSource::ChatGpt),
+            Ok(pb::ImportSource::OpenWebui) => Some(ImportSource::OpenWebUi),
+            Ok(pb::ImportSource::Librechat) => Some(ImportSource::LibreChat),
+            Ok(pb::ImportSource::Typingmind) => Some(ImportSource::TypingMind),
+            Ok(pb::ImportSource::Claude) => Some(ImportSource::Claude),
+            Ok(pb::ImportSource::Generic) => Some(ImportSource::Generic),
+            Err(_) => return Err(ApiError::invalid("source is not a known import source").into()),
         };
         let rx = self.service.import(&p, &upload, source).await?;
         let stream = ReceiverStream::new(rx).map(|event| {
@@ -214,13 +215,30 @@ impl pb::chat_archive_service_server::ChatArchiveService for GrpcChatArchiveAdap
                             total,
                         })
                     }
-                    ImportEvent::Report { imported, skipped } => {
+                    ImportEvent::Report {
+                        imported,
+                        skipped,
+                        source,
+                        left_out,
+                    } => {
+                        let list = |v: Vec<(String, String)>| {
+                            v.into_iter()
+                                .map(|(title, reason)| pb::ImportSkip { title, reason })
+                                .collect()
+                        };
                         pb::import_conversations_response::Event::Report(pb::ImportReport {
                             imported,
-                            skipped: skipped
-                                .into_iter()
-                                .map(|(title, reason)| pb::ImportSkip { title, reason })
-                                .collect(),
+                            skipped: list(skipped),
+                            source: match source {
+                                ImportSource::Llmesh => pb::ImportSource::LlmeshJson,
+                                ImportSource::ChatGpt => pb::ImportSource::Chatgpt,
+                                ImportSource::OpenWebUi => pb::ImportSource::OpenWebui,
+                                ImportSource::LibreChat => pb::ImportSource::Librechat,
+                                ImportSource::TypingMind => pb::ImportSource::Typingmind,
+                                ImportSource::Claude => pb::ImportSource::Claude,
+                                ImportSource::Generic => pb::ImportSource::Generic,
+                            } as i32,
+                            left_out: list(left_out),
                         })
                     }
                 }),

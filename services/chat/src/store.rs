@@ -538,7 +538,12 @@ impl ChatStore {
             return Ok(0);
         }
         let list = vec!["?"; owned.len()].join(", ");
-        let values = || owned.iter().map(|i| Value::from(i.clone())).collect::<Vec<_>>();
+        let values = || {
+            owned
+                .iter()
+                .map(|i| Value::from(i.clone()))
+                .collect::<Vec<_>>()
+        };
         let mut with_user: Vec<Value> = vec![user.into()];
         with_user.extend(values());
         let deleted = exec(
@@ -547,7 +552,12 @@ impl ChatStore {
             with_user,
         )
         .await?;
-        for table in ["messages", "message_citations", "message_code_runs", "chat_search"] {
+        for table in [
+            "messages",
+            "message_citations",
+            "message_code_runs",
+            "chat_search",
+        ] {
             exec(
                 db,
                 &format!("DELETE FROM {table} WHERE conversation_id IN ({list})"),

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod reference;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -339,6 +340,8 @@ pub async fn start(
     if config.server.reflection == "all" {
         services.reflect = ALL_SERVICE_NAMES.to_vec();
     }
+    // The API reference (/docs in the web UI reads it), in every process.
+    services.http.push(reference::route());
     // The OpenAI-compatible door, where llm runs: it calls llm's own routes.
     if runs("llm") {
         let llm = Peer::local("llm", &peers.local);

@@ -1,5 +1,6 @@
 // The "Export & import" tab of Settings: downloads all of a user's conversations as one file,
-// and imports a ChatGPT or llmesh export through a chunked upload with progress.
+// and imports another chat product's export (or our own) through a chunked upload with
+// progress; the server tells the format from the file unless one is picked.
 
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { chat, describeError, type auth } from "@llmesh/client";
@@ -10,6 +11,21 @@ import { uploadBytes } from "../upload";
 import { downloadExport, EXPORT_FORMATS } from "../exporting";
 import { formatBytes } from "../util";
 import { Progress } from "./forms";
+
+// The formats the server reads, "auto" first; the report names the one it saw.
+const IMPORT_SOURCES: { value: chat.ImportSource; label: string }[] = [
+  { value: chat.ImportSource.UNSPECIFIED, label: "Auto (tell from the file)" },
+  { value: chat.ImportSource.CHATGPT, label: "ChatGPT conversations.json" },
+  { value: chat.ImportSource.CLAUDE, label: "Claude conversations.json" },
+  { value: chat.ImportSource.OPEN_WEBUI, label: "Open WebUI chat export" },
+  { value: chat.ImportSource.LIBRECHAT, label: "LibreChat conversation export" },
+  { value: chat.ImportSource.TYPINGMIND, label: "TypingMind data export" },
+  { value: chat.ImportSource.GENERIC, label: "Generic JSON or JSONL (role/content messages)" },
+  { value: chat.ImportSource.LLMESH_JSON, label: "llmesh JSON" },
+];
+
+const sourceName = (s: chat.ImportSource) =>
+  IMPORT_SOURCES.find((x) => x.value === s && s !== chat.ImportSource.UNSPECIFIED)?.label ?? "an unknown format";
 
 const isAbort = (err: unknown) => err instanceof DOMException && err.name === "AbortError";
 
@@ -25,7 +41,7 @@ export function SettingsArchive({ me }: { me: auth.User }) {
   const exportAbort = useRef<AbortController | null>(null);
 
   const [file, setFile] = useState<File>();
-  const [source, setSource] = useState<chat.ImportSource>(chat.ImportSource.CHATGPT);
+  const [source, setSource] = useState<chat.ImportSource>(chat.ImportSource.UNSPECIFIED);
   const [phase, setPhase] = useState<ImportPhase>("idle");
   const [sent, setSent] = useState(0);
   const [progress, setProgress] = useState({ done: 0, total: 0 });
@@ -147,13 +163,11 @@ export function SettingsArchive({ me }: { me: auth.User }) {
               <input
                 ref={fileInput}
                 type="file"
-                accept=".json,application/json"
+                accept=".json,.jsonl,application/json"
                 disabled={running}
                 onChange={(e) => {
                   const f = e.target.files?.[0];
                   setFile(f);
-                  // Our own exports are named llmesh-…; guess the source, the select can still override.
-                  if (f) setSource(/^llmesh/i.test(f.name) ? chat.ImportSource.LLMESH_JSON : chat.ImportSource.CHATGPT);
                   setResult(undefined);
                   setImportError(undefined);
                   setPhase("idle");
@@ -164,8 +178,9 @@ export function SettingsArchive({ me }: { me: auth.User }) {
             <label>
               Source
               <select value={source} disabled={running} onChange={(e) => setSource(Number(e.target.value) as chat.ImportSource)}>
-                <option value={chat.ImportSource.CHATGPT}>ChatGPT conversations.json</option>
-                <option value={chat.ImportSource.LLMESH_JSON}>llmesh JSON</option>
+                {IMPORT_SOURCES.map((s) => (
+                  <option key={s.value} value={s.value}>{s.label}</option>
+                ))}
               </select>
             </label>
             {phase === "hashing" && <p role="status">Reading the file…</p>}
@@ -190,7 +205,8 @@ export function SettingsArchive({ me }: { me: auth.User }) {
         )}
         {result && (
           <div className="banner info" role="status" data-testid="import-report">
-            <strong>{result.imported} conversation{result.imported === 1 ? "" : "s"} imported.</strong>
+            <strong>{result.imported} conversation{result.imported === 1 ? "" : "s"} imported</strong> from{" "}
+            <span data-testid="import-source">{sourceName(result.source)}</span>.
             {result.skipped.length > 0 && (
               <>
                 <div>{result.skipped.length} skipped:</div>
@@ -202,6 +218,18 @@ export function SettingsArchive({ me }: { me: auth.User }) {
                   ))}
                 </ul>
               </>
+            )}
+            {result.leftOut.length > 0 && (
+              <details>
+                <summary>{result.leftOut.length} with parts llmesh cannot hold</summary>
+                <ul style={{ margin: "0.25rem 0 0", paddingLeft: "1.2rem" }}>
+                  {result.leftOut.map((s, i) => (
+                    <li key={i}>
+                      <strong>{s.title || "Untitled"}</strong>: {s.reason}
+                    </li>
+                  ))}
+                </ul>
+              </details>
             )}
           </div>
         )}

@@ -684,15 +684,16 @@ impl Knowledge {
             if mode == Mode::Vector {
                 return Ok(Vec::new());
             }
-            Ok::<_, ChatError>(self
-                .index
-                .matching(
-                    &ids,
-                    &terms,
-                    CANDIDATES,
-                    self.config.text_candidates as usize,
-                )
-                .await?)
+            Ok::<_, ChatError>(
+                self.index
+                    .matching(
+                        &ids,
+                        &terms,
+                        CANDIDATES,
+                        self.config.text_candidates as usize,
+                    )
+                    .await?,
+            )
         };
         let ((vector_hits, query_tokens), text_hits) = tokio::try_join!(by_meaning, by_words)?;
         // Reciprocal rank fusion: each list adds 1 / (k + rank).

@@ -88,15 +88,43 @@ class _ImportSource:
 class _ImportSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ImportSource.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     IMPORT_SOURCE_UNSPECIFIED: _ImportSource.ValueType  # 0
+    """Tell from the file itself (the report says what it saw)."""
     IMPORT_SOURCE_LLMESH_JSON: _ImportSource.ValueType  # 1
     IMPORT_SOURCE_CHATGPT: _ImportSource.ValueType  # 2
+    """ChatGPT's conversations.json."""
+    IMPORT_SOURCE_OPEN_WEBUI: _ImportSource.ValueType  # 3
+    """Open WebUI's "Export chats" JSON."""
+    IMPORT_SOURCE_LIBRECHAT: _ImportSource.ValueType  # 4
+    """LibreChat's JSON export of a conversation."""
+    IMPORT_SOURCE_TYPINGMIND: _ImportSource.ValueType  # 5
+    """TypingMind's "Export data" JSON."""
+    IMPORT_SOURCE_CLAUDE: _ImportSource.ValueType  # 6
+    """Anthropic's account export, conversations.json."""
+    IMPORT_SOURCE_GENERIC: _ImportSource.ValueType  # 7
+    """A JSON array of conversations with role/content messages, or JSON Lines with one
+    OpenAI-style {"messages": [...]} per line.
+    """
 
 class ImportSource(_ImportSource, metaclass=_ImportSourceEnumTypeWrapper):
     """ImportSource names the format of an import."""
 
 IMPORT_SOURCE_UNSPECIFIED: ImportSource.ValueType  # 0
+"""Tell from the file itself (the report says what it saw)."""
 IMPORT_SOURCE_LLMESH_JSON: ImportSource.ValueType  # 1
 IMPORT_SOURCE_CHATGPT: ImportSource.ValueType  # 2
+"""ChatGPT's conversations.json."""
+IMPORT_SOURCE_OPEN_WEBUI: ImportSource.ValueType  # 3
+"""Open WebUI's "Export chats" JSON."""
+IMPORT_SOURCE_LIBRECHAT: ImportSource.ValueType  # 4
+"""LibreChat's JSON export of a conversation."""
+IMPORT_SOURCE_TYPINGMIND: ImportSource.ValueType  # 5
+"""TypingMind's "Export data" JSON."""
+IMPORT_SOURCE_CLAUDE: ImportSource.ValueType  # 6
+"""Anthropic's account export, conversations.json."""
+IMPORT_SOURCE_GENERIC: ImportSource.ValueType  # 7
+"""A JSON array of conversations with role/content messages, or JSON Lines with one
+OpenAI-style {"messages": [...]} per line.
+"""
 Global___ImportSource: _TypeAlias = ImportSource  # noqa: Y015
 
 @_typing.final
@@ -2100,18 +2128,31 @@ class ImportReport(_message.Message):
 
     IMPORTED_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LEFT_OUT_FIELD_NUMBER: _builtins.int
     imported: _builtins.int
+    source: Global___ImportSource.ValueType
+    """The format read: the one asked for, or the one detected."""
     @_builtins.property
     def skipped(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportSkip]: ...
+    @_builtins.property
+    def left_out(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImportSkip]:
+        """Per conversation, what it held that llmesh cannot (attachments, tool calls, tool
+        messages, reasoning), listed rather than dropped silently. The title is the
+        conversation's; the reason says what was left out.
+        """
+
     def __init__(
         self,
         *,
         imported: _builtins.int = ...,
         skipped: _abc.Iterable[Global___ImportSkip] | None = ...,
+        source: Global___ImportSource.ValueType = ...,
+        left_out: _abc.Iterable[Global___ImportSkip] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["imported", b"imported", "skipped", b"skipped"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["imported", b"imported", "left_out", b"left_out", "skipped", b"skipped", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1315,7 +1315,8 @@ class ChatArchiveServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ImportConversations(self, request, context):
-        """Imports a finished upload (ChatGPT conversations.json or llmesh JSON), streaming progress
+        """Imports a finished upload (llmesh JSON, ChatGPT, Open WebUI, LibreChat, TypingMind,
+        Claude or generic JSON/JSONL; detected when source is unspecified), streaming progress
         and then a report. INVALID_ARGUMENT names the path of the bad field. One transaction per
         conversation.
         """

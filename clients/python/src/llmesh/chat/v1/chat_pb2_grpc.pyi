@@ -441,7 +441,8 @@ class ChatArchiveServiceStub:
     FinishUpload: _grpc.UnaryUnaryMultiCallable[_chat_pb2.FinishUploadRequest, _chat_pb2.FinishUploadResponse]
     """Closes an upload and checks its size and sha256. FAILED_PRECONDITION: mismatch."""
     ImportConversations: _grpc.UnaryStreamMultiCallable[_chat_pb2.ImportConversationsRequest, _chat_pb2.ImportConversationsResponse]
-    """Imports a finished upload (ChatGPT conversations.json or llmesh JSON), streaming progress
+    """Imports a finished upload (llmesh JSON, ChatGPT, Open WebUI, LibreChat, TypingMind,
+    Claude or generic JSON/JSONL; detected when source is unspecified), streaming progress
     and then a report. INVALID_ARGUMENT names the path of the bad field. One transaction per
     conversation.
     """
@@ -471,7 +472,8 @@ class ChatArchiveServiceAsyncStub(ChatArchiveServiceStub):
     FinishUpload: _aio.UnaryUnaryMultiCallable[_chat_pb2.FinishUploadRequest, _chat_pb2.FinishUploadResponse]  # type: ignore[assignment]
     """Closes an upload and checks its size and sha256. FAILED_PRECONDITION: mismatch."""
     ImportConversations: _aio.UnaryStreamMultiCallable[_chat_pb2.ImportConversationsRequest, _chat_pb2.ImportConversationsResponse]  # type: ignore[assignment]
-    """Imports a finished upload (ChatGPT conversations.json or llmesh JSON), streaming progress
+    """Imports a finished upload (llmesh JSON, ChatGPT, Open WebUI, LibreChat, TypingMind,
+    Claude or generic JSON/JSONL; detected when source is unspecified), streaming progress
     and then a report. INVALID_ARGUMENT names the path of the bad field. One transaction per
     conversation.
     """
@@ -534,7 +536,8 @@ class ChatArchiveServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_pb2.ImportConversationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_chat_pb2.ImportConversationsResponse], _abc.AsyncIterator[_chat_pb2.ImportConversationsResponse]]:
-        """Imports a finished upload (ChatGPT conversations.json or llmesh JSON), streaming progress
+        """Imports a finished upload (llmesh JSON, ChatGPT, Open WebUI, LibreChat, TypingMind,
+        Claude or generic JSON/JSONL; detected when source is unspecified), streaming progress
         and then a report. INVALID_ARGUMENT names the path of the bad field. One transaction per
         conversation.
         """
