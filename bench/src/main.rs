@@ -9,6 +9,7 @@
 
 mod door;
 mod engine;
+mod import;
 mod knowledge;
 mod mesh;
 mod sandbox;
@@ -153,6 +154,17 @@ enum Command {
         #[arg(long)]
         search_only: bool,
     },
+    /// A large ChatGPT export uploaded and imported over gRPC: time, conversations per
+    /// second and peak resident memory growth.
+    Import {
+        #[arg(long, default_value_t = 2_000)]
+        conversations: usize,
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// A Postgres server URL (a fresh database is created on it); SQLite otherwise.
+        #[arg(long)]
+        postgres: Option<String>,
+    },
     /// Chat search latency (p50/p99) over gRPC at a given number of messages.
     Search {
         /// Messages to store before measuring.
@@ -180,6 +192,18 @@ async fn main() -> anyhow::Result<()> {
             postgres,
             candidates,
         } => search(messages, queries, postgres, candidates).await,
+        Command::Import {
+            conversations,
+            messages,
+            postgres,
+        } => {
+            import::run(import::Options {
+                conversations,
+                messages,
+                postgres,
+            })
+            .await
+        }
         Command::Knowledge {
             pgvector,
             chunks,
@@ -316,65 +340,22 @@ async fn search(
     postgres: Option<String>,
     candidates: Option<u64>,
 ) -> anyhow::Result<()> {
-    let scratch =
-        std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch)?;
-    let mut created_db = None;
-    let (url, backend) = match &postgres {
-        Some(admin) => {
-            let name = format!("llmesh_bench_{}", uuid::Uuid::new_v4().simple());
-            created_db = Some((admin.clone(), name.clone()));
-            let conn = Database::connect(admin.as_str())
-                .await
-                .context("connecting to Postgres")?;
-            conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
-                .await?;
-            let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-            (format!("{base}/{name}"), "postgres")
+    let bench = Bench::start(postgres, |config| {
+        if let Some(n) = candidates {
+            config.chat.search_candidates = n;
         }
-        None => (format!("sqlite://{}/bench.db", scratch.display()), "sqlite"),
-    };
-    let mut config = llmesh::Config::default();
-    config.server.bind = "127.0.0.1:0".into();
-    config.database.url = url;
-    config.llm.models_dir = scratch.join("models").display().to_string();
-    config.llm.pull_defaults = false;
-    config.llm.load_at_start = Some(Vec::new());
-    if let Some(n) = candidates {
-        config.chat.search_candidates = n;
-    }
-    let candidates = config.chat.search_candidates;
-    let (app, channel) = start_local(config, &["auth", "llm", "billing", "chat"]).await?;
-
-    let mut auth = AuthServiceClient::new(channel.clone());
-    let password = "benchmark password";
-    let user = auth
-        .register(auth_pb::RegisterRequest {
-            email: "bench@example.com".into(),
-            password: password.into(),
-            display_name: String::new(),
-        })
-        .await?
-        .into_inner()
-        .user
-        .context("user")?;
-    let token = auth
-        .login(auth_pb::LoginRequest {
-            email: "bench@example.com".into(),
-            password: password.into(),
-        })
-        .await?
-        .into_inner()
-        .tokens
-        .context("tokens")?
-        .access_token;
+    })
+    .await?;
+    let candidates = bench.config.chat.search_candidates;
+    let (channel, backend) = (bench.channel.clone(), bench.backend);
+    let user_id = bench.user_id.clone();
 
     // Fill the store directly (the same tables and index the service writes), in batches.
     let mut rng = StdRng::seed_from_u64(42);
     let words = vocabulary(20_000, &mut rng);
     let per_conversation = 100;
     let started = Instant::now();
-    let db = &app.db;
+    let db = &bench.app.db;
     let mut done = 0;
     while done < messages {
         let txn = db.begin().await?;
@@ -384,7 +365,7 @@ async fn search(
             &txn,
             "INSERT INTO conversations (id, user_id, title, model, sampling, system_prompt, assistant_id, folder_id, tags, pinned, archived, active_leaf_id, titled, created_at, updated_at) \
              VALUES (?, ?, ?, 'm', '{}', '', NULL, NULL, '[]', ?, ?, NULL, ?, ?, ?)",
-            vec![conversation.clone().into(), user.id.clone().into(), format!("conversation {done}").into(), false.into(), false.into(), true.into(), now.into(), now.into()],
+            vec![conversation.clone().into(), user_id.clone().into(), format!("conversation {done}").into(), false.into(), false.into(), true.into(), now.into(), now.into()],
         )
         .await?;
         let mut parent: Option<String> = None;
@@ -399,13 +380,13 @@ async fn search(
                 &txn,
                 "INSERT INTO messages (id, conversation_id, user_id, parent_id, role, content, model, state, prompt_tokens, completion_tokens, cost_micros, created_at) \
                  VALUES (?, ?, ?, ?, ?, ?, 'm', 'complete', 0, 0, 0, ?)",
-                vec![id.clone().into(), conversation.clone().into(), user.id.clone().into(), parent.clone().into(), (if i % 2 == 0 { "user" } else { "assistant" }).into(), text.clone().into(), now.into()],
+                vec![id.clone().into(), conversation.clone().into(), user_id.clone().into(), parent.clone().into(), (if i % 2 == 0 { "user" } else { "assistant" }).into(), text.clone().into(), now.into()],
             )
             .await?;
             exec(
                 &txn,
                 "INSERT INTO chat_search (doc_id, user_id, conversation_id, message_id, body) VALUES (?, ?, ?, ?, ?)",
-                vec![id.clone().into(), user.id.clone().into(), conversation.clone().into(), id.clone().into(), text.into()],
+                vec![id.clone().into(), user_id.clone().into(), conversation.clone().into(), id.clone().into(), text.into()],
             )
             .await?;
             parent = Some(id);
@@ -441,15 +422,13 @@ async fn search(
                 words[zipf(&mut rng, 500)]
             ),
         };
-        let mut req = tonic::Request::new(chat_pb::SearchRequest {
+        let req = bench.request(chat_pb::SearchRequest {
             query,
             page: Some(PageRequest {
                 page_size: 20,
                 page_token: String::new(),
             }),
-        });
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
+        })?;
         let t = Instant::now();
         let hits = archive.search(req).await?.into_inner().hits.len();
         let elapsed = t.elapsed();
@@ -493,15 +472,108 @@ async fn search(
             "NOT met"
         }
     );
-    app.server.shutdown().await?;
-    drop(app.db);
-    if let Some((admin, name)) = created_db {
-        let conn = Database::connect(admin.as_str()).await?;
-        conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .await?;
+    bench.stop().await
+}
+
+/// llmesh's chat services in this process on a fresh database (SQLite in a scratch
+/// directory, or a new database on a Postgres server), with one signed-in user.
+struct Bench {
+    app: llmesh::App,
+    config: llmesh::Config,
+    channel: tonic::transport::Channel,
+    token: String,
+    user_id: String,
+    backend: &'static str,
+    scratch: std::path::PathBuf,
+    created_db: Option<(String, String)>,
+}
+
+impl Bench {
+    async fn start(
+        postgres: Option<String>,
+        tweak: impl FnOnce(&mut llmesh::Config),
+    ) -> anyhow::Result<Bench> {
+        let scratch =
+            std::env::temp_dir().join(format!("llmesh-bench-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&scratch)?;
+        let mut created_db = None;
+        let (url, backend) = match &postgres {
+            Some(admin) => {
+                let name = format!("llmesh_bench_{}", uuid::Uuid::new_v4().simple());
+                created_db = Some((admin.clone(), name.clone()));
+                let conn = Database::connect(admin.as_str())
+                    .await
+                    .context("connecting to Postgres")?;
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await?;
+                let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
+                (format!("{base}/{name}"), "postgres")
+            }
+            None => (format!("sqlite://{}/bench.db", scratch.display()), "sqlite"),
+        };
+        let mut config = llmesh::Config::default();
+        config.server.bind = "127.0.0.1:0".into();
+        config.database.url = url;
+        config.llm.models_dir = scratch.join("models").display().to_string();
+        config.llm.pull_defaults = false;
+        config.llm.load_at_start = Some(Vec::new());
+        tweak(&mut config);
+        let (app, channel) =
+            start_local(config.clone(), &["auth", "llm", "billing", "chat"]).await?;
+
+        let mut auth = AuthServiceClient::new(channel.clone());
+        let password = "benchmark password";
+        let user = auth
+            .register(auth_pb::RegisterRequest {
+                email: "bench@example.com".into(),
+                password: password.into(),
+                display_name: String::new(),
+            })
+            .await?
+            .into_inner()
+            .user
+            .context("user")?;
+        let token = auth
+            .login(auth_pb::LoginRequest {
+                email: "bench@example.com".into(),
+                password: password.into(),
+            })
+            .await?
+            .into_inner()
+            .tokens
+            .context("tokens")?
+            .access_token;
+        Ok(Bench {
+            app,
+            config,
+            channel,
+            token,
+            user_id: user.id,
+            backend,
+            scratch,
+            created_db,
+        })
     }
-    let _ = std::fs::remove_dir_all(&scratch);
-    Ok(())
+
+    /// `message` with this user's token.
+    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        Ok(req)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.app.server.shutdown().await?;
+        drop(self.app.db);
+        if let Some((admin, name)) = self.created_db {
+            let conn = Database::connect(admin.as_str()).await?;
+            conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+        Ok(())
+    }
 }
 
 fn chrono_now_micros() -> i64 {

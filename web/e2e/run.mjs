@@ -443,6 +443,19 @@ async function main() {
     if (!/Sourdough starter: not imported: 1 × attachment/.test(note)) fail(`the report does not list the attachment it left out: ${note}`);
     await shot(page, "settings-import-openwebui-desktop");
 
+    // The API reference the server builds from its own descriptors and access tables.
+    step("API reference: find an RPC and its access rule");
+    await page.getByRole("link", { name: "API", exact: true }).click();
+    await page.getByTestId("docs-summary").waitFor();
+    await page.getByPlaceholder("RPC, message, field or words from a comment").fill("BatchUpdateConversations");
+    const rpc = page.getByTestId("doc-rpc").filter({ hasText: "buf curl" }).first();
+    await rpc.waitFor();
+    const access = (await rpc.getByTestId("doc-access").innerText()).trim();
+    if (access !== "member") fail(`BatchUpdateConversations is shown with access ${access}`);
+    if (!/NOT_FOUND/.test(await rpc.innerText())) fail("the reference does not list BatchUpdateConversations' NOT_FOUND");
+    await shot(page, "docs-desktop");
+    await page.getByRole("link", { name: "Settings" }).click();
+
     // A prompt template with variables, inserted through its form; then an edited prompt.
     step("template with variables, then edit a prompt");
     await page.getByRole("button", { name: "Templates", exact: true }).click();

@@ -33,6 +33,21 @@ import { SandboxService, type RunExit, type RunRequestSchema, type WorkspaceFile
 import type { MessageInitShape } from "@bufbuild/protobuf";
 
 /** How long a call answered with one message may take, unless the call says otherwise. */
+
+/** The formats `importConversations` reads, by the name it takes. */
+export type ImportFormat = "auto" | "chatgpt" | "claude" | "open-webui" | "librechat" | "typingmind" | "generic" | "llmesh";
+
+const IMPORT_FORMATS: Record<ImportFormat, ImportSource> = {
+  auto: ImportSource.UNSPECIFIED,
+  chatgpt: ImportSource.CHATGPT,
+  claude: ImportSource.CLAUDE,
+  "open-webui": ImportSource.OPEN_WEBUI,
+  librechat: ImportSource.LIBRECHAT,
+  typingmind: ImportSource.TYPINGMIND,
+  generic: ImportSource.GENERIC,
+  llmesh: ImportSource.LLMESH_JSON,
+};
+
 export const DEFAULT_TIMEOUT_MS = 30_000;
 /** How long a streamed call (a reply, an import, a run) may take by default. */
 export const DEFAULT_STREAM_TIMEOUT_MS = 600_000;
@@ -676,13 +691,21 @@ export class LlmeshClient {
     return begun.uploadId;
   }
 
-  /** Imports a ChatGPT `conversations.json` (`format: "chatgpt"`) or an llmesh JSON export (`"llmesh"`), reporting progress. */
+  /**
+   * Imports another chat product's export or an llmesh JSON export, reporting progress.
+   * `format` is `"auto"` (the default: the server tells from the file) or names it; the
+   * report says which format was read and what the file held that llmesh cannot.
+   */
   async importConversations(
     source: Source,
-    options: { format?: "chatgpt" | "llmesh"; name?: string; onProgress?: (p: Progress) => void } = {},
+    options: { format?: ImportFormat; name?: string; onProgress?: (p: Progress) => void } = {},
   ): Promise<ImportReport> {
+    const format = options.format ?? "auto";
+    const kind = IMPORT_FORMATS[format];
+    if (kind === undefined) {
+      throw new LlmeshError(Code.InvalidArgument, `format must be one of ${Object.keys(IMPORT_FORMATS).join(", ")}, not ${String(format)}`);
+    }
     const uploadId = await this.upload(source, options);
-    const kind = (options.format ?? "chatgpt") === "chatgpt" ? ImportSource.CHATGPT : ImportSource.LLMESH_JSON;
     let report: ImportReport | undefined;
     // Read to the end (the report is the last event): a stream left half-read keeps its
     // HTTP/2 connection, and a Node process with it, alive.

@@ -921,7 +921,7 @@ fn plain_text(
             out.push('\n');
         }
     }
-    out.push_str("\n");
+    out.push('\n');
     out
 }
 

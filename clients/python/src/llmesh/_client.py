@@ -30,7 +30,13 @@ else:
     _FutureBase = grpc.Future
 
 _IMPORT_SOURCES = {
+    "auto": chat_pb2.IMPORT_SOURCE_UNSPECIFIED,
     "chatgpt": chat_pb2.IMPORT_SOURCE_CHATGPT,
+    "claude": chat_pb2.IMPORT_SOURCE_CLAUDE,
+    "open-webui": chat_pb2.IMPORT_SOURCE_OPEN_WEBUI,
+    "librechat": chat_pb2.IMPORT_SOURCE_LIBRECHAT,
+    "typingmind": chat_pb2.IMPORT_SOURCE_TYPINGMIND,
+    "generic": chat_pb2.IMPORT_SOURCE_GENERIC,
     "llmesh": chat_pb2.IMPORT_SOURCE_LLMESH_JSON,
 }
 _EXPORT_FORMATS = {
@@ -586,13 +592,16 @@ class Client:
         self,
         source: Source,
         *,
-        format: str = "chatgpt",
+        format: str = "auto",
         name: Optional[str] = None,
         progress: Optional[ProgressFn] = None,
     ) -> chat_pb2.ImportReport:
-        """Imports a ChatGPT ``conversations.json`` (``format="chatgpt"``) or an llmesh
-        JSON export (``format="llmesh"``), reporting upload bytes and then conversations
-        imported. Returns what was imported and what was skipped, with why."""
+        """Imports another chat product's export or an llmesh JSON export, reporting
+        upload bytes and then conversations imported. ``format`` is ``"auto"`` (the
+        server tells from the file), ``"chatgpt"``, ``"claude"``, ``"open-webui"``,
+        ``"librechat"``, ``"typingmind"``, ``"generic"`` (JSON or JSONL of role/content
+        messages) or ``"llmesh"``. Returns what was imported, what was skipped and why,
+        the format read and what the file held that llmesh cannot (``left_out``)."""
         kind = _import_source(format)
         upload_id = self.upload(source, name=name, progress=progress)
         report = progress or _common._ignore

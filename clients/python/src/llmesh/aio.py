@@ -469,7 +469,7 @@ class AsyncClient:
         self,
         source: Source,
         *,
-        format: str = "chatgpt",
+        format: str = "auto",
         name: Optional[str] = None,
         progress: Optional[ProgressFn] = None,
     ) -> chat_pb2.ImportReport:
