@@ -12,8 +12,6 @@ use anyhow::Context;
 use llmesh_engine::ChatModel;
 use llmesh_engine::sampler::SamplingParams;
 use llmesh_engine::scheduler::{Event, Request, SchedulerConfig};
-use llmesh_proto::auth::v1 as auth_pb;
-use llmesh_proto::auth::v1::auth_service_client::AuthServiceClient;
 use llmesh_proto::llm::v1 as llm_pb;
 use llmesh_proto::llm::v1::llm_service_client::LlmServiceClient;
 
@@ -370,25 +368,7 @@ async fn aggregate_streams(
 }
 
 async fn login(channel: &tonic::transport::Channel) -> anyhow::Result<String> {
-    let mut auth = AuthServiceClient::new(channel.clone());
-    let password = "benchmark password";
-    let _ = auth
-        .register(auth_pb::RegisterRequest {
-            email: "bench@example.com".into(),
-            password: password.into(),
-            display_name: String::new(),
-        })
-        .await;
-    Ok(auth
-        .login(auth_pb::LoginRequest {
-            email: "bench@example.com".into(),
-            password: password.into(),
-        })
-        .await?
-        .into_inner()
-        .tokens
-        .context("tokens")?
-        .access_token)
+    Ok(crate::sign_in(channel).await?.1)
 }
 
 /// Decode speed of one Generate stream as the client sees it.

@@ -521,34 +521,13 @@ impl Bench {
         let (app, channel) =
             start_local(config.clone(), &["auth", "llm", "billing", "chat"]).await?;
 
-        let mut auth = AuthServiceClient::new(channel.clone());
-        let password = "benchmark password";
-        let user = auth
-            .register(auth_pb::RegisterRequest {
-                email: "bench@example.com".into(),
-                password: password.into(),
-                display_name: String::new(),
-            })
-            .await?
-            .into_inner()
-            .user
-            .context("user")?;
-        let token = auth
-            .login(auth_pb::LoginRequest {
-                email: "bench@example.com".into(),
-                password: password.into(),
-            })
-            .await?
-            .into_inner()
-            .tokens
-            .context("tokens")?
-            .access_token;
+        let (user_id, token) = sign_in(&channel).await?;
         Ok(Bench {
             app,
             config,
             channel,
             token,
-            user_id: user.id,
+            user_id,
             backend,
             scratch,
             created_db,
@@ -581,6 +560,30 @@ fn chrono_now_micros() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
+}
+
+/// Registers the bench's user (unless it exists) and signs in: its id and access token.
+async fn sign_in(channel: &tonic::transport::Channel) -> anyhow::Result<(String, String)> {
+    let mut auth = AuthServiceClient::new(channel.clone());
+    let password = "benchmark password";
+    let _ = auth
+        .register(auth_pb::RegisterRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+            display_name: String::new(),
+        })
+        .await;
+    let signed_in = auth
+        .login(auth_pb::LoginRequest {
+            email: "bench@example.com".into(),
+            password: password.into(),
+        })
+        .await?
+        .into_inner();
+    Ok((
+        signed_in.user.context("user")?.id,
+        signed_in.tokens.context("tokens")?.access_token,
+    ))
 }
 
 /// Starts `services` of llmesh in this process with `config` (bound to a local port) and

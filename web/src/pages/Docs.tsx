@@ -75,7 +75,8 @@ export default function Docs() {
         <p className="muted">
           Every RPC is served over gRPC and gRPC-Web on this address (the generated SDKs wrap them). Calls
           other than public ones need <code>authorization: Bearer …</code> with a session token or an API key
-          (Settings → API keys). Reflection is on, so <code>buf curl</code> needs no proto files.
+          (Settings → API keys). Reflection is on, so <code>buf curl</code> needs no proto files; the examples read
+          the server's address from <code>LLMESH_URL</code> and the credential from <code>LLMESH_TOKEN</code>.
         </p>
         <label className="doc-search">
           Search
