@@ -44,7 +44,7 @@ fn chatgpt_export(conversations: usize, messages: usize, rng: &mut StdRng) -> Ve
         let mut parent = root;
         for m in 0..per {
             let id = format!("{c}-{m}");
-            let len = rng.random_range(25..45);
+            let len = rng.random_range(33..57);
             let text: Vec<&str> = (0..len)
                 .map(|_| words[zipf(rng, words.len())].as_str())
                 .collect();

@@ -953,6 +953,35 @@ fn import_fixture(name: &str) -> Vec<u8> {
     .expect("fixture")
 }
 
+/// Search statements are planned for their own words on Postgres: a cached statement
+/// would otherwise settle on one generic plan that fetches every match of a common word.
+#[tokio::test]
+async fn text_search_is_planned_for_its_words_on_postgres() {
+    let Some(db) = llmesh_tests::TestDb::create(llmesh_tests::Backend::Postgres).await else {
+        return;
+    };
+    let conn = sea_orm::Database::connect(db.url.as_str())
+        .await
+        .expect("connect");
+    let sql = "SELECT current_setting('plan_cache_mode') AS m";
+    let mode =
+        |rows: Vec<sea_orm::QueryResult>| -> String { rows[0].try_get("", "m").expect("setting") };
+    let inside = llmesh_kit::db::all_custom_plan(&conn, sql, vec![])
+        .await
+        .expect("query");
+    assert_eq!(mode(inside), "force_custom_plan");
+    for _ in 0..4 {
+        let outside = llmesh_kit::db::all(&conn, sql, vec![])
+            .await
+            .expect("query");
+        assert_eq!(
+            mode(outside),
+            "auto",
+            "the setting stays with its statement"
+        );
+    }
+}
+
 both_backends!(
     other_apps_exports_are_detected_imported_and_round_trip,
     |backend| async move {

@@ -399,8 +399,19 @@ impl ChatService {
         let (tx, rx) = mpsc::channel(8);
         let store = self.store.clone();
         let user = p.user_id.clone();
-        let this = ExportWorker { store };
         tokio::spawn(async move {
+            // Folder names for JSON, read once for the whole export.
+            let folders = match format {
+                ExportKind::Json => match store.folders(&user).await {
+                    Ok(list) => list.into_iter().map(|f| (f.id, f.name)).collect(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                },
+                _ => HashMap::new(),
+            };
+            let this = ExportWorker { store, folders };
             let head = match format {
                 ExportKind::Json => {
                     format!("{{\"format\":\"{EXPORT_FORMAT}\",\"conversations\":[").into_bytes()
@@ -726,6 +737,8 @@ async fn upload_chunk(store: &ChatStore, id: &str, from: i64) -> Result<Option<(
 
 struct ExportWorker {
     store: ChatStore,
+    /// The user's folder names by id.
+    folders: HashMap<String, String>,
 }
 
 impl ExportWorker {
@@ -781,16 +794,10 @@ impl ExportWorker {
             out.push_str("---\n\n");
             return Ok(out.into_bytes());
         }
-        let folder = match &c.folder_id {
-            Some(f) => self
-                .store
-                .folders(user)
-                .await?
-                .into_iter()
-                .find(|x| &x.id == f)
-                .map(|x| x.name),
-            None => None,
-        };
+        let folder = c
+            .folder_id
+            .as_ref()
+            .and_then(|f| self.folders.get(f).cloned());
         let doc = to_export(c, folder, messages, runs, cited);
         let mut bytes = if comma { b",".to_vec() } else { Vec::new() };
         serde_json::to_writer(&mut bytes, &doc)

@@ -796,8 +796,8 @@ impl ChatStore {
             let query = terms.join(" ");
             // The newest candidates by message id (ids are time-ordered UUIDv7s); the
             // planner walks the primary key backwards for common words and uses the GIN
-            // index for rare ones.
-            all(
+            // index for rare ones, so it plans for each query's words.
+            llmesh_kit::db::all_custom_plan(
                 &self.db,
                 &format!(
                     "SELECT conversation_id, message_id, body, rank FROM ( \

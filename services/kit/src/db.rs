@@ -197,6 +197,28 @@ pub async fn all<C: ConnectionTrait>(
     db.query_all_raw(s).await
 }
 
+/// Runs a query whose best plan depends on its values, planned for these values every
+/// time. Prepared statements are cached per connection, and after five runs Postgres may
+/// switch to one generic plan for all values: for a text search that means the GIN
+/// bitmap scan of every match even for a word in half the rows, where walking the newest
+/// rows backwards stops after a few thousand.
+pub async fn all_custom_plan(
+    db: &DatabaseConnection,
+    sql: &str,
+    values: Vec<sea_orm::Value>,
+) -> Result<Vec<sea_orm::QueryResult>, sea_orm::DbErr> {
+    use sea_orm::TransactionTrait;
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return all(db, sql, values).await;
+    }
+    let txn = db.begin().await?;
+    txn.execute_unprepared("SET LOCAL plan_cache_mode = force_custom_plan")
+        .await?;
+    let rows = all(&txn, sql, values).await?;
+    txn.commit().await?;
+    Ok(rows)
+}
+
 /// True when a database error is a unique-constraint violation (on either backend).
 pub fn is_unique_violation(err: &sea_orm::DbErr) -> bool {
     matches!(

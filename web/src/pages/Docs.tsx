@@ -32,9 +32,16 @@ function TypeLink({ name, known }: { name: string; known: Set<string> }) {
   return known.has(name) ? <a href={`#${anchor(name)}`}>{short(name)}</a> : <code>{name}</code>;
 }
 
+/** A proto comment as paragraphs: its line breaks are the source's wrapping, blank lines end paragraphs. */
 function Comment({ text }: { text: string }) {
   if (!text) return null;
-  return <p className="doc-comment">{text}</p>;
+  return (
+    <>
+      {text.split(/\n\s*\n/).map((para, i) => (
+        <p key={i}>{para.replace(/\s*\n\s*/g, " ")}</p>
+      ))}
+    </>
+  );
 }
 
 export default function Docs() {
@@ -151,7 +158,7 @@ export default function Docs() {
                         {f.label === "map" ? <code>{f.type}</code> : <TypeLink name={f.type} known={known} />}
                         {f.oneof && <span className="hint">one of {f.oneof}</span>}
                       </td>
-                      <td className="doc-comment">{f.comment}</td>
+                      <td>{f.comment.replace(/\s*\n\s*/g, " ")}</td>
                     </tr>
                   ))}
                 </tbody>
@@ -169,7 +176,7 @@ export default function Docs() {
               <thead><tr><th>Value</th><th>Number</th><th>Description</th></tr></thead>
               <tbody>
                 {e.values.map((v) => (
-                  <tr key={v.name}><td><code>{v.name}</code></td><td>{v.number}</td><td className="doc-comment">{v.comment}</td></tr>
+                  <tr key={v.name}><td><code>{v.name}</code></td><td>{v.number}</td><td>{v.comment.replace(/\s*\n\s*/g, " ")}</td></tr>
                 ))}
               </tbody>
             </table>

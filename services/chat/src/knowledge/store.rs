@@ -517,7 +517,8 @@ pub(super) async fn full_text(
         // ids are time-ordered, so the inner cut keeps the newest candidates.
         values.push(terms.join(" | ").into());
         values.extend(collections.iter().map(|c| Value::from(c.clone())));
-        all(
+        // Planned for these words each time, as chat search is (see all_custom_plan).
+        llmesh_kit::db::all_custom_plan(
             db,
             &format!(
                 "SELECT id, rank FROM ( \
