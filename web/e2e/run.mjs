@@ -217,12 +217,10 @@ async function main() {
     await page.getByText(`Pulled ${copy}`).waitFor({ timeout: 120_000 });
     const row = page.locator("table.data tr").filter({ hasText: copy });
     await row.getByRole("button", { name: "Load", exact: true }).click();
-    // Generous: through the edge this runs beside the other mesh tests' processes, which
-    // keep both cores busy with inference (a wait here has run past a minute).
-    await row.getByText("loaded", { exact: true }).waitFor({ timeout: 180_000 });
+    await row.getByText("loaded", { exact: true }).waitFor({ timeout: 60_000 });
     await shot(page, "admin-models-loaded-desktop");
     await row.getByRole("button", { name: "Unload", exact: true }).click();
-    await row.getByText("available", { exact: true }).waitFor({ timeout: 180_000 });
+    await row.getByText("available", { exact: true }).waitFor({ timeout: 60_000 });
     page.once("dialog", (d) => void d.accept());
     await row.getByRole("button", { name: "Delete", exact: true }).click();
     await row.waitFor({ state: "detached", timeout: 30_000 });

@@ -319,20 +319,36 @@ function ModelsTab() {
   const models = data?.models;
   const inFlux = (m: llm.Model) => m.state === llm.ModelState.PULLING || m.state === llm.ModelState.LOADING;
 
+  // After a load or unload, the state the list shows is that of whichever llm process
+  // answers it; behind an edge with several, that one may not have caught up yet. Until
+  // it shows the new state (or a minute passes) the list keeps refreshing.
+  const [expected, setExpected] = useState<{ id: string; state: llm.ModelState; until: number }>();
+  const catchingUp =
+    !!expected &&
+    Date.now() < expected.until &&
+    (models ?? []).some((m) => m.id === expected.id && m.state !== expected.state);
+
   // While a model is being pulled or loaded (perhaps by someone else), keep its state current.
-  const changing = models?.some(inFlux) ?? false;
+  const changing = (models?.some(inFlux) ?? false) || catchingUp;
   useEffect(() => {
     if (!changing) return;
-    const t = setInterval(() => void reload(), 3000);
+    const t = setInterval(() => void reload(), catchingUp ? 1500 : 3000);
     return () => clearInterval(t);
-  }, [changing, reload]);
+  }, [changing, catchingUp, reload]);
 
+  const expect = (id: string, state: llm.ModelState) => setExpected({ id, state, until: Date.now() + 60_000 });
   const load = (m: llm.Model) =>
     run(m.id, async () => {
       const { evictedIds } = await api.llm.loadModel({ id: m.id });
+      expect(m.id, llm.ModelState.LOADED);
       return `Loaded ${m.id}.${evictedIds.length ? ` Unloaded ${evictedIds.join(", ")} to make room.` : ""}`;
     });
-  const unload = (m: llm.Model) => run(m.id, () => api.llm.unloadModel({ id: m.id }).then(() => `Unloaded ${m.id}.`));
+  const unload = (m: llm.Model) =>
+    run(m.id, async () => {
+      await api.llm.unloadModel({ id: m.id });
+      expect(m.id, llm.ModelState.AVAILABLE);
+      return `Unloaded ${m.id}.`;
+    });
   const remove = (m: llm.Model) => {
     if (!confirm(`Delete ${m.id} and its files? Chats that use it will need another model.`)) return;
     void run(m.id, () => api.llm.deleteModel({ id: m.id }).then(() => `Deleted ${m.id}.`));

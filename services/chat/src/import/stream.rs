@@ -83,7 +83,10 @@ fn walk<R: Read>(
         failed: None,
         found: Found::default(),
     };
-    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 16, open()?));
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(
+        1 << 16,
+        without_bom(open()?)?,
+    ));
     let top = TopSeed(&mut walker).deserialize(&mut de);
     if let Some(e) = walker.failed.take() {
         return Err(e);
@@ -103,16 +106,33 @@ fn walk<R: Read>(
                 drop(de);
                 found.whole = None;
                 found.shape = Some(Shape::Lines);
-                lines(open()?, &mut |item| (walker.each)(item, &found))?;
+                lines(without_bom(open()?)?, &mut |item| {
+                    (walker.each)(item, &found)
+                })?;
             }
         }
     }
     Ok(found)
 }
 
+/// The reader with a leading UTF-8 byte order mark (some Windows tools write one) left out.
+fn without_bom<R: Read>(mut r: R) -> Result<std::io::Chain<std::io::Cursor<Vec<u8>>, R>> {
+    let mut head = Vec::with_capacity(3);
+    (&mut r)
+        .take(3)
+        .read_to_end(&mut head)
+        .map_err(|e| ChatError::Internal(format!("reading the upload: {e}")))?;
+    if head == [0xEF, 0xBB, 0xBF] {
+        head.clear();
+    }
+    Ok(std::io::Cursor::new(head).chain(r))
+}
+
 fn invalid(e: serde_json::Error) -> ChatError {
     match e.classify() {
         serde_json::error::Category::Data => ChatError::Invalid(e.to_string()),
+        // The store failed under the reader, not the file.
+        serde_json::error::Category::Io => ChatError::Internal(format!("reading the upload: {e}")),
         _ => ChatError::Invalid(format!(
             "not valid JSON at line {} column {}: {e}",
             e.line(),
@@ -731,6 +751,22 @@ mod tests {
                 bytes.len()
             );
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        for body in [
+            &br#"[{"title":"t","messages":[{"role":"user","content":"hi"}]}]"#[..],
+            &b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}]}\n{\"messages\":[{\"role\":\"user\",\"content\":\"b\"}]}\n"[..],
+        ] {
+            let mut bytes = vec![0xEF, 0xBB, 0xBF];
+            bytes.extend_from_slice(body);
+            let (source, parsed) = parse_bytes(None, &bytes).expect("parses");
+            assert_eq!(source, ImportSource::Generic);
+            assert!(!parsed.conversations.is_empty());
+        }
+        // Two bytes only: not a mark, and not JSON.
+        assert!(parse_bytes(None, &[0xEF, 0xBB]).is_err());
     }
 
     #[test]
