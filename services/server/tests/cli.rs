@@ -313,3 +313,82 @@ fn serve_prints_its_address_and_stops_on_sigterm() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `llmesh billing reconcile` agrees with a ledger that adds up, and catches a stored
+/// balance that was changed behind the ledger's back: it names the account, both
+/// figures, and exits non-zero.
+#[test]
+fn reconcile_catches_a_corrupted_balance() {
+    let dir = tempdir();
+    let out = llmesh(&dir).arg("migrate").output().expect("run");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = llmesh(&dir)
+        .args([
+            "users",
+            "create",
+            "--email",
+            "payer@example.com",
+            "--generate-password",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = llmesh(&dir)
+        .args([
+            "billing",
+            "credit",
+            "--email",
+            "payer@example.com",
+            "--amount",
+            "5000000",
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let out = llmesh(&dir)
+        .args(["billing", "reconcile"])
+        .output()
+        .expect("run");
+    let (stdout, _) = text(&out);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(stdout.contains(", 0 mismatches"), "{stdout}");
+
+    // A balance written directly, as a bug or a hand edit would.
+    let db = format!("sqlite://{}/data/llmesh.db", dir.display());
+    let user_id = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            use sea_orm::{ConnectionTrait, Database, Statement};
+            let conn = Database::connect(db.as_str()).await.expect("open");
+            let backend = conn.get_database_backend();
+            conn.execute_raw(Statement::from_string(
+                backend,
+                "UPDATE accounts SET balance_micros = balance_micros + 1234",
+            ))
+            .await
+            .expect("corrupt");
+            let row = conn
+                .query_one_raw(Statement::from_string(
+                    backend,
+                    "SELECT user_id FROM accounts",
+                ))
+                .await
+                .expect("query")
+                .expect("an account");
+            row.try_get::<String>("", "user_id").expect("user id")
+        });
+
+    let out = llmesh(&dir)
+        .args(["billing", "reconcile"])
+        .output()
+        .expect("run");
+    let (stdout, _) = text(&out);
+    assert_one_line_error(&out, "disagree with the ledger");
+    assert!(stdout.contains(", 1 mismatches"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{user_id}: stored 5001234 ledger 5000000")),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
