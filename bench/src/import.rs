@@ -13,7 +13,8 @@ use llmesh_proto::chat::v1 as pb;
 use llmesh_proto::chat::v1::chat_archive_service_client::ChatArchiveServiceClient;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
+
+use llmesh_tests::bearer;
 
 use crate::{Bench, vocabulary, zipf};
 
@@ -34,52 +35,23 @@ fn chatgpt_export(conversations: usize, messages: usize, rng: &mut StdRng) -> Ve
         if c > 0 {
             out.push(b',');
         }
-        let start = 1_700_000_000.0 + c as f64 * 3600.0;
-        let mut mapping = serde_json::Map::new();
-        let root = format!("root-{c}");
-        mapping.insert(
-            root.clone(),
-            serde_json::json!({"id": root, "message": null, "parent": null, "children": [format!("{c}-0")]}),
+        let texts: Vec<String> = (0..per)
+            .map(|_| {
+                let len = rng.random_range(33..57);
+                let text: Vec<&str> = (0..len)
+                    .map(|_| words[zipf(rng, words.len())].as_str())
+                    .collect();
+                text.join(" ")
+            })
+            .collect();
+        let conv = llmesh_tests::chatgpt_chain(
+            &format!("{c}-"),
+            &format!("Conversation {c}"),
+            &texts,
+            1_700_000_000.0 + c as f64 * 3600.0,
+            30.0,
+            "gpt-4o",
         );
-        let mut parent = root;
-        for m in 0..per {
-            let id = format!("{c}-{m}");
-            let len = rng.random_range(33..57);
-            let text: Vec<&str> = (0..len)
-                .map(|_| words[zipf(rng, words.len())].as_str())
-                .collect();
-            let role = if m % 2 == 0 { "user" } else { "assistant" };
-            let children: Vec<String> = if m + 1 < per {
-                vec![format!("{c}-{}", m + 1)]
-            } else {
-                Vec::new()
-            };
-            mapping.insert(
-                id.clone(),
-                serde_json::json!({
-                    "id": id,
-                    "message": {
-                        "id": id,
-                        "author": {"role": role, "name": null, "metadata": {}},
-                        "create_time": start + m as f64 * 30.0,
-                        "content": {"content_type": "text", "parts": [text.join(" ")]},
-                        "status": "finished_successfully",
-                        "metadata": {"model_slug": if role == "assistant" { "gpt-4o" } else { "" }},
-                    },
-                    "parent": parent,
-                    "children": children,
-                }),
-            );
-            parent = id;
-        }
-        let conv = serde_json::json!({
-            "title": format!("Conversation {c}"),
-            "create_time": start,
-            "update_time": start + per as f64 * 30.0,
-            "mapping": mapping,
-            "current_node": parent,
-            "id": format!("conv-{c}"),
-        });
         serde_json::to_writer(&mut out, &conv).expect("writes to memory");
     }
     out.push(b']');
@@ -149,46 +121,25 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         c.chat.max_upload_bytes = c.chat.max_upload_bytes.max(file.len() as u64 * 2);
     })
     .await?;
-    let mut archive = ChatArchiveServiceClient::new(bench.channel.clone())
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
+    let mut archive = ChatArchiveServiceClient::new(bench.channel.clone());
 
     let before = rss();
     let mut sampler = Sampler::start();
     let started = Instant::now();
-    let begun = archive
-        .begin_upload(bench.request(pb::BeginUploadRequest {
-            file_name: "conversations.json".into(),
-            size_bytes: file.len() as u64,
-            sha256: hex::encode(Sha256::digest(&file)),
-        })?)
-        .await?
-        .into_inner();
-    let mut offset = 0u64;
-    for chunk in file.chunks(begun.max_chunk_bytes as usize) {
-        archive
-            .append_upload_chunk(bench.request(pb::AppendUploadChunkRequest {
-                upload_id: begun.upload_id.clone(),
-                offset,
-                data: chunk.to_vec(),
-            })?)
-            .await?;
-        offset += chunk.len() as u64;
-    }
-    archive
-        .finish_upload(bench.request(pb::FinishUploadRequest {
-            upload_id: begun.upload_id.clone(),
-        })?)
-        .await?;
+    let upload_id =
+        llmesh_tests::upload(&bench.channel, &bench.token, "conversations.json", &file).await;
     let uploaded = started.elapsed();
     let after_upload = rss();
 
     let import_started = Instant::now();
     let mut stream = archive
-        .import_conversations(bench.request(pb::ImportConversationsRequest {
-            upload_id: begun.upload_id.clone(),
-            source: pb::ImportSource::Unspecified as i32,
-        })?)
+        .import_conversations(bearer(
+            &bench.token,
+            pb::ImportConversationsRequest {
+                upload_id,
+                source: pb::ImportSource::Unspecified as i32,
+            },
+        ))
         .await?
         .into_inner();
     let mut first_progress = None;

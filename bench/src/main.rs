@@ -422,13 +422,16 @@ async fn search(
                 words[zipf(&mut rng, 500)]
             ),
         };
-        let req = bench.request(chat_pb::SearchRequest {
-            query,
-            page: Some(PageRequest {
-                page_size: 20,
-                page_token: String::new(),
-            }),
-        })?;
+        let req = llmesh_tests::bearer(
+            &bench.token,
+            chat_pb::SearchRequest {
+                query,
+                page: Some(PageRequest {
+                    page_size: 20,
+                    page_token: String::new(),
+                }),
+            },
+        );
         let t = Instant::now();
         let hits = archive.search(req).await?.into_inner().hits.len();
         let elapsed = t.elapsed();
@@ -532,14 +535,6 @@ impl Bench {
             scratch,
             created_db,
         })
-    }
-
-    /// `message` with this user's token.
-    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
-        let mut req = tonic::Request::new(message);
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {}", self.token).parse()?);
-        Ok(req)
     }
 
     async fn stop(self) -> anyhow::Result<()> {

@@ -655,6 +655,62 @@ pub fn promtool_accepts(scrape: &str) {
     );
 }
 
+/// One ChatGPT conversations.json conversation whose messages form a chain under an empty
+/// root, as ChatGPT writes them: user and assistant in turn, `step` seconds apart from
+/// `start`, the assistant's replies from `model` (none when empty). Node ids begin with
+/// `key`, so several conversations of one file stay distinct.
+pub fn chatgpt_chain(
+    key: &str,
+    title: &str,
+    texts: &[String],
+    start: f64,
+    step: f64,
+    model: &str,
+) -> serde_json::Value {
+    let node = |i: usize| format!("{key}m{i}");
+    let root = format!("{key}root");
+    let mut mapping = serde_json::Map::new();
+    mapping.insert(
+        root.clone(),
+        serde_json::json!({"id": root, "message": null, "parent": null, "children": [node(0)]}),
+    );
+    for (i, text) in texts.iter().enumerate() {
+        let id = node(i);
+        let parent = if i == 0 { root.clone() } else { node(i - 1) };
+        let children: Vec<String> = if i + 1 < texts.len() {
+            vec![node(i + 1)]
+        } else {
+            Vec::new()
+        };
+        let role = if i % 2 == 0 { "user" } else { "assistant" };
+        let slug = if role == "assistant" { model } else { "" };
+        mapping.insert(
+            id.clone(),
+            serde_json::json!({
+                "id": id,
+                "parent": parent,
+                "children": children,
+                "message": {
+                    "id": id,
+                    "author": {"role": role, "name": null, "metadata": {}},
+                    "create_time": start + i as f64 * step,
+                    "content": {"content_type": "text", "parts": [text]},
+                    "status": "finished_successfully",
+                    "metadata": {"model_slug": slug},
+                },
+            }),
+        );
+    }
+    serde_json::json!({
+        "id": format!("{key}conv"),
+        "title": title,
+        "create_time": start,
+        "update_time": start + texts.len() as f64 * step,
+        "current_node": node(texts.len().saturating_sub(1)),
+        "mapping": mapping,
+    })
+}
+
 /// Uploads `bytes` as `name` through chat's chunked upload (BeginUpload, chunks of the
 /// size the server names, FinishUpload); returns the upload id.
 pub async fn upload(channel: &Channel, token: &str, name: &str, bytes: &[u8]) -> String {

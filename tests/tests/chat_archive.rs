@@ -539,46 +539,8 @@ every_shape!(malformed_imports_and_uploads, |backend| async move {
 
 /// A ChatGPT export of one conversation whose messages form a chain, oldest first.
 fn chatgpt_chain(title: &str, texts: &[String]) -> Vec<u8> {
-    let mut mapping = serde_json::Map::new();
-    mapping.insert(
-        "root".into(),
-        serde_json::json!({"id": "root", "message": null, "parent": null, "children": ["m0"]}),
-    );
-    for (i, text) in texts.iter().enumerate() {
-        let id = format!("m{i}");
-        let parent = if i == 0 {
-            "root".into()
-        } else {
-            format!("m{}", i - 1)
-        };
-        let children: Vec<String> = if i + 1 < texts.len() {
-            vec![format!("m{}", i + 1)]
-        } else {
-            Vec::new()
-        };
-        mapping.insert(
-            id.clone(),
-            serde_json::json!({
-                "id": id,
-                "parent": parent,
-                "children": children,
-                "message": {
-                    "id": id,
-                    "author": {"role": if i % 2 == 0 { "user" } else { "assistant" }},
-                    "create_time": 1_718_000_000.0 + i as f64,
-                    "content": {"content_type": "text", "parts": [text]},
-                },
-            }),
-        );
-    }
-    serde_json::to_vec(&serde_json::json!([{
-        "title": title,
-        "create_time": 1_718_000_000.0,
-        "update_time": 1_718_000_100.0,
-        "current_node": format!("m{}", texts.len() - 1),
-        "mapping": mapping,
-    }]))
-    .expect("json")
+    let conversation = llmesh_tests::chatgpt_chain("", title, texts, 1_718_000_000.0, 1.0, "");
+    serde_json::to_vec(&[conversation]).expect("json")
 }
 
 both_backends!(

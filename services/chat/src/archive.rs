@@ -596,12 +596,12 @@ impl ChatService {
         // conversation (a wrong type anywhere fails the import before anything is
         // written), then again to write each conversation as it is read.
         let open = {
-            let db = self.store.db.clone();
+            let store = self.store.clone();
             let id = upload_id.to_owned();
             let handle = tokio::runtime::Handle::current();
             move || -> Result<UploadReader> {
                 Ok(UploadReader {
-                    store: ChatStore { db: db.clone() },
+                    store: store.clone(),
                     id: id.clone(),
                     handle: handle.clone(),
                     next: 0,

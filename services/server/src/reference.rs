@@ -246,6 +246,13 @@ const MESSAGE_ENUM: i32 = 4;
 const ENUM_VALUE: i32 = 2;
 const SERVICE_METHOD: i32 = 2;
 
+/// The source location path of item `index` of `field` under `path`.
+fn child(path: &[i32], field: i32, index: usize) -> Vec<i32> {
+    let mut p = path.to_vec();
+    p.extend([field, index as i32]);
+    p
+}
+
 fn scalar(t: Type) -> &'static str {
     match t {
         Type::Double => "double",
@@ -298,22 +305,17 @@ impl Builder {
             return;
         }
         for (k, nested) in m.nested_type.iter().enumerate() {
-            let mut p = path.clone();
-            p.extend([MESSAGE_NESTED, k as i32]);
-            self.message(nested, &name, p, comments);
+            self.message(nested, &name, child(&path, MESSAGE_NESTED, k), comments);
         }
         for (k, e) in m.enum_type.iter().enumerate() {
-            let mut p = path.clone();
-            p.extend([MESSAGE_ENUM, k as i32]);
-            self.enumeration(e, &name, p, comments);
+            self.enumeration(e, &name, child(&path, MESSAGE_ENUM, k), comments);
         }
         let fields = m
             .field
             .iter()
             .enumerate()
             .map(|(j, f)| {
-                let mut p = path.clone();
-                p.extend([MESSAGE_FIELD, j as i32]);
+                let p = child(&path, MESSAGE_FIELD, j);
                 let oneof = match f.oneof_index {
                     Some(i) if !f.proto3_optional() => m
                         .oneof_decl
@@ -359,8 +361,7 @@ impl Builder {
             .iter()
             .enumerate()
             .map(|(j, v)| {
-                let mut p = path.clone();
-                p.extend([ENUM_VALUE, j as i32]);
+                let p = child(&path, ENUM_VALUE, j);
                 EnumValueDoc {
                     name: v.name().to_owned(),
                     number: v.number(),
@@ -467,20 +468,19 @@ pub fn build(
         .file
         .iter()
         .filter(|f| f.package().starts_with("llmesh."))
+        .map(|f| (f, Comments::of(f)))
         .collect();
-    for file in &files {
-        let comments = Comments::of(file);
+    for (file, comments) in &files {
         let package = file.package();
         for (i, m) in file.message_type.iter().enumerate() {
-            b.message(m, package, vec![FILE_MESSAGE, i as i32], &comments);
+            b.message(m, package, vec![FILE_MESSAGE, i as i32], comments);
         }
         for (i, e) in file.enum_type.iter().enumerate() {
-            b.enumeration(e, package, vec![FILE_ENUM, i as i32], &comments);
+            b.enumeration(e, package, vec![FILE_ENUM, i as i32], comments);
         }
     }
     b.resolve_maps();
-    for file in &files {
-        let comments = Comments::of(file);
+    for (file, comments) in &files {
         let package = file.package();
         for (i, s) in file.service.iter().enumerate() {
             let full = format!("{package}.{}", s.name());

@@ -178,23 +178,10 @@ fn epoch() -> DateTime<Utc> {
 
 // ---- Open WebUI ----
 
-/// Open WebUI's "Export chats" (and a single chat's JSON export): an array of chat rows,
-/// each with the chat document under `chat`; older exports put the document itself in
-/// the array. The tree is `chat.history.messages` (id → message with `parentId`), the
-/// active leaf `chat.history.currentId`; row times are seconds.
-pub(crate) fn parse_open_webui(root: &Value) -> Result<Parsed> {
-    let root = Node::root(root);
-    if !root.value.is_array() {
-        return Err(root.wrong("an array of chats"));
-    }
-    let mut out = Parsed::default();
-    for item in root.items()? {
-        open_webui_chat(&item, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// One row of an Open WebUI export.
+/// One chat row of Open WebUI's "Export chats" (and of a single chat's JSON export),
+/// an array of them: the chat document is under `chat`; older exports put the document
+/// itself in the array. The tree is `chat.history.messages` (id → message with
+/// `parentId`), the active leaf `chat.history.currentId`; row times are seconds.
 pub(crate) fn open_webui_chat(item: &Node, out: &mut Parsed) -> Result<()> {
     item.object()?;
     let chat = if item.get("chat").is_absent() {
@@ -307,25 +294,10 @@ fn text_or_parts(content: &Node, left_out: &mut LeftOut) -> Result<String> {
 
 // ---- LibreChat ----
 
-/// LibreChat's export of one conversation (an object; an array of them is read too):
+/// LibreChat's export of one conversation (an object, or each item of an array of them):
 /// messages in `messagesTree` or `messages`, either flat with `parentMessageId` (the
 /// all-zero id is the root) or nested under `children`. No active leaf is exported; the
 /// newest leaf becomes it.
-pub(crate) fn parse_librechat(root: &Value) -> Result<Parsed> {
-    let root = Node::root(root);
-    let list = if root.value.is_array() {
-        root.items()?
-    } else {
-        vec![root]
-    };
-    let mut out = Parsed::default();
-    for conv in list {
-        librechat_conversation(&conv, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// One LibreChat conversation.
 pub(crate) fn librechat_conversation(conv: &Node, out: &mut Parsed) -> Result<()> {
     const NO_PARENT: &str = "00000000-0000-0000-0000-000000000000";
     conv.object()?;
@@ -514,23 +486,10 @@ fn typingmind_message(m: &Node, id: &str, left_out: &mut LeftOut) -> Result<Opti
 
 // ---- Claude ----
 
-/// Anthropic's account export `conversations.json`: an array of conversations with
-/// `chat_messages` (sender `human` or `assistant`, text in `content` blocks or `text`).
-/// Exports that carry `parent_message_uuid` keep their branches, and
+/// One conversation of Anthropic's account export `conversations.json`, an array of them,
+/// with `chat_messages` (sender `human` or `assistant`, text in `content` blocks or
+/// `text`). Exports that carry `parent_message_uuid` keep their branches, and
 /// `current_leaf_message_uuid` their active leaf; otherwise the messages form one path.
-pub(crate) fn parse_claude(root: &Value) -> Result<Parsed> {
-    let root = Node::root(root);
-    if !root.value.is_array() {
-        return Err(root.wrong("an array of conversations"));
-    }
-    let mut out = Parsed::default();
-    for conv in root.items()? {
-        claude_conversation(&conv, &mut out)?;
-    }
-    Ok(out)
-}
-
-/// One Claude conversation.
 pub(crate) fn claude_conversation(conv: &Node, out: &mut Parsed) -> Result<()> {
     const ROOT: &str = "00000000-0000-4000-8000-000000000000";
     conv.object()?;

@@ -497,12 +497,18 @@ fn convert_whole(source: ImportSource, value: &Value) -> Result<Parsed> {
                 left_out: Vec::new(),
             })
         }
-        ImportSource::OpenWebUi => apps::parse_open_webui(value),
-        ImportSource::LibreChat => apps::parse_librechat(value),
+        ImportSource::LibreChat => {
+            let mut out = Parsed::default();
+            apps::librechat_conversation(&Node::root(value), &mut out)?;
+            Ok(out)
+        }
         ImportSource::TypingMind => apps::parse_typingmind(value),
-        ImportSource::Claude => apps::parse_claude(value),
         ImportSource::Generic => apps::parse_generic_value(value),
-        ImportSource::ChatGpt => Err(Node::root(value).wrong("an array of conversations")),
+        // Arrays are read item by item; these formats are nothing but an array.
+        ImportSource::OpenWebUi => Err(Node::root(value).wrong("an array of chats")),
+        ImportSource::ChatGpt | ImportSource::Claude => {
+            Err(Node::root(value).wrong("an array of conversations"))
+        }
     }
 }
 
@@ -523,7 +529,8 @@ pub(crate) fn check<R: Read>(
 ) -> Result<Reading> {
     let mut plan: Option<Plan> = None;
     let mut total = 0usize;
-    let mut gathered = 0usize;
+    // A bare list of messages is one conversation: its items are checked together.
+    let mut gathered = Vec::new();
     let none = HashMap::new();
     let found = walk(open, &mut |item, found| {
         let p = match plan {
@@ -549,10 +556,7 @@ pub(crate) fn check<R: Read>(
                 convert(s, &item, &none, &mut out)?;
                 total += out.conversations.len();
             }
-            Plan::Messages => {
-                // Checked when the gathered messages are converted, below.
-                gathered += 1;
-            }
+            Plan::Messages => gathered.push(item.value),
         }
         Ok(())
     })?;
@@ -581,11 +585,9 @@ pub(crate) fn check<R: Read>(
         check_format(found.format.as_deref())?;
     }
     if plan == Plan::Messages {
-        let _ = gathered;
-        total = 1;
-        // A bare list of messages is small enough to read whole; it is checked by `each`'s
-        // conversion, which runs here once over the same file.
-        each_inner(open, Plan::Messages, shape, &none, &mut |_| Ok(()))?;
+        total = apps::parse_generic_value(&Value::Array(gathered))?
+            .conversations
+            .len();
     }
     let folders = match &found.folders {
         Some(f) => apps::typingmind_folders(&Node::at(f, "$.data.folders".into()))?,
